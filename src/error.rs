@@ -1,0 +1,118 @@
+//! The one error type of tierkit.
+
+use std::time::Duration;
+
+/// Result alias used across tierkit.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tierkit.
+///
+/// Every message says what went wrong and, where there is one, what to do about it.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::{Config, Error};
+///
+/// let err = Config::builder().op_timeout(std::time::Duration::ZERO).build().unwrap_err();
+/// assert!(matches!(err, Error::Config { .. }));
+/// assert!(err.to_string().contains("op_timeout"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid. `field` names the setting or environment variable.
+    #[error("invalid configuration: {field}: {problem}")]
+    Config {
+        /// The builder setting or environment variable that holds the bad value.
+        field: String,
+        /// What is wrong with it and what is accepted instead.
+        problem: String,
+    },
+
+    /// Redis is known to be down (the health monitor says so, or it was forced down), so the
+    /// call was not sent. Serve from the in-process tier or retry once health is back `Up`.
+    #[error(
+        "Redis is unavailable (health is Down); the call was not sent, retry when health is Up"
+    )]
+    Unavailable,
+
+    /// Redis is configured but tierkit was built outside a tokio runtime, so it cannot start its
+    /// connection and health probe.
+    #[error("no tokio runtime: build tierkit with Redis from inside a tokio runtime (e.g. in #[tokio::main])")]
+    NoRuntime,
+
+    /// A Redis call did not answer within the per-operation timeout.
+    #[error("Redis did not answer within {0:?}; raise op_timeout if the server is just slow")]
+    Timeout(Duration),
+
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis error: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    /// A value could not be encoded for storage.
+    #[error("could not encode value: {0}")]
+    Encode(String),
+
+    /// Stored bytes could not be decoded; see [`DecodeError`] for why.
+    #[error("could not decode stored value: {0}")]
+    Decode(#[from] DecodeError),
+
+    /// A value is larger than the configured maximum and was refused.
+    #[error("value of {size} bytes exceeds the maximum of {max} bytes; raise max_value_size or store less")]
+    TooLarge {
+        /// The size of the refused value in bytes.
+        size: usize,
+        /// The configured maximum in bytes.
+        max: usize,
+    },
+}
+
+/// Why stored bytes could not be decoded.
+///
+/// Decoding never panics: truncated, foreign, corrupt or newer-format bytes each give one of
+/// these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes end before the envelope header or body is complete.
+    #[error("truncated: {0} bytes is shorter than the envelope header")]
+    Truncated(usize),
+    /// The bytes do not start with tierkit's magic; something else wrote this key.
+    #[error("foreign bytes: no tierkit envelope magic; another writer uses this key")]
+    Foreign,
+    /// The envelope was written by a newer tierkit format than this build understands.
+    #[error("format version {0} is newer than this build understands; upgrade tierkit")]
+    UnsupportedVersion(u8),
+    /// The header carries flags this build does not know.
+    #[error("unknown envelope flags {0:#04x}")]
+    UnknownFlags(u8),
+    /// The body is not valid for the expected type, or fails to decompress.
+    #[error("corrupt body: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    pub(crate) fn config(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// Whether this error means Redis could not be reached or did not answer in time, as opposed
+    /// to bad input or bad data. Such errors feed the health monitor.
+    pub fn is_connectivity(&self) -> bool {
+        match self {
+            Error::Unavailable | Error::Timeout(_) => true,
+            Error::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,14 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod codec;
+mod config;
+pub mod conn;
+mod error;
+pub mod health;
+
+pub use codec::Codec;
+pub use config::{Config, ConfigBuilder};
+pub use error::{DecodeError, Error, Result};
