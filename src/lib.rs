@@ -8,7 +8,9 @@ mod config;
 pub mod conn;
 mod error;
 pub mod health;
+mod tierkit;
 
-pub use codec::Codec;
+pub use codec::{Codec, CodecBuilder, EncodeInfo};
 pub use config::{Config, ConfigBuilder};
 pub use error::{DecodeError, Error, Result};
+pub use tierkit::Tierkit;

@@ -1,0 +1,492 @@
+//! Health of the Redis tier: a background PING probe plus a passive feed from every operation,
+//! folded into one state with hysteresis and published on a [`tokio::sync::watch`] channel.
+//!
+//! ## Behavior
+//!
+//! - The state starts `Down`: a service starts degraded and moves to `Up` as soon as the first
+//!   probe answers, so starting never waits on Redis.
+//! - `fail_threshold` consecutive failures (probes, or operations that met a connection error
+//!   or timeout) move the state to `Down`, so an outage is noticed before the next probe.
+//! - From `Down`, `recover_threshold` consecutive successful probes bring it back. A probe
+//!   slower than `degraded_latency` gives `Degraded` (Redis answers, but slowly); from
+//!   `Degraded`, `recover_threshold` fast probes give `Up`.
+//! - While `Down`, calls through [`Conn`](crate::conn::Conn) fail at once with
+//!   [`Error::Unavailable`](crate::Error::Unavailable) instead of waiting for a timeout; only the
+//!   probe keeps talking to Redis.
+//! - One log line per transition (warn going down or slow, info coming back), never one per
+//!   failed call.
+//! - The probe task ends when the last handle to the connection drops.
+
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::HealthConfig;
+
+/// The state of the Redis tier as the health monitor sees it.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::health::HealthState;
+///
+/// assert_eq!(HealthState::Down.to_string(), "down");
+/// assert!(HealthState::Degraded.is_available());
+/// assert!(!HealthState::Down.is_available());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum HealthState {
+    /// Redis answers within the latency threshold.
+    Up,
+    /// Redis answers, but slower than the latency threshold.
+    Degraded,
+    /// Redis does not answer; calls are not sent.
+    Down,
+}
+
+impl HealthState {
+    /// Whether calls are sent to Redis in this state (`Up` or `Degraded`).
+    pub fn is_available(self) -> bool {
+        !matches!(self, HealthState::Down)
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            0 => HealthState::Up,
+            1 => HealthState::Degraded,
+            _ => HealthState::Down,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            HealthState::Up => 0,
+            HealthState::Degraded => 1,
+            HealthState::Down => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HealthState::Up => "up",
+            HealthState::Degraded => "degraded",
+            HealthState::Down => "down",
+        })
+    }
+}
+
+/// A snapshot of the health monitor, as published on its watch channel.
+///
+/// # Examples
+///
+/// ```
+/// # async fn demo(kit: tierkit::Tierkit) {
+/// if let Some(health) = kit.health() {
+///     let status = health.status();
+///     println!("redis is {} (last ping {:?})", status.state, status.latency);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthStatus {
+    /// The state in force: the forced one if any, else the observed one.
+    pub state: HealthState,
+    /// The state the monitor observed, whatever is forced.
+    pub observed: HealthState,
+    /// Whether `state` was set by [`Health::force`].
+    pub forced: bool,
+    /// Round-trip time of the last successful probe.
+    pub latency: Option<Duration>,
+    /// When the last probe finished, successful or not.
+    pub last_probe: Option<Instant>,
+    /// Failures in a row (probes and operations) since the last success.
+    pub consecutive_failures: u32,
+    /// The last failure seen, if the state is not `Up`.
+    pub last_error: Option<String>,
+}
+
+/// Handle to the health monitor of one Redis connection. Cheap to clone.
+///
+/// # Examples
+///
+/// ```no_run
+/// use tierkit::{Config, Tierkit, health::HealthState};
+///
+/// # async fn demo() -> tierkit::Result<()> {
+/// let kit = Tierkit::new(Config::builder().redis_url("redis://127.0.0.1:6380").build()?)?;
+/// let health = kit.health().expect("Redis is configured");
+/// let mut changes = health.subscribe();
+/// changes.changed().await.ok();
+/// println!("now {}", changes.borrow().state);
+///
+/// // Test the service's own degraded mode:
+/// health.force(HealthState::Down);
+/// assert_eq!(health.state(), HealthState::Down);
+/// health.unforce();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Health(Arc<Shared>);
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Health").field(&self.status()).finish()
+    }
+}
+
+pub(crate) struct Shared {
+    cfg: HealthConfig,
+    // Mirrors the state in force so the hot path reads one atomic, not the lock.
+    effective: AtomicU8,
+    // Kept outside the lock so a successful operation costs one relaxed load.
+    fails: AtomicU32,
+    machine: Mutex<Machine>,
+    tx: watch::Sender<HealthStatus>,
+}
+
+#[derive(Debug)]
+struct Machine {
+    observed: HealthState,
+    oks: u32,
+    forced: Option<HealthState>,
+    latency: Option<Duration>,
+    last_probe: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Machine {
+    /// Folds one failure in; returns the new observed state if it changed.
+    fn on_failure(&mut self, fails: u32, cfg: &HealthConfig) -> Option<HealthState> {
+        self.oks = 0;
+        (fails >= cfg.fail_threshold && self.observed != HealthState::Down)
+            .then(|| self.set(HealthState::Down))
+    }
+
+    /// Folds one successful probe in; returns the new observed state if it changed.
+    fn on_probe_ok(&mut self, latency: Duration, cfg: &HealthConfig) -> Option<HealthState> {
+        self.latency = Some(latency);
+        let slow = latency > cfg.degraded_latency;
+        let target = if slow {
+            HealthState::Degraded
+        } else {
+            HealthState::Up
+        };
+        match (self.observed, slow) {
+            (HealthState::Up, false) | (HealthState::Degraded, true) => {
+                self.oks = 0;
+                None
+            }
+            // Slowness shows at once; recovery must hold for recover_threshold probes.
+            (HealthState::Up, true) => {
+                self.oks = 0;
+                Some(self.set(target))
+            }
+            _ => {
+                self.oks += 1;
+                (self.oks >= cfg.recover_threshold).then(|| self.set(target))
+            }
+        }
+    }
+
+    fn set(&mut self, state: HealthState) -> HealthState {
+        self.observed = state;
+        self.oks = 0;
+        state
+    }
+
+    fn effective(&self) -> HealthState {
+        self.forced.unwrap_or(self.observed)
+    }
+}
+
+impl Health {
+    pub(crate) fn new(cfg: HealthConfig) -> Self {
+        let machine = Machine {
+            observed: HealthState::Down,
+            oks: 0,
+            forced: None,
+            latency: None,
+            last_probe: None,
+            last_error: Some("not connected yet".to_owned()),
+        };
+        let (tx, _) = watch::channel(HealthStatus {
+            state: HealthState::Down,
+            observed: HealthState::Down,
+            forced: false,
+            latency: None,
+            last_probe: None,
+            consecutive_failures: 0,
+            last_error: machine.last_error.clone(),
+        });
+        Health(Arc::new(Shared {
+            cfg,
+            effective: AtomicU8::new(HealthState::Down.as_u8()),
+            fails: AtomicU32::new(0),
+            machine: Mutex::new(machine),
+            tx,
+        }))
+    }
+
+    /// The state in force now. One atomic load.
+    pub fn state(&self) -> HealthState {
+        HealthState::from_u8(self.0.effective.load(Ordering::Acquire))
+    }
+
+    /// A full snapshot: state, last probe latency, failures in a row, last error.
+    pub fn status(&self) -> HealthStatus {
+        self.0.tx.borrow().clone()
+    }
+
+    /// The round-trip time of the last successful probe.
+    pub fn latency(&self) -> Option<Duration> {
+        self.0.tx.borrow().latency
+    }
+
+    /// A receiver that sees every change of [`HealthStatus`] (state changes and new probe
+    /// results).
+    pub fn subscribe(&self) -> watch::Receiver<HealthStatus> {
+        self.0.tx.subscribe()
+    }
+
+    /// Waits until the state in force is `state`, or `timeout` passes; returns whether it was
+    /// reached.
+    pub async fn wait_for(&self, state: HealthState, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| s.state == state))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Forces the state in force to `state` whatever Redis does, so a service can test its own
+    /// degraded mode. The monitor keeps observing underneath; [`unforce`](Self::unforce) returns
+    /// to the observed state.
+    pub fn force(&self, state: HealthState) {
+        let mut m = self.0.lock();
+        m.forced = Some(state);
+        tracing::info!(%state, "tierkit: Redis health forced");
+        self.0.publish(&m);
+    }
+
+    /// Ends a [`force`](Self::force); the observed state is in force again.
+    pub fn unforce(&self) {
+        let mut m = self.0.lock();
+        if m.forced.take().is_some() {
+            tracing::info!(state = %m.observed, "tierkit: Redis health no longer forced");
+        }
+        self.0.publish(&m);
+    }
+
+    pub(crate) fn is_down(&self) -> bool {
+        self.state() == HealthState::Down
+    }
+
+    pub(crate) fn config(&self) -> &HealthConfig {
+        &self.0.cfg
+    }
+
+    /// Passive feed: an operation succeeded.
+    pub(crate) fn record_success(&self) {
+        if self.0.fails.load(Ordering::Relaxed) != 0 {
+            self.0.fails.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Passive feed and probe: a call met a connection error or timeout.
+    pub(crate) fn record_failure(&self, error: &dyn std::fmt::Display, probe: bool) {
+        let fails = self
+            .0
+            .fails
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let mut m = self.0.lock();
+        if probe {
+            m.last_probe = Some(Instant::now());
+        }
+        m.last_error = Some(error.to_string());
+        let from = m.observed;
+        if let Some(to) = m.on_failure(fails, &self.0.cfg) {
+            tracing::warn!(
+                %from,
+                to = %to,
+                failures = fails,
+                error = %error,
+                "tierkit: Redis is down; serving from the in-process tier"
+            );
+        }
+        self.0.publish(&m);
+    }
+
+    /// Probe: a PING answered after `latency`.
+    pub(crate) fn record_probe_ok(&self, latency: Duration) {
+        self.0.fails.store(0, Ordering::Relaxed);
+        let mut m = self.0.lock();
+        m.last_probe = Some(Instant::now());
+        let from = m.observed;
+        if let Some(to) = m.on_probe_ok(latency, &self.0.cfg) {
+            if to == HealthState::Up {
+                m.last_error = None;
+                tracing::info!(%from, %to, ?latency, "tierkit: Redis is up");
+            } else {
+                m.last_error = Some(format!(
+                    "PING took {latency:?}, above degraded_latency {:?}",
+                    self.0.cfg.degraded_latency
+                ));
+                tracing::warn!(%from, %to, ?latency, "tierkit: Redis is slow");
+            }
+        }
+        self.0.publish(&m);
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Machine> {
+        // A panic while holding this lock cannot leave the machine half-updated in a way
+        // that matters (every field is overwritten by the next event), so poisoning is ignored.
+        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, m: &Machine) {
+        let state = m.effective();
+        self.effective.store(state.as_u8(), Ordering::Release);
+        let status = HealthStatus {
+            state,
+            observed: m.observed,
+            forced: m.forced.is_some(),
+            latency: m.latency,
+            last_probe: m.last_probe,
+            consecutive_failures: self.fails.load(Ordering::Relaxed),
+            last_error: m.last_error.clone(),
+        };
+        self.tx.send_if_modified(|old| {
+            let changed = *old != status;
+            *old = status;
+            changed
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HealthConfig {
+        HealthConfig {
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(100),
+            degraded_latency: Duration::from_millis(50),
+            fail_threshold: 3,
+            recover_threshold: 2,
+        }
+    }
+
+    const FAST: Duration = Duration::from_millis(1);
+    const SLOW: Duration = Duration::from_millis(80);
+
+    #[test]
+    fn starts_down_and_needs_recover_threshold_probes() {
+        let h = Health::new(cfg());
+        assert_eq!(h.state(), HealthState::Down);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Down);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Up);
+        assert_eq!(h.latency(), Some(FAST));
+        assert_eq!(h.status().last_error, None);
+    }
+
+    #[test]
+    fn goes_down_after_fail_threshold_failures_in_a_row() {
+        let h = Health::new(cfg());
+        h.record_probe_ok(FAST);
+        h.record_probe_ok(FAST);
+        h.record_failure(&"boom", false);
+        h.record_failure(&"boom", false);
+        h.record_success(); // a success in between resets the count
+        h.record_failure(&"boom", false);
+        h.record_failure(&"boom", true);
+        assert_eq!(h.state(), HealthState::Up);
+        h.record_failure(&"boom", false);
+        assert_eq!(h.state(), HealthState::Down);
+        assert_eq!(h.status().consecutive_failures, 3);
+        assert_eq!(h.status().last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn a_failure_interrupts_recovery() {
+        let h = Health::new(cfg());
+        h.record_probe_ok(FAST);
+        h.record_failure(&"boom", true);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Down);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Up);
+    }
+
+    #[test]
+    fn slow_probes_degrade_at_once_and_recover_with_hysteresis() {
+        let h = Health::new(cfg());
+        h.record_probe_ok(FAST);
+        h.record_probe_ok(FAST);
+        h.record_probe_ok(SLOW);
+        assert_eq!(h.state(), HealthState::Degraded);
+        assert!(h.state().is_available());
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Degraded);
+        h.record_probe_ok(SLOW);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Degraded);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Up);
+    }
+
+    #[test]
+    fn recovering_while_slow_lands_on_degraded() {
+        let h = Health::new(cfg());
+        h.record_probe_ok(SLOW);
+        h.record_probe_ok(SLOW);
+        assert_eq!(h.state(), HealthState::Degraded);
+    }
+
+    #[test]
+    fn force_overrides_and_unforce_restores() {
+        let h = Health::new(cfg());
+        h.record_probe_ok(FAST);
+        h.record_probe_ok(FAST);
+        let rx = h.subscribe();
+        h.force(HealthState::Down);
+        assert_eq!(h.state(), HealthState::Down);
+        let s = rx.borrow().clone();
+        assert!(s.forced);
+        assert_eq!(s.observed, HealthState::Up);
+        // The monitor keeps observing underneath a forced state.
+        h.record_failure(&"x", true);
+        h.record_failure(&"x", true);
+        h.record_failure(&"x", true);
+        h.force(HealthState::Up);
+        assert_eq!(h.state(), HealthState::Up);
+        h.unforce();
+        assert_eq!(h.state(), HealthState::Down);
+        assert!(!h.status().forced);
+    }
+
+    #[test]
+    fn watch_channel_sees_transitions() {
+        let h = Health::new(cfg());
+        let mut rx = h.subscribe();
+        rx.mark_unchanged();
+        h.record_probe_ok(FAST);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        h.record_probe_ok(FAST);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().state, HealthState::Up);
+    }
+}

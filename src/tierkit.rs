@@ -1,0 +1,94 @@
+//! The root handle that owns the configuration, the codec and (when configured) the Redis
+//! connection with its health monitor.
+
+use std::sync::Arc;
+
+use crate::codec::Codec;
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::error::Result;
+use crate::health::Health;
+
+/// The root handle of tierkit. Cheap to clone: clones share everything.
+///
+/// With no Redis configured it is *embedded*: nothing connects and every part runs in-process.
+/// With Redis configured it starts at once, degraded, and connects in the background.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::{Config, Tierkit};
+///
+/// let kit = Tierkit::new(Config::default())?;
+/// assert!(kit.is_embedded());
+/// assert!(kit.conn().is_none());
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Tierkit(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    conn: Option<Conn>,
+}
+
+impl Tierkit {
+    /// Starts tierkit. Never blocks and never fails because Redis is unreachable: with Redis
+    /// configured the health state starts `Down` and turns `Up` once the background probe
+    /// connects (wait for that with [`Health::wait_for`] if a service prefers to).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoRuntime`](crate::Error::NoRuntime) when Redis is configured and this is
+    /// called outside a tokio runtime. Embedded mode needs no runtime.
+    pub fn new(config: Config) -> Result<Self> {
+        let conn = match &config.redis {
+            Some(info) => Some(Conn::start(&config, info.clone())?),
+            None => None,
+        };
+        Ok(Tierkit(Arc::new(Inner { config, conn })))
+    }
+
+    /// An embedded instance with default settings: no Redis, nothing connects.
+    pub fn embedded() -> Self {
+        Tierkit(Arc::new(Inner {
+            config: Config::embedded(),
+            conn: None,
+        }))
+    }
+
+    /// Starts tierkit from [`Config::from_env`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_env`] and [`Tierkit::new`].
+    pub fn from_env() -> Result<Self> {
+        Tierkit::new(Config::from_env()?)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    /// The codec values are stored with.
+    pub fn codec(&self) -> &Codec {
+        &self.0.config.codec
+    }
+
+    /// Whether this instance runs without Redis.
+    pub fn is_embedded(&self) -> bool {
+        self.0.conn.is_none()
+    }
+
+    /// The Redis connection, or `None` in embedded mode.
+    pub fn conn(&self) -> Option<&Conn> {
+        self.0.conn.as_ref()
+    }
+
+    /// The Redis health monitor, or `None` in embedded mode.
+    pub fn health(&self) -> Option<&Health> {
+        self.0.conn.as_ref().map(Conn::health)
+    }
+}
