@@ -1,0 +1,62 @@
+//! Test harness shared by every integration test file (`mod support;`) and by the
+//! benches (`#[path = "../tests/support/mod.rs"] mod support;`).
+//!
+//! - [`RedisServer`]: a private `redis-server` child process on a free loopback port
+//!   that can be crashed, hung and restarted to make faults.
+//! - [`TcpProxy`]: a std-thread TCP forwarder for network faults (latency, partition,
+//!   dropped and refused connections) between tierkit and a server.
+//! - [`init_tracing`] and [`eventually`]: small helpers for tests.
+
+// Each test target compiles this module on its own and uses only part of it.
+#![allow(dead_code, unused_imports)]
+
+pub mod proxy;
+pub mod server;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use proxy::TcpProxy;
+pub use server::RedisServer;
+
+/// Installs a `tracing` subscriber that writes through the test harness's captured
+/// output, filtered by `RUST_LOG` (default: `warn`). Safe to call from every test.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `f` every 10 ms until it returns `true` or `timeout` has passed.
+///
+/// Returns the time it took for the condition to hold, or `None` on timeout. `f` is
+/// always polled at least once. Time is tokio's, so this also works under
+/// `tokio::time::pause()`.
+///
+/// ```ignore
+/// let took = eventually(Duration::from_secs(2), || async { health.state() == State::Down })
+///     .await
+///     .expect("health never went Down");
+/// assert!(took < Duration::from_millis(500));
+/// ```
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
