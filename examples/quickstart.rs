@@ -1,62 +1,138 @@
-//! tierkit's first run: starts on the embedded default (no Redis needed), or against Redis
-//! when `REDIS_URL` (or `REDIS_HOST`...) is set, and shows what it is doing.
+//! tierkit's first run: caches "events" and "user profiles" in front of a (fake, slow)
+//! database with `get_or_set`, then prints where each read came from and the hit/miss stats.
+//!
+//! Runs on the embedded default with no Redis at all; set `REDIS_URL` (or `REDIS_HOST`, ...) to
+//! put Redis behind the in-process tier:
 //!
 //! ```sh
 //! cargo run --example quickstart
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example quickstart
 //! ```
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tierkit::health::HealthState;
 use tierkit::Tierkit;
 
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Event {
     id: u64,
     title: String,
-    attendees: Vec<String>,
+    attendees: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Profile {
+    id: u64,
+    name: String,
+    friends: Vec<u64>,
+}
+
+/// Stands in for the service's database: slow, and counts its queries.
+#[derive(Default)]
+struct Database {
+    queries: AtomicU64,
+}
+
+impl Database {
+    async fn event(&self, id: u64) -> Result<Event, std::io::Error> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(Event {
+            id,
+            title: format!("Meetup #{id}"),
+            attendees: (0..id * 10).collect(),
+        })
+    }
+
+    async fn profile(&self, id: u64) -> Result<Profile, std::io::Error> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(Profile {
+            id,
+            name: format!("user-{id}"),
+            friends: (id..id + 20).collect(),
+        })
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> tierkit::Result<()> {
     let kit = Tierkit::from_env()?;
-    println!("config: {:?}", kit.config());
-
-    let event = Event {
-        id: 1,
-        title: "Rust meetup".into(),
-        attendees: (0..200).map(|i| format!("user-{i}")).collect(),
-    };
-    let (bytes, info) = kit.codec().encode_with_info(&event)?;
-    println!(
-        "event encoded: {} body bytes stored in {} (compressed: {})",
-        info.body_len, info.stored_len, info.compressed
-    );
-    let back: Event = kit.codec().decode(&bytes)?;
-    assert_eq!(back, event);
-
     match kit.health() {
-        None => println!("embedded mode: no Redis configured, everything runs in-process"),
+        None => println!("embedded mode: no Redis configured, L1-only cache in this process"),
         Some(health) => {
             let up = health
                 .wait_for(HealthState::Up, Duration::from_secs(2))
                 .await;
             println!(
-                "redis: {} (up: {up}, latency {:?})",
+                "redis: {} (up: {up}, ping {:?})",
                 health.state(),
                 health.latency()
             );
-            if let Some(conn) = kit.conn().filter(|_| up) {
-                let key = format!("{}:quickstart:event:1", kit.config().prefix());
-                conn.query::<()>(redis::cmd("SET").arg(&key).arg(&bytes).arg("EX").arg(60))
-                    .await?;
-                let stored: Vec<u8> = conn.query(redis::cmd("GET").arg(&key)).await?;
-                let from_redis: Event = kit.codec().decode(&stored)?;
-                println!("round trip through Redis: {}", from_redis.title);
-            }
         }
     }
+
+    let events = kit
+        .namespace::<Event>("events")
+        .ttl(Duration::from_secs(30 * 60))
+        .build()?;
+    let profiles = kit
+        .namespace::<Profile>("profiles")
+        .ttl(Duration::from_secs(60 * 60))
+        .l1_ttl(Duration::from_secs(60))
+        .build()?;
+    let db = Database::default();
+
+    // A small, skewed workload: a few hot events and profiles read over and over.
+    let started = Instant::now();
+    for round in 0..50u64 {
+        let id = round % 5;
+        let event = events.get_or_set(&id.to_string(), || db.event(id)).await?;
+        let profile = profiles
+            .get_or_set(&(id + 100).to_string(), || db.profile(id + 100))
+            .await?;
+        if round < 6 {
+            println!(
+                "round {round}: event {:?} from {:?}, profile {:?} from {:?}",
+                event.title,
+                event.source(),
+                profile.name,
+                profile.source()
+            );
+        }
+    }
+    println!(
+        "50 rounds in {:?}; the database was queried {} times",
+        started.elapsed(),
+        db.queries.load(Ordering::Relaxed)
+    );
+
+    // An update: write-through, and every other instance drops its L1 copy.
+    let mut changed = (*events.get_or_set("1", || db.event(1)).await?).clone();
+    changed.title = "Meetup #1 (moved)".into();
+    events.set("1", changed).await?;
+    println!(
+        "after update: {:?}",
+        events.get("1").await.map(|e| e.title.clone())
+    );
+
+    let info = kit.cache_info().await;
+    for (name, s) in &info.namespaces {
+        println!(
+            "{name:>9}: L1 hits {:>3}, L2 hits {:>3}, misses {:>3}, hit ratio {:.0}%, {} bytes stored",
+            s.l1_hits,
+            s.l2_hits,
+            s.misses,
+            s.hit_ratio() * 100.0,
+            s.stored_bytes
+        );
+    }
+    println!(
+        "L1: {} entries, {} bytes; redis keys: {:?}",
+        info.l1_entries, info.l1_bytes, info.redis_keys
+    );
     Ok(())
 }

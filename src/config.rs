@@ -16,6 +16,7 @@ const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_DEGRADED_LATENCY: Duration = Duration::from_millis(50);
 const DEFAULT_FAIL_THRESHOLD: u32 = 3;
 const DEFAULT_RECOVER_THRESHOLD: u32 = 2;
+const DEFAULT_L1_CAPACITY: u64 = 64 * 1024 * 1024;
 const MAX_PREFIX_LEN: usize = 64;
 
 /// Everything tierkit needs to know, validated.
@@ -49,6 +50,7 @@ pub struct Config {
     pub(crate) connect_timeout: Duration,
     pub(crate) health: HealthConfig,
     pub(crate) codec: Codec,
+    pub(crate) l1_capacity: u64,
 }
 
 /// Settings of the health monitor, kept inside [`Config`].
@@ -76,6 +78,7 @@ impl Default for Config {
                 recover_threshold: DEFAULT_RECOVER_THRESHOLD,
             },
             codec: Codec::default(),
+            l1_capacity: DEFAULT_L1_CAPACITY,
         }
     }
 }
@@ -126,6 +129,11 @@ impl Config {
     pub fn codec(&self) -> &Codec {
         &self.codec
     }
+
+    /// The bound on the in-process L1 cache, in bytes of encoded values. Default: 64 MiB.
+    pub fn l1_capacity(&self) -> u64 {
+        self.l1_capacity
+    }
 }
 
 impl fmt::Debug for Config {
@@ -157,6 +165,7 @@ impl fmt::Debug for Config {
             .field("fail_threshold", &self.health.fail_threshold)
             .field("recover_threshold", &self.health.recover_threshold)
             .field("codec", &self.codec)
+            .field("l1_capacity", &self.l1_capacity)
             .finish()
     }
 }
@@ -338,6 +347,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// The bound on the in-process L1 cache shared by all namespaces, in bytes: each entry
+    /// weighs its encoded size plus its key. Default: 64 MiB.
+    pub fn l1_capacity(mut self, bytes: u64) -> Self {
+        self.config.l1_capacity = bytes;
+        self
+    }
+
     /// Applies the process environment on top of this builder.
     ///
     /// | variable | meaning |
@@ -456,6 +472,12 @@ impl ConfigBuilder {
             if d.is_zero() {
                 return Err(Error::config(field, "is zero; give a positive duration"));
             }
+        }
+        if c.l1_capacity == 0 {
+            return Err(Error::config(
+                "l1_capacity",
+                "is zero; give the L1 a size in bytes (default 64 MiB)",
+            ));
         }
         if h.probe_timeout > h.probe_interval {
             return Err(Error::config(
@@ -614,6 +636,7 @@ mod tests {
             (Config::builder().prefix(""), "prefix"),
             (Config::builder().prefix("a{b}"), "prefix"),
             (Config::builder().fail_threshold(0), "fail_threshold"),
+            (Config::builder().l1_capacity(0), "l1_capacity"),
             (Config::builder().recover_threshold(0), "recover_threshold"),
             (
                 Config::builder().probe_timeout(Duration::from_secs(5)),

@@ -49,6 +49,7 @@ use crate::health::Health;
 pub struct Conn(Arc<Inner>);
 
 struct Inner {
+    client: redis::Client,
     manager: ConnectionManager,
     op_timeout: Duration,
     health: Health,
@@ -80,10 +81,11 @@ impl Conn {
             .set_number_of_retries(0)
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(None);
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         let health = Health::new(config.health.clone());
         let (stop_tx, stop_rx) = oneshot::channel();
         let conn = Conn(Arc::new(Inner {
+            client,
             manager,
             op_timeout: config.op_timeout,
             health,
@@ -96,6 +98,11 @@ impl Conn {
     /// The health monitor of this connection.
     pub fn health(&self) -> &Health {
         &self.0.health
+    }
+
+    /// The client the connection was made from, for connections of another kind (pub/sub).
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.0.client
     }
 
     /// The bound on every call.

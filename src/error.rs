@@ -58,6 +58,11 @@ pub enum Error {
     #[error("could not decode stored value: {0}")]
     Decode(#[from] DecodeError),
 
+    /// A `get_or_set` loader failed. Every caller waiting on the same key gets this same error;
+    /// nothing is cached.
+    #[error("loader failed: {0}")]
+    Loader(std::sync::Arc<dyn std::error::Error + Send + Sync>),
+
     /// A value is larger than the configured maximum and was refused.
     #[error("value of {size} bytes exceeds the maximum of {max} bytes; raise max_value_size or store less")]
     TooLarge {
@@ -97,6 +102,23 @@ impl Error {
         Error::Config {
             field: field.into(),
             problem: problem.into(),
+        }
+    }
+
+    /// Turns the shared error moka hands every waiter of a coalesced load back into an owned
+    /// one. Only loader, encode and size errors come out of a load.
+    pub(crate) fn from_shared(shared: std::sync::Arc<Error>) -> Error {
+        match std::sync::Arc::try_unwrap(shared) {
+            Ok(err) => err,
+            Err(shared) => match &*shared {
+                Error::Loader(e) => Error::Loader(e.clone()),
+                Error::Encode(msg) => Error::Encode(msg.clone()),
+                Error::TooLarge { size, max } => Error::TooLarge {
+                    size: *size,
+                    max: *max,
+                },
+                _ => Error::Loader(shared),
+            },
         }
     }
 

@@ -3,6 +3,10 @@
 
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::cache::{CacheCore, CacheInfo, NamespaceBuilder};
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::conn::Conn;
@@ -31,6 +35,7 @@ pub struct Tierkit(Arc<Inner>);
 struct Inner {
     config: Config,
     conn: Option<Conn>,
+    cache: Arc<CacheCore>,
 }
 
 impl Tierkit {
@@ -47,14 +52,22 @@ impl Tierkit {
             Some(info) => Some(Conn::start(&config, info.clone())?),
             None => None,
         };
-        Ok(Tierkit(Arc::new(Inner { config, conn })))
+        let cache = CacheCore::new(&config, conn.as_ref());
+        Ok(Tierkit(Arc::new(Inner {
+            config,
+            conn,
+            cache,
+        })))
     }
 
     /// An embedded instance with default settings: no Redis, nothing connects.
     pub fn embedded() -> Self {
+        let config = Config::embedded();
+        let cache = CacheCore::new(&config, None);
         Tierkit(Arc::new(Inner {
-            config: Config::embedded(),
+            config,
             conn: None,
+            cache,
         }))
     }
 
@@ -90,5 +103,38 @@ impl Tierkit {
     /// The Redis health monitor, or `None` in embedded mode.
     pub fn health(&self) -> Option<&Health> {
         self.0.conn.as_ref().map(Conn::health)
+    }
+
+    /// Declares a cache namespace holding values of type `V`; see
+    /// [`NamespaceBuilder`] for its settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let profiles = kit
+    ///     .namespace::<String>("profiles")
+    ///     .ttl(Duration::from_secs(3600))
+    ///     .build()?;
+    /// assert_eq!(profiles.name(), "profiles");
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn namespace<V>(&self, name: impl Into<String>) -> NamespaceBuilder<V>
+    where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        NamespaceBuilder::new(self.clone(), name.into())
+    }
+
+    /// Counters of every namespace, L1 size, backplane state, and (one pipelined round trip,
+    /// bounded by the op timeout) Redis key count and memory.
+    pub async fn cache_info(&self) -> CacheInfo {
+        self.0.cache.info(self.conn()).await
+    }
+
+    pub(crate) fn cache_core(&self) -> &CacheCore {
+        &self.0.cache
     }
 }

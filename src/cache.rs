@@ -1,0 +1,317 @@
+//! The two-tier cache: typed namespaces over one moka L1 (in-process, bounded in bytes) and a
+//! Redis L2 (encoded with [`Codec`](crate::Codec)).
+//!
+//! Declare a namespace once with [`Tierkit::namespace`](crate::Tierkit::namespace) and keep
+//! the typed, cheap-to-clone [`Namespace`] handle.
+//!
+//! ## Behavior
+//!
+//! | | Redis up | Redis down or timing out | Redis back |
+//! |---|---|---|---|
+//! | read | L1, then L2, then the loader | L1, then the loader; no Redis call, no waiting | L2 again |
+//! | write | L1 + L2 + backplane publish | L1 only, counted as `l2_skipped` | L2 again |
+//! | coherence | other instances evict their L1 copy within milliseconds | none | each instance drops its L1 when its backplane resubscribes |
+//!
+//! - An L1 hit is one moka lookup and an `Arc` clone: no decoding, no Redis call.
+//! - Concurrent `get_or_set` calls on one cold key run one load per process; a loader error
+//!   reaches every waiting caller and is not cached.
+//! - Nothing on the read path returns a Redis error: a failed or timed-out L2 call counts in
+//!   `l2_errors` and the read falls back to the loader.
+//! - Stored bytes that no longer decode as the namespace's type (an old schema, another writer)
+//!   are a miss, counted in `decode_failures`, and overwritten by the next write.
+//!
+//! ## Redis keys
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{prefix}:c:{namespace}:v{version}:{key}` | an entry |
+//! | `{prefix}:c:{namespace}:t{version}:{tag}` | the set of keys written with a tag |
+//! | `{prefix}:c:backplane` | the pub/sub channel of the coherence backplane |
+//!
+//! Every command touches one key, so the layout runs unchanged on Redis Cluster. Tag sets use
+//! `PEXPIRE ... NX` and `GT`, which need Redis 7.0 or newer.
+
+mod backplane;
+mod l1;
+mod namespace;
+mod pattern;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::oneshot;
+
+pub use namespace::{Hit, Namespace, NamespaceBuilder, Reach, SetOptions, Source};
+pub use stats::CacheStats;
+
+pub(crate) use namespace::NsShared;
+
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use backplane::{Message, Op};
+use l1::L1;
+
+/// Every namespace declared in one process, by name and by id.
+#[derive(Default)]
+struct Registry {
+    by_name: HashMap<String, Arc<NsShared>>,
+    by_id: Vec<Arc<NsShared>>,
+}
+
+/// What one [`Tierkit`](crate::Tierkit) shares between its namespaces.
+pub(crate) struct CacheCore {
+    pub(crate) l1: L1,
+    pub(crate) prefix: String,
+    pub(crate) channel: String,
+    /// Tags this instance's backplane messages so it skips its own.
+    pub(crate) origin: u64,
+    /// Whether the backplane is subscribed (always false in embedded mode).
+    pub(crate) coherent: AtomicBool,
+    registry: Arc<RwLock<Registry>>,
+    _stop_backplane: Option<oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for CacheCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheCore")
+            .field("l1_entries", &self.l1.entry_count())
+            .field("coherent", &self.coherent.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of the whole cache: per-namespace and total counters, L1 size, and Redis figures
+/// when Redis answered.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let kit = tierkit::Tierkit::embedded();
+/// let info = kit.cache_info().await;
+/// assert_eq!(info.total.l1_hits, 0);
+/// assert_eq!(info.redis_keys, None);
+/// # }
+/// ```
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CacheInfo {
+    /// Counters per namespace, by name.
+    pub namespaces: Vec<(String, CacheStats)>,
+    /// All namespaces added up.
+    pub total: CacheStats,
+    /// Entries in the L1.
+    pub l1_entries: u64,
+    /// Weight of the L1 in bytes (encoded values plus keys).
+    pub l1_bytes: u64,
+    /// Whether the backplane is subscribed, so other instances' writes evict this L1.
+    pub coherent: bool,
+    /// Keys in the Redis database (`DBSIZE`), when Redis answered.
+    pub redis_keys: Option<u64>,
+    /// Memory Redis uses (`INFO memory`, `used_memory`) in bytes, when Redis answered.
+    pub redis_used_memory: Option<u64>,
+}
+
+impl CacheCore {
+    pub(crate) fn new(config: &Config, conn: Option<&Conn>) -> Arc<Self> {
+        let registry = Arc::new(RwLock::new(Registry::default()));
+        let evictions = Arc::downgrade(&registry);
+        let l1 = l1::build(config.l1_capacity, move |ns| {
+            if let Some(reg) = evictions.upgrade() {
+                if let Some(shared) = read(&reg).by_id.get(ns as usize) {
+                    stats::bump(&shared.counters.evictions);
+                }
+            }
+        });
+        let channel = backplane::channel(&config.prefix);
+        let (stop, stop_rx) = match conn {
+            Some(_) => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let core = Arc::new(CacheCore {
+            l1,
+            prefix: config.prefix.clone(),
+            channel: channel.clone(),
+            origin: fastrand::u64(..),
+            coherent: AtomicBool::new(false),
+            registry,
+            _stop_backplane: stop,
+        });
+        if let (Some(conn), Some(stop_rx)) = (conn, stop_rx) {
+            let listener = backplane::Listener {
+                core: Arc::downgrade(&core),
+                client: conn.client().clone(),
+                health: conn.health().clone(),
+                channel,
+                connect_timeout: config.connect_timeout,
+                op_timeout: config.op_timeout,
+            };
+            tokio::spawn(listener.run(stop_rx));
+        }
+        core
+    }
+
+    /// Registers a namespace, or returns the one already declared under that name when it has
+    /// the same type and settings.
+    pub(crate) fn register(&self, candidate: NsShared) -> Result<Arc<NsShared>> {
+        let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = reg.by_name.get(&candidate.name) {
+            return if existing.same_declaration(&candidate) {
+                Ok(existing.clone())
+            } else {
+                Err(Error::config(
+                    "namespace",
+                    format!(
+                        "{:?} is already declared with another type or other settings; \
+                         declare it once and clone the handle",
+                        candidate.name
+                    ),
+                ))
+            };
+        }
+        let id = u32::try_from(reg.by_id.len())
+            .map_err(|_| Error::config("namespace", "too many namespaces"))?;
+        let mut candidate = candidate;
+        candidate.id = id;
+        let shared = Arc::new(candidate);
+        reg.by_name.insert(shared.name.clone(), shared.clone());
+        reg.by_id.push(shared.clone());
+        Ok(shared)
+    }
+
+    pub(crate) fn namespaces(&self) -> Vec<Arc<NsShared>> {
+        read(&self.registry).by_id.clone()
+    }
+
+    fn by_name(&self, name: &str) -> Option<Arc<NsShared>> {
+        read(&self.registry).by_name.get(name).cloned()
+    }
+
+    /// Drops every L1 entry of every namespace.
+    pub(crate) fn forget_all(&self) {
+        for ns in read(&self.registry).by_id.iter() {
+            ns.bump_generation();
+        }
+        self.l1.invalidate_all();
+    }
+
+    /// Evicts the L1 entries an operation touched, here or (from the backplane) elsewhere.
+    pub(crate) async fn apply(&self, ns: &NsShared, op: &Op) {
+        ns.bump_generation();
+        let id = ns.id;
+        match op {
+            Op::Keys { keys, .. } => {
+                for key in keys {
+                    self.l1.invalidate(&l1::KeyRef { ns: id, key }).await;
+                }
+            }
+            Op::Tag { tag, keys, .. } => {
+                for key in keys {
+                    self.l1.invalidate(&l1::KeyRef { ns: id, key }).await;
+                }
+                let tag = tag.clone();
+                self.evict_if(move |k, v| k.ns == id && v.has_tag(&tag));
+            }
+            Op::Pattern { pattern, .. } => match pattern::Pattern::parse(pattern) {
+                Ok(p) => self.evict_if(move |k, _| k.ns == id && p.matches(&k.key)),
+                // A pattern another instance could not have sent; drop the namespace to be safe.
+                Err(_) => self.evict_if(move |k, _| k.ns == id),
+            },
+            Op::Clear { .. } => self.evict_if(move |k, _| k.ns == id),
+        }
+    }
+
+    fn evict_if(&self, pred: impl Fn(&l1::L1Key, &l1::L1Value) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.l1.invalidate_entries_if(pred) {
+            // Cannot happen: the L1 is built with support_invalidation_closures. Dropping all of
+            // L1 keeps the promise that invalidated entries are never served.
+            tracing::error!(error = %e, "tierkit: L1 predicate invalidation failed; dropping L1");
+            self.l1.invalidate_all();
+        }
+    }
+
+    async fn on_message(&self, payload: &[u8]) {
+        let msg: Message = match crate::Codec::new().decode(payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::debug!(error = %e, "tierkit: ignoring an unreadable backplane message");
+                return;
+            }
+        };
+        if msg.origin == self.origin {
+            return;
+        }
+        let name = match &msg.op {
+            Op::Keys { ns, .. }
+            | Op::Tag { ns, .. }
+            | Op::Pattern { ns, .. }
+            | Op::Clear { ns } => ns,
+        };
+        if let Some(ns) = self.by_name(name) {
+            self.apply(&ns, &msg.op).await;
+        }
+    }
+
+    pub(crate) fn message(&self, op: Op) -> Vec<u8> {
+        // A message of strings always encodes; an empty payload is ignored by receivers.
+        crate::Codec::new()
+            .encode(&Message {
+                origin: self.origin,
+                op,
+            })
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn info(&self, conn: Option<&Conn>) -> CacheInfo {
+        // Evictions and expiries are applied lazily; settle them so the figures are exact.
+        self.l1.run_pending_tasks().await;
+        let namespaces: Vec<(String, CacheStats)> = self
+            .namespaces()
+            .iter()
+            .map(|ns| (ns.name.clone(), ns.counters.snapshot()))
+            .collect();
+        let total = namespaces
+            .iter()
+            .fold(CacheStats::default(), |acc, (_, s)| acc + *s);
+        let (redis_keys, redis_used_memory) = match conn {
+            Some(conn) => redis_figures(conn).await,
+            None => (None, None),
+        };
+        CacheInfo {
+            namespaces,
+            total,
+            l1_entries: self.l1.entry_count(),
+            l1_bytes: self.l1.weighted_size(),
+            coherent: self.coherent.load(Ordering::Acquire),
+            redis_keys,
+            redis_used_memory,
+        }
+    }
+}
+
+async fn redis_figures(conn: &Conn) -> (Option<u64>, Option<u64>) {
+    let mut pipe = redis::pipe();
+    pipe.cmd("DBSIZE").cmd("INFO").arg("memory");
+    match conn.pipeline::<(u64, String)>(&pipe).await {
+        Ok((keys, info)) => {
+            let used = info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok());
+            (Some(keys), used)
+        }
+        Err(_) => (None, None),
+    }
+}
+
+fn read(reg: &RwLock<Registry>) -> std::sync::RwLockReadGuard<'_, Registry> {
+    reg.read().unwrap_or_else(|p| p.into_inner())
+}

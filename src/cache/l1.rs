@@ -1,0 +1,109 @@
+//! The in-process tier: one moka cache shared by every namespace, bounded in bytes.
+
+use std::any::Any;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::{Equivalent, Expiry};
+
+/// A namespace id (assigned per process at declaration) plus the caller's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct L1Key {
+    pub(crate) ns: u32,
+    pub(crate) key: Box<str>,
+}
+
+impl L1Key {
+    pub(crate) fn new(ns: u32, key: &str) -> Self {
+        L1Key {
+            ns,
+            key: key.into(),
+        }
+    }
+}
+
+// L1Key and KeyRef must hash identically: a hit is looked up by KeyRef without allocating.
+impl Hash for L1Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u32(self.ns);
+        self.key.hash(state);
+    }
+}
+
+/// The borrowed form of [`L1Key`], so an L1 hit needs no allocation.
+pub(crate) struct KeyRef<'a> {
+    pub(crate) ns: u32,
+    pub(crate) key: &'a str,
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u32(self.ns);
+        self.key.hash(state);
+    }
+}
+
+impl Equivalent<L1Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &L1Key) -> bool {
+        self.ns == key.ns && self.key == &*key.key
+    }
+}
+
+/// A decoded value as L1 keeps it. Cloning it (what a moka hit does) is one `Arc` increment.
+#[derive(Clone)]
+pub(crate) struct L1Value {
+    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    /// Encoded size in bytes, so the L1 is bounded by what values weigh, not by their count.
+    pub(crate) weight: u32,
+    pub(crate) ttl: Duration,
+    pub(crate) tags: Option<Arc<[Box<str>]>>,
+}
+
+impl L1Value {
+    pub(crate) fn has_tag(&self, tag: &str) -> bool {
+        self.tags
+            .as_deref()
+            .is_some_and(|tags| tags.iter().any(|t| &**t == tag))
+    }
+}
+
+struct PerEntryTtl;
+
+impl Expiry<L1Key, L1Value> for PerEntryTtl {
+    fn expire_after_create(&self, _: &L1Key, value: &L1Value, _: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &L1Key,
+        value: &L1Value,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+pub(crate) type L1 = moka::future::Cache<L1Key, L1Value>;
+
+/// Builds the L1; `on_evict` hears the namespace id of each entry evicted for lack of room.
+pub(crate) fn build(capacity: u64, on_evict: impl Fn(u32) + Send + Sync + 'static) -> L1 {
+    moka::future::Cache::builder()
+        .max_capacity(capacity)
+        .weigher(|key: &L1Key, value: &L1Value| {
+            let key_len = u32::try_from(key.key.len()).unwrap_or(u32::MAX);
+            value.weight.saturating_add(key_len)
+        })
+        .expire_after(PerEntryTtl)
+        // Tags, patterns and namespace clears evict by predicate.
+        .support_invalidation_closures()
+        .eviction_listener(move |key: Arc<L1Key>, _, cause| {
+            if cause == RemovalCause::Size {
+                on_evict(key.ns);
+            }
+        })
+        .build()
+}

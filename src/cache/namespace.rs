@@ -1,0 +1,978 @@
+//! A typed namespace: the handle a service keeps for one kind of cached value.
+
+use std::any::{Any, TypeId};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::backplane::Op;
+use super::l1::{KeyRef, L1Key, L1Value, L1};
+use super::pattern::Pattern;
+use super::stats::{add, bump, CacheStats, Counters};
+use crate::error::{Error, Result};
+use crate::Tierkit;
+
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+const SCAN_COUNT: usize = 1000;
+
+/// What a namespace is, shared by every handle to it.
+pub(crate) struct NsShared {
+    pub(crate) id: u32,
+    pub(crate) name: String,
+    version: u32,
+    type_id: TypeId,
+    ttl: Duration,
+    l1_ttl: Duration,
+    jitter: f64,
+    pub(crate) counters: Counters,
+    /// Bumped by every invalidation, so a load that raced one does not keep its stale result.
+    generation: AtomicU64,
+    /// `{prefix}:c:{name}:v{version}:`
+    key_prefix: String,
+    /// `{prefix}:c:{name}:t{version}:`
+    tag_prefix: String,
+    /// `{prefix}:c:{name}:*`: every key of the namespace, all versions.
+    all_versions: String,
+}
+
+impl NsShared {
+    pub(crate) fn same_declaration(&self, other: &NsShared) -> bool {
+        self.type_id == other.type_id
+            && self.version == other.version
+            && self.ttl == other.ttl
+            && self.l1_ttl == other.l1_ttl
+            && self.jitter == other.jitter
+    }
+
+    pub(crate) fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Where a read's value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Source {
+    /// The in-process L1 (including a value another caller was loading at the same time).
+    L1,
+    /// Redis.
+    L2,
+    /// The `get_or_set` loader.
+    Loader,
+}
+
+/// A cached value and where it came from. Derefs to the value.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tierkit::Result<()> {
+/// use tierkit::cache::Source;
+///
+/// let kit = tierkit::Tierkit::embedded();
+/// let names = kit.namespace::<String>("names").build()?;
+/// let hit = names.get_or_set("1", || async { Ok::<_, std::io::Error>("ada".to_string()) }).await?;
+/// assert_eq!(hit.source(), Source::Loader);
+/// assert_eq!(hit.len(), 3); // Deref to String
+/// assert_eq!(names.get("1").await.unwrap().source(), Source::L1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Hit<V> {
+    value: Arc<V>,
+    source: Source,
+}
+
+impl<V> Hit<V> {
+    /// Where the value came from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// The shared value.
+    pub fn value(&self) -> &Arc<V> {
+        &self.value
+    }
+
+    /// The shared value, owned.
+    pub fn into_arc(self) -> Arc<V> {
+        self.value
+    }
+}
+
+impl<V> Clone for Hit<V> {
+    fn clone(&self) -> Self {
+        Hit {
+            value: self.value.clone(),
+            source: self.source,
+        }
+    }
+}
+
+impl<V> Deref for Hit<V> {
+    type Target = V;
+
+    fn deref(&self) -> &V {
+        &self.value
+    }
+}
+
+/// How far a write or invalidation reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Reach {
+    /// Every configured tier: L1, and with Redis, L2 and the other instances' L1 copies.
+    AllTiers,
+    /// Only this instance's L1: Redis is down or the call failed. Other instances and the L2
+    /// may keep the old value until its TTL ends.
+    L1Only,
+}
+
+/// Per-write options: a TTL override and tags.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tierkit::cache::SetOptions;
+///
+/// let opts = SetOptions::new().ttl(Duration::from_secs(60)).tag("user:42").tag("feed");
+/// # let _ = opts;
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct SetOptions {
+    ttl: Option<Duration>,
+    tags: Vec<String>,
+}
+
+impl SetOptions {
+    /// No override, no tags.
+    pub fn new() -> Self {
+        SetOptions::default()
+    }
+
+    /// The TTL of this entry instead of the namespace's (jitter still applies). Must be at
+    /// least 1 ms.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Adds a tag, for [`Namespace::invalidate_tag`].
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+}
+
+/// Declares a namespace; get one from [`Tierkit::namespace`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let kit = tierkit::Tierkit::embedded();
+/// let events = kit
+///     .namespace::<Vec<String>>("events")
+///     .ttl(Duration::from_secs(30 * 60))
+///     .l1_ttl(Duration::from_secs(60))
+///     .version(2)
+///     .jitter(0.1)
+///     .build()?;
+/// # let _ = events;
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+pub struct NamespaceBuilder<V> {
+    kit: Tierkit,
+    name: String,
+    ttl: Duration,
+    l1_ttl: Option<Duration>,
+    version: u32,
+    jitter: f64,
+    _type: PhantomData<fn() -> V>,
+}
+
+impl<V> std::fmt::Debug for NamespaceBuilder<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceBuilder")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("l1_ttl", &self.l1_ttl)
+            .field("version", &self.version)
+            .field("jitter", &self.jitter)
+            .finish()
+    }
+}
+
+impl<V> NamespaceBuilder<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new(kit: Tierkit, name: String) -> Self {
+        NamespaceBuilder {
+            kit,
+            name,
+            ttl: DEFAULT_TTL,
+            l1_ttl: None,
+            version: 1,
+            jitter: 0.0,
+            _type: PhantomData,
+        }
+    }
+
+    /// How long an entry lives in Redis. Default: 1 hour.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long an entry lives in the L1, at most the TTL. A shorter L1 TTL bounds how stale
+    /// an L1 copy can get when the backplane is down. Default: the TTL.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// The schema version of `V`. Bump it when a deploy changes the type: old entries become
+    /// unreachable instead of being read as the new type. Default: 1.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Shortens each entry's TTL by a random fraction up to `fraction` (0 to 1, exclusive), so
+    /// entries written together do not expire together. Default: 0 (no jitter).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// Validates and declares the namespace. Declaring the same name again with the same type
+    /// and settings gives a handle to the same namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), a zero TTL,
+    /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, or a name already declared with
+    /// another type or settings.
+    pub fn build(self) -> Result<Namespace<V>> {
+        validate_name(&self.name)?;
+        if self.ttl < Duration::from_millis(1) {
+            return Err(Error::config("ttl", "is under 1 ms; give a positive TTL"));
+        }
+        let l1_ttl = self.l1_ttl.unwrap_or(self.ttl);
+        if l1_ttl.is_zero() || l1_ttl > self.ttl {
+            return Err(Error::config(
+                "l1_ttl",
+                format!(
+                    "{l1_ttl:?} must be positive and at most the TTL {:?}",
+                    self.ttl
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Error::config(
+                "jitter",
+                format!(
+                    "{} is outside [0, 1); e.g. 0.1 shortens TTLs by up to 10%",
+                    self.jitter
+                ),
+            ));
+        }
+        let core = self.kit.cache_core();
+        let prefix = &core.prefix;
+        let name = &self.name;
+        let shared = core.register(NsShared {
+            id: 0,
+            name: name.clone(),
+            version: self.version,
+            type_id: TypeId::of::<V>(),
+            ttl: self.ttl,
+            l1_ttl,
+            jitter: self.jitter,
+            counters: Counters::default(),
+            generation: AtomicU64::new(0),
+            key_prefix: format!("{prefix}:c:{name}:v{}:", self.version),
+            tag_prefix: format!("{prefix}:c:{name}:t{}:", self.version),
+            all_versions: format!("{prefix}:c:{name}:*"),
+        })?;
+        Ok(Namespace {
+            l1: core.l1.clone(),
+            ns: shared,
+            kit: self.kit,
+            _type: PhantomData,
+        })
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(Error::config(
+            "namespace",
+            format!("{name:?} must be 1-64 characters from A-Z a-z 0-9 _ - ."),
+        ));
+    }
+    Ok(())
+}
+
+/// A typed, cheap-to-clone handle to one cache namespace.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tierkit::Result<()> {
+/// use std::time::Duration;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Profile { name: String }
+///
+/// let kit = tierkit::Tierkit::embedded();
+/// let profiles = kit.namespace::<Profile>("profiles").ttl(Duration::from_secs(3600)).build()?;
+///
+/// let p = profiles
+///     .get_or_set("42", || async { Ok::<_, std::io::Error>(Profile { name: "Ada".into() }) })
+///     .await?;
+/// assert_eq!(p.name, "Ada");
+/// profiles.invalidate("42").await?;
+/// assert!(profiles.get("42").await.is_none());
+/// # Ok(()) }
+/// ```
+pub struct Namespace<V> {
+    // The L1 handle is kept here as well as in the core: one pointer less on the hit path.
+    l1: L1,
+    ns: Arc<NsShared>,
+    kit: Tierkit,
+    _type: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Namespace<V> {
+    fn clone(&self) -> Self {
+        Namespace {
+            l1: self.l1.clone(),
+            ns: self.ns.clone(),
+            kit: self.kit.clone(),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<V> std::fmt::Debug for Namespace<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.ns.name)
+            .field("version", &self.ns.version)
+            .field("ttl", &self.ns.ttl)
+            .field("l1_ttl", &self.ns.l1_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Classifies a failed L2 call for the counters; Redis errors never reach a reader.
+fn count_l2_failure(counters: &Counters, err: &Error) {
+    match err {
+        Error::Unavailable => bump(&counters.l2_skipped),
+        _ => bump(&counters.l2_errors),
+    }
+}
+
+impl<V> Namespace<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.ns.name
+    }
+
+    /// The counters of this namespace.
+    pub fn stats(&self) -> CacheStats {
+        self.ns.counters.snapshot()
+    }
+
+    /// The Redis key of `key` in this namespace.
+    pub fn redis_key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.ns.key_prefix.len() + key.len());
+        k.push_str(&self.ns.key_prefix);
+        k.push_str(key);
+        k
+    }
+
+    async fn l1_get(&self, key: &str) -> Option<Arc<V>> {
+        let found = self
+            .l1
+            .get(&KeyRef {
+                ns: self.ns.id,
+                key,
+            })
+            .await?;
+        // Namespace ids are bound to one type at declaration, so this cannot fail; if it did,
+        // a miss is the safe answer.
+        Arc::downcast::<V>(found.value).ok()
+    }
+
+    /// Reads `key`: L1, then Redis. `None` when neither has it. Never returns a Redis error:
+    /// when Redis is down or fails, the read is answered from L1 alone.
+    pub async fn get(&self, key: &str) -> Option<Hit<V>> {
+        if let Some(value) = self.l1_get(key).await {
+            bump(&self.ns.counters.l1_hits);
+            return Some(Hit {
+                value,
+                source: Source::L1,
+            });
+        }
+        match self.l2_get(key).await {
+            Some((value, weight)) => {
+                let value = Arc::new(value);
+                self.fill_l1(key, value.clone(), weight).await;
+                Some(Hit {
+                    value,
+                    source: Source::L2,
+                })
+            }
+            None => {
+                bump(&self.ns.counters.misses);
+                None
+            }
+        }
+    }
+
+    /// L2 read: the decoded value and its stored size, counting hits, errors and decode
+    /// failures. A miss is counted by the caller.
+    async fn l2_get(&self, key: &str) -> Option<(V, u32)> {
+        self.l2_get_or_why(key).await.ok().flatten()
+    }
+
+    /// As `l2_get`, but telling a Redis failure (`Err`) apart from a miss (`Ok(None)`).
+    async fn l2_get_or_why(&self, key: &str) -> std::result::Result<Option<(V, u32)>, ()> {
+        let conn = self.kit.conn().ok_or(())?;
+        let counters = &self.ns.counters;
+        match conn
+            .query::<Option<Vec<u8>>>(redis::cmd("GET").arg(self.redis_key(key)))
+            .await
+        {
+            Ok(Some(bytes)) => match self.kit.codec().decode::<V>(&bytes) {
+                Ok(value) => {
+                    bump(&counters.l2_hits);
+                    Ok(Some((value, weight_of(&bytes))))
+                }
+                Err(e) => {
+                    bump(&counters.decode_failures);
+                    tracing::debug!(namespace = %self.ns.name, error = %e,
+                        "tierkit: stored value does not decode; treating as a miss");
+                    Ok(None)
+                }
+            },
+            Ok(None) => Ok(None),
+            Err(e) => {
+                count_l2_failure(counters, &e);
+                Err(())
+            }
+        }
+    }
+
+    /// Keeps a value read from L2 in L1, for the namespace's L1 TTL.
+    async fn fill_l1(&self, key: &str, value: Arc<V>, weight: u32) {
+        let value = self.l1_value(value, weight, self.ns.l1_ttl, None);
+        self.l1.insert(L1Key::new(self.ns.id, key), value).await;
+    }
+
+    fn l1_value(
+        &self,
+        value: Arc<V>,
+        weight: u32,
+        ttl: Duration,
+        tags: Option<Arc<[Box<str>]>>,
+    ) -> L1Value {
+        L1Value {
+            value: value as Arc<dyn Any + Send + Sync>,
+            weight,
+            ttl: ttl.min(self.ns.l1_ttl),
+            tags,
+        }
+    }
+
+    /// Reads `key` through both tiers and, when neither has it, runs `loader` and writes its
+    /// value to both (cache-aside).
+    ///
+    /// Concurrent calls for one missing key run one load per process: the others wait for it
+    /// and share its value, or its error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Loader`] when the loader fails (nothing is cached); [`Error::TooLarge`] or
+    /// [`Error::Encode`] when its value cannot be stored. Never a Redis error: Redis failures
+    /// make the call skip L2.
+    pub async fn get_or_set<F, Fut, E>(&self, key: &str, loader: F) -> Result<Hit<V>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if let Some(value) = self.l1_get(key).await {
+            bump(&self.ns.counters.l1_hits);
+            return Ok(Hit {
+                value,
+                source: Source::L1,
+            });
+        }
+        let generation = self.ns.generation();
+        let mut source = Source::L1;
+        let entry = self
+            .l1
+            .entry(L1Key::new(self.ns.id, key))
+            .or_try_insert_with(self.load(key, loader, &mut source))
+            .await;
+        let entry = entry.map_err(Error::from_shared)?;
+        let fresh = entry.is_fresh();
+        if fresh && self.ns.generation() != generation {
+            // An invalidation landed while this value was loading: hand it to the caller, but
+            // do not keep what may already be stale.
+            self.l1
+                .invalidate(&KeyRef {
+                    ns: self.ns.id,
+                    key,
+                })
+                .await;
+        }
+        if !fresh {
+            bump(&self.ns.counters.l1_hits);
+        }
+        let value = Arc::downcast::<V>(entry.into_value().value)
+            .map_err(|_| Error::config("namespace", "L1 holds another type under this name"))?;
+        Ok(Hit {
+            value,
+            source: if fresh { source } else { Source::L1 },
+        })
+    }
+
+    async fn load<F, Fut, E>(&self, key: &str, loader: F, source: &mut Source) -> Result<L1Value>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = std::result::Result<V, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let counters = &self.ns.counters;
+        let l2_reachable = match self.l2_get_or_why(key).await {
+            Ok(Some((value, weight))) => {
+                *source = Source::L2;
+                return Ok(self.l1_value(Arc::new(value), weight, self.ns.l1_ttl, None));
+            }
+            Ok(None) => true,
+            Err(()) => false,
+        };
+        bump(&counters.misses);
+        bump(&counters.loader_calls);
+        let value = loader().await.map_err(|e| {
+            bump(&counters.loader_errors);
+            Error::Loader(Arc::from(e.into()))
+        })?;
+        *source = Source::Loader;
+        let (bytes, weight) = self.encode(&value)?;
+        let ttl = self.jittered(self.ns.ttl);
+        match self.kit.conn() {
+            Some(conn) if l2_reachable => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.redis_key(key))
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(millis(ttl));
+                if let Err(e) = conn.query::<()>(&cmd).await {
+                    count_l2_failure(counters, &e);
+                }
+            }
+            // The read just failed: a write now would most likely wait out another timeout.
+            Some(_) => bump(&counters.l2_skipped),
+            None => {}
+        }
+        Ok(self.l1_value(Arc::new(value), weight, ttl, None))
+    }
+
+    fn encode(&self, value: &V) -> Result<(Vec<u8>, u32)> {
+        let started = Instant::now();
+        let (bytes, info) = self.kit.codec().encode_with_info(value)?;
+        let counters = &self.ns.counters;
+        add(&counters.encode_nanos, started.elapsed().as_nanos() as u64);
+        add(&counters.encoded_bytes, info.body_len as u64);
+        add(&counters.stored_bytes, info.stored_len as u64);
+        let weight = weight_of(&bytes);
+        Ok((bytes, weight))
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.ns.jitter == 0.0 {
+            return ttl;
+        }
+        let cut = ttl.mul_f64(self.ns.jitter * fastrand::f64());
+        ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// Writes `value` to L1 and Redis (write-through) and evicts other instances' L1 copies.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] or [`Error::Encode`] when the value cannot be stored; nothing is
+    /// written then. Redis failures are not errors: see [`Reach`].
+    pub async fn set(&self, key: &str, value: V) -> Result<Reach> {
+        self.set_with(key, value, SetOptions::default()).await
+    }
+
+    /// [`set`](Self::set) with a TTL override and tags.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set), and [`Error::Config`] for a TTL under 1 ms or an empty tag.
+    pub async fn set_with(&self, key: &str, value: V, opts: SetOptions) -> Result<Reach> {
+        let batch = self.prepare(key, value, &opts)?;
+        self.write(vec![batch]).await
+    }
+
+    /// Writes many entries in one Redis round trip.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set); when any value cannot be stored, nothing is written.
+    pub async fn set_many<K: AsRef<str>>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Reach> {
+        let opts = SetOptions::default();
+        let batch = entries
+            .into_iter()
+            .map(|(k, v)| self.prepare(k.as_ref(), v, &opts))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(batch).await
+    }
+
+    fn prepare(&self, key: &str, value: V, opts: &SetOptions) -> Result<Prepared<V>> {
+        let ttl = opts.ttl.unwrap_or(self.ns.ttl);
+        if ttl < Duration::from_millis(1) {
+            return Err(Error::config("ttl", "is under 1 ms; give a positive TTL"));
+        }
+        if opts.tags.iter().any(String::is_empty) {
+            return Err(Error::config(
+                "tag",
+                "is empty; tags need at least one character",
+            ));
+        }
+        let (bytes, weight) = self.encode(&value)?;
+        let tags: Option<Arc<[Box<str>]>> =
+            (!opts.tags.is_empty()).then(|| opts.tags.iter().map(|t| t.as_str().into()).collect());
+        Ok(Prepared {
+            key: key.to_owned(),
+            value: Arc::new(value),
+            bytes,
+            weight,
+            ttl: self.jittered(ttl),
+            tags,
+        })
+    }
+
+    async fn write(&self, batch: Vec<Prepared<V>>) -> Result<Reach> {
+        self.ns.bump_generation();
+        let mut pipe = redis::pipe();
+        let mut keys = Vec::with_capacity(batch.len());
+        for p in batch {
+            let redis_key = self.redis_key(&p.key);
+            let ms = millis(p.ttl);
+            pipe.cmd("SET")
+                .arg(&redis_key)
+                .arg(p.bytes)
+                .arg("PX")
+                .arg(ms)
+                .ignore();
+            for tag in p.tags.iter().flat_map(|t| t.iter()) {
+                let tag_key = format!("{}{tag}", self.ns.tag_prefix);
+                pipe.cmd("SADD").arg(&tag_key).arg(&p.key).ignore();
+                // NX gives a new set a TTL, GT only ever lengthens it, so the set outlives
+                // every entry it lists.
+                pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("NX").ignore();
+                pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("GT").ignore();
+            }
+            let value = self.l1_value(p.value, p.weight, p.ttl, p.tags);
+            self.l1.insert(L1Key::new(self.ns.id, &p.key), value).await;
+            keys.push(p.key);
+        }
+        let op = Op::Keys {
+            ns: self.ns.name.clone(),
+            keys,
+        };
+        self.to_l2(pipe, op).await
+    }
+
+    /// Sends a write pipeline with the backplane publish appended, in one round trip.
+    async fn to_l2(&self, mut pipe: redis::Pipeline, op: Op) -> Result<Reach> {
+        let Some(conn) = self.kit.conn() else {
+            return Ok(Reach::AllTiers);
+        };
+        let core = self.kit.cache_core();
+        pipe.cmd("PUBLISH")
+            .arg(&core.channel)
+            .arg(core.message(op))
+            .ignore();
+        match conn.pipeline::<()>(&pipe).await {
+            Ok(()) => Ok(Reach::AllTiers),
+            Err(e) => {
+                count_l2_failure(&self.ns.counters, &e);
+                Ok(Reach::L1Only)
+            }
+        }
+    }
+
+    /// Reads many keys: L1 first, then every L1 miss from Redis in one round trip. The result
+    /// lines up with `keys`.
+    pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Option<Hit<V>>> {
+        let counters = &self.ns.counters;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match self.l1_get(key.as_ref()).await {
+                Some(value) => {
+                    bump(&counters.l1_hits);
+                    out.push(Some(Hit {
+                        value,
+                        source: Source::L1,
+                    }));
+                }
+                None => {
+                    missing.push(i);
+                    out.push(None);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return out;
+        }
+        let fetched = match self.kit.conn() {
+            Some(conn) => {
+                let mut pipe = redis::pipe();
+                for &i in &missing {
+                    pipe.cmd("GET").arg(self.redis_key(keys[i].as_ref()));
+                }
+                match conn.pipeline::<Vec<Option<Vec<u8>>>>(&pipe).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        count_l2_failure(counters, &e);
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let mut fetched = fetched.into_iter();
+        for i in missing {
+            let decoded = fetched.next().flatten().and_then(|bytes| {
+                self.kit
+                    .codec()
+                    .decode::<V>(&bytes)
+                    .map(|v| (v, weight_of(&bytes)))
+                    .map_err(|_| bump(&counters.decode_failures))
+                    .ok()
+            });
+            match decoded {
+                Some((value, weight)) => {
+                    bump(&counters.l2_hits);
+                    let value = Arc::new(value);
+                    self.fill_l1(keys[i].as_ref(), value.clone(), weight).await;
+                    out[i] = Some(Hit {
+                        value,
+                        source: Source::L2,
+                    });
+                }
+                None => bump(&counters.misses),
+            }
+        }
+        out
+    }
+
+    /// Removes `key` from L1, Redis and the other instances' L1.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for input checks. Redis failures give
+    /// [`Reach::L1Only`].
+    pub async fn invalidate(&self, key: &str) -> Result<Reach> {
+        self.l1
+            .invalidate(&KeyRef {
+                ns: self.ns.id,
+                key,
+            })
+            .await;
+        self.ns.bump_generation();
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(self.redis_key(key)).ignore();
+        let op = Op::Keys {
+            ns: self.ns.name.clone(),
+            keys: vec![key.to_owned()],
+        };
+        self.to_l2(pipe, op).await
+    }
+
+    /// Removes every entry written with `tag` (see [`SetOptions::tag`]), in every tier and
+    /// instance.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an empty tag. Redis failures give [`Reach::L1Only`].
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<Reach> {
+        if tag.is_empty() {
+            return Err(Error::config(
+                "tag",
+                "is empty; tags need at least one character",
+            ));
+        }
+        let core = self.kit.cache_core();
+        // Entries this instance wrote with the tag, whether or not Redis is reachable.
+        let local = Op::Tag {
+            ns: self.ns.name.clone(),
+            tag: tag.to_owned(),
+            keys: Vec::new(),
+        };
+        core.apply(&self.ns, &local).await;
+        let Some(conn) = self.kit.conn() else {
+            return Ok(Reach::AllTiers);
+        };
+        // Read and delete the tag set in one step, so a key tagged meanwhile is either in
+        // this batch or in a fresh set, never lost.
+        let tag_key = format!("{}{tag}", self.ns.tag_prefix);
+        let keys = match conn.invoke::<Vec<String>>(&TAKE_SET.key(&tag_key)).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                count_l2_failure(&self.ns.counters, &e);
+                return Ok(Reach::L1Only);
+            }
+        };
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("UNLINK").arg(self.redis_key(key)).ignore();
+        }
+        // Entries read from L2 (here or elsewhere) do not know their tags: evict them by key.
+        let op = Op::Tag {
+            ns: self.ns.name.clone(),
+            tag: tag.to_owned(),
+            keys,
+        };
+        core.apply(&self.ns, &op).await;
+        self.to_l2(pipe, op).await
+    }
+
+    /// Removes every entry whose key matches `pattern`, in every tier and instance, and returns
+    /// how many Redis entries were removed.
+    ///
+    /// The pattern is a glob over this namespace's keys only: `*` matches any run of
+    /// characters, `?` one character, `\` makes the next character literal, and everything
+    /// else (`[`, `]`, ...) is literal. Redis is walked with `SCAN` in batches, never `KEYS`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a pattern ending in a lone `\`. When Redis fails part way, the
+    /// entries removed so far stay removed and [`Reach::L1Only`] comes back with the count.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<(Reach, u64)> {
+        let parsed = Pattern::parse(pattern)?;
+        let op = Op::Pattern {
+            ns: self.ns.name.clone(),
+            pattern: parsed.source().to_owned(),
+        };
+        self.kit.cache_core().apply(&self.ns, &op).await;
+        let glob = parsed.to_redis_glob(&self.ns.key_prefix);
+        self.scan_unlink(&glob, op).await
+    }
+
+    /// Removes every entry of this namespace, of every version, in every tier and instance,
+    /// and returns how many Redis keys were removed.
+    ///
+    /// # Errors
+    ///
+    /// None today; Redis failures give [`Reach::L1Only`] with the count removed so far.
+    pub async fn clear(&self) -> Result<(Reach, u64)> {
+        let op = Op::Clear {
+            ns: self.ns.name.clone(),
+        };
+        self.kit.cache_core().apply(&self.ns, &op).await;
+        let glob = self.ns.all_versions.clone();
+        self.scan_unlink(&glob, op).await
+    }
+
+    async fn scan_unlink(&self, glob: &str, op: Op) -> Result<(Reach, u64)> {
+        let Some(conn) = self.kit.conn() else {
+            return Ok((Reach::AllTiers, 0));
+        };
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(glob)
+                .arg("COUNT")
+                .arg(SCAN_COUNT);
+            let (next, keys): (u64, Vec<String>) = match conn.query(&scan).await {
+                Ok(page) => page,
+                Err(e) => {
+                    count_l2_failure(&self.ns.counters, &e);
+                    return Ok((Reach::L1Only, removed));
+                }
+            };
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("UNLINK").arg(key);
+                }
+                match conn.pipeline::<Vec<u64>>(&pipe).await {
+                    Ok(counts) => removed += counts.iter().sum::<u64>(),
+                    Err(e) => {
+                        count_l2_failure(&self.ns.counters, &e);
+                        return Ok((Reach::L1Only, removed));
+                    }
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let reach = self.to_l2(redis::pipe(), op).await?;
+        Ok((reach, removed))
+    }
+}
+
+/// Returns the members of a set and deletes it, atomically, touching one key.
+static TAKE_SET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local m = redis.call('SMEMBERS', KEYS[1]) redis.call('UNLINK', KEYS[1]) return m",
+    )
+});
+
+struct Prepared<V> {
+    key: String,
+    value: Arc<V>,
+    bytes: Vec<u8>,
+    weight: u32,
+    ttl: Duration,
+    tags: Option<Arc<[Box<str>]>>,
+}
+
+/// An entry weighs what it takes to store: the encoded (and maybe compressed) envelope.
+fn weight_of(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).unwrap_or(u32::MAX)
+}
+
+fn millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,139 @@
+//! Hit/miss counters per namespace.
+
+use std::ops::{Add, AddAssign};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Counters of one namespace, or of all of them added up.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::cache::CacheStats;
+///
+/// let stats = CacheStats::default();
+/// assert_eq!(stats.hit_ratio(), 0.0);
+/// let total = stats + stats;
+/// assert_eq!(total.l1_hits, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CacheStats {
+    /// Reads answered by the in-process L1.
+    pub l1_hits: u64,
+    /// Reads answered by Redis (L1 missed).
+    pub l2_hits: u64,
+    /// Reads that found the key in neither tier.
+    pub misses: u64,
+    /// Times a `get_or_set` loader ran.
+    pub loader_calls: u64,
+    /// Times a loader returned an error (never cached).
+    pub loader_errors: u64,
+    /// Redis calls that failed or timed out; the call fell back to L1 and the loader.
+    pub l2_errors: u64,
+    /// Reads and writes that skipped Redis because health was `Down`.
+    pub l2_skipped: u64,
+    /// Stored bytes that no longer decode as the type (old schema, foreign writer); each
+    /// counted as a miss and overwritten.
+    pub decode_failures: u64,
+    /// L1 entries evicted to stay within `l1_capacity`.
+    pub evictions: u64,
+    /// Bytes of values encoded for writing, before compression.
+    pub encoded_bytes: u64,
+    /// Bytes of values as stored, after compression where it paid.
+    pub stored_bytes: u64,
+    /// CPU time spent encoding (and compressing) values, in nanoseconds.
+    pub encode_nanos: u64,
+}
+
+impl CacheStats {
+    /// Share of reads answered from a cache tier: `(l1_hits + l2_hits) / reads`; 0 with no
+    /// reads.
+    pub fn hit_ratio(&self) -> f64 {
+        let hits = self.l1_hits + self.l2_hits;
+        let reads = hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            hits as f64 / reads as f64
+        }
+    }
+
+    /// Bytes compression saved: `encoded_bytes - stored_bytes` (the envelope header included).
+    pub fn bytes_saved(&self) -> u64 {
+        self.encoded_bytes.saturating_sub(self.stored_bytes)
+    }
+}
+
+impl Add for CacheStats {
+    type Output = CacheStats;
+
+    fn add(mut self, other: CacheStats) -> CacheStats {
+        self += other;
+        self
+    }
+}
+
+impl AddAssign for CacheStats {
+    fn add_assign(&mut self, o: CacheStats) {
+        self.l1_hits += o.l1_hits;
+        self.l2_hits += o.l2_hits;
+        self.misses += o.misses;
+        self.loader_calls += o.loader_calls;
+        self.loader_errors += o.loader_errors;
+        self.l2_errors += o.l2_errors;
+        self.l2_skipped += o.l2_skipped;
+        self.decode_failures += o.decode_failures;
+        self.evictions += o.evictions;
+        self.encoded_bytes += o.encoded_bytes;
+        self.stored_bytes += o.stored_bytes;
+        self.encode_nanos += o.encode_nanos;
+    }
+}
+
+/// The live counters behind [`CacheStats`]; relaxed atomics, one add per event.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) l1_hits: AtomicU64,
+    pub(crate) l2_hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) loader_calls: AtomicU64,
+    pub(crate) loader_errors: AtomicU64,
+    pub(crate) l2_errors: AtomicU64,
+    pub(crate) l2_skipped: AtomicU64,
+    pub(crate) decode_failures: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) encoded_bytes: AtomicU64,
+    pub(crate) stored_bytes: AtomicU64,
+    pub(crate) encode_nanos: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> CacheStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        CacheStats {
+            l1_hits: get(&self.l1_hits),
+            l2_hits: get(&self.l2_hits),
+            misses: get(&self.misses),
+            loader_calls: get(&self.loader_calls),
+            loader_errors: get(&self.loader_errors),
+            l2_errors: get(&self.l2_errors),
+            l2_skipped: get(&self.l2_skipped),
+            decode_failures: get(&self.decode_failures),
+            evictions: get(&self.evictions),
+            encoded_bytes: get(&self.encoded_bytes),
+            stored_bytes: get(&self.stored_bytes),
+            encode_nanos: get(&self.encode_nanos),
+        }
+    }
+}

@@ -1,0 +1,749 @@
+//! The two-tier cache. `suite!` runs the behaviour every backend shares against the embedded
+//! (L1-only) cache and against a real redis-server; the Redis-only behaviour (L2, versioning,
+//! coherence, degradation) follows.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use support::{eventually, RedisServer, TcpProxy};
+use tierkit::cache::{Reach, SetOptions, Source};
+use tierkit::health::HealthState;
+use tierkit::{Config, Error, Tierkit};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Event {
+    id: u64,
+    title: String,
+}
+
+fn event(id: u64) -> Event {
+    Event {
+        id,
+        title: format!("event {id}"),
+    }
+}
+
+/// A tierkit instance and, for the Redis backend, the server it talks to.
+struct Fixture {
+    kit: Tierkit,
+    server: Option<RedisServer>,
+}
+
+fn config(url: &str) -> Config {
+    Config::builder()
+        .redis_url(url)
+        .probe_interval(Duration::from_millis(100))
+        .probe_timeout(Duration::from_millis(80))
+        .op_timeout(Duration::from_millis(100))
+        .fail_threshold(2)
+        .recover_threshold(1)
+        .build()
+        .unwrap()
+}
+
+/// Starts an instance on `url` and waits until Redis is up and the backplane subscribed.
+async fn connected(url: &str) -> Tierkit {
+    let kit = Tierkit::new(config(url)).unwrap();
+    ready(&kit).await;
+    kit
+}
+
+async fn ready(kit: &Tierkit) {
+    let health = kit.health().unwrap();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await,
+        "{:?}",
+        health.status()
+    );
+    let coherent = eventually(Duration::from_secs(5), || async {
+        kit.cache_info().await.coherent
+    })
+    .await;
+    assert!(coherent.is_some(), "backplane never subscribed");
+}
+
+impl Fixture {
+    async fn embedded() -> Fixture {
+        Fixture {
+            kit: Tierkit::embedded(),
+            server: None,
+        }
+    }
+
+    async fn redis() -> Fixture {
+        let server = RedisServer::start();
+        let kit = connected(&server.url()).await;
+        Fixture {
+            kit,
+            server: Some(server),
+        }
+    }
+}
+
+fn loader_ok(v: Event) -> impl FnOnce() -> std::future::Ready<Result<Event, std::io::Error>> {
+    move || std::future::ready(Ok(v))
+}
+
+/// The behaviour both backends share, written once.
+macro_rules! suite {
+    ($module:ident, $backend:ident) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn get_or_set_fills_then_hits_l1() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                let hit = events.get_or_set("1", loader_ok(event(1))).await.unwrap();
+                assert_eq!(hit.source(), Source::Loader);
+                assert_eq!(*hit, event(1));
+                let again = events
+                    .get_or_set("1", || async {
+                        Err::<Event, _>(std::io::Error::other("not called"))
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(again.source(), Source::L1);
+                let s = events.stats();
+                assert_eq!((s.l1_hits, s.misses, s.loader_calls), (1, 1, 1));
+                assert!((s.hit_ratio() - 0.5).abs() < 1e-9);
+            }
+
+            #[tokio::test]
+            async fn set_get_invalidate() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                assert!(events.get("1").await.is_none());
+                assert_eq!(events.set("1", event(1)).await.unwrap(), Reach::AllTiers);
+                let hit = events.get("1").await.unwrap();
+                assert_eq!((hit.source(), &*hit), (Source::L1, &event(1)));
+                events.set("1", event(11)).await.unwrap();
+                assert_eq!(*events.get("1").await.unwrap(), event(11));
+                events.invalidate("1").await.unwrap();
+                assert!(events.get("1").await.is_none());
+                assert_eq!(events.stats().misses, 2);
+            }
+
+            #[tokio::test]
+            async fn many_at_once() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                events
+                    .set_many((0..10).map(|i| (i.to_string(), event(i))))
+                    .await
+                    .unwrap();
+                let keys: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+                let got = events.get_many(&keys).await;
+                assert_eq!(got.len(), 12);
+                for (i, hit) in got.iter().enumerate() {
+                    match hit {
+                        Some(hit) => assert_eq!(**hit, event(i as u64)),
+                        None => assert!(i >= 10, "key {i} missing"),
+                    }
+                }
+            }
+
+            #[tokio::test]
+            async fn tags_patterns_and_clear() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                let other = f.kit.namespace::<Event>("other").build().unwrap();
+                for i in 0..6u64 {
+                    let tag = if i % 2 == 0 { "even" } else { "odd" };
+                    events
+                        .set_with(&format!("user:{i}"), event(i), SetOptions::new().tag(tag))
+                        .await
+                        .unwrap();
+                    other.set(&format!("user:{i}"), event(i)).await.unwrap();
+                }
+                events.set("user:*", event(100)).await.unwrap();
+                events.set("team:1", event(200)).await.unwrap();
+
+                events.invalidate_tag("even").await.unwrap();
+                for i in 0..6u64 {
+                    let present = events.get(&format!("user:{i}")).await.is_some();
+                    assert_eq!(present, i % 2 == 1, "user:{i}");
+                }
+
+                // An escaped star matches only the literal key "user:*".
+                events.invalidate_pattern(r"user:\*").await.unwrap();
+                assert!(events.get("user:*").await.is_none());
+                assert!(events.get("user:1").await.is_some());
+
+                // Brackets are literal: no character class reaches user:1.
+                events.invalidate_pattern("user:[1]").await.unwrap();
+                assert!(events.get("user:1").await.is_some());
+
+                events.invalidate_pattern("user:?").await.unwrap();
+                assert!(events.get("user:1").await.is_none());
+                assert!(events.get("team:1").await.is_some());
+                // The other namespace is untouched.
+                assert!(other.get("user:1").await.is_some());
+
+                events.clear().await.unwrap();
+                assert!(events.get("team:1").await.is_none());
+                assert!(other.get("user:3").await.is_some());
+            }
+
+            #[tokio::test]
+            async fn thousand_concurrent_callers_one_loader_call() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                let calls = Arc::new(AtomicUsize::new(0));
+                let tasks: Vec<_> = (0..1000)
+                    .map(|_| {
+                        let events = events.clone();
+                        let calls = calls.clone();
+                        tokio::spawn(async move {
+                            events
+                                .get_or_set("cold", || async move {
+                                    calls.fetch_add(1, Ordering::SeqCst);
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    Ok::<_, std::io::Error>(event(7))
+                                })
+                                .await
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    assert_eq!(*t.await.unwrap().unwrap(), event(7));
+                }
+                assert_eq!(calls.load(Ordering::SeqCst), 1);
+                assert_eq!(events.stats().loader_calls, 1);
+            }
+
+            #[tokio::test]
+            async fn loader_error_reaches_every_waiter_and_is_not_cached() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                let calls = Arc::new(AtomicUsize::new(0));
+                let tasks: Vec<_> = (0..100)
+                    .map(|_| {
+                        let events = events.clone();
+                        let calls = calls.clone();
+                        tokio::spawn(async move {
+                            events
+                                .get_or_set("bad", || async move {
+                                    calls.fetch_add(1, Ordering::SeqCst);
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    Err::<Event, _>(std::io::Error::other("db down"))
+                                })
+                                .await
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    let err = t.await.unwrap().unwrap_err();
+                    assert!(matches!(err, Error::Loader(_)), "{err:?}");
+                    assert!(err.to_string().contains("db down"));
+                }
+                assert_eq!(calls.load(Ordering::SeqCst), 1);
+                let hit = events.get_or_set("bad", loader_ok(event(8))).await.unwrap();
+                assert_eq!(hit.source(), Source::Loader);
+                assert_eq!(events.stats().loader_errors, 1);
+            }
+
+            #[tokio::test]
+            async fn l1_is_bounded_in_bytes() {
+                let f = Fixture::$backend().await;
+                let url = f.server.as_ref().map(|s| s.url());
+                let mut b = Config::builder().l1_capacity(256 * 1024);
+                if let Some(url) = &url {
+                    b = b.redis_url(url);
+                }
+                let kit = Tierkit::new(b.build().unwrap()).unwrap();
+                let blobs = kit.namespace::<Vec<u64>>("blobs").build().unwrap();
+                // Random numbers do not compress: each entry weighs about 8 KiB.
+                for i in 0..200u64 {
+                    let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();
+                    blobs.set(&i.to_string(), v).await.unwrap();
+                }
+                let info = kit.cache_info().await;
+                assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
+                assert!(info.l1_entries < 40, "{}", info.l1_entries);
+                assert!(info.total.evictions > 100, "{:?}", info.total);
+            }
+
+            #[tokio::test]
+            async fn bad_input_is_a_clear_error_and_touches_nothing() {
+                let f = Fixture::$backend().await;
+                for (name, field) in [("", "namespace"), ("a:b", "namespace"), ("a*", "namespace")]
+                {
+                    match f.kit.namespace::<Event>(name).build().unwrap_err() {
+                        Error::Config { field: got, .. } => assert_eq!(got, field),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                let err = f
+                    .kit
+                    .namespace::<Event>("e")
+                    .l1_ttl(Duration::from_secs(7200))
+                    .build();
+                assert!(err.unwrap_err().to_string().contains("l1_ttl"));
+                let err = f.kit.namespace::<Event>("e").jitter(1.5).build();
+                assert!(err.unwrap_err().to_string().contains("jitter"));
+
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                // Same name, other type: refused rather than reading one type as another.
+                assert!(f.kit.namespace::<String>("events").build().is_err());
+                let err = events
+                    .set_with("k", event(1), SetOptions::new().ttl(Duration::ZERO))
+                    .await
+                    .unwrap_err();
+                assert!(err.to_string().contains("ttl"));
+                assert!(events.invalidate_pattern("oops\\").await.is_err());
+                assert!(events.invalidate_tag("").await.is_err());
+                assert!(events.get("k").await.is_none());
+
+                let small = Tierkit::new(
+                    Config::builder()
+                        .codec(
+                            tierkit::Codec::builder()
+                                .max_value_size(64)
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap(),
+                )
+                .unwrap();
+                let big = small.namespace::<String>("big").build().unwrap();
+                let err = big.set("k", "x".repeat(1000)).await.unwrap_err();
+                assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+                assert!(big.get("k").await.is_none());
+            }
+        }
+    };
+}
+
+suite!(on_embedded, embedded);
+suite!(on_redis, redis);
+
+// ---- Redis only -------------------------------------------------------------------------
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+async fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let mut c = raw(server).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
+    let f = Fixture::redis().await;
+    let server = f.server.as_ref().unwrap();
+    let events = f
+        .kit
+        .namespace::<Event>("events")
+        .ttl(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    events.set("1", event(1)).await.unwrap();
+
+    let mut c = raw(server).await;
+    let key = events.redis_key("1");
+    assert_eq!(key, "tierkit:c:events:v1:1");
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let stored: Event = f.kit.codec().decode(&bytes).unwrap();
+    assert_eq!(stored, event(1));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((590_000..=600_000).contains(&pttl), "{pttl}");
+
+    // A second instance has its own L1: its first read comes from L2, the next from L1.
+    let b = connected(&server.url()).await;
+    let events_b = b
+        .namespace::<Event>("events")
+        .ttl(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let hit = events_b
+        .get_or_set("1", loader_ok(event(99)))
+        .await
+        .unwrap();
+    assert_eq!((hit.source(), &*hit), (Source::L2, &event(1)));
+    assert_eq!(events_b.get("1").await.unwrap().source(), Source::L1);
+    assert_eq!(events_b.stats().l2_hits, 1);
+}
+
+#[tokio::test]
+async fn an_l1_hit_makes_no_redis_call_and_does_not_decode() {
+    let f = Fixture::redis().await;
+    let server = f.server.as_ref().unwrap();
+    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    events.set("1", event(1)).await.unwrap();
+    // Corrupt the L2 copy behind tierkit's back: an L1 hit must not notice.
+    let mut c = raw(server).await;
+    let _: () = redis::cmd("SET")
+        .arg(events.redis_key("1"))
+        .arg("garbage")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let gets = command_calls(server, "get").await;
+    for _ in 0..100 {
+        assert_eq!(*events.get("1").await.unwrap(), event(1));
+    }
+    assert_eq!(command_calls(server, "get").await, gets);
+    assert_eq!(events.stats().decode_failures, 0);
+}
+
+#[tokio::test]
+async fn ttl_override_and_jitter() {
+    let f = Fixture::redis().await;
+    let server = f.server.as_ref().unwrap();
+    let events = f
+        .kit
+        .namespace::<Event>("events")
+        .ttl(Duration::from_secs(1000))
+        .jitter(0.5)
+        .build()
+        .unwrap();
+    let mut c = raw(server).await;
+    let mut ttls = Vec::new();
+    for i in 0..50u64 {
+        events.set(&i.to_string(), event(i)).await.unwrap();
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(events.redis_key(&i.to_string()))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!((499_000..=1_000_000).contains(&pttl), "{pttl}");
+        ttls.push(pttl / 1000);
+    }
+    ttls.sort();
+    ttls.dedup();
+    assert!(
+        ttls.len() > 10,
+        "entries written together should not expire together: {ttls:?}"
+    );
+
+    events
+        .set_with(
+            "short",
+            event(1),
+            SetOptions::new().ttl(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(events.redis_key("short"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((4_900..=10_000).contains(&pttl), "{pttl}");
+}
+
+#[tokio::test]
+async fn get_many_is_one_round_trip() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(&server.addr());
+    let a = connected(&server.url()).await;
+    let events = a.namespace::<Event>("events").build().unwrap();
+    events
+        .set_many((0..100u64).map(|i| (i.to_string(), event(i))))
+        .await
+        .unwrap();
+
+    // A cold instance behind a proxy that delays each direction by 20 ms: one round trip is
+    // 40 ms, one hundred would be four seconds.
+    let b = Tierkit::new(
+        Config::builder()
+            .redis_url(proxy.url())
+            .op_timeout(Duration::from_millis(500))
+            .probe_timeout(Duration::from_millis(300))
+            .degraded_latency(Duration::from_millis(200))
+            .recover_threshold(1)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    ready(&b).await;
+    proxy.set_delay(Duration::from_millis(20));
+    let events_b = b.namespace::<Event>("events").build().unwrap();
+    let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let started = Instant::now();
+    let got = events_b.get_many(&keys).await;
+    let took = started.elapsed();
+    assert!(got
+        .iter()
+        .all(|h| h.as_ref().is_some_and(|h| h.source() == Source::L2)));
+    assert!(took < Duration::from_millis(120), "{took:?}");
+}
+
+#[tokio::test]
+async fn bumping_the_version_makes_old_entries_unreachable() {
+    let f = Fixture::redis().await;
+    let server = f.server.as_ref().unwrap();
+    let v1 = f
+        .kit
+        .namespace::<Event>("events")
+        .version(1)
+        .build()
+        .unwrap();
+    v1.set("1", event(1)).await.unwrap();
+
+    // The next deploy changes the type and bumps the version.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct EventV2 {
+        id: u64,
+        title: String,
+        venue: String,
+    }
+    let b = connected(&server.url()).await;
+    let v2 = b.namespace::<EventV2>("events").version(2).build().unwrap();
+    assert!(v2.get("1").await.is_none());
+    assert_eq!(v2.stats().decode_failures, 0);
+    let hit = v2
+        .get_or_set("1", || async {
+            Ok::<_, std::io::Error>(EventV2 {
+                id: 1,
+                title: "t".into(),
+                venue: "v".into(),
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    // The old entry is untouched for instances still on version 1.
+    assert_eq!(*v1.get("1").await.unwrap(), event(1));
+}
+
+#[tokio::test]
+async fn bytes_that_no_longer_decode_are_a_counted_miss_and_get_overwritten() {
+    let f = Fixture::redis().await;
+    let server = f.server.as_ref().unwrap();
+    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let mut c = raw(server).await;
+    // Same version, incompatible bytes: a forgotten version bump, or another writer.
+    let foreign = f.kit.codec().encode(&"not an event").unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(events.redis_key("1"))
+        .arg(foreign)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(events.redis_key("2"))
+        .arg("plain text")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    assert!(events.get("1").await.is_none());
+    let hit = events.get_or_set("2", loader_ok(event(2))).await.unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    let s = events.stats();
+    assert_eq!((s.decode_failures, s.misses), (2, 2));
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(events.redis_key("2"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(f.kit.codec().decode::<Event>(&bytes).unwrap(), event(2));
+}
+
+/// Polls `b` until `key` reads as `want` (None = absent); returns how long that took.
+async fn seen(ns: &tierkit::cache::Namespace<Event>, key: &str, want: Option<Event>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = ns.get(key).await.map(|h| (*h).clone());
+        if now == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{key}: still {now:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test]
+async fn updates_on_one_instance_reach_the_other_within_100ms() {
+    let server = RedisServer::start();
+    let a = connected(&server.url()).await;
+    let b = connected(&server.url()).await;
+    let ea = a.namespace::<Event>("events").build().unwrap();
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    ea.set("1", event(1)).await.unwrap();
+    for i in 0..4u64 {
+        ea.set_with(&format!("t{i}"), event(i), SetOptions::new().tag("t"))
+            .await
+            .unwrap();
+        ea.set(&format!("p{i}"), event(i)).await.unwrap();
+    }
+    // B now holds L1 copies of everything.
+    assert_eq!(eb.get("1").await.unwrap().source(), Source::L2);
+    assert_eq!(eb.get("1").await.unwrap().source(), Source::L1);
+    for i in 0..4u64 {
+        eb.get(&format!("t{i}")).await.unwrap();
+        eb.get(&format!("p{i}")).await.unwrap();
+    }
+
+    let mut worst = Duration::ZERO;
+    ea.set("1", event(2)).await.unwrap();
+    worst = worst.max(seen(&eb, "1", Some(event(2))).await);
+    ea.invalidate("1").await.unwrap();
+    worst = worst.max(seen(&eb, "1", None).await);
+    ea.invalidate_tag("t").await.unwrap();
+    worst = worst.max(seen(&eb, "t3", None).await);
+    ea.invalidate_pattern("p?").await.unwrap();
+    worst = worst.max(seen(&eb, "p2", None).await);
+    ea.set("1", event(3)).await.unwrap();
+    eb.get("1").await.unwrap();
+    ea.clear().await.unwrap();
+    worst = worst.max(seen(&eb, "1", None).await);
+    eprintln!("slowest propagation A -> B: {worst:?}");
+    assert!(worst < Duration::from_millis(100), "{worst:?}");
+}
+
+#[tokio::test]
+async fn a_dropped_backplane_connection_drops_l1_on_resubscribe() {
+    let server = RedisServer::start();
+    let b = connected(&server.url()).await;
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    eb.set("1", event(1)).await.unwrap();
+    assert_eq!(eb.get("1").await.unwrap().source(), Source::L1);
+
+    let mut c = raw(&server).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // B resubscribes and, since it may have missed messages, forgets its L1.
+    let gone = eventually(Duration::from_secs(3), || async {
+        eb.get("1").await.is_some_and(|h| h.source() == Source::L2)
+    })
+    .await;
+    assert!(gone.is_some(), "L1 survived a backplane reconnect");
+    assert!(b.cache_info().await.coherent);
+}
+
+#[tokio::test]
+async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
+    let mut server = RedisServer::start();
+    let kit = connected(&server.url()).await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    events.set("warm", event(1)).await.unwrap();
+
+    server.stop();
+    assert!(
+        kit.health()
+            .unwrap()
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut slowest = Duration::ZERO;
+    for i in 0..200u64 {
+        let started = Instant::now();
+        assert_eq!(*events.get("warm").await.unwrap(), event(1));
+        let loads2 = loads.clone();
+        let hit = events
+            .get_or_set(&format!("cold{i}"), || async move {
+                loads2.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(event(i))
+            })
+            .await
+            .unwrap();
+        assert_eq!(hit.source(), Source::Loader);
+        assert_eq!(
+            events.set(&format!("w{i}"), event(i)).await.unwrap(),
+            Reach::L1Only
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("slowest read+load+write while Down: {slowest:?}");
+    // No call waited on Redis: far below the 100 ms op timeout.
+    assert!(slowest < Duration::from_millis(50), "{slowest:?}");
+    assert_eq!(loads.load(Ordering::SeqCst), 200);
+    let s = events.stats();
+    assert!(s.l2_skipped >= 400, "{s:?}");
+
+    server.restart();
+    ready(&kit).await;
+    events.set("back", event(5)).await.unwrap();
+    let b = connected(&server.url()).await;
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    assert_eq!(eb.get("back").await.unwrap().source(), Source::L2);
+}
+
+#[tokio::test]
+async fn a_hung_server_mid_load_never_fails_a_read_and_bounds_its_latency() {
+    let mut server = RedisServer::start();
+    let kit = connected(&server.url()).await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    for i in 0..20u64 {
+        events.set(&i.to_string(), event(i)).await.unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let events = events.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("k{w}-{}", n % 50);
+                    let started = Instant::now();
+                    let hit = events
+                        .get_or_set(&key, || async move { Ok::<_, std::io::Error>(event(n)) })
+                        .await
+                        .expect("a read never fails while Redis hangs");
+                    let _ = hit;
+                    slowest = slowest.max(started.elapsed());
+                    n += 1;
+                    tokio::task::yield_now().await;
+                }
+                slowest
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.hang();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(kit.health().unwrap().state(), HealthState::Down);
+    server.resume();
+    ready(&kit).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let slowest = w.await.unwrap();
+        // op timeout (100 ms) for the GET, plus scheduling slack; never a second timeout.
+        assert!(slowest < Duration::from_millis(250), "{slowest:?}");
+    }
+    assert!(events.stats().l2_errors > 0);
+}
