@@ -28,8 +28,7 @@
 //! | `{prefix}:c:{namespace}:t{version}:{tag}` | the set of keys written with a tag |
 //! | `{prefix}:c:backplane` | the pub/sub channel of the coherence backplane |
 //!
-//! Every command touches one key, so the layout runs unchanged on Redis Cluster. Tag sets use
-//! `PEXPIRE ... NX` and `GT`, which need Redis 7.0 or newer.
+//! Every command and script touches one key, so the layout runs unchanged on Redis Cluster.
 
 mod backplane;
 mod l1;
@@ -198,34 +197,42 @@ impl CacheCore {
     /// Drops every L1 entry of every namespace.
     pub(crate) fn forget_all(&self) {
         for ns in read(&self.registry).by_id.iter() {
-            ns.bump_generation();
+            ns.bump_all();
         }
         self.l1.invalidate_all();
     }
 
     /// Evicts the L1 entries an operation touched, here or (from the backplane) elsewhere.
     pub(crate) async fn apply(&self, ns: &NsShared, op: &Op) {
-        ns.bump_generation();
         let id = ns.id;
+        // Bump before evicting: a read racing this sees either the bump or the eviction.
         match op {
             Op::Keys { keys, .. } => {
                 for key in keys {
+                    ns.bump_key(key);
                     self.l1.invalidate(&l1::KeyRef { ns: id, key }).await;
                 }
             }
             Op::Tag { tag, keys, .. } => {
+                ns.bump_all();
                 for key in keys {
                     self.l1.invalidate(&l1::KeyRef { ns: id, key }).await;
                 }
                 let tag = tag.clone();
                 self.evict_if(move |k, v| k.ns == id && v.has_tag(&tag));
             }
-            Op::Pattern { pattern, .. } => match pattern::Pattern::parse(pattern) {
-                Ok(p) => self.evict_if(move |k, _| k.ns == id && p.matches(&k.key)),
-                // A pattern another instance could not have sent; drop the namespace to be safe.
-                Err(_) => self.evict_if(move |k, _| k.ns == id),
-            },
-            Op::Clear { .. } => self.evict_if(move |k, _| k.ns == id),
+            Op::Pattern { pattern, .. } => {
+                ns.bump_all();
+                match pattern::Pattern::parse(pattern) {
+                    Ok(p) => self.evict_if(move |k, _| k.ns == id && p.matches(&k.key)),
+                    // A pattern no instance could have sent; drop the namespace to be safe.
+                    Err(_) => self.evict_if(move |k, _| k.ns == id),
+                }
+            }
+            Op::Clear { .. } => {
+                ns.bump_all();
+                self.evict_if(move |k, _| k.ns == id);
+            }
         }
     }
 

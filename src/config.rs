@@ -130,7 +130,8 @@ impl Config {
         &self.codec
     }
 
-    /// The bound on the in-process L1 cache, in bytes of encoded values. Default: 64 MiB.
+    /// The bound on the in-process L1 cache, in bytes of stored values plus keys. Default:
+    /// 64 MiB.
     pub fn l1_capacity(&self) -> u64 {
         self.l1_capacity
     }

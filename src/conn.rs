@@ -82,7 +82,7 @@ impl Conn {
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(None);
         let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
-        let health = Health::new(config.health.clone());
+        let health = Health::new(config.health.clone(), config.op_timeout);
         let (stop_tx, stop_rx) = oneshot::channel();
         let conn = Conn(Arc::new(Inner {
             client,

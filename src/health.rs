@@ -3,10 +3,13 @@
 //!
 //! ## Behavior
 //!
-//! - The state starts `Down`: a service starts degraded and moves to `Up` as soon as the first
-//!   probe answers, so starting never waits on Redis.
+//! - The state starts `Down` (calls are not sent; the service serves from its in-process
+//!   tier) and the first probe that answers moves it to `Up`, so starting never waits on Redis
+//!   and never waits on hysteresis either.
 //! - `fail_threshold` consecutive failures (probes, or operations that met a connection error
 //!   or timeout) move the state to `Down`, so an outage is noticed before the next probe.
+//!   Operation failures count at most once per `op_timeout`: many calls in flight failing
+//!   together during one short stall are one failure, not many.
 //! - From `Down`, `recover_threshold` consecutive successful probes bring it back. A probe
 //!   slower than `degraded_latency` gives `Degraded` (Redis answers, but slowly); from
 //!   `Degraded`, `recover_threshold` fast probes give `Up`.
@@ -17,7 +20,7 @@
 //!   failed call.
 //! - The probe task ends when the last handle to the connection drops.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -144,6 +147,12 @@ impl std::fmt::Debug for Health {
 
 pub(crate) struct Shared {
     cfg: HealthConfig,
+    /// Operation failures closer together than this count once.
+    failure_window: Duration,
+    started: Instant,
+    /// When the last operation failure was counted, in nanoseconds since `started` (+1, so 0
+    /// means never).
+    last_counted: AtomicU64,
     // Mirrors the state in force so the hot path reads one atomic, not the lock.
     effective: AtomicU8,
     // Kept outside the lock so a successful operation costs one relaxed load.
@@ -155,6 +164,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 struct Machine {
     observed: HealthState,
+    /// Whether Redis ever answered: recovery hysteresis guards against flapping, not start-up.
+    answered: bool,
     oks: u32,
     forced: Option<HealthState>,
     latency: Option<Duration>,
@@ -191,7 +202,13 @@ impl Machine {
             }
             _ => {
                 self.oks += 1;
-                (self.oks >= cfg.recover_threshold).then(|| self.set(target))
+                let needed = if self.answered {
+                    cfg.recover_threshold
+                } else {
+                    1
+                };
+                self.answered = true;
+                (self.oks >= needed).then(|| self.set(target))
             }
         }
     }
@@ -208,9 +225,10 @@ impl Machine {
 }
 
 impl Health {
-    pub(crate) fn new(cfg: HealthConfig) -> Self {
+    pub(crate) fn new(cfg: HealthConfig, failure_window: Duration) -> Self {
         let machine = Machine {
             observed: HealthState::Down,
+            answered: false,
             oks: 0,
             forced: None,
             latency: None,
@@ -228,6 +246,9 @@ impl Health {
         });
         Health(Arc::new(Shared {
             cfg,
+            failure_window,
+            started: Instant::now(),
+            last_counted: AtomicU64::new(0),
             effective: AtomicU8::new(HealthState::Down.as_u8()),
             fails: AtomicU32::new(0),
             machine: Mutex::new(machine),
@@ -301,6 +322,9 @@ impl Health {
 
     /// Passive feed and probe: a call met a connection error or timeout.
     pub(crate) fn record_failure(&self, error: &dyn std::fmt::Display, probe: bool) {
+        if !probe && !self.0.claim_failure_window() {
+            return;
+        }
         let fails = self
             .0
             .fails
@@ -347,6 +371,21 @@ impl Health {
 }
 
 impl Shared {
+    /// Whether this operation failure is the first in its window (and claims it if so).
+    fn claim_failure_window(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.last_counted.load(Ordering::Relaxed);
+        let window = u64::try_from(self.failure_window.as_nanos()).unwrap_or(u64::MAX);
+        if last != 0 && now.saturating_sub(last) < window {
+            return false;
+        }
+        self.last_counted
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Machine> {
         // A panic while holding this lock cannot leave the machine half-updated in a way
         // that matters (every field is overwritten by the next event), so poisoning is ignored.
@@ -388,13 +427,15 @@ mod tests {
     }
 
     const FAST: Duration = Duration::from_millis(1);
+
+    fn health() -> Health {
+        Health::new(cfg(), Duration::ZERO)
+    }
     const SLOW: Duration = Duration::from_millis(80);
 
     #[test]
-    fn starts_down_and_needs_recover_threshold_probes() {
-        let h = Health::new(cfg());
-        assert_eq!(h.state(), HealthState::Down);
-        h.record_probe_ok(FAST);
+    fn starts_down_and_the_first_answer_brings_it_up() {
+        let h = health();
         assert_eq!(h.state(), HealthState::Down);
         h.record_probe_ok(FAST);
         assert_eq!(h.state(), HealthState::Up);
@@ -403,8 +444,22 @@ mod tests {
     }
 
     #[test]
+    fn coming_back_needs_recover_threshold_probes() {
+        let h = health();
+        h.record_probe_ok(FAST);
+        for _ in 0..3 {
+            h.record_failure(&"boom", true);
+        }
+        assert_eq!(h.state(), HealthState::Down);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Down);
+        h.record_probe_ok(FAST);
+        assert_eq!(h.state(), HealthState::Up);
+    }
+
+    #[test]
     fn goes_down_after_fail_threshold_failures_in_a_row() {
-        let h = Health::new(cfg());
+        let h = health();
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
         h.record_failure(&"boom", false);
@@ -421,7 +476,11 @@ mod tests {
 
     #[test]
     fn a_failure_interrupts_recovery() {
-        let h = Health::new(cfg());
+        let h = health();
+        h.record_probe_ok(FAST);
+        for _ in 0..3 {
+            h.record_failure(&"boom", true);
+        }
         h.record_probe_ok(FAST);
         h.record_failure(&"boom", true);
         h.record_probe_ok(FAST);
@@ -432,7 +491,7 @@ mod tests {
 
     #[test]
     fn slow_probes_degrade_at_once_and_recover_with_hysteresis() {
-        let h = Health::new(cfg());
+        let h = health();
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
         h.record_probe_ok(SLOW);
@@ -449,7 +508,7 @@ mod tests {
 
     #[test]
     fn recovering_while_slow_lands_on_degraded() {
-        let h = Health::new(cfg());
+        let h = health();
         h.record_probe_ok(SLOW);
         h.record_probe_ok(SLOW);
         assert_eq!(h.state(), HealthState::Degraded);
@@ -457,7 +516,7 @@ mod tests {
 
     #[test]
     fn force_overrides_and_unforce_restores() {
-        let h = Health::new(cfg());
+        let h = health();
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
         let rx = h.subscribe();
@@ -478,8 +537,24 @@ mod tests {
     }
 
     #[test]
+    fn operation_failures_within_one_window_count_once() {
+        let h = Health::new(cfg(), Duration::from_secs(60));
+        h.record_probe_ok(FAST);
+        h.record_probe_ok(FAST);
+        for _ in 0..50 {
+            h.record_failure(&"stall", false);
+        }
+        assert_eq!(h.status().consecutive_failures, 1);
+        assert_eq!(h.state(), HealthState::Up);
+        // Probes always count.
+        h.record_failure(&"probe", true);
+        h.record_failure(&"probe", true);
+        assert_eq!(h.state(), HealthState::Down);
+    }
+
+    #[test]
     fn watch_channel_sees_transitions() {
-        let h = Health::new(cfg());
+        let h = health();
         let mut rx = h.subscribe();
         rx.mark_unchanged();
         h.record_probe_ok(FAST);

@@ -718,7 +718,8 @@ async fn a_hung_server_mid_load_never_fails_a_read_and_bounds_its_latency() {
                 let mut slowest = Duration::ZERO;
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    let key = format!("k{w}-{}", n % 50);
+                    // Every read is a cold key, so every read tries Redis.
+                    let key = format!("k{w}-{n}");
                     let started = Instant::now();
                     let hit = events
                         .get_or_set(&key, || async move { Ok::<_, std::io::Error>(event(n)) })
@@ -746,4 +747,190 @@ async fn a_hung_server_mid_load_never_fails_a_read_and_bounds_its_latency() {
         assert!(slowest < Duration::from_millis(250), "{slowest:?}");
     }
     assert!(events.stats().l2_errors > 0);
+}
+
+#[tokio::test]
+async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
+    let f = Fixture::redis().await;
+    let server = f.server.as_ref().unwrap();
+    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let slow = |v: Event| {
+        move || async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, std::io::Error>(v)
+        }
+    };
+
+    // A write during the load wins, in both tiers.
+    let loading = tokio::spawn({
+        let events = events.clone();
+        async move { events.get_or_set("k", slow(event(1))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    events.set("k", event(2)).await.unwrap();
+    assert_eq!(*loading.await.unwrap().unwrap(), event(1));
+    assert_eq!(*events.get("k").await.unwrap(), event(2));
+    let mut c = raw(server).await;
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(events.redis_key("k"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(f.kit.codec().decode::<Event>(&bytes).unwrap(), event(2));
+
+    // An invalidation during the load: the loaded value is kept in neither tier.
+    let loading = tokio::spawn({
+        let events = events.clone();
+        async move { events.get_or_set("gone", slow(event(3))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    events.invalidate("gone").await.unwrap();
+    assert_eq!(*loading.await.unwrap().unwrap(), event(3));
+    assert!(events.get("gone").await.is_none());
+
+    // Another instance's write during the load is not overwritten either (SET NX).
+    let b = connected(&server.url()).await;
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    let loading = tokio::spawn({
+        let events = events.clone();
+        async move { events.get_or_set("shared", slow(event(4))).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    eb.set("shared", event(5)).await.unwrap();
+    loading.await.unwrap().unwrap();
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(events.redis_key("shared"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(f.kit.codec().decode::<Event>(&bytes).unwrap(), event(5));
+    assert_eq!(*events.get("shared").await.unwrap(), event(5));
+}
+
+#[tokio::test]
+async fn an_l2_read_racing_a_write_does_not_leave_the_old_value_in_l1() {
+    let server = RedisServer::start();
+    let a = connected(&server.url()).await;
+    a.namespace::<Event>("events")
+        .build()
+        .unwrap()
+        .set("k", event(1))
+        .await
+        .unwrap();
+
+    // B reads through a proxy that holds each direction for 40 ms, so its GET is still in
+    // flight when its own write lands.
+    let proxy = TcpProxy::start(&server.addr());
+    let b = Tierkit::new(
+        Config::builder()
+            .redis_url(proxy.url())
+            .op_timeout(Duration::from_millis(500))
+            .probe_timeout(Duration::from_millis(300))
+            .degraded_latency(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    ready(&b).await;
+    proxy.set_delay(Duration::from_millis(40));
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    let reading = tokio::spawn({
+        let eb = eb.clone();
+        async move { eb.get("k").await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    eb.set("k", event(2)).await.unwrap();
+    let old = reading.await.unwrap().unwrap();
+    assert_eq!(*old, event(1));
+    proxy.set_delay(Duration::ZERO);
+    assert_eq!(*eb.get("k").await.unwrap(), event(2));
+}
+
+#[tokio::test]
+async fn unrelated_writes_do_not_discard_a_load() {
+    let f = Fixture::redis().await;
+    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let loading = tokio::spawn({
+        let events = events.clone();
+        async move {
+            events
+                .get_or_set("a", || async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(event(1))
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    events.set("b", event(2)).await.unwrap();
+    loading.await.unwrap().unwrap();
+    assert_eq!(events.get("a").await.unwrap().source(), Source::L1);
+}
+
+#[tokio::test]
+async fn patterns_match_characters_not_bytes_in_redis_too() {
+    let f = Fixture::redis().await;
+    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    events.set("user:é", event(1)).await.unwrap();
+    events.set("user:ab", event(2)).await.unwrap();
+    let (reach, removed) = events.invalidate_pattern("user:?").await.unwrap();
+    assert_eq!((reach, removed), (Reach::AllTiers, 1));
+    let b = connected(&f.server.as_ref().unwrap().url()).await;
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    assert!(eb.get("user:é").await.is_none());
+    assert!(eb.get("user:ab").await.is_some());
+}
+
+#[tokio::test]
+async fn a_slow_redis_is_degraded_but_still_used() {
+    let server = RedisServer::start();
+    let proxy = TcpProxy::start(&server.addr());
+    let kit = Tierkit::new(
+        Config::builder()
+            .redis_url(proxy.url())
+            .probe_interval(Duration::from_millis(100))
+            .probe_timeout(Duration::from_millis(90))
+            .op_timeout(Duration::from_millis(200))
+            .degraded_latency(Duration::from_millis(30))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    ready(&kit).await;
+    proxy.set_delay(Duration::from_millis(20));
+    let health = kit.health().unwrap();
+    assert!(
+        health
+            .wait_for(HealthState::Degraded, Duration::from_secs(2))
+            .await
+    );
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    assert_eq!(events.set("k", event(1)).await.unwrap(), Reach::AllTiers);
+    proxy.set_delay(Duration::ZERO);
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(2))
+            .await
+    );
+}
+
+#[tokio::test]
+async fn after_an_outage_each_instance_forgets_its_l1() {
+    let mut server = RedisServer::start();
+    let b = connected(&server.url()).await;
+    let eb = b.namespace::<Event>("events").build().unwrap();
+    eb.set("k", event(1)).await.unwrap();
+    server.stop();
+    assert!(
+        b.health()
+            .unwrap()
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    // During the outage L1 keeps serving.
+    assert_eq!(eb.get("k").await.unwrap().source(), Source::L1);
+    server.restart();
+    ready(&b).await;
+    // Back up, nothing in L1 is trusted: the restarted server has no such key, so: a miss.
+    assert!(eb.get("k").await.is_none());
 }

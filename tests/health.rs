@@ -128,6 +128,7 @@ async fn failed_calls_mark_down_before_the_next_probe() {
     let mut server = RedisServer::start();
     let config = Config::builder()
         .redis_url(server.url())
+        .op_timeout(OP_TIMEOUT)
         .probe_interval(Duration::from_secs(30))
         .fail_threshold(3)
         .recover_threshold(1)
@@ -137,11 +138,25 @@ async fn failed_calls_mark_down_before_the_next_probe() {
     up(&kit).await;
     server.stop();
     let conn = kit.conn().unwrap();
-    for _ in 0..3 {
+    let health = kit.health().unwrap();
+    // A burst of failures in one op_timeout window counts once: one stall is one failure.
+    for _ in 0..20 {
         let err = conn.query::<()>(&redis::cmd("PING")).await.unwrap_err();
         assert!(err.is_connectivity(), "{err:?}");
     }
-    assert_eq!(kit.health().unwrap().state(), HealthState::Down);
+    assert_eq!(health.state(), HealthState::Up);
+    assert_eq!(health.status().consecutive_failures, 1);
+    // Failures that persist across windows take it Down long before the next probe (30 s).
+    let started = Instant::now();
+    while health.state() != HealthState::Down {
+        assert!(
+            started.elapsed() < OP_TIMEOUT * 3 + SLACK,
+            "{:?}",
+            health.status()
+        );
+        let _ = conn.query::<()>(&redis::cmd("PING")).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let err = conn.query::<()>(&redis::cmd("PING")).await.unwrap_err();
     assert!(matches!(err, Error::Unavailable));
 }
@@ -174,7 +189,14 @@ async fn hung_server_never_holds_a_call_past_the_op_timeout() {
     assert!(errors.iter().all(Error::is_connectivity), "{errors:?}");
     assert!(errors.iter().any(|e| matches!(e, Error::Timeout(_))));
     assert!(started.elapsed() < OP_TIMEOUT * 3);
-    assert_eq!(kit.health().unwrap().state(), HealthState::Down);
+    // The burst is one failure (one stall); the probes confirm the outage.
+    let bound = INTERVAL * FAIL_THRESHOLD + PROBE_TIMEOUT + SLACK;
+    assert!(
+        kit.health()
+            .unwrap()
+            .wait_for(HealthState::Down, bound)
+            .await
+    );
 
     // Later calls while still hung return at once.
     let t = Instant::now();
@@ -312,11 +334,17 @@ async fn dropping_the_last_handle_ends_the_probe_and_closes_the_connection() {
     let kit = Tierkit::new(fast_config(&server.url())).unwrap();
     up(&kit).await;
     let health = kit.health().unwrap().clone();
-    assert_eq!(client_count(&server).await, 1);
+    // The multiplexed connection and the cache backplane's pub/sub connection.
+    let coherent = support::eventually(Duration::from_secs(3), || async {
+        kit.cache_info().await.coherent
+    })
+    .await;
+    assert!(coherent.is_some());
+    assert_eq!(client_count(&server).await, 2);
     let mut rx = health.subscribe();
     drop(kit);
-    // The probe task owned nothing but a weak handle; with the last handle gone the
-    // connection closes and no probe touches Redis again.
+    // The probe and backplane tasks owned nothing but weak handles; with the last handle gone
+    // both connections close and no probe touches Redis again.
     let deadline = Instant::now() + Duration::from_secs(2);
     while client_count(&server).await != 0 {
         assert!(Instant::now() < deadline, "connection leaked");

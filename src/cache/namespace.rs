@@ -31,8 +31,10 @@ pub(crate) struct NsShared {
     l1_ttl: Duration,
     jitter: f64,
     pub(crate) counters: Counters,
-    /// Bumped by every invalidation, so a load that raced one does not keep its stale result.
-    generation: AtomicU64,
+    /// Change counters: `epoch` for whole-namespace changes (tags, patterns, clears), a stripe
+    /// per key hash for single keys. A read that raced a change does not keep its result.
+    epoch: AtomicU64,
+    stripes: Box<[AtomicU64]>,
     /// `{prefix}:c:{name}:v{version}:`
     key_prefix: String,
     /// `{prefix}:c:{name}:t{version}:`
@@ -50,13 +52,49 @@ impl NsShared {
             && self.jitter == other.jitter
     }
 
-    pub(crate) fn bump_generation(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+    /// Marks every key of the namespace as changed.
+    pub(crate) fn bump_all(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// Marks `key` (and the few keys sharing its stripe) as changed.
+    pub(crate) fn bump_key(&self, key: &str) {
+        self.stripe(key).fetch_add(1, Ordering::AcqRel);
     }
+
+    fn stamp(&self, key: &str) -> Stamp {
+        Stamp(
+            self.epoch.load(Ordering::Acquire),
+            self.stripe(key).load(Ordering::Acquire),
+        )
+    }
+
+    fn changed_since(&self, key: &str, stamp: Stamp) -> bool {
+        self.stamp(key) != stamp
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        // FNV-1a: a few cycles per byte, and a spread good enough for picking a stripe.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in key.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.stripes[(h as usize) % STRIPES]
+    }
+}
+
+const STRIPES: usize = 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64, u64);
+
+/// A Redis write a load decided on, done after the waiters of the load are released.
+struct PendingWrite {
+    bytes: Vec<u8>,
+    ttl: Duration,
+    /// Overwrite undecodable bytes; otherwise only fill an absent key, so a load never
+    /// overwrites a value another instance wrote meanwhile.
+    overwrite: bool,
 }
 
 /// Where a read's value came from.
@@ -272,9 +310,7 @@ where
     /// another type or settings.
     pub fn build(self) -> Result<Namespace<V>> {
         validate_name(&self.name)?;
-        if self.ttl < Duration::from_millis(1) {
-            return Err(Error::config("ttl", "is under 1 ms; give a positive TTL"));
-        }
+        check_ttl(self.ttl)?;
         let l1_ttl = self.l1_ttl.unwrap_or(self.ttl);
         if l1_ttl.is_zero() || l1_ttl > self.ttl {
             return Err(Error::config(
@@ -306,7 +342,8 @@ where
             l1_ttl,
             jitter: self.jitter,
             counters: Counters::default(),
-            generation: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             key_prefix: format!("{prefix}:c:{name}:v{}:", self.version),
             tag_prefix: format!("{prefix}:c:{name}:t{}:", self.version),
             all_versions: format!("{prefix}:c:{name}:*"),
@@ -318,6 +355,18 @@ where
             _type: PhantomData,
         })
     }
+}
+
+/// Redis takes TTLs in milliseconds up to `i64::MAX`.
+fn check_ttl(ttl: Duration) -> Result<()> {
+    const MAX: Duration = Duration::from_millis(i64::MAX as u64);
+    if ttl < Duration::from_millis(1) || ttl > MAX {
+        return Err(Error::config(
+            "ttl",
+            format!("{ttl:?} is outside 1 ms ..= {MAX:?}; give a TTL Redis accepts"),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<()> {
@@ -437,10 +486,11 @@ where
                 source: Source::L1,
             });
         }
+        let stamp = self.ns.stamp(key);
         match self.l2_get(key).await {
             Some((value, weight)) => {
                 let value = Arc::new(value);
-                self.fill_l1(key, value.clone(), weight).await;
+                self.fill_l1(key, value.clone(), weight, stamp).await;
                 Some(Hit {
                     value,
                     source: Source::L2,
@@ -456,12 +506,16 @@ where
     /// L2 read: the decoded value and its stored size, counting hits, errors and decode
     /// failures. A miss is counted by the caller.
     async fn l2_get(&self, key: &str) -> Option<(V, u32)> {
-        self.l2_get_or_why(key).await.ok().flatten()
+        match self.l2_read(key).await {
+            L2Read::Hit(value, weight) => Some((value, weight)),
+            _ => None,
+        }
     }
 
-    /// As `l2_get`, but telling a Redis failure (`Err`) apart from a miss (`Ok(None)`).
-    async fn l2_get_or_why(&self, key: &str) -> std::result::Result<Option<(V, u32)>, ()> {
-        let conn = self.kit.conn().ok_or(())?;
+    async fn l2_read(&self, key: &str) -> L2Read<V> {
+        let Some(conn) = self.kit.conn() else {
+            return L2Read::Unreachable;
+        };
         let counters = &self.ns.counters;
         match conn
             .query::<Option<Vec<u8>>>(redis::cmd("GET").arg(self.redis_key(key)))
@@ -470,27 +524,37 @@ where
             Ok(Some(bytes)) => match self.kit.codec().decode::<V>(&bytes) {
                 Ok(value) => {
                     bump(&counters.l2_hits);
-                    Ok(Some((value, weight_of(&bytes))))
+                    L2Read::Hit(value, weight_of(&bytes))
                 }
                 Err(e) => {
                     bump(&counters.decode_failures);
                     tracing::debug!(namespace = %self.ns.name, error = %e,
                         "tierkit: stored value does not decode; treating as a miss");
-                    Ok(None)
+                    L2Read::Undecodable
                 }
             },
-            Ok(None) => Ok(None),
+            Ok(None) => L2Read::Absent,
             Err(e) => {
                 count_l2_failure(counters, &e);
-                Err(())
+                L2Read::Unreachable
             }
         }
     }
 
-    /// Keeps a value read from L2 in L1, for the namespace's L1 TTL.
-    async fn fill_l1(&self, key: &str, value: Arc<V>, weight: u32) {
+    /// Keeps a value read from L2 in L1, for the namespace's L1 TTL, unless the key changed
+    /// since `stamp` was taken (before the read). Checked after the insert: a change that
+    /// lands in between is then either seen here or overwrites this value itself.
+    async fn fill_l1(&self, key: &str, value: Arc<V>, weight: u32, stamp: Stamp) {
         let value = self.l1_value(value, weight, self.ns.l1_ttl, None);
         self.l1.insert(L1Key::new(self.ns.id, key), value).await;
+        if self.ns.changed_since(key, stamp) {
+            self.l1
+                .invalidate(&KeyRef {
+                    ns: self.ns.id,
+                    key,
+                })
+                .await;
+        }
     }
 
     fn l1_value(
@@ -532,50 +596,63 @@ where
                 source: Source::L1,
             });
         }
-        let generation = self.ns.generation();
+        let stamp = self.ns.stamp(key);
         let mut source = Source::L1;
+        let mut pending = None;
         let entry = self
             .l1
             .entry(L1Key::new(self.ns.id, key))
-            .or_try_insert_with(self.load(key, loader, &mut source))
+            .or_try_insert_with(self.load(key, loader, &mut source, &mut pending))
             .await;
         let entry = entry.map_err(Error::from_shared)?;
         let fresh = entry.is_fresh();
-        if fresh && self.ns.generation() != generation {
-            // An invalidation landed while this value was loading: hand it to the caller, but
-            // do not keep what may already be stale.
+        let value = Arc::downcast::<V>(entry.into_value().value)
+            .map_err(|_| Error::config("namespace", "L1 holds another type under this name"))?;
+        if !fresh {
+            bump(&self.ns.counters.l1_hits);
+            return Ok(Hit {
+                value,
+                source: Source::L1,
+            });
+        }
+        if self.ns.changed_since(key, stamp) {
+            // A write or invalidation landed while this value was loading: hand it to the
+            // caller, but keep what may already be stale in neither tier.
             self.l1
                 .invalidate(&KeyRef {
                     ns: self.ns.id,
                     key,
                 })
                 .await;
+        } else if let Some(write) = pending {
+            // After the waiters are released: they need not wait for Redis to take the value.
+            self.fill_l2(key, write).await;
         }
-        if !fresh {
-            bump(&self.ns.counters.l1_hits);
-        }
-        let value = Arc::downcast::<V>(entry.into_value().value)
-            .map_err(|_| Error::config("namespace", "L1 holds another type under this name"))?;
-        Ok(Hit {
-            value,
-            source: if fresh { source } else { Source::L1 },
-        })
+        Ok(Hit { value, source })
     }
 
-    async fn load<F, Fut, E>(&self, key: &str, loader: F, source: &mut Source) -> Result<L1Value>
+    async fn load<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+        source: &mut Source,
+        pending: &mut Option<PendingWrite>,
+    ) -> Result<L1Value>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let counters = &self.ns.counters;
-        let l2_reachable = match self.l2_get_or_why(key).await {
-            Ok(Some((value, weight))) => {
+        let read = self.l2_read(key).await;
+        let overwrite = match read {
+            L2Read::Hit(value, weight) => {
                 *source = Source::L2;
                 return Ok(self.l1_value(Arc::new(value), weight, self.ns.l1_ttl, None));
             }
-            Ok(None) => true,
-            Err(()) => false,
+            L2Read::Absent => Some(false),
+            L2Read::Undecodable => Some(true),
+            L2Read::Unreachable => None,
         };
         bump(&counters.misses);
         bump(&counters.loader_calls);
@@ -586,22 +663,34 @@ where
         *source = Source::Loader;
         let (bytes, weight) = self.encode(&value)?;
         let ttl = self.jittered(self.ns.ttl);
-        match self.kit.conn() {
-            Some(conn) if l2_reachable => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(self.redis_key(key))
-                    .arg(bytes)
-                    .arg("PX")
-                    .arg(millis(ttl));
-                if let Err(e) = conn.query::<()>(&cmd).await {
-                    count_l2_failure(counters, &e);
-                }
+        match (self.kit.conn(), overwrite) {
+            (Some(_), Some(overwrite)) => {
+                *pending = Some(PendingWrite {
+                    bytes,
+                    ttl,
+                    overwrite,
+                })
             }
             // The read just failed: a write now would most likely wait out another timeout.
-            Some(_) => bump(&counters.l2_skipped),
-            None => {}
+            (Some(_), None) => bump(&counters.l2_skipped),
+            (None, _) => {}
         }
         Ok(self.l1_value(Arc::new(value), weight, ttl, None))
+    }
+
+    async fn fill_l2(&self, key: &str, write: PendingWrite) {
+        let Some(conn) = self.kit.conn() else { return };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.redis_key(key))
+            .arg(write.bytes)
+            .arg("PX")
+            .arg(millis(write.ttl));
+        if !write.overwrite {
+            cmd.arg("NX");
+        }
+        if let Err(e) = conn.query::<Option<String>>(&cmd).await {
+            count_l2_failure(&self.ns.counters, &e);
+        }
     }
 
     fn encode(&self, value: &V) -> Result<(Vec<u8>, u32)> {
@@ -662,9 +751,7 @@ where
 
     fn prepare(&self, key: &str, value: V, opts: &SetOptions) -> Result<Prepared<V>> {
         let ttl = opts.ttl.unwrap_or(self.ns.ttl);
-        if ttl < Duration::from_millis(1) {
-            return Err(Error::config("ttl", "is under 1 ms; give a positive TTL"));
-        }
+        check_ttl(ttl)?;
         if opts.tags.iter().any(String::is_empty) {
             return Err(Error::config(
                 "tag",
@@ -685,7 +772,6 @@ where
     }
 
     async fn write(&self, batch: Vec<Prepared<V>>) -> Result<Reach> {
-        self.ns.bump_generation();
         let mut pipe = redis::pipe();
         let mut keys = Vec::with_capacity(batch.len());
         for p in batch {
@@ -699,12 +785,15 @@ where
                 .ignore();
             for tag in p.tags.iter().flat_map(|t| t.iter()) {
                 let tag_key = format!("{}{tag}", self.ns.tag_prefix);
-                pipe.cmd("SADD").arg(&tag_key).arg(&p.key).ignore();
-                // NX gives a new set a TTL, GT only ever lengthens it, so the set outlives
-                // every entry it lists.
-                pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("NX").ignore();
-                pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("GT").ignore();
+                pipe.cmd("EVAL")
+                    .arg(TAG_SCRIPT)
+                    .arg(1)
+                    .arg(&tag_key)
+                    .arg(&p.key)
+                    .arg(ms)
+                    .ignore();
             }
+            self.ns.bump_key(&p.key);
             let value = self.l1_value(p.value, p.weight, p.ttl, p.tags);
             self.l1.insert(L1Key::new(self.ns.id, &p.key), value).await;
             keys.push(p.key);
@@ -759,6 +848,10 @@ where
         if missing.is_empty() {
             return out;
         }
+        let stamps: Vec<Stamp> = missing
+            .iter()
+            .map(|&i| self.ns.stamp(keys[i].as_ref()))
+            .collect();
         let fetched = match self.kit.conn() {
             Some(conn) => {
                 let mut pipe = redis::pipe();
@@ -776,7 +869,7 @@ where
             None => Vec::new(),
         };
         let mut fetched = fetched.into_iter();
-        for i in missing {
+        for (i, stamp) in missing.into_iter().zip(stamps) {
             let decoded = fetched.next().flatten().and_then(|bytes| {
                 self.kit
                     .codec()
@@ -789,7 +882,8 @@ where
                 Some((value, weight)) => {
                     bump(&counters.l2_hits);
                     let value = Arc::new(value);
-                    self.fill_l1(keys[i].as_ref(), value.clone(), weight).await;
+                    self.fill_l1(keys[i].as_ref(), value.clone(), weight, stamp)
+                        .await;
                     out[i] = Some(Hit {
                         value,
                         source: Source::L2,
@@ -808,19 +902,13 @@ where
     /// None today; the `Result` leaves room for input checks. Redis failures give
     /// [`Reach::L1Only`].
     pub async fn invalidate(&self, key: &str) -> Result<Reach> {
-        self.l1
-            .invalidate(&KeyRef {
-                ns: self.ns.id,
-                key,
-            })
-            .await;
-        self.ns.bump_generation();
-        let mut pipe = redis::pipe();
-        pipe.cmd("UNLINK").arg(self.redis_key(key)).ignore();
         let op = Op::Keys {
             ns: self.ns.name.clone(),
             keys: vec![key.to_owned()],
         };
+        self.kit.cache_core().apply(&self.ns, &op).await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(self.redis_key(key)).ignore();
         self.to_l2(pipe, op).await
     }
 
@@ -891,7 +979,7 @@ where
         };
         self.kit.cache_core().apply(&self.ns, &op).await;
         let glob = parsed.to_redis_glob(&self.ns.key_prefix);
-        self.scan_unlink(&glob, op).await
+        self.scan_unlink(&glob, Some(&parsed), op).await
     }
 
     /// Removes every entry of this namespace, of every version, in every tier and instance,
@@ -906,10 +994,18 @@ where
         };
         self.kit.cache_core().apply(&self.ns, &op).await;
         let glob = self.ns.all_versions.clone();
-        self.scan_unlink(&glob, op).await
+        self.scan_unlink(&glob, None, op).await
     }
 
-    async fn scan_unlink(&self, glob: &str, op: Op) -> Result<(Reach, u64)> {
+    /// SCANs `glob` and UNLINKs what it finds, batch by batch. With `filter`, only keys of this
+    /// namespace's current version whose key matches are removed: Redis's `?` matches a byte,
+    /// ours a character, so the glob is a superset and the filter decides.
+    async fn scan_unlink(
+        &self,
+        glob: &str,
+        filter: Option<&Pattern>,
+        op: Op,
+    ) -> Result<(Reach, u64)> {
         let Some(conn) = self.kit.conn() else {
             return Ok((Reach::AllTiers, 0));
         };
@@ -922,13 +1018,21 @@ where
                 .arg(glob)
                 .arg("COUNT")
                 .arg(SCAN_COUNT);
-            let (next, keys): (u64, Vec<String>) = match conn.query(&scan).await {
+            let (next, mut keys): (u64, Vec<Vec<u8>>) = match conn.query(&scan).await {
                 Ok(page) => page,
                 Err(e) => {
                     count_l2_failure(&self.ns.counters, &e);
                     return Ok((Reach::L1Only, removed));
                 }
             };
+            if let Some(pattern) = filter {
+                let prefix = self.ns.key_prefix.as_bytes();
+                keys.retain(|k| {
+                    k.strip_prefix(prefix)
+                        .and_then(|rest| std::str::from_utf8(rest).ok())
+                        .is_some_and(|rest| pattern.matches(rest))
+                });
+            }
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for key in &keys {
@@ -952,12 +1056,29 @@ where
     }
 }
 
+/// Adds a key to a tag set and makes the set live at least as long as the entry: the set must
+/// outlive every entry it lists. (Plain EVAL: the script is tiny, Redis caches it, and EVAL in
+/// a pipeline needs no NOSCRIPT handling. Works on any Redis with Lua, unlike PEXPIRE NX/GT.)
+const TAG_SCRIPT: &str = "redis.call('SADD', KEYS[1], ARGV[1]) \
+    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then \
+    redis.call('PEXPIRE', KEYS[1], ARGV[2]) end";
+
 /// Returns the members of a set and deletes it, atomically, touching one key.
 static TAKE_SET: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
         "local m = redis.call('SMEMBERS', KEYS[1]) redis.call('UNLINK', KEYS[1]) return m",
     )
 });
+
+/// What an L2 read found.
+enum L2Read<V> {
+    Hit(V, u32),
+    Absent,
+    /// Bytes that do not decode as `V`: a miss that the next write must overwrite.
+    Undecodable,
+    /// Redis failed, timed out, is down, or is not configured.
+    Unreachable,
+}
 
 struct Prepared<V> {
     key: String,

@@ -1,7 +1,8 @@
 //! The glob dialect of `invalidate_pattern`: `*` matches any run of characters, `?` one
 //! character, `\` makes the next character literal; everything else is literal. It is matched
-//! in process against L1 keys and translated, fully escaped, into a Redis `SCAN MATCH` glob, so
-//! a pattern can never reach outside its namespace.
+//! in process against L1 keys, and translated, fully escaped, into a Redis `SCAN MATCH` glob
+//! whose results are filtered by the same matcher, so a pattern can never reach outside its
+//! namespace.
 
 use crate::error::{Error, Result};
 
@@ -82,14 +83,15 @@ impl Pattern {
             .all(|t| *t == Tok::Star)
     }
 
-    /// The Redis glob for keys under `prefix` (which holds no metacharacters).
+    /// A Redis glob for keys under `prefix` (which holds no metacharacters) that matches at
+    /// least every key this pattern matches. Redis's `?` matches one byte, ours one character,
+    /// so `?` becomes `*` and the caller filters what comes back with [`matches`](Self::matches).
     pub(crate) fn to_redis_glob(&self, prefix: &str) -> String {
         let mut glob = String::with_capacity(prefix.len() + self.source.len() * 2);
         glob.push_str(prefix);
         for tok in &self.toks {
             match tok {
-                Tok::Star => glob.push('*'),
-                Tok::One => glob.push('?'),
+                Tok::Star | Tok::One => glob.push('*'),
                 Tok::Lit(c) => {
                     if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
                         glob.push('\\');
@@ -139,6 +141,6 @@ mod tests {
     #[test]
     fn redis_glob_escapes_everything_but_our_wildcards() {
         let p = Pattern::parse(r"[x]-^\*?*").unwrap();
-        assert_eq!(p.to_redis_glob("pre:"), r"pre:\[x\]\-\^\*?*");
+        assert_eq!(p.to_redis_glob("pre:"), r"pre:\[x\]\-\^\***");
     }
 }

@@ -1,7 +1,0 @@
-//! tierkit benches: each group holds tierkit next to its raw baseline.
-use criterion::{criterion_group, criterion_main, Criterion};
-
-fn placeholder(_c: &mut Criterion) {}
-
-criterion_group!(benches, placeholder);
-criterion_main!(benches);

@@ -1,0 +1,292 @@
+//! Cache hit paths: tierkit's L1 hit next to raw moka `get`, and tierkit's L2 hit (L1 miss)
+//! next to a raw redis-rs `GET` plus the decoding tierkit does (bincode, and zstd where the
+//! value compresses).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use serde::{Deserialize, Serialize};
+use tierkit::health::HealthState;
+use tierkit::{Config, Tierkit};
+
+use crate::runtimes;
+use crate::support::RedisServer;
+
+const L1_KEYS: usize = 100_000;
+const L2_KEYS: usize = 1_000;
+const TASKS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    id: u64,
+    tags: Vec<String>,
+    body: String,
+}
+
+/// A value whose bincode body is about `size` bytes of JSON-like text, which compresses the
+/// way cached query results do.
+pub fn payload(id: u64, size: usize) -> Payload {
+    let mut body = String::with_capacity(size);
+    let mut i = id;
+    while body.len() < size {
+        body.push_str(&format!(
+            "{{\"user\":{i},\"name\":\"user-{i}\",\"score\":{}}},",
+            i % 97
+        ));
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+            % 100_000;
+    }
+    body.truncate(size);
+    Payload {
+        id,
+        tags: vec!["event".into(), format!("owner:{}", id % 10)],
+        body,
+    }
+}
+
+/// Next key index, shared by the iterations of one benchmark.
+fn cycle(counter: &AtomicUsize, len: usize) -> usize {
+    counter.fetch_add(1, Ordering::Relaxed) % len
+}
+
+pub fn l1_hit(c: &mut Criterion) {
+    let keys: Vec<String> = (0..L1_KEYS).map(|i| format!("event:{i}")).collect();
+    let value = Arc::new(payload(1, 200));
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("l1_hit/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+
+        let moka: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::new(1 << 20);
+        let kit = Tierkit::new(Config::builder().l1_capacity(1 << 30).build().unwrap()).unwrap();
+        let ns = kit.namespace::<Payload>("events").build().unwrap();
+        rt.block_on(async {
+            for k in &keys {
+                moka.insert(k.clone(), value.clone()).await;
+                ns.set(k, (*value).clone()).await.unwrap();
+            }
+        });
+
+        let next = AtomicUsize::new(0);
+        group.bench_function("raw_moka_get", |b| {
+            b.to_async(&rt).iter(|| async {
+                let k = &keys[cycle(&next, L1_KEYS)];
+                moka.get(k).await.expect("present")
+            })
+        });
+        group.bench_function("tierkit_get", |b| {
+            b.to_async(&rt).iter(|| async {
+                let k = &keys[cycle(&next, L1_KEYS)];
+                ns.get(k).await.expect("present")
+            })
+        });
+        group.finish();
+        let s = ns.stats();
+        assert_eq!(
+            s.l2_hits + s.misses,
+            0,
+            "every tierkit read must be an L1 hit: {s:?}"
+        );
+    }
+}
+
+/// A raw client doing by hand what a tierkit L2 hit does: GET, then zstd (reused context)
+/// where the stored value is compressed, then bincode.
+struct Raw {
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl Raw {
+    async fn get(&mut self, key: &str) -> Payload {
+        let bytes: Vec<u8> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.conn)
+            .await
+            .unwrap();
+        decode_raw(&bytes)
+    }
+}
+
+thread_local! {
+    static DECOMPRESSOR: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().unwrap());
+}
+
+/// Stored by the raw baseline as: 1 flag byte (1 = zstd), 4-byte LE length, then the body.
+fn encode_raw(value: &Payload, compress: bool) -> Vec<u8> {
+    let body = bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap();
+    let mut out = vec![compress as u8];
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    if compress {
+        out.extend_from_slice(&zstd::bulk::compress(&body, 1).unwrap());
+    } else {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+fn decode_raw(bytes: &[u8]) -> Payload {
+    let len = u32::from_le_bytes(bytes[1..5].try_into().unwrap()) as usize;
+    let decode = |body: &[u8]| {
+        bincode::serde::decode_from_slice(body, bincode::config::standard())
+            .unwrap()
+            .0
+    };
+    if bytes[0] == 1 {
+        DECOMPRESSOR.with(|d| decode(&d.borrow_mut().decompress(&bytes[5..], len).unwrap()))
+    } else {
+        decode(&bytes[5..])
+    }
+}
+
+pub fn l2_hit(c: &mut Criterion) {
+    let server = RedisServer::start();
+    for (flavor, rt) in runtimes() {
+        for size in [1024usize, 16 * 1024] {
+            let mut group = c.benchmark_group(format!("l2_hit_{}KiB/{flavor}", size / 1024));
+            group.throughput(Throughput::Elements(1));
+            let keys: Vec<String> = (0..L2_KEYS).map(|i| i.to_string()).collect();
+            let raw_keys: Vec<String> = keys.iter().map(|k| format!("raw:{k}")).collect();
+
+            // An L1 far smaller than one value: nothing stays in it, every read goes to Redis.
+            let config = Config::builder()
+                .redis_url(server.url())
+                .l1_capacity(1)
+                .build()
+                .unwrap();
+            let (kit, ns, raw) = rt.block_on(async {
+                let kit = Tierkit::new(config).unwrap();
+                let health = kit.health().unwrap();
+                assert!(
+                    health
+                        .wait_for(HealthState::Up, Duration::from_secs(5))
+                        .await
+                );
+                let ns = kit
+                    .namespace::<Payload>(format!("bench{size}"))
+                    .build()
+                    .unwrap();
+                let mut conn = server
+                    .client()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let mut compressed = false;
+                for (i, (k, rk)) in keys.iter().zip(&raw_keys).enumerate() {
+                    let v = payload(i as u64, size);
+                    compressed = kit.codec().encode_with_info(&v).unwrap().1.compressed;
+                    ns.set(k, v.clone()).await.unwrap();
+                    let _: () = redis::cmd("SET")
+                        .arg(rk)
+                        .arg(encode_raw(&v, compressed))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                eprintln!(
+                    "l2_hit_{}KiB: tierkit stores it compressed: {compressed}",
+                    size / 1024
+                );
+                (kit, ns, Raw { conn })
+            });
+
+            let next = AtomicUsize::new(0);
+            let raw_conn = raw.conn;
+            group.bench_function(
+                BenchmarkId::new("raw_redis_get_decode", "sequential"),
+                |b| {
+                    b.to_async(&rt).iter(|| async {
+                        let k = &raw_keys[cycle(&next, L2_KEYS)];
+                        // A clone per call, as tierkit clones its connection handle per call.
+                        Raw {
+                            conn: raw_conn.clone(),
+                        }
+                        .get(k)
+                        .await
+                    })
+                },
+            );
+            group.bench_function(BenchmarkId::new("tierkit_get", "sequential"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let k = &keys[cycle(&next, L2_KEYS)];
+                    ns.get(k).await.expect("present")
+                })
+            });
+
+            // 64 tasks sharing one multiplexed connection: throughput, not latency.
+            let raw_keys = Arc::new(raw_keys);
+            let keys = Arc::new(keys);
+            group.throughput(Throughput::Elements(TASKS as u64));
+            group.bench_function(BenchmarkId::new("raw_redis_get_decode", "64_tasks"), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let raw_conn = raw_conn.clone();
+                    let raw_keys = raw_keys.clone();
+                    async move {
+                        concurrent(iters, move |i| {
+                            let mut raw = Raw {
+                                conn: raw_conn.clone(),
+                            };
+                            let raw_keys = raw_keys.clone();
+                            async move {
+                                raw.get(&raw_keys[i % L2_KEYS]).await;
+                            }
+                        })
+                        .await
+                    }
+                })
+            });
+            group.bench_function(BenchmarkId::new("tierkit_get", "64_tasks"), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let ns = ns.clone();
+                    let keys = keys.clone();
+                    async move {
+                        concurrent(iters, move |i| {
+                            let ns = ns.clone();
+                            let keys = keys.clone();
+                            async move {
+                                ns.get(&keys[i % L2_KEYS]).await.expect("present");
+                            }
+                        })
+                        .await
+                    }
+                })
+            });
+            group.finish();
+            let s = ns.stats();
+            eprintln!(
+                "l2_hit_{}KiB/{flavor}: {} L2 hits, {} L1 hits (should be ~0)",
+                size / 1024,
+                s.l2_hits,
+                s.l1_hits
+            );
+            drop(kit);
+        }
+    }
+}
+
+/// Runs `iters` rounds of `TASKS` concurrent calls and returns the time they took.
+async fn concurrent<F, Fut>(iters: u64, call: F) -> Duration
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for i in 0..iters as usize {
+                    call(t * 7919 + i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    started.elapsed()
+}
