@@ -9,6 +9,7 @@ mod config;
 pub mod conn;
 mod error;
 pub mod health;
+pub mod ratelimit;
 mod tierkit;
 
 pub use codec::{Codec, CodecBuilder, EncodeInfo};

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::error::Result;
 use crate::health::Health;
+use crate::ratelimit::{LimiterBuilder, Quota};
 
 /// The root handle of tierkit. Cheap to clone: clones share everything.
 ///
@@ -136,5 +137,23 @@ impl Tierkit {
 
     pub(crate) fn cache_core(&self) -> &CacheCore {
         &self.0.cache
+    }
+
+    /// Declares a rate limiter named `name` (its keys live under `{prefix}:rl:{name}:`) with
+    /// `quota`; see [`LimiterBuilder`] for its settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierkit::ratelimit::Quota;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let api = kit.limiter("api", Quota::new(100, Duration::from_secs(900))?).build()?;
+    /// assert_eq!(api.local_share(), 100);
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn limiter(&self, name: impl Into<String>, quota: Quota) -> LimiterBuilder {
+        LimiterBuilder::new(self.clone(), name.into(), quota)
     }
 }

@@ -1,0 +1,136 @@
+//! The Redis tier of the limiter: one Lua script per algorithm, one key per call, timed by the
+//! server's `TIME` so application clocks never matter.
+
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Algorithm, Decision, Quota, Tier};
+use crate::conn::Conn;
+use crate::error::Result;
+
+/// Exact sliding-window log. A sorted set of the admitted requests' server times (µs); a
+/// refused request records nothing, so a key holds at most `limit` members however hard a
+/// client pushes. Members are `time-nonce-i`: unique even when two requests share a
+/// microsecond, and one per unit of a weighted request.
+///
+/// ARGV: window (µs), limit, n, nonce. Returns {allowed, remaining, reset µs, retry µs,
+/// server seconds, server µs}.
+pub(crate) const LOG_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count + n <= limit then
+  for i = 1, n do
+    redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[4] .. '-' .. i)
+  end
+  count = count + n
+  allowed = 1
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+end
+local reset = 0
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] then reset = tonumber(newest[2]) + window - now end
+local retry = 0
+if allowed == 0 then
+  local e = redis.call('ZRANGE', KEYS[1], count + n - limit - 1, count + n - limit - 1, 'WITHSCORES')
+  if e[2] then retry = tonumber(e[2]) + window - now end
+end
+return {allowed, limit - count, reset, retry, tonumber(t[1]), tonumber(t[2])}
+";
+static LOG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LOG_LUA));
+
+/// Sliding-window counter: the current and previous fixed windows (aligned to multiples of
+/// the window on the server clock) in one hash; the estimate weighs the previous window by
+/// the share of it still inside the sliding window. O(1) memory per key.
+///
+/// ARGV: window (µs), limit, n. Returns as `LOG`.
+pub(crate) const COUNTER_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local start = now - (now % window)
+local h = redis.call('HMGET', KEYS[1], 'start', 'cur', 'prev')
+local s = tonumber(h[1])
+local cur = tonumber(h[2]) or 0
+local prev = tonumber(h[3]) or 0
+if s ~= start then
+  if s == start - window then prev = cur else prev = 0 end
+  cur = 0
+end
+local elapsed = now - start
+local weight = (window - elapsed) / window
+local estimate = prev * weight + cur
+local allowed = 0
+if estimate + n <= limit then
+  cur = cur + n
+  estimate = estimate + n
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'start', start, 'cur', cur, 'prev', prev)
+redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000))
+local remaining = math.max(0, math.floor(limit - estimate))
+local reset = window - elapsed
+if cur > 0 then reset = reset + window end
+local retry = 0
+if allowed == 0 then
+  local need = estimate + n - limit
+  if prev > 0 and need <= prev * weight and cur + n <= limit then
+    retry = math.ceil(need * window / prev)
+  else
+    retry = window - elapsed
+  end
+end
+return {allowed, remaining, reset, math.max(retry, 1), tonumber(t[1]), tonumber(t[2])}
+";
+static COUNTER: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COUNTER_LUA));
+
+/// Decides in Redis.
+pub(crate) async fn decide(
+    conn: &Conn,
+    algorithm: Algorithm,
+    key: &str,
+    quota: Quota,
+    n: u32,
+) -> Result<Decision> {
+    let window_us = u64::try_from(quota.window.as_micros()).unwrap_or(u64::MAX);
+    let reply: (i64, i64, i64, i64, u64, u64) = match algorithm {
+        Algorithm::SlidingLog => {
+            let nonce = fastrand::u64(..);
+            let mut inv = LOG.key(key);
+            inv.arg(window_us).arg(quota.limit).arg(n).arg(nonce);
+            conn.invoke(&inv).await?
+        }
+        Algorithm::SlidingCounter => {
+            let mut inv = COUNTER.key(key);
+            inv.arg(window_us).arg(quota.limit).arg(n);
+            conn.invoke(&inv).await?
+        }
+    };
+    let (allowed, remaining, reset_us, retry_us, secs, micros) = reply;
+    let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    Ok(Decision {
+        allowed: allowed == 1,
+        limit: quota.limit,
+        remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+        reset_after: us(reset_us),
+        retry_after: (allowed != 1).then(|| us(retry_us)),
+        tier: Tier::Redis,
+        decided_at: Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)),
+    })
+}
+
+/// The application clock's lead over the server clock that decided, in milliseconds.
+pub(crate) fn drift_ms(app_now: SystemTime, decision: &Decision) -> Option<i64> {
+    let server = decision.decided_at?;
+    Some(match app_now.duration_since(server) {
+        Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),
+        Err(behind) => -i64::try_from(behind.duration().as_millis()).unwrap_or(i64::MAX),
+    })
+}
