@@ -13,6 +13,7 @@
 mod support;
 
 mod cache;
+mod ratelimit;
 
 use std::time::Duration;
 
@@ -43,6 +44,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cache::l1_hit, cache::l2_hit
+    targets = cache::l1_hit, cache::l2_hit, ratelimit::redis_decision, ratelimit::local_decision
 }
 criterion_main!(benches);

@@ -1,0 +1,102 @@
+//! Rate-limit decisions: tierkit's Redis decision next to a raw `EVALSHA` of the same script
+//! through redis-rs, and tierkit's local decision next to a raw keyed governor `check`.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput};
+use tierkit::health::HealthState;
+use tierkit::ratelimit::{Algorithm, Quota};
+use tierkit::{Config, Tierkit};
+
+use crate::runtimes;
+use crate::support::RedisServer;
+
+const KEYS: usize = 10_000;
+
+fn next(counter: &AtomicUsize) -> usize {
+    counter.fetch_add(1, Ordering::Relaxed) % KEYS
+}
+
+pub fn redis_decision(c: &mut Criterion) {
+    let server = RedisServer::start();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("user:{i}")).collect();
+    // A short window keeps every sorted set small, so both sides do the same bounded work.
+    let window = Duration::from_millis(100);
+    let quota = Quota::new(1_000_000, window).unwrap();
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("ratelimit_redis/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+        let (kit, limiter, conn) = rt.block_on(async {
+            let kit =
+                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
+            let health = kit.health().unwrap();
+            assert!(
+                health
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let limiter = kit.limiter("bench", quota).build().unwrap();
+            let conn = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            (kit, limiter, conn)
+        });
+        let script = redis::Script::new(Algorithm::SlidingLog.lua());
+        let window_us = window.as_micros() as u64;
+        let i = AtomicUsize::new(0);
+        group.bench_function("raw_evalsha", |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut conn = conn.clone();
+                let mut inv = script.key(format!("raw:{}", keys[next(&i)]));
+                inv.arg(window_us)
+                    .arg(1_000_000)
+                    .arg(1)
+                    .arg(fastrand::u64(..));
+                let reply: (i64, i64, i64, i64, u64, u64) =
+                    inv.invoke_async(&mut conn).await.unwrap();
+                reply
+            })
+        });
+        group.bench_function("tierkit_check", |b| {
+            b.to_async(&rt).iter(|| async {
+                let d = limiter.check(&keys[next(&i)]).await;
+                assert!(d.allowed);
+                d
+            })
+        });
+        group.finish();
+        drop(kit);
+    }
+}
+
+pub fn local_decision(c: &mut Criterion) {
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("user:{i}")).collect();
+    let limit = NonZeroU32::new(1_000_000).unwrap();
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("ratelimit_local/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+        let raw = governor::RateLimiter::keyed(governor::Quota::per_second(limit));
+        let kit = Tierkit::embedded();
+        let limiter = kit
+            .limiter(
+                "bench",
+                Quota::new(limit.get(), Duration::from_secs(1)).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let i = AtomicUsize::new(0);
+        group.bench_function("raw_governor_check_key", |b| {
+            b.to_async(&rt)
+                .iter(|| async { raw.check_key(&keys[next(&i)]).is_ok() })
+        });
+        group.bench_function("tierkit_check", |b| {
+            b.to_async(&rt)
+                .iter(|| async { limiter.check(&keys[next(&i)]).await.allowed })
+        });
+        group.finish();
+    }
+}

@@ -1,0 +1,323 @@
+//! The rate limiter's tower layer through a real axum HTTP server on loopback, driven by
+//! hand-written HTTP/1.1 over a `TcpStream`: headers, 429s, user and IP keys, trusted proxies.
+//! Limiters are backed by a private redis-server, and once by embedded mode.
+
+#![cfg(feature = "tower")]
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Extension, Router};
+use support::RedisServer;
+use tierkit::health::HealthState;
+use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
+use tierkit::ratelimit::{Decision, Limiter, Quota};
+use tierkit::{Config, Tierkit};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LIMIT: u32 = 3;
+const WINDOW: Duration = Duration::from_secs(60);
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+async fn connected(server: &RedisServer) -> Tierkit {
+    let config = Config::builder()
+        .redis_url(server.url())
+        .probe_interval(Duration::from_millis(100))
+        .probe_timeout(Duration::from_millis(80))
+        .op_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let kit = Tierkit::new(config).unwrap();
+    let health = kit.health().unwrap();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await,
+        "{:?}",
+        health.status()
+    );
+    kit
+}
+
+fn limiter(kit: &Tierkit, name: &str) -> Limiter {
+    kit.limiter(name, Quota::new(LIMIT, WINDOW).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Test stand-in for a server's integration and auth middleware: the peer address from
+/// axum's `ConnectInfo`, and the user id from `x-user`.
+async fn identify(mut req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(addr)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let peer = PeerAddr(*addr);
+        req.extensions_mut().insert(peer);
+    }
+    let user = req
+        .headers()
+        .get("x-user")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    if let Some(id) = user {
+        req.extensions_mut().insert(RateLimitKey(id));
+    }
+    next.run(req).await
+}
+
+/// A served app; `calls` counts requests that reached the handler.
+struct App {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+}
+
+async fn serve(layer: RateLimitLayer) -> App {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let handler = move |Extension(decision): Extension<Decision>| async move {
+        counter.fetch_add(1, Ordering::SeqCst);
+        format!("ok {:?}", decision.tier)
+    };
+    let app = Router::new()
+        .route("/", get(handler))
+        .layer(layer)
+        .layer(middleware::from_fn(identify));
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    App { addr, calls }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn secs(&self, name: &str) -> u64 {
+        let v = self
+            .header(name)
+            .unwrap_or_else(|| panic!("no {name}: {self:?}"));
+        v.parse().unwrap_or_else(|_| panic!("{name}: {v:?}"))
+    }
+
+    /// Checks `RateLimit-Policy` and `RateLimit` and returns `reset`.
+    fn assert_ratelimit(&self, remaining: u32) -> u64 {
+        assert_eq!(self.header("ratelimit-policy"), Some("3;w=60"), "{self:?}");
+        let rl = self
+            .header("ratelimit")
+            .unwrap_or_else(|| panic!("{self:?}"));
+        let prefix = format!("limit=3, remaining={remaining}, reset=");
+        let reset: u64 = rl
+            .strip_prefix(&prefix)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("RateLimit: {rl:?}, want {prefix}N"));
+        assert!((1..=60).contains(&reset), "{rl}");
+        reset
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {:?}", self.status, self.headers, self.body)
+    }
+}
+
+/// One `GET /` over a fresh connection, by hand.
+async fn fetch(addr: SocketAddr, headers: &[(&str, &str)]) -> Reply {
+    let mut request = String::from("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("no HTTP response within 10 s");
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// Spends a fresh key's budget: `LIMIT` allowed requests counting down, then a 429.
+async fn exhaust(app: &App, headers: &[(&str, &str)]) -> Reply {
+    for i in 0..LIMIT {
+        let r = fetch(app.addr, headers).await;
+        assert_eq!(r.status, 200, "request {i}: {r:?}");
+        r.assert_ratelimit(LIMIT - 1 - i);
+    }
+    let r = fetch(app.addr, headers).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    r
+}
+
+#[tokio::test]
+async fn users_have_own_budgets_with_ietf_headers_and_429_retry_after() {
+    let server = RedisServer::start();
+    let kit = connected(&server).await;
+    let app = serve(RateLimitLayer::new(limiter(&kit, "http-users"))).await;
+    let alice = [("x-user", "alice")];
+
+    let first = fetch(app.addr, &alice).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, "ok Redis"); // the handler saw the Decision; Redis decided
+    first.assert_ratelimit(2);
+    assert!(first.header("x-ratelimit-limit").is_none(), "{first:?}");
+    assert!(first.header("retry-after").is_none(), "{first:?}");
+    for remaining in [1, 0] {
+        let r = fetch(app.addr, &alice).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.assert_ratelimit(remaining);
+    }
+
+    let refused = fetch(app.addr, &alice).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    let retry = refused.secs("retry-after");
+    assert!((1..=60).contains(&retry), "{refused:?}");
+    refused.assert_ratelimit(0);
+    assert_eq!(refused.body, "Too Many Requests\n");
+    assert!(refused.header("x-ratelimit-remaining").is_none());
+    assert_eq!(
+        app.calls.load(Ordering::SeqCst),
+        3,
+        "refused requests reach the handler"
+    );
+
+    // Another user, and an anonymous client keyed by its IP, have budgets of their own.
+    let bob = fetch(app.addr, &[("x-user", "bob")]).await;
+    assert_eq!(bob.status, 200, "{bob:?}");
+    bob.assert_ratelimit(2);
+    exhaust(&app, &[]).await;
+    assert_eq!(fetch(app.addr, &alice).await.status, 429);
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let server = RedisServer::start();
+    let kit = connected(&server).await;
+
+    // 127.0.0.1 is a trusted proxy: each forwarded client has its own budget.
+    let behind_proxy =
+        serve(RateLimitLayer::new(limiter(&kit, "http-proxied")).trusted_proxies([LOCALHOST]))
+            .await;
+    exhaust(&behind_proxy, &[("x-forwarded-for", "203.0.113.5")]).await;
+    // A client prepending a forged hop is still keyed by the hop the proxy saw: the
+    // rightmost untrusted address.
+    let forged = [("x-forwarded-for", "198.51.100.1, 203.0.113.5")];
+    assert_eq!(fetch(behind_proxy.addr, &forged).await.status, 429);
+    // Trusted hops are skipped, also across header lines.
+    let r = fetch(
+        behind_proxy.addr,
+        &[
+            ("x-forwarded-for", "203.0.113.5"),
+            ("x-forwarded-for", "127.0.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 429, "{r:?}");
+    let other = fetch(behind_proxy.addr, &[("x-forwarded-for", "203.0.113.6")]).await;
+    assert_eq!(other.status, 200, "{other:?}");
+    other.assert_ratelimit(2);
+    // Without the header the proxy itself is the client.
+    let direct = fetch(behind_proxy.addr, &[]).await;
+    assert_eq!(direct.status, 200, "{direct:?}");
+    direct.assert_ratelimit(2);
+
+    // Nothing trusted: the header is ignored, every request is the peer 127.0.0.1.
+    let exposed = serve(RateLimitLayer::new(limiter(&kit, "http-exposed"))).await;
+    for (i, forged) in ["203.0.113.7", "203.0.113.8", "203.0.113.9"]
+        .into_iter()
+        .enumerate()
+    {
+        let r = fetch(exposed.addr, &[("x-forwarded-for", forged)]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.assert_ratelimit(LIMIT - 1 - i as u32);
+    }
+    let r = fetch(exposed.addr, &[("x-forwarded-for", "203.0.113.10")]).await;
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(exposed.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn legacy_headers_appear_only_when_enabled() {
+    let server = RedisServer::start();
+    let kit = connected(&server).await;
+    let app = serve(RateLimitLayer::new(limiter(&kit, "http-legacy")).legacy_headers(true)).await;
+    let user = [("x-user", "carol")];
+
+    let r = fetch(app.addr, &user).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let reset = r.assert_ratelimit(2);
+    assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("2"));
+    assert_eq!(r.secs("x-ratelimit-reset"), reset);
+
+    fetch(app.addr, &user).await;
+    fetch(app.addr, &user).await;
+    let refused = fetch(app.addr, &user).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+    assert!(refused.secs("retry-after") >= 1);
+    // The IETF fields are there too.
+    refused.assert_ratelimit(0);
+}
+
+#[tokio::test]
+async fn embedded_mode_limits_over_http_without_redis() {
+    let kit = Tierkit::embedded();
+    let app = serve(RateLimitLayer::new(limiter(&kit, "http-embedded"))).await;
+    let first = fetch(app.addr, &[("x-user", "dave")]).await;
+    assert_eq!(first.body, "ok Local", "{first:?}");
+    first.assert_ratelimit(2);
+    fetch(app.addr, &[("x-user", "dave")]).await;
+    fetch(app.addr, &[("x-user", "dave")]).await;
+    let refused = fetch(app.addr, &[("x-user", "dave")]).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    let retry = refused.secs("retry-after");
+    assert!((1..=60).contains(&retry), "{refused:?}");
+    exhaust(&app, &[]).await; // the peer IP, its own budget
+    assert_eq!(app.calls.load(Ordering::SeqCst), 6);
+}
