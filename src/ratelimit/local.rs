@@ -10,11 +10,17 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::RateLimiter;
+use rustc_hash::FxBuildHasher;
 
 use super::{Decision, Tier};
 
-type Keyed =
-    RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+// Buckets are already hashes: a cheap multiplicative hasher is all the map needs.
+type Keyed = RateLimiter<
+    u64,
+    DefaultKeyedStateStore<u64, FxBuildHasher>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
 
 /// How often (in checks) idle keys are dropped from the state store.
 const PRUNE_EVERY: u64 = 4096;
@@ -30,7 +36,6 @@ pub(crate) struct Local {
     /// Keys are hashed into this many buckets, so no flood of distinct keys can grow the state
     /// past it; two keys in one bucket share a budget (stricter, never laxer).
     buckets: u64,
-    hasher: std::hash::RandomState,
     checks: AtomicU64,
 }
 
@@ -44,13 +49,16 @@ impl Local {
             .allow_burst(share);
         let clock = DefaultClock::default();
         Local {
-            limiter: RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()),
+            limiter: RateLimiter::new(
+                quota,
+                DefaultKeyedStateStore::with_hasher(FxBuildHasher),
+                clock.clone(),
+            ),
             clock,
             share,
             period,
             window,
             buckets: buckets.max(1),
-            hasher: std::hash::RandomState::new(),
             checks: AtomicU64::new(0),
         }
     }
@@ -69,7 +77,9 @@ impl Local {
             self.limiter.retain_recent();
             self.limiter.shrink_to_fit();
         }
-        let bucket = self.hasher.hash_one(key) % self.buckets;
+        // Fx, not SipHash: crafted collisions only make keys share a (stricter) budget, and the
+        // map holds at most `buckets` entries, so there is nothing to flood.
+        let bucket = FxBuildHasher.hash_one(key) % self.buckets;
         let share = self.share.get();
         match self.limiter.check_key_n(&bucket, n) {
             Ok(Ok(snapshot)) => {
