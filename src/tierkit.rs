@@ -13,6 +13,7 @@ use crate::conn::Conn;
 use crate::error::Result;
 use crate::health::Health;
 use crate::ratelimit::{LimiterBuilder, Quota};
+use crate::session::SessionsBuilder;
 
 /// The root handle of tierkit. Cheap to clone: clones share everything.
 ///
@@ -155,5 +156,20 @@ impl Tierkit {
     /// ```
     pub fn limiter(&self, name: impl Into<String>, quota: Quota) -> LimiterBuilder {
         LimiterBuilder::new(self.clone(), name.into(), quota)
+    }
+
+    /// Configures a session store: in Redis when Redis is configured, in process memory when
+    /// embedded. See [`SessionsBuilder`] for its settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let sessions = kit.sessions().build()?;
+    /// # let _ = sessions;
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn sessions(&self) -> SessionsBuilder {
+        SessionsBuilder::new(self.clone())
     }
 }
