@@ -14,6 +14,7 @@ mod support;
 
 mod cache;
 mod ratelimit;
+mod session;
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cache::l1_hit, cache::l2_hit, ratelimit::redis_decision, ratelimit::local_decision
+    targets = cache::l1_hit, cache::l2_hit, ratelimit::redis_decision, ratelimit::local_decision,
+        session::validate
 }
 criterion_main!(benches);
