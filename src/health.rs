@@ -110,6 +110,8 @@ pub struct HealthStatus {
     pub latency: Option<Duration>,
     /// When the last probe finished, successful or not.
     pub last_probe: Option<Instant>,
+    /// When the observed state last changed (or the monitor started).
+    pub since: Instant,
     /// Failures in a row (probes and operations) since the last success.
     pub consecutive_failures: u32,
     /// The last failure seen, if the state is not `Up`.
@@ -170,6 +172,7 @@ struct Machine {
     forced: Option<HealthState>,
     latency: Option<Duration>,
     last_probe: Option<Instant>,
+    since: Instant,
     last_error: Option<String>,
 }
 
@@ -215,6 +218,7 @@ impl Machine {
 
     fn set(&mut self, state: HealthState) -> HealthState {
         self.observed = state;
+        self.since = Instant::now();
         self.oks = 0;
         state
     }
@@ -233,6 +237,7 @@ impl Health {
             forced: None,
             latency: None,
             last_probe: None,
+            since: Instant::now(),
             last_error: Some("not connected yet".to_owned()),
         };
         let (tx, _) = watch::channel(HealthStatus {
@@ -241,6 +246,7 @@ impl Health {
             forced: false,
             latency: None,
             last_probe: None,
+            since: machine.since,
             consecutive_failures: 0,
             last_error: machine.last_error.clone(),
         });
@@ -401,6 +407,7 @@ impl Shared {
             forced: m.forced.is_some(),
             latency: m.latency,
             last_probe: m.last_probe,
+            since: m.since,
             consecutive_failures: self.fails.load(Ordering::Relaxed),
             last_error: m.last_error.clone(),
         };

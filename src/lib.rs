@@ -10,6 +10,7 @@ pub mod conn;
 mod error;
 pub mod health;
 pub mod ratelimit;
+pub mod report;
 pub mod session;
 mod tierkit;
 

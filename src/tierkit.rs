@@ -13,7 +13,8 @@ use crate::conn::Conn;
 use crate::error::Result;
 use crate::health::Health;
 use crate::ratelimit::{LimiterBuilder, Quota};
-use crate::session::SessionsBuilder;
+use crate::report::HealthReport;
+use crate::session::{Sessions, SessionsBuilder};
 
 /// The root handle of tierkit. Cheap to clone: clones share everything.
 ///
@@ -171,5 +172,16 @@ impl Tierkit {
     /// ```
     pub fn sessions(&self) -> SessionsBuilder {
         SessionsBuilder::new(self.clone())
+    }
+
+    /// The health report a service serves at `/health` (see [`report`](crate::report) for its
+    /// shape and status rules). Never waits longer than the op timeout.
+    pub async fn health_report(&self) -> HealthReport {
+        HealthReport::collect(self, None).await
+    }
+
+    /// [`health_report`](Self::health_report) with the session counts of `sessions`.
+    pub async fn health_report_with(&self, sessions: &Sessions) -> HealthReport {
+        HealthReport::collect(self, Some(sessions)).await
     }
 }

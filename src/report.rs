@@ -1,0 +1,216 @@
+//! The health report a service serves at `/health`.
+//!
+//! ```json
+//! {"status":"healthy","redis":{"status":"healthy","latency":2},"cache":{"totalKeys":1234,"memoryUsage":"45.2MB", ...}, ...}
+//! ```
+//!
+//! ## Status rules
+//!
+//! | overall `status` | when |
+//! |---|---|
+//! | `healthy` | Redis is up, or not configured (embedded: everything is in-process by design) |
+//! | `degraded` | Redis is slow (`Degraded`), or down for less than `unhealthy_after` (default 5 min): the service still serves, from its in-process tier |
+//! | `unhealthy` | Redis has been down for `unhealthy_after` or more: a load balancer may rotate the instance out |
+//!
+//! `redis.status` is `healthy`, `degraded` (slow), `unhealthy` (down) or `disabled` (embedded).
+//! A report never waits longer than the op timeout: Redis state and latency come from the
+//! health monitor's last probe, and the key count and memory from one pipelined call that is
+//! skipped while Redis is down.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cache::CacheStats;
+use crate::health::HealthState;
+use crate::ratelimit::Tier;
+use crate::session::{SessionStats, Sessions};
+use crate::Tierkit;
+
+/// Overall and per-part status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Status {
+    /// All good.
+    Healthy,
+    /// Serving, with reduced guarantees.
+    Degraded,
+    /// Not serving as it should.
+    Unhealthy,
+    /// Not configured (Redis in embedded mode).
+    Disabled,
+}
+
+/// The whole report; serialize it as the `/health` body.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tierkit::Result<()> {
+/// let kit = tierkit::Tierkit::embedded();
+/// let report = kit.health_report().await;
+/// let json = serde_json::to_value(&report).unwrap();
+/// assert_eq!(json["status"], "healthy");
+/// assert_eq!(json["redis"]["status"], "disabled");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct HealthReport {
+    /// Overall status, by the rules in the module docs.
+    pub status: Status,
+    /// Redis.
+    pub redis: RedisReport,
+    /// The cache.
+    pub cache: CacheReport,
+    /// The rate limiter.
+    pub rate_limiter: RateLimiterReport,
+    /// Sessions, when the report was asked with a store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionStats>,
+}
+
+/// The Redis part.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct RedisReport {
+    /// `healthy`, `degraded` (slow), `unhealthy` (down) or `disabled` (embedded).
+    pub status: Status,
+    /// Round trip of the last probe in milliseconds.
+    pub latency: Option<u64>,
+    /// The health monitor's state, `None` when embedded.
+    pub state: Option<HealthState>,
+    /// Whether the state is forced (a test of degraded mode).
+    pub forced: bool,
+    /// Seconds in the current state.
+    pub for_secs: Option<u64>,
+    /// The last failure, while not healthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The cache part.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CacheReport {
+    /// Keys in the Redis database, when Redis answered.
+    pub total_keys: Option<u64>,
+    /// Memory Redis uses, e.g. `"45.2MB"`, when Redis answered.
+    pub memory_usage: Option<String>,
+    /// Entries in this instance's L1.
+    pub l1_entries: u64,
+    /// Bytes in this instance's L1.
+    pub l1_bytes: u64,
+    /// Whether the coherence backplane is subscribed.
+    pub coherent: bool,
+    /// Hit ratio of all namespaces together.
+    pub hit_ratio: f64,
+    /// Per namespace: hit ratio and counters.
+    pub namespaces: BTreeMap<String, NamespaceReport>,
+}
+
+/// One namespace in the report.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct NamespaceReport {
+    /// `(l1_hits + l2_hits) / reads`.
+    pub hit_ratio: f64,
+    /// All counters.
+    pub stats: CacheStats,
+}
+
+/// The rate-limiter part.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct RateLimiterReport {
+    /// The tier deciding now: `redis`, or `local` (governor) while Redis is down or embedded.
+    pub tier: Tier,
+}
+
+/// How long Redis may be down before the report says `unhealthy`.
+pub(crate) const UNHEALTHY_AFTER: Duration = Duration::from_secs(300);
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1}MB", bytes as f64 / 1_000_000.0)
+}
+
+impl HealthReport {
+    pub(crate) async fn collect(kit: &Tierkit, sessions: Option<&Sessions>) -> HealthReport {
+        let status = kit.health().map(|h| h.status());
+        let (redis_status, overall) = match &status {
+            None => (Status::Disabled, Status::Healthy),
+            Some(s) => match s.state {
+                HealthState::Up => (Status::Healthy, Status::Healthy),
+                HealthState::Degraded => (Status::Degraded, Status::Degraded),
+                _ if s.since.elapsed() >= UNHEALTHY_AFTER => (Status::Unhealthy, Status::Unhealthy),
+                _ => (Status::Unhealthy, Status::Degraded),
+            },
+        };
+        let redis = RedisReport {
+            status: redis_status,
+            latency: status
+                .as_ref()
+                .and_then(|s| s.latency)
+                .map(|l| u64::try_from(l.as_millis()).unwrap_or(u64::MAX)),
+            state: status.as_ref().map(|s| s.state),
+            forced: status.as_ref().is_some_and(|s| s.forced),
+            for_secs: status.as_ref().map(|s| s.since.elapsed().as_secs()),
+            last_error: status.as_ref().and_then(|s| s.last_error.clone()),
+        };
+        // Both Redis reads at once, each skipped while Down and bounded by the op timeout
+        // otherwise, so the report as a whole is too.
+        let session_stats = async {
+            match sessions {
+                Some(s) => s.stats().await.ok(),
+                None => None,
+            }
+        };
+        let (info, sessions) = tokio::join!(kit.cache_info(), session_stats);
+        let cache = CacheReport {
+            total_keys: info.redis_keys,
+            memory_usage: info.redis_used_memory.map(megabytes),
+            l1_entries: info.l1_entries,
+            l1_bytes: info.l1_bytes,
+            coherent: info.coherent,
+            hit_ratio: info.total.hit_ratio(),
+            namespaces: info
+                .namespaces
+                .into_iter()
+                .map(|(name, stats)| {
+                    let hit_ratio = stats.hit_ratio();
+                    (name, NamespaceReport { hit_ratio, stats })
+                })
+                .collect(),
+        };
+        let tier = match &status {
+            Some(s) if s.state.is_available() => Tier::Redis,
+            _ => Tier::Local,
+        };
+        HealthReport {
+            status: overall,
+            redis,
+            cache,
+            rate_limiter: RateLimiterReport { tier },
+            sessions,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_shown_in_megabytes() {
+        assert_eq!(megabytes(45_200_000), "45.2MB");
+        assert_eq!(megabytes(800_000), "0.8MB");
+    }
+}
