@@ -12,7 +12,11 @@
 //! | up | Redis, one Lua script, one key, one round trip | the whole quota, shared by every instance, timed by the server clock |
 //! | down, or a call fails or times out | this instance's governor | `limit / instances` (at least 1), never allow-all unless [`LimiterBuilder::fail_open`] |
 //! | back up | Redis again | |
-//! | embedded (no Redis) | the governor | the whole quota |
+//! | embedded (no Redis) | the governor | the whole quota (GCRA: burst of `limit`, refilled over the window) |
+//!
+//! While Redis is down the governor never lets more than the local share through in any
+//! window: it allows a burst of half the share and refills the other half over two windows,
+//! so a client hammering one instance gets half its share per window until Redis is back.
 //!
 //! - No error reaches the caller because of Redis, and no decision waits longer than the op
 //!   timeout (while health is `Down`, not at all).
@@ -308,7 +312,13 @@ impl LimiterBuilder {
         });
         Ok(Limiter(Arc::new(Inner {
             key_prefix: format!("{}:rl:{}:", self.kit.config().prefix(), self.name),
-            local: Local::new(share, quota.window, self.local_max_keys),
+            local: Local::new(
+                share,
+                quota.window,
+                self.local_max_keys,
+                !self.kit.is_embedded(),
+            ),
+            metrics: crate::metrics::Decisions::new(&self.name),
             kit: self.kit,
             name: self.name,
             quota,
@@ -359,6 +369,7 @@ struct Inner {
     app_clock: AppClock,
     /// Last measured application-minus-Redis clock difference; `i64::MIN` until measured.
     drift_ms: AtomicI64,
+    metrics: crate::metrics::Decisions,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -431,6 +442,12 @@ impl Limiter {
     }
 
     async fn decide(&self, key: &str, n: NonZeroU32) -> Decision {
+        let decision = self.decide_inner(key, n).await;
+        self.0.metrics.record(decision.tier, decision.allowed);
+        decision
+    }
+
+    async fn decide_inner(&self, key: &str, n: NonZeroU32) -> Decision {
         let inner = &self.0;
         if let Some(blocked) = self.blocked(key) {
             return blocked;

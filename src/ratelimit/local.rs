@@ -30,7 +30,9 @@ pub(crate) struct Local {
     clock: DefaultClock,
     /// The share of the quota this tier enforces.
     share: NonZeroU32,
-    /// Time for one unit of the share to come back.
+    /// The GCRA burst: half the share.
+    burst: u32,
+    /// Time for one unit to come back.
     period: Duration,
     window: Duration,
     /// Keys are hashed into this many buckets, so no flood of distinct keys can grow the state
@@ -40,13 +42,32 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    pub(crate) fn new(share: NonZeroU32, window: Duration, buckets: u64) -> Self {
-        // GCRA: a burst of `share`, refilled one unit per window/share: at most `share` in any
-        // window plus what refills during it.
-        let period = (window / share.get()).max(Duration::from_nanos(1));
+    /// `strict`: never more than `share` in any window (the fallback for a Redis that is down,
+    /// where the share is a promise to the other instances). Otherwise plain GCRA with the
+    /// whole share as burst (embedded mode): a client can reach up to twice the share across
+    /// a window boundary, as with governor itself.
+    pub(crate) fn new(share: NonZeroU32, window: Duration, buckets: u64, strict: bool) -> Self {
+        // GCRA allows its burst plus one unit per period in any window: a burst of half the
+        // share, refilled over two windows, never lets more than the share through in any
+        // window (a steady client gets half the share per window while Redis is down).
+        let burst = if strict {
+            NonZeroU32::new(share.get().div_ceil(2)).unwrap_or(NonZeroU32::MIN)
+        } else {
+            share
+        };
+        let refill = if strict {
+            share.get() - burst.get()
+        } else {
+            share.get()
+        };
+        let period = if refill == 0 {
+            window * 2
+        } else {
+            (window / refill).max(Duration::from_nanos(1))
+        };
         let quota = governor::Quota::with_period(period)
-            .unwrap_or_else(|| governor::Quota::per_second(share))
-            .allow_burst(share);
+            .unwrap_or_else(|| governor::Quota::per_second(burst))
+            .allow_burst(burst);
         let clock = DefaultClock::default();
         Local {
             limiter: RateLimiter::new(
@@ -56,6 +77,7 @@ impl Local {
             ),
             clock,
             share,
+            burst: burst.get(),
             period,
             window,
             buckets: buckets.max(1),
@@ -80,7 +102,7 @@ impl Local {
         // Fx, not SipHash: crafted collisions only make keys share a (stricter) budget, and the
         // map holds at most `buckets` entries, so there is nothing to flood.
         let bucket = FxBuildHasher.hash_one(key) % self.buckets;
-        let share = self.share.get();
+        let burst = self.burst;
         match self.limiter.check_key_n(&bucket, n) {
             Ok(Ok(snapshot)) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -88,7 +110,7 @@ impl Local {
                     allowed: true,
                     limit,
                     remaining,
-                    reset_after: self.period * (share - remaining.min(share)),
+                    reset_after: self.period * (burst - remaining.min(burst)),
                     retry_after: None,
                     tier: Tier::Local,
                     decided_at: None,
@@ -100,13 +122,13 @@ impl Local {
                     allowed: false,
                     limit,
                     remaining: 0,
-                    reset_after: self.period * share,
+                    reset_after: self.period * burst,
                     retry_after: Some(wait.max(Duration::from_millis(1))),
                     tier: Tier::Local,
                     decided_at: None,
                 }
             }
-            // More units than this instance's whole share: never allowed locally.
+            // More units than the local burst: never allowed locally.
             Err(_) => Decision {
                 allowed: false,
                 limit,

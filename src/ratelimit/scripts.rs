@@ -25,8 +25,17 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
 local allowed = 0
 if count + n <= limit then
-  for i = 1, n do
-    redis.call('ZADD', KEYS[1], now, now .. '-' .. ARGV[4] .. '-' .. i)
+  -- One ZADD per batch of members, not per unit: a large weighted request stays cheap.
+  local i = 1
+  while i <= n do
+    local args = {}
+    local last = math.min(n, i + 499)
+    for j = i, last do
+      args[#args + 1] = now
+      args[#args + 1] = now .. '-' .. ARGV[4] .. '-' .. j
+    end
+    redis.call('ZADD', KEYS[1], unpack(args))
+    i = last + 1
   end
   count = count + n
   allowed = 1
@@ -82,7 +91,12 @@ local retry = 0
 if allowed == 0 then
   local need = estimate + n - limit
   if prev > 0 and need <= prev * weight and cur + n <= limit then
+    -- The previous window's weight decays enough within this window.
     retry = math.ceil(need * window / prev)
+  elseif cur > 0 and cur + n > limit then
+    -- Only in the next window, once this window's count (then the previous one) has
+    -- decayed enough: cur * (1 - t / window) + n <= limit.
+    retry = window - elapsed + math.ceil((cur + n - limit) * window / cur)
   else
     retry = window - elapsed
   end
@@ -122,7 +136,9 @@ pub(crate) async fn decide(
         reset_after: us(reset_us),
         retry_after: (allowed != 1).then(|| us(retry_us)),
         tier: Tier::Redis,
-        decided_at: Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros)),
+        decided_at: UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .and_then(|t| t.checked_add(Duration::from_micros(micros))),
     })
 }
 
