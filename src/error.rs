@@ -63,6 +63,10 @@ pub enum Error {
     #[error("loader failed: {0}")]
     Loader(std::sync::Arc<dyn std::error::Error + Send + Sync>),
 
+    /// Concurrent updates of the same record kept winning over this one; retry.
+    #[error("conflict: {0}; retry the call")]
+    Conflict(String),
+
     /// A value is larger than the configured maximum and was refused.
     #[error("value of {size} bytes exceeds the maximum of {max} bytes; raise max_value_size or store less")]
     TooLarge {

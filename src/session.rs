@@ -15,16 +15,23 @@
 //!   creation at the latest. Uses move `last_seen` at most once per `touch_interval`, so a
 //!   validation is one read.
 //! - [`Sessions::refresh`] retires the presented refresh token and returns a new one. The
-//!   token it replaced stays good for `refresh_grace` (two tabs refreshing at once both
-//!   succeed); any older token presented again revokes the whole session
+//!   immediately previous token stays good for `refresh_grace` (two tabs refreshing at once
+//!   both succeed); any older token presented again revokes the whole session
 //!   ([`Refresh::Reused`]).
 //! - A revoked session never validates again on the instance that revoked it, whatever Redis
-//!   does; on other instances at once while Redis is up, and within `staleness` while it is
-//!   down.
+//!   does (a revocation Redis could not take is retried by the sweep until it does); on other
+//!   instances at once while Redis is up, and within `staleness` while it is down.
 //! - While Redis is down, [`Sessions::validate`] answers from a local copy of sessions it
 //!   validated within `staleness` (default 30 s), else [`Validation::Unavailable`], so the
 //!   service can fall back to stateless checks. `create`, `refresh` and the revocations
-//!   return [`Error::Unavailable`] (or the Redis error) rather than pretend.
+//!   return [`Error::Unavailable`] (or the Redis error) rather than pretend. (A `create` that
+//!   fails part way may leave records behind; their id never reached anyone, so they can never
+//!   validate, and they expire.)
+//! - Validation waits for one read: the sliding-expiry touch and the removal of an expired
+//!   record happen in the background.
+//! - The routing tag is an unkeyed hash of the user id: whoever guesses a user id can tell
+//!   whether a session id belongs to that user (not use it). Keep user ids opaque if that
+//!   matters.
 //!
 //! ## Redis keys
 //!
@@ -407,13 +414,16 @@ impl SessionsBuilder {
                 conn: conn.clone(),
                 codec: self.kit.codec().clone(),
                 prefix: self.kit.config().prefix().to_owned(),
+                owed: std::sync::Mutex::new(Vec::new()),
             }),
             None => Store::Memory(MemoryStore::default()),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let sessions = Sessions(Arc::new(Inner {
             local: window(self.cfg.staleness),
-            revoked: window(self.cfg.staleness + self.kit.config().op_timeout()),
+            // No session outlives max_lifetime, so neither need its revocation.
+            revoked: window(self.cfg.max_lifetime),
+            pending: std::sync::Mutex::new(Vec::new()),
             counters: Counters::default(),
             store,
             cfg: self.cfg,
@@ -482,9 +492,11 @@ struct Inner {
     cfg: SessionConfig,
     /// Sessions validated recently, for validating while Redis is down.
     local: moka::sync::Cache<String, Session>,
-    /// Sessions revoked here recently: never validated again here, whatever a read in flight
-    /// or a local copy says.
+    /// Sessions revoked here: never validated again here, whatever a read in flight, a local
+    /// copy or a Redis that missed the deletion says.
     revoked: moka::sync::Cache<String, ()>,
+    /// Revocations Redis did not take (it was down): retried by the sweep.
+    pending: std::sync::Mutex<Vec<(String, String)>>,
     counters: Counters,
     _stop_sweep: oneshot::Sender<()>,
 }
@@ -537,7 +549,7 @@ impl Sessions {
             seen: now,
             deadline: now.saturating_add(lifetime),
             refresh: digest(&refresh_token),
-            grace: Vec::new(),
+            grace: None,
             version: 0,
         };
         let hash = digest(&session_id);
@@ -547,6 +559,7 @@ impl Sessions {
             .create(&tag, &hash, &rec.refresh, &rec, rec.ttl(now, cfg), kind)
             .await?;
         bump(&self.0.counters.created, 1);
+        crate::metrics::session_event("created");
         let session = rec.to_session(&hash, cfg);
         self.0.local.insert(hash, session.clone());
         Ok(Created {
@@ -590,8 +603,14 @@ impl Sessions {
             }
         };
         if !rec.is_live(now, &inner.cfg) {
-            let _ = self.remove(tag, &hash, &rec).await;
-            bump(&inner.counters.expired, 1);
+            let (this, tag, hash2) = (self.clone(), tag.to_owned(), hash.clone());
+            self.in_background(async move {
+                if this.remove(&tag, &hash2, &rec).await.unwrap_or(false) {
+                    bump(&this.0.counters.expired, 1);
+                    crate::metrics::session_event("expired");
+                }
+            })
+            .await;
             return Validation::Invalid;
         }
         if access.is_some_and(|token| !rec.access_matches(token)) {
@@ -601,11 +620,19 @@ impl Sessions {
         if rec.wants_touch(now, &inner.cfg) {
             let expected = rec.version;
             rec.touch(now);
-            // A lost race means another use touched it: fine either way.
-            let _ = inner
-                .store
-                .cas(tag, &hash, expected, &rec, rec.ttl(now, &inner.cfg))
-                .await;
+            let ttl = rec.ttl(now, &inner.cfg);
+            let (this, tag, hash2, touched) =
+                (self.clone(), tag.to_owned(), hash.clone(), rec.clone());
+            // Off the request's path: a validation waits for one read only. A lost race means
+            // another use touched it, fine either way.
+            self.in_background(async move {
+                let _ = this
+                    .0
+                    .store
+                    .cas(&tag, &hash2, expected, &touched, ttl)
+                    .await;
+            })
+            .await;
         }
         let session = rec.to_session(&hash, &inner.cfg);
         inner.local.insert(hash.clone(), session.clone());
@@ -615,7 +642,18 @@ impl Sessions {
             return Validation::Invalid;
         }
         bump(&inner.counters.validated, 1);
+        crate::metrics::session_event("validated");
         Validation::Valid(session)
+    }
+
+    /// Runs `work` on the runtime without waiting for it, or inline without a runtime.
+    async fn in_background(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(work);
+            }
+            Err(_) => work.await,
+        }
     }
 
     fn validate_locally(&self, hash: &str, access: Option<&str>) -> Validation {
@@ -628,6 +666,7 @@ impl Sessions {
             Some(session) if session.expires_at > SystemTime::now() => {
                 bump(&inner.counters.validated, 1);
                 bump(&inner.counters.validated_locally, 1);
+                crate::metrics::session_event("validated_locally");
                 Validation::Valid(session)
             }
             _ => Validation::Unavailable,
@@ -681,6 +720,9 @@ impl Sessions {
         }
         let pruned = inner.store.prune(tag, user_id, &dead).await?;
         bump(&inner.counters.expired, pruned);
+        for _ in 0..pruned {
+            crate::metrics::session_event("expired");
+        }
         Ok((live, pruned))
     }
 
@@ -717,12 +759,28 @@ impl Sessions {
         let inner = &self.0;
         inner.revoked.insert(hash.to_owned(), ());
         inner.local.invalidate(hash);
-        let Some(rec) = inner.store.load(tag, hash).await? else {
+        match self.delete(tag, hash).await {
+            Ok(existed) => Ok(existed),
+            Err(e) => {
+                let mut pending = inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: beyond it the revocation still holds here, and the caller has the
+                // error to retry with.
+                if pending.len() < 100_000 {
+                    pending.push((tag.to_owned(), hash.to_owned()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn delete(&self, tag: &str, hash: &str) -> Result<bool> {
+        let Some(rec) = self.0.store.load(tag, hash).await? else {
             return Ok(false);
         };
         let existed = self.remove(tag, hash, &rec).await?;
         if existed {
-            bump(&inner.counters.revoked, 1);
+            bump(&self.0.counters.revoked, 1);
+            crate::metrics::session_event("revoked");
         }
         Ok(existed)
     }
@@ -753,7 +811,21 @@ impl Sessions {
     async fn revoke_user_except(&self, user_id: &str, keep: Option<&str>) -> Result<u64> {
         let tag = user_tag(user_id);
         let mut revoked = 0;
-        for session in self.list(user_id).await? {
+        let sessions = match self.list(user_id).await {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                // Redis cannot list them: at least this instance stops honouring the ones it
+                // knows of.
+                for (hash, session) in self.0.local.iter() {
+                    if session.user_id == user_id && keep != Some(session.handle.as_str()) {
+                        self.0.revoked.insert((*hash).clone(), ());
+                        self.0.local.invalidate(&*hash);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        for session in sessions {
             if keep != Some(session.handle.as_str())
                 && self.revoke_hash(&tag, &session.handle).await?
             {
@@ -798,6 +870,7 @@ impl Sessions {
                     );
                     if self.remove(tag, &hash, &rec).await? {
                         bump(&inner.counters.revoked, 1);
+                        crate::metrics::session_event("revoked");
                     }
                     return Ok(Refresh::Reused);
                 }
@@ -812,6 +885,7 @@ impl Sessions {
                         .await?;
                     if inner.store.cas(tag, &hash, expected, &rec, ttl).await? {
                         bump(&inner.counters.refreshed, 1);
+                        crate::metrics::session_event("refreshed");
                         return Ok(Refresh::Rotated {
                             refresh_token: Secret(token),
                             session: Box::new(rec.to_session(&hash, &inner.cfg)),
@@ -820,7 +894,9 @@ impl Sessions {
                 }
             }
         }
-        Err(Error::Timeout(inner.cfg.refresh_grace))
+        Err(Error::Conflict(format!(
+            "the session changed under {CAS_ATTEMPTS} refresh attempts in a row"
+        )))
     }
 
     /// One bounded pass of the sweep: prunes the index of up to `sweep_batch` users. Runs in
@@ -836,6 +912,19 @@ impl Sessions {
 
     async fn sweep_from(&self, cursor: u64) -> Result<(u64, u64)> {
         let inner = &self.0;
+        inner.store.purge();
+        let pending = std::mem::take(&mut *inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, (tag, hash)) in pending.iter().enumerate() {
+            if let Err(e) = self.delete(tag, hash).await {
+                // Still down: keep this one and the rest for the next pass.
+                inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(pending[i..].iter().cloned());
+                return Err(e);
+            }
+        }
         let (next, users) = inner
             .store
             .users_page(cursor, inner.cfg.sweep_batch)

@@ -213,9 +213,25 @@ macro_rules! suite {
                     panic!()
                 };
                 assert_ne!(t1, t2);
+                let Refresh::Rotated { .. } = s.refresh(t2.expose()).await.unwrap() else {
+                    panic!()
+                };
+                // Grace covers only the immediately previous token: t1 was replaced twice since.
+                assert!(matches!(
+                    s.refresh(t1.expose()).await.unwrap(),
+                    Refresh::Reused
+                ));
+                let c = s.create(login("erin", DeviceKind::Mobile)).await.unwrap();
+                let t0 = c.refresh_token.expose().to_owned();
+                let Refresh::Rotated {
+                    refresh_token: t1, ..
+                } = s.refresh(&t0).await.unwrap()
+                else {
+                    panic!()
+                };
                 let Refresh::Rotated {
                     refresh_token: t3, ..
-                } = s.refresh(t2.expose()).await.unwrap()
+                } = s.refresh(t1.expose()).await.unwrap()
                 else {
                     panic!()
                 };
@@ -232,7 +248,7 @@ macro_rules! suite {
                     Refresh::Invalid
                 ));
                 let stats = s.stats().await.unwrap();
-                assert_eq!((stats.refreshed, stats.revoked), (3, 1));
+                assert_eq!((stats.refreshed, stats.revoked), (5, 2));
             }
 
             #[tokio::test]
@@ -309,6 +325,12 @@ macro_rules! suite {
                 let revoked: Vec<String> = revoked.lock().unwrap().iter().cloned().collect();
                 for id in &revoked {
                     assert_eq!(s.validate(id).await, Validation::Invalid);
+                }
+                // Counts never go negative under the race (their exactness under concurrency
+                // has its own test; here calls may time out under load and be retried).
+                if let Ok(stats) = s.stats().await {
+                    let counts_ok = stats.active >= 0 && stats.by_device.values().all(|n| *n >= 0);
+                    assert!(counts_ok, "{stats:?}");
                 }
             }
         }
@@ -410,6 +432,7 @@ async fn redis_down_validates_recent_sessions_locally_and_refuses_writes() {
     let seen = s.create(login("jo", DeviceKind::Mobile)).await.unwrap();
     let other = s.create(login("jo", DeviceKind::Desktop)).await.unwrap();
     let to_revoke = s.create(login("jo", DeviceKind::Tablet)).await.unwrap();
+    let kai = s.create(login("kai", DeviceKind::Mobile)).await.unwrap();
     assert!(valid(&s.validate(seen.session_id.expose()).await));
     assert!(valid(&s.validate(to_revoke.session_id.expose()).await));
     // A session another instance created is not in this instance's local copy.
@@ -459,10 +482,16 @@ async fn redis_down_validates_recent_sessions_locally_and_refuses_writes() {
         s.validate(to_revoke.session_id.expose()).await,
         Validation::Invalid
     );
-    // The local copy is bounded in time.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // revoke_all could not reach Redis either: this instance stops honouring jo's sessions.
     assert_eq!(
         s.validate(seen.session_id.expose()).await,
+        Validation::Invalid
+    );
+    // The local copy is bounded in time.
+    assert!(valid(&s.validate(kai.session_id.expose()).await));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        s.validate(kai.session_id.expose()).await,
         Validation::Unavailable
     );
     assert!(s.stats().await.is_err());
@@ -481,4 +510,82 @@ async fn redis_down_validates_recent_sessions_locally_and_refuses_writes() {
         Validation::Invalid
     );
     assert!(s.create(login("jo", DeviceKind::Mobile)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_revocation_redis_could_not_take_still_holds_after_it_returns() {
+    let mut f = Fixture::redis().await;
+    let s = f
+        .kit
+        .sessions()
+        .sweep(Duration::from_millis(100), 100)
+        .build()
+        .unwrap();
+    let c = s.create(login("kim", DeviceKind::Mobile)).await.unwrap();
+    let sid = c.session_id.expose().to_owned();
+    let server = f.server.as_mut().unwrap();
+    server.hang();
+    assert!(s.revoke(&sid).await.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.resume();
+    assert!(
+        f.kit
+            .health()
+            .unwrap()
+            .wait_for(HealthState::Up, Duration::from_secs(3))
+            .await
+    );
+    assert_eq!(s.validate(&sid).await, Validation::Invalid);
+    // The sweep retries the deletion, so other instances see it too.
+    let b = connected(&f.server.as_ref().unwrap().url())
+        .await
+        .sessions()
+        .build()
+        .unwrap();
+    let mut seen_invalid = false;
+    for _ in 0..50 {
+        if b.validate(&sid).await == Validation::Invalid {
+            seen_invalid = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen_invalid, "the revocation never reached Redis");
+}
+
+#[tokio::test]
+async fn concurrent_revocations_and_listings_count_each_session_off_once() {
+    let f = Fixture::redis().await;
+    let a = f.sessions();
+    let b = connected(&f.server.as_ref().unwrap().url())
+        .await
+        .sessions()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(
+            a.create(login("lee", DeviceKind::Desktop))
+                .await
+                .unwrap()
+                .session_id,
+        );
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (a, b, id) = (a.clone(), b.clone(), id.expose().to_owned());
+            tokio::spawn(async move {
+                let (r, l) = tokio::join!(a.revoke(&id), b.list("lee"));
+                r.unwrap();
+                l.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stats = a.stats().await.unwrap();
+    assert_eq!(stats.active, 0, "{stats:?}");
+    assert!(stats.by_device.is_empty(), "{stats:?}");
 }

@@ -82,8 +82,9 @@ pub(crate) struct Record {
     pub(crate) deadline: Millis,
     /// Hash of the current refresh token.
     pub(crate) refresh: String,
-    /// Hashes of just-replaced refresh tokens still accepted until their deadline.
-    pub(crate) grace: Vec<(String, Millis)>,
+    /// The immediately previous refresh token's hash, accepted until its deadline (absorbs a
+    /// concurrent refresh). At most one: any older token is retired.
+    pub(crate) grace: Option<(String, Millis)>,
     /// Bumped by every write, for compare-and-set.
     pub(crate) version: u64,
 }
@@ -135,15 +136,13 @@ impl Record {
         let current = matches(&self.refresh);
         let in_grace = self
             .grace
-            .iter()
-            .any(|(h, until)| matches(h) && now < *until);
+            .as_ref()
+            .is_some_and(|(h, until)| matches(h) && now < *until);
         if !current && !in_grace {
             return Rotation::Reused;
         }
-        self.grace.retain(|(_, until)| now < *until);
         let old = std::mem::replace(&mut self.refresh, new_hash);
-        self.grace
-            .push((old, now.saturating_add(ms(cfg.refresh_grace))));
+        self.grace = Some((old, now.saturating_add(ms(cfg.refresh_grace))));
         self.seen = now;
         self.version += 1;
         Rotation::Rotated

@@ -146,6 +146,13 @@ impl Store {
     }
 
     /// Drops a user from the sweep's list once no session is left in their index.
+    /// Lets the memory store expire what Redis would have expired on its own.
+    pub(crate) fn purge(&self) {
+        if let Store::Memory(s) = self {
+            s.purge();
+        }
+    }
+
     pub(crate) async fn forget_user(&self, tag: &str, user: &str) -> Result<()> {
         match self {
             Store::Redis(s) => s.forget_user(tag, user).await,
@@ -163,7 +170,18 @@ pub(crate) struct RedisStore {
     pub(crate) conn: Conn,
     pub(crate) codec: Codec,
     pub(crate) prefix: String,
+    /// Count adjustments Redis did not take yet (device kinds of sessions taken off an index):
+    /// a session removal that succeeded is never reported failed over its counts.
+    pub(crate) owed: std::sync::Mutex<Vec<String>>,
 }
+
+/// Deletes a session and takes it off its user's index, in one step on the user's slot.
+/// Returns whether the index entry was there: only the caller that removed it adjusts the
+/// counts, so concurrent revocations and prunes never count a session off twice.
+const REMOVE_LUA: &str = "redis.call('DEL', KEYS[1]) return redis.call('ZREM', KEYS[2], ARGV[1])";
+
+static REMOVE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REMOVE_LUA));
 
 /// Writes the record if the stored version is `ARGV[1]`: one key.
 const CAS_LUA: &str = "if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then \
@@ -293,29 +311,51 @@ impl RedisStore {
     }
 
     async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
-        let removed: i64 = self
-            .conn
-            .query(redis::cmd("DEL").arg(self.session_key(tag, hash)))
-            .await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREM")
-            .arg(self.index_key(tag, user))
-            .arg(member(hash, kind))
-            .ignore();
+        let mut inv = REMOVE.key(self.session_key(tag, hash));
+        inv.key(self.index_key(tag, user)).arg(member(hash, kind));
+        let removed: i64 = self.conn.invoke(&inv).await?;
         if removed == 1 {
-            pipe.cmd("HINCRBY")
-                .arg(self.counts_key())
-                .arg("active")
-                .arg(-1)
-                .ignore();
+            self.count_off(&[kind]).await;
+        }
+        Ok(removed == 1)
+    }
+
+    /// Counts sessions off; what Redis does not take now is owed and paid with the next
+    /// adjustment or read of the counts.
+    async fn count_off(&self, kinds: &[&str]) {
+        let mut owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        owed.extend(kinds.iter().map(|k| (*k).to_owned()));
+        if owed.is_empty() {
+            return;
+        }
+        if self.send_count_off(&owed).await.is_err() {
+            self.owed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(owed);
+        }
+    }
+
+    async fn send_count_off(&self, kinds: &[String]) -> Result<()> {
+        let mut per_kind: HashMap<&str, i64> = HashMap::new();
+        for kind in kinds {
+            *per_kind.entry(kind.as_str()).or_default() += 1;
+        }
+        let mut pipe = redis::pipe();
+        let total = i64::try_from(kinds.len()).unwrap_or(i64::MAX);
+        pipe.cmd("HINCRBY")
+            .arg(self.counts_key())
+            .arg("active")
+            .arg(-total)
+            .ignore();
+        for (kind, n) in per_kind {
             pipe.cmd("HINCRBY")
                 .arg(self.counts_key())
                 .arg(format!("device:{kind}"))
-                .arg(-1)
+                .arg(-n)
                 .ignore();
         }
-        self.conn.pipeline::<()>(&pipe).await?;
-        Ok(removed == 1)
+        self.conn.pipeline::<()>(&pipe).await
     }
 
     async fn index(&self, tag: &str, user: &str) -> Result<Vec<String>> {
@@ -334,38 +374,21 @@ impl RedisStore {
         if members.is_empty() {
             return Ok(0);
         }
-        let mut zrem = redis::cmd("ZREM");
-        zrem.arg(self.index_key(tag, user));
+        let index = self.index_key(tag, user);
+        let mut pipe = redis::pipe();
         for m in members {
-            zrem.arg(m);
+            pipe.cmd("ZREM").arg(&index).arg(m);
         }
-        let removed: u64 = self.conn.query(&zrem).await?;
-        // Only what this call took off the index is counted off, so two pruners never
-        // subtract the same session twice.
-        if removed > 0 {
-            let mut per_kind: HashMap<&str, i64> = HashMap::new();
-            for m in members {
-                *per_kind.entry(split_member(m).1).or_default() += 1;
-            }
-            let mut pipe = redis::pipe();
-            let removed = i64::try_from(removed).unwrap_or(i64::MAX);
-            pipe.cmd("HINCRBY")
-                .arg(self.counts_key())
-                .arg("active")
-                .arg(-removed)
-                .ignore();
-            if removed == i64::try_from(members.len()).unwrap_or(i64::MAX) {
-                for (kind, n) in per_kind {
-                    pipe.cmd("HINCRBY")
-                        .arg(self.counts_key())
-                        .arg(format!("device:{kind}"))
-                        .arg(-n)
-                        .ignore();
-                }
-            }
-            self.conn.pipeline::<()>(&pipe).await?;
-        }
-        Ok(removed)
+        let removed: Vec<i64> = self.conn.pipeline(&pipe).await?;
+        // Only what this call took off the index is counted off.
+        let kinds: Vec<&str> = members
+            .iter()
+            .zip(&removed)
+            .filter(|(_, r)| **r == 1)
+            .map(|(m, _)| split_member(m).1)
+            .collect();
+        self.count_off(&kinds).await;
+        Ok(kinds.len() as u64)
     }
 
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>> {
@@ -393,6 +416,7 @@ impl RedisStore {
     }
 
     async fn counts(&self) -> Result<BTreeMap<String, i64>> {
+        self.count_off(&[]).await;
         let all: HashMap<String, i64> = self
             .conn
             .query(redis::cmd("HGETALL").arg(self.counts_key()))
@@ -499,21 +523,28 @@ impl MemoryStore {
     }
 
     fn remove(&self, hash: &str, user: &str, kind: &str) -> bool {
-        let now = now_ms();
         let mut m = self.lock();
-        let existed = m
-            .sessions
-            .remove(hash)
-            .is_some_and(|(_, until)| now < until);
+        m.sessions.remove(hash);
         let member = member(hash, kind);
+        let mut indexed = false;
         if let Some(idx) = m.index.get_mut(user) {
+            let before = idx.len();
             idx.retain(|(_, mem)| *mem != member);
+            indexed = idx.len() < before;
         }
-        if existed {
+        if indexed {
             *m.counts.entry("active".into()).or_default() -= 1;
             *m.counts.entry(format!("device:{kind}")).or_default() -= 1;
         }
-        existed
+        indexed
+    }
+
+    /// Drops expired sessions and refresh links, as Redis expiry would.
+    fn purge(&self) {
+        let now = now_ms();
+        let mut m = self.lock();
+        m.sessions.retain(|_, (_, until)| now < *until);
+        m.refresh.retain(|_, (_, until)| now < *until);
     }
 
     fn index(&self, user: &str) -> Vec<String> {
