@@ -157,8 +157,17 @@ impl Conn {
     async fn run<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
         let health = &self.0.health;
         if health.is_down() {
+            crate::metrics::redis_call(crate::metrics::stopwatch(), Some(&Error::Unavailable));
             return Err(Error::Unavailable);
         }
+        let started = crate::metrics::stopwatch();
+        let result = self.send(call).await;
+        crate::metrics::redis_call(started, result.as_ref().err());
+        result
+    }
+
+    async fn send<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        let health = &self.0.health;
         match tokio::time::timeout(self.0.op_timeout, call).await {
             Ok(Ok(value)) => {
                 health.record_success();

@@ -343,6 +343,7 @@ impl Health {
         m.last_error = Some(error.to_string());
         let from = m.observed;
         if let Some(to) = m.on_failure(fails, &self.0.cfg) {
+            crate::metrics::health_transition(from, to);
             tracing::warn!(
                 %from,
                 to = %to,
@@ -361,6 +362,7 @@ impl Health {
         m.last_probe = Some(Instant::now());
         let from = m.observed;
         if let Some(to) = m.on_probe_ok(latency, &self.0.cfg) {
+            crate::metrics::health_transition(from, to);
             if to == HealthState::Up {
                 m.last_error = None;
                 tracing::info!(%from, %to, ?latency, "tierkit: Redis is up");

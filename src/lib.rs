@@ -9,6 +9,7 @@ mod config;
 pub mod conn;
 mod error;
 pub mod health;
+pub mod metrics;
 pub mod ratelimit;
 pub mod report;
 pub mod session;

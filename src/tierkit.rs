@@ -39,6 +39,9 @@ struct Inner {
     config: Config,
     conn: Option<Conn>,
     cache: Arc<CacheCore>,
+    // Dropping the last handle ends the metrics publisher.
+    #[cfg(feature = "metrics")]
+    _stop_metrics: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Tierkit {
@@ -56,22 +59,52 @@ impl Tierkit {
             None => None,
         };
         let cache = CacheCore::new(&config, conn.as_ref());
-        Ok(Tierkit(Arc::new(Inner {
-            config,
-            conn,
-            cache,
-        })))
+        Ok(Tierkit::assemble(config, conn, cache))
     }
 
     /// An embedded instance with default settings: no Redis, nothing connects.
     pub fn embedded() -> Self {
         let config = Config::embedded();
         let cache = CacheCore::new(&config, None);
+        Tierkit::assemble(config, None, cache)
+    }
+
+    #[cfg(not(feature = "metrics"))]
+    fn assemble(config: Config, conn: Option<Conn>, cache: Arc<CacheCore>) -> Self {
         Tierkit(Arc::new(Inner {
             config,
-            conn: None,
+            conn,
             cache,
         }))
+    }
+
+    /// With metrics, a task publishes the cache's counters once a second (so hits pay nothing
+    /// for metrics), given a runtime to run on.
+    #[cfg(feature = "metrics")]
+    fn assemble(config: Config, conn: Option<Conn>, cache: Arc<CacheCore>) -> Self {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Handle::try_current().ok();
+        let kit = Tierkit(Arc::new(Inner {
+            config,
+            conn,
+            cache,
+            _stop_metrics: rt.as_ref().map(|_| tx),
+        }));
+        if let Some(rt) = rt {
+            let weak = Arc::downgrade(&kit.0);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => return,
+                        _ = tick.tick() => {}
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    crate::metrics::publish_cache(&inner.cache.info(None).await);
+                }
+            });
+        }
+        kit
     }
 
     /// Starts tierkit from [`Config::from_env`].
@@ -183,5 +216,13 @@ impl Tierkit {
     /// [`health_report`](Self::health_report) with the session counts of `sessions`.
     pub async fn health_report_with(&self, sessions: &Sessions) -> HealthReport {
         HealthReport::collect(self, Some(sessions)).await
+    }
+
+    /// Publishes the cache's counters to the `metrics` recorder now (a background task does it
+    /// once a second); call it before rendering a scrape for exact figures.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub async fn publish_metrics(&self) {
+        crate::metrics::publish_cache(&self.0.cache.info(None).await);
     }
 }

@@ -21,26 +21,51 @@ pub fn validate(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("session_validate/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, sessions, ids, conn) = rt.block_on(async {
-            let kit = Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap())
-                .unwrap();
-            assert!(kit.health().unwrap().wait_for(HealthState::Up, Duration::from_secs(5)).await);
+            let kit =
+                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
             // Touches at most once an hour: a validation is one read, as in production.
-            let sessions = kit.sessions().touch_interval(Duration::from_secs(3600)).build().unwrap();
+            let sessions = kit
+                .sessions()
+                .touch_interval(Duration::from_secs(3600))
+                .build()
+                .unwrap();
             let mut ids = Vec::new();
             for i in 0..SESSIONS {
                 let new = NewSession::new(format!("user-{i}"))
                     .user_agent("Mozilla/5.0 (X11; Linux x86_64)")
                     .ip("203.0.113.7")
                     .device(DeviceKind::Desktop, "Firefox on Linux");
-                ids.push(sessions.create(new).await.unwrap().session_id.expose().to_owned());
+                ids.push(
+                    sessions
+                        .create(new)
+                        .await
+                        .unwrap()
+                        .session_id
+                        .expose()
+                        .to_owned(),
+                );
             }
-            let conn = server.client().get_multiplexed_async_connection().await.unwrap();
+            let conn = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
             (kit, sessions, ids, conn)
         });
         // The keys validate reads: found by the same scan a service's ops would use.
         let keys: Vec<String> = rt.block_on(async {
             let mut c = conn.clone();
-            let keys: Vec<String> = redis::cmd("KEYS").arg("tierkit:s:*:sess:*").query_async(&mut c).await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("tierkit:s:*:sess:*")
+                .query_async(&mut c)
+                .await
+                .unwrap();
             keys
         });
         let i = AtomicUsize::new(0);
@@ -48,13 +73,21 @@ pub fn validate(c: &mut Criterion) {
         group.bench_function("raw_hget", |b| {
             b.to_async(&rt).iter(|| async {
                 let mut c = conn.clone();
-                let blob: Vec<u8> = redis::cmd("HGET").arg(&keys[next()]).arg("d").query_async(&mut c).await.unwrap();
+                let blob: Vec<u8> = redis::cmd("HGET")
+                    .arg(&keys[next()])
+                    .arg("d")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
                 blob
             })
         });
         group.bench_function("tierkit_validate_redis", |b| {
             b.to_async(&rt).iter(|| async {
-                assert!(matches!(sessions.validate(&ids[next()]).await, Validation::Valid(_)));
+                assert!(matches!(
+                    sessions.validate(&ids[next()]).await,
+                    Validation::Valid(_)
+                ));
             })
         });
         let local: moka::sync::Cache<String, String> = moka::sync::Cache::new(10_000);
@@ -63,11 +96,15 @@ pub fn validate(c: &mut Criterion) {
         }
         kit.health().unwrap().force(HealthState::Down);
         group.bench_function("raw_moka_get", |b| {
-            b.to_async(&rt).iter(|| async { local.get(&ids[next()]).unwrap() })
+            b.to_async(&rt)
+                .iter(|| async { local.get(&ids[next()]).unwrap() })
         });
         group.bench_function("tierkit_validate_local_copy", |b| {
             b.to_async(&rt).iter(|| async {
-                assert!(matches!(sessions.validate(&ids[next()]).await, Validation::Valid(_)));
+                assert!(matches!(
+                    sessions.validate(&ids[next()]).await,
+                    Validation::Valid(_)
+                ));
             })
         });
         kit.health().unwrap().unforce();

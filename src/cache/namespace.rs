@@ -653,7 +653,10 @@ where
         };
         bump(&counters.misses);
         bump(&counters.loader_calls);
-        let value = loader().await.map_err(|e| {
+        let started = Instant::now();
+        let loaded = loader().await;
+        crate::metrics::loader(&self.ns.name, started.elapsed());
+        let value = loaded.map_err(|e| {
             bump(&counters.loader_errors);
             Error::Loader(Arc::from(e.into()))
         })?;

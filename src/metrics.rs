@@ -1,0 +1,184 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`): install
+//! any recorder (Prometheus, StatsD, ...) and tierkit's figures appear in it. Without the
+//! feature every hook compiles to nothing.
+//!
+//! The cache's counters are published from its statistics once a second (and on
+//! [`Tierkit::publish_metrics`](crate::Tierkit::publish_metrics)), so a cache hit pays nothing
+//! for metrics; the other figures are recorded as they happen.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `tierkit_cache_requests_total` | counter | `namespace`, `result` = `l1_hit`, `l2_hit`, `miss` | cache reads by outcome |
+//! | `tierkit_cache_loader_calls_total` | counter | `namespace` | `get_or_set` loader runs |
+//! | `tierkit_cache_loader_errors_total` | counter | `namespace` | loader failures |
+//! | `tierkit_cache_loader_duration_seconds` | histogram | `namespace` | loader latency |
+//! | `tierkit_cache_l2_errors_total` | counter | `namespace` | failed or timed-out L2 calls |
+//! | `tierkit_cache_l2_skipped_total` | counter | `namespace` | L2 reads and writes skipped while Redis was down |
+//! | `tierkit_cache_decode_failures_total` | counter | `namespace` | stored values that no longer decode |
+//! | `tierkit_cache_evictions_total` | counter | `namespace` | L1 evictions for room |
+//! | `tierkit_cache_bytes_saved_total` | counter | `namespace` | bytes compression saved |
+//! | `tierkit_cache_l1_entries`, `tierkit_cache_l1_bytes` | gauge | | L1 size |
+//! | `tierkit_redis_call_duration_seconds` | histogram | | every Redis call (command, pipeline, script) |
+//! | `tierkit_redis_errors_total` | counter | `kind` = `timeout`, `unavailable`, `connection`, `reply` | failed Redis calls |
+//! | `tierkit_health_state` | gauge | | 0 up, 1 degraded, 2 down |
+//! | `tierkit_health_transitions_total` | counter | `from`, `to` | health state changes |
+//! | `tierkit_ratelimit_decisions_total` | counter | `limiter`, `tier` = `redis`, `local`, `blocked`; `outcome` = `allowed`, `refused` | rate-limit decisions |
+//! | `tierkit_session_events_total` | counter | `event` = `created`, `validated`, `validated_locally`, `refreshed`, `revoked`, `expired` | session events |
+
+#[cfg(feature = "metrics")]
+mod imp {
+    use std::time::Duration;
+
+    use crate::cache::CacheInfo;
+    use crate::error::Error;
+    use crate::health::HealthState;
+    use crate::ratelimit::Tier;
+
+    /// Starts timing a Redis call (a no-op type without the feature).
+    pub(crate) fn stopwatch() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    pub(crate) fn redis_call(started: std::time::Instant, error: Option<&Error>) {
+        ::metrics::histogram!("tierkit_redis_call_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if let Some(e) = error {
+            let kind = match e {
+                Error::Timeout(_) => "timeout",
+                Error::Unavailable => "unavailable",
+                e if e.is_connectivity() => "connection",
+                _ => "reply",
+            };
+            ::metrics::counter!("tierkit_redis_errors_total", "kind" => kind).increment(1);
+        }
+    }
+
+    fn state_value(s: HealthState) -> f64 {
+        match s {
+            HealthState::Up => 0.0,
+            HealthState::Degraded => 1.0,
+            _ => 2.0,
+        }
+    }
+
+    pub(crate) fn health_transition(from: HealthState, to: HealthState) {
+        ::metrics::gauge!("tierkit_health_state").set(state_value(to));
+        ::metrics::counter!(
+            "tierkit_health_transitions_total",
+            "from" => from.to_string(),
+            "to" => to.to_string()
+        )
+        .increment(1);
+    }
+
+    pub(crate) fn loader(namespace: &str, elapsed: Duration) {
+        ::metrics::histogram!("tierkit_cache_loader_duration_seconds", "namespace" => namespace.to_owned())
+            .record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn session_event(event: &'static str) {
+        ::metrics::counter!("tierkit_session_events_total", "event" => event).increment(1);
+    }
+
+    /// Counter handles of one limiter, registered once so a decision costs one increment.
+    pub(crate) struct Decisions {
+        handles: [::metrics::Counter; 6],
+    }
+
+    impl Decisions {
+        pub(crate) fn new(limiter: &str) -> Self {
+            let c = |tier: &'static str, outcome: &'static str| {
+                ::metrics::counter!(
+                    "tierkit_ratelimit_decisions_total",
+                    "limiter" => limiter.to_owned(),
+                    "tier" => tier,
+                    "outcome" => outcome
+                )
+            };
+            Decisions {
+                handles: [
+                    c("redis", "allowed"),
+                    c("redis", "refused"),
+                    c("local", "allowed"),
+                    c("local", "refused"),
+                    c("blocked", "allowed"),
+                    c("blocked", "refused"),
+                ],
+            }
+        }
+
+        pub(crate) fn record(&self, tier: Tier, allowed: bool) {
+            let row = match tier {
+                Tier::Redis => 0,
+                Tier::Local => 2,
+                _ => 4,
+            };
+            if let Some(h) = self.handles.get(row + usize::from(!allowed)) {
+                h.increment(1);
+            }
+        }
+    }
+
+    pub(crate) fn publish_cache(info: &CacheInfo) {
+        for (ns, s) in &info.namespaces {
+            let counter = |name: &'static str, value: u64| {
+                ::metrics::counter!(name, "namespace" => ns.clone()).absolute(value);
+            };
+            for (result, value) in [
+                ("l1_hit", s.l1_hits),
+                ("l2_hit", s.l2_hits),
+                ("miss", s.misses),
+            ] {
+                ::metrics::counter!("tierkit_cache_requests_total", "namespace" => ns.clone(), "result" => result)
+                    .absolute(value);
+            }
+            counter("tierkit_cache_loader_calls_total", s.loader_calls);
+            counter("tierkit_cache_loader_errors_total", s.loader_errors);
+            counter("tierkit_cache_l2_errors_total", s.l2_errors);
+            counter("tierkit_cache_l2_skipped_total", s.l2_skipped);
+            counter("tierkit_cache_decode_failures_total", s.decode_failures);
+            counter("tierkit_cache_evictions_total", s.evictions);
+            counter("tierkit_cache_bytes_saved_total", s.bytes_saved());
+        }
+        ::metrics::gauge!("tierkit_cache_l1_entries").set(info.l1_entries as f64);
+        ::metrics::gauge!("tierkit_cache_l1_bytes").set(info.l1_bytes as f64);
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod imp {
+    use std::time::Duration;
+
+    use crate::error::Error;
+    use crate::health::HealthState;
+    use crate::ratelimit::Tier;
+
+    /// Nothing to time without the feature.
+    pub(crate) struct Stopwatch;
+
+    #[inline(always)]
+    pub(crate) fn stopwatch() -> Stopwatch {
+        Stopwatch
+    }
+    #[inline(always)]
+    pub(crate) fn redis_call(_: Stopwatch, _: Option<&Error>) {}
+    #[inline(always)]
+    pub(crate) fn health_transition(_: HealthState, _: HealthState) {}
+    #[inline(always)]
+    pub(crate) fn loader(_: &str, _: Duration) {}
+    #[inline(always)]
+    pub(crate) fn session_event(_: &'static str) {}
+
+    pub(crate) struct Decisions;
+
+    impl Decisions {
+        pub(crate) fn new(_: &str) -> Self {
+            Decisions
+        }
+
+        #[inline(always)]
+        pub(crate) fn record(&self, _: Tier, _: bool) {}
+    }
+}
+
+pub(crate) use imp::*;
