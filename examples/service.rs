@@ -131,6 +131,46 @@ impl Database {
     }
 }
 
+/// The events cache: declared once here, so the app and the warm-up share it.
+fn events_namespace(kit: &Tierkit) -> tierkit::Result<Namespace<Event>> {
+    kit.namespace::<Event>("events")
+        .ttl(Duration::from_secs(30 * 60)) // in Redis
+        .l1_ttl(Duration::from_secs(60)) // in-process copies: bounds staleness without Redis
+        .build()
+}
+
+/// Warms the first `count` events before serving (8 database queries at a time, skipping
+/// what Redis already holds), drawing a progress bar on stderr.
+pub async fn warm_events(kit: &Tierkit, db: &Database, count: u64) -> tierkit::Result<()> {
+    let events = events_namespace(kit)?;
+    let done = events
+        .warm(
+            (1..=count).map(|id| id.to_string()),
+            8,
+            |key| async move {
+                let id = key.parse::<u64>().map_err(|_| NotFound)?;
+                db.event(id).await
+            },
+            |p| {
+                let width = 30;
+                let filled = p.done * width / p.total.max(1);
+                eprint!(
+                    "\rwarming events [{}{}] {}/{}",
+                    "#".repeat(filled),
+                    ".".repeat(width - filled),
+                    p.done,
+                    p.total
+                );
+            },
+        )
+        .await?;
+    eprintln!(
+        "\nwarmed: {} loaded, {} already cached, {} failed",
+        done.loaded, done.skipped, done.failed
+    );
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The app
 // ---------------------------------------------------------------------------------------------
@@ -163,11 +203,7 @@ struct AppState {
 /// axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await
 /// ```
 pub fn app(kit: Tierkit, db: Arc<Database>, settings: Settings) -> tierkit::Result<Router> {
-    let events = kit
-        .namespace::<Event>("events")
-        .ttl(Duration::from_secs(30 * 60)) // in Redis
-        .l1_ttl(Duration::from_secs(60)) // in-process copies: bounds staleness without Redis
-        .build()?;
+    let events = events_namespace(&kit)?;
     let sessions = kit.sessions().build()?; // 14-day sliding expiry, 30 days at most
     let limiter = kit.limiter("api", settings.rate_limit).build()?;
     let state = AppState {
@@ -563,7 +599,13 @@ async fn main() -> Result<(), Box<dyn StdError>> {
         rate_limit: rate_limit_from_env()?,
         metrics,
     };
-    let router = app(kit, Arc::new(Database::default()), settings)?;
+    let db = Arc::new(Database::default());
+    let warm = std::env::var("WARM")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    warm_events(&kit, &db, warm).await?;
+    let router = app(kit, db, settings)?;
 
     let bind = std::env::var("BIND")
         .ok()

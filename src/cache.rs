@@ -42,7 +42,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::oneshot;
 
-pub use namespace::{Hit, Namespace, NamespaceBuilder, Reach, SetOptions, Source};
+pub use namespace::{Hit, Namespace, NamespaceBuilder, Reach, SetOptions, Source, WarmProgress};
 pub use stats::CacheStats;
 
 pub(crate) use namespace::NsShared;

@@ -161,7 +161,8 @@ impl Conn {
             return Err(Error::Unavailable);
         }
         let started = crate::metrics::stopwatch();
-        let result = self.send(call).await;
+        let span = tracing::debug_span!("tierkit.redis");
+        let result = tracing::Instrument::instrument(self.send(call), span).await;
         crate::metrics::redis_call(started, result.as_ref().err());
         result
     }

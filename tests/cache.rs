@@ -250,6 +250,68 @@ macro_rules! suite {
             }
 
             #[tokio::test]
+            async fn warming_loads_with_bounded_concurrency_and_skips_what_is_there() {
+                let f = Fixture::$backend().await;
+                let events = f.kit.namespace::<Event>("events").build().unwrap();
+                events.set("7", event(7)).await.unwrap();
+                let running = Arc::new(AtomicUsize::new(0));
+                let peak = Arc::new(AtomicUsize::new(0));
+                let reports = std::sync::Mutex::new(Vec::new());
+                let loader = |k: String| {
+                    let (running, peak) = (running.clone(), peak.clone());
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        match k.parse::<u64>() {
+                            Ok(13) => Err(std::io::Error::other("no such event")),
+                            Ok(id) => Ok(event(id)),
+                            Err(e) => Err(std::io::Error::other(e)),
+                        }
+                    }
+                };
+                let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+                let done = events
+                    .warm(keys.clone(), 4, loader, |p| reports.lock().unwrap().push(p))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    (done.total, done.loaded, done.skipped, done.failed),
+                    (100, 98, 1, 1)
+                );
+                assert!(
+                    peak.load(Ordering::SeqCst) <= 4,
+                    "{}",
+                    peak.load(Ordering::SeqCst)
+                );
+                let reports = reports.into_inner().unwrap();
+                assert_eq!(reports.len(), 100);
+                assert_eq!(reports.last().copied(), Some(done));
+                assert_eq!(*events.get("42").await.unwrap(), event(42));
+                // A second pass finds everything in place but the one that failed.
+                let again = events
+                    .warm(
+                        keys,
+                        4,
+                        |k| async move { Ok::<_, std::io::Error>(event(k.parse().unwrap_or(0))) },
+                        |_| {},
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!((again.skipped, again.loaded), (99, 1));
+                assert!(events
+                    .warm(
+                        ["x"],
+                        0,
+                        |_| async { Ok::<_, std::io::Error>(event(0)) },
+                        |_| {}
+                    )
+                    .await
+                    .is_err());
+            }
+
+            #[tokio::test]
             async fn l1_is_bounded_in_bytes() {
                 let f = Fixture::$backend().await;
                 let url = f.server.as_ref().map(|s| s.url());
