@@ -522,6 +522,19 @@ fn tcp_info(
     Ok(info.set_redis_settings(settings))
 }
 
+/// Names of namespaces and limiters become part of Redis keys: 1-64 characters that can never
+/// be glob metacharacters, hash-tag braces or the `:` separator.
+pub(crate) fn validate_name(field: &str, name: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok_char) {
+        return Err(Error::config(
+            field,
+            format!("{name:?} must be 1-64 characters from A-Z a-z 0-9 _ - ."),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_prefix(prefix: &str) -> std::result::Result<(), String> {
     if prefix.is_empty() || prefix.len() > MAX_PREFIX_LEN {
         return Err(format!(

@@ -275,16 +275,7 @@ impl LimiterBuilder {
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), zero
     /// instances, a zero block duration, or zero local keys.
     pub fn build(self) -> Result<Limiter> {
-        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
-        if self.name.is_empty() || self.name.len() > 64 || !self.name.chars().all(ok_char) {
-            return Err(Error::config(
-                "limiter",
-                format!(
-                    "{:?} must be 1-64 characters from A-Z a-z 0-9 _ - .",
-                    self.name
-                ),
-            ));
-        }
+        crate::config::validate_name("limiter", &self.name)?;
         let instances = NonZeroU32::new(self.instances)
             .ok_or_else(|| Error::config("instances", "is zero; give the expected count"))?;
         if self.block_for.is_some_and(|d| d.is_zero()) {

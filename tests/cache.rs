@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{eventually, RedisServer, TcpProxy};
+use support::{connected, eventually, RedisServer, TcpProxy};
 use tierkit::cache::{Reach, SetOptions, Source};
 use tierkit::health::HealthState;
 use tierkit::{Config, Error, Tierkit};
@@ -33,21 +33,10 @@ struct Fixture {
     server: Option<RedisServer>,
 }
 
-fn config(url: &str) -> Config {
-    Config::builder()
-        .redis_url(url)
-        .probe_interval(Duration::from_millis(100))
-        .probe_timeout(Duration::from_millis(80))
-        .op_timeout(Duration::from_millis(100))
-        .fail_threshold(2)
-        .recover_threshold(1)
-        .build()
-        .unwrap()
-}
-
 /// Starts an instance on `url` and waits until Redis is up and the backplane subscribed.
-async fn connected(url: &str) -> Tierkit {
-    let kit = Tierkit::new(config(url)).unwrap();
+/// An instance on `url` once Redis is up and its backplane subscribed.
+async fn coherent(url: &str) -> Tierkit {
+    let kit = connected(url).await;
     ready(&kit).await;
     kit
 }
@@ -78,7 +67,7 @@ impl Fixture {
 
     async fn redis() -> Fixture {
         let server = RedisServer::start();
-        let kit = connected(&server.url()).await;
+        let kit = coherent(&server.url()).await;
         Fixture {
             kit,
             server: Some(server),
@@ -442,7 +431,7 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
     assert!((590_000..=600_000).contains(&pttl), "{pttl}");
 
     // A second instance has its own L1: its first read comes from L2, the next from L1.
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let events_b = b
         .namespace::<Event>("events")
         .ttl(Duration::from_secs(600))
@@ -529,7 +518,7 @@ async fn ttl_override_and_jitter() {
 async fn get_many_is_one_round_trip() {
     let server = RedisServer::start();
     let proxy = TcpProxy::start(&server.addr());
-    let a = connected(&server.url()).await;
+    let a = coherent(&server.url()).await;
     let events = a.namespace::<Event>("events").build().unwrap();
     events
         .set_many((0..100u64).map(|i| (i.to_string(), event(i))))
@@ -581,7 +570,7 @@ async fn bumping_the_version_makes_old_entries_unreachable() {
         title: String,
         venue: String,
     }
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let v2 = b.namespace::<EventV2>("events").version(2).build().unwrap();
     assert!(v2.get("1").await.is_none());
     assert_eq!(v2.stats().decode_failures, 0);
@@ -653,8 +642,8 @@ async fn seen(ns: &tierkit::cache::Namespace<Event>, key: &str, want: Option<Eve
 #[tokio::test]
 async fn updates_on_one_instance_reach_the_other_within_100ms() {
     let server = RedisServer::start();
-    let a = connected(&server.url()).await;
-    let b = connected(&server.url()).await;
+    let a = coherent(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let ea = a.namespace::<Event>("events").build().unwrap();
     let eb = b.namespace::<Event>("events").build().unwrap();
     ea.set("1", event(1)).await.unwrap();
@@ -692,7 +681,7 @@ async fn updates_on_one_instance_reach_the_other_within_100ms() {
 #[tokio::test]
 async fn a_dropped_backplane_connection_drops_l1_on_resubscribe() {
     let server = RedisServer::start();
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     eb.set("1", event(1)).await.unwrap();
     assert_eq!(eb.get("1").await.unwrap().source(), Source::L1);
@@ -717,7 +706,7 @@ async fn a_dropped_backplane_connection_drops_l1_on_resubscribe() {
 #[tokio::test]
 async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
     let mut server = RedisServer::start();
-    let kit = connected(&server.url()).await;
+    let kit = coherent(&server.url()).await;
     let events = kit.namespace::<Event>("events").build().unwrap();
     events.set("warm", event(1)).await.unwrap();
 
@@ -758,7 +747,7 @@ async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
     server.restart();
     ready(&kit).await;
     events.set("back", event(5)).await.unwrap();
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     assert_eq!(eb.get("back").await.unwrap().source(), Source::L2);
 }
@@ -766,7 +755,7 @@ async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
 #[tokio::test]
 async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_latency() {
     let mut server = RedisServer::start();
-    let kit = connected(&server.url()).await;
+    let kit = coherent(&server.url()).await;
     let events = kit.namespace::<Event>("events").build().unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health = kit.health().unwrap().clone();
@@ -843,7 +832,7 @@ async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_l
     assert!(reads > 100, "{reads}");
     // Back up: the L2 is used again.
     events.set("after", event(1)).await.unwrap();
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     assert_eq!(eb.get("after").await.unwrap().source(), Source::L2);
 }
@@ -888,7 +877,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
     assert!(events.get("gone").await.is_none());
 
     // Another instance's write during the load is not overwritten either (SET NX).
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     let loading = tokio::spawn({
         let events = events.clone();
@@ -909,7 +898,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
 #[tokio::test]
 async fn an_l2_read_racing_a_write_does_not_leave_the_old_value_in_l1() {
     let server = RedisServer::start();
-    let a = connected(&server.url()).await;
+    let a = coherent(&server.url()).await;
     a.namespace::<Event>("events")
         .build()
         .unwrap()
@@ -974,7 +963,7 @@ async fn patterns_match_characters_not_bytes_in_redis_too() {
     events.set("user:ab", event(2)).await.unwrap();
     let (reach, removed) = events.invalidate_pattern("user:?").await.unwrap();
     assert_eq!((reach, removed), (Reach::AllTiers, 1));
-    let b = connected(&f.server.as_ref().unwrap().url()).await;
+    let b = coherent(&f.server.as_ref().unwrap().url()).await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     assert!(eb.get("user:é").await.is_none());
     assert!(eb.get("user:ab").await.is_some());
@@ -1016,7 +1005,7 @@ async fn a_slow_redis_is_degraded_but_still_used() {
 #[tokio::test]
 async fn after_an_outage_each_instance_forgets_its_l1() {
     let mut server = RedisServer::start();
-    let b = connected(&server.url()).await;
+    let b = coherent(&server.url()).await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     eb.set("k", event(1)).await.unwrap();
     server.stop();

@@ -6,35 +6,12 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::RedisServer;
+use support::{connected, RedisServer};
 use tierkit::health::HealthState;
 use tierkit::ratelimit::{Algorithm, Decision, Quota, Tier};
-use tierkit::{Config, Error, Tierkit};
+use tierkit::{Error, Tierkit};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
-
-fn config(url: &str) -> Config {
-    Config::builder()
-        .redis_url(url)
-        .probe_interval(Duration::from_millis(100))
-        .probe_timeout(Duration::from_millis(80))
-        .op_timeout(OP_TIMEOUT)
-        .fail_threshold(2)
-        .recover_threshold(1)
-        .build()
-        .unwrap()
-}
-
-async fn connected(url: &str) -> Tierkit {
-    let kit = Tierkit::new(config(url)).unwrap();
-    let health = kit.health().unwrap();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await
-    );
-    kit
-}
 
 fn quota(limit: u32, window: Duration) -> Quota {
     Quota::new(limit, window).unwrap()
@@ -512,7 +489,7 @@ async fn embedded_mode_serves_the_whole_quota_and_bounds_its_keys() {
 #[tokio::test]
 async fn the_local_tier_never_allows_more_than_its_share_in_any_window() {
     // Redis configured but never reachable: the fallback decides from the start.
-    let kit = Tierkit::new(config("redis://127.0.0.1:1")).unwrap();
+    let kit = Tierkit::new(support::fast_config("redis://127.0.0.1:1")).unwrap();
     let window = Duration::from_millis(400);
     let api = kit.limiter("api", quota(10, window)).build().unwrap();
     let started = Instant::now();

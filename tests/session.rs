@@ -7,37 +7,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::RedisServer;
+use support::{connected, RedisServer};
 use tierkit::health::HealthState;
 use tierkit::session::{DeviceKind, NewSession, Refresh, Sessions, Validation};
-use tierkit::{Config, Error, Tierkit};
+use tierkit::{Error, Tierkit};
 
 struct Fixture {
     kit: Tierkit,
     server: Option<RedisServer>,
-}
-
-fn config(url: &str) -> Config {
-    Config::builder()
-        .redis_url(url)
-        .probe_interval(Duration::from_millis(100))
-        .probe_timeout(Duration::from_millis(80))
-        .op_timeout(Duration::from_millis(100))
-        .fail_threshold(2)
-        .recover_threshold(1)
-        .build()
-        .unwrap()
-}
-
-async fn connected(url: &str) -> Tierkit {
-    let kit = Tierkit::new(config(url)).unwrap();
-    assert!(
-        kit.health()
-            .unwrap()
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await
-    );
-    kit
 }
 
 impl Fixture {

@@ -1,0 +1,104 @@
+//! No session id, token or password ever reaches a log line or `Debug` output. Alone in its
+//! test binary: it installs a thread-local subscriber, and tracing caches which call sites are
+//! enabled process-wide, so a test running beside it could hide events from it.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::RedisServer;
+use tierkit::health::HealthState;
+use tierkit::session::{NewSession, Refresh};
+use tierkit::Tierkit;
+
+/// Collects every log line, at every level, of every crate.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn no_secret_reaches_a_log_line_or_debug_output() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let password = "s3cret-pa55word";
+    let server = RedisServer::start_with(&["--requirepass", password]);
+    let url = format!("redis://:{password}@127.0.0.1:{}", server.port());
+    let mut secrets = vec![password.to_string(), "access-token-xyz".to_string()];
+    let mut debug = String::new();
+
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = support::fast_config(&url);
+            debug.push_str(&format!("{config:?}"));
+            let kit = Tierkit::new(config).unwrap();
+            debug.push_str(&format!("{kit:?}"));
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let sessions = kit
+                .sessions()
+                .refresh_grace(Duration::from_millis(10))
+                .build()
+                .unwrap();
+            let new = NewSession::new("user-1")
+                .access_token("access-token-xyz")
+                .ip("198.51.100.1");
+            debug.push_str(&format!("{new:?}"));
+            let created = sessions.create(new).await.unwrap();
+            debug.push_str(&format!("{created:?}"));
+            let sid = created.session_id.expose().to_owned();
+            let t0 = created.refresh_token.expose().to_owned();
+            secrets.extend([
+                sid.clone(),
+                t0.clone(),
+                sid[9..].to_string(),
+                t0[9..].to_string(),
+            ]);
+            debug.push_str(&format!("{:?}", sessions.validate(&sid).await));
+            debug.push_str(&format!(
+                "{:?}",
+                sessions.validate_access(&sid, "access-token-xyz").await
+            ));
+            let refreshed = sessions.refresh(&t0).await.unwrap();
+            debug.push_str(&format!("{refreshed:?}"));
+            if let Refresh::Rotated { refresh_token, .. } = &refreshed {
+                secrets.push(refresh_token.expose().to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Reuse of a retired token: the warning must not quote it.
+            debug.push_str(&format!("{:?}", sessions.refresh(&t0).await.unwrap()));
+            debug.push_str(&format!("{:?}", sessions.list("user-1").await.unwrap()));
+            sessions.revoke(&sid).await.unwrap();
+            debug.push_str(&format!("{sessions:?}"));
+        });
+    });
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("Redis is up"), "the capture works: {logs}");
+    assert!(logs.contains("retired refresh token"), "{logs}");
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret in the logs");
+        assert!(!debug.contains(secret.as_str()), "a secret in Debug output");
+    }
+}
