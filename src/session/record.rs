@@ -29,13 +29,19 @@ fn ms(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// SHA-256 of a secret, hex: what the stores keep instead of the secret.
-pub(crate) fn digest(secret: &str) -> String {
-    let mut out = String::with_capacity(64);
-    for b in Sha256::digest(secret.as_bytes()) {
-        out.push_str(&format!("{b:02x}"));
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     out
+}
+
+/// SHA-256 of a secret, hex: what the stores keep instead of the secret.
+pub(crate) fn digest(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
 }
 
 /// 256 bits from the OS random source, hex.
@@ -43,7 +49,7 @@ pub(crate) fn random_hex() -> Result<String> {
     let mut buf = [0u8; 32];
     getrandom::fill(&mut buf)
         .map_err(|e| Error::Encode(format!("OS random source failed: {e}")))?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&buf))
 }
 
 /// The routing tag of a user: every key of one user's sessions shares it (one Redis Cluster
@@ -185,6 +191,11 @@ mod tests {
         assert_eq!(tag_of("nope"), None);
         assert_eq!(tag_of("zzzzzzzz.00"), None);
         assert_eq!(digest("x").len(), 64);
+        // The well-known SHA-256 of "abc".
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert_ne!(digest(&a), a);
     }
 }
