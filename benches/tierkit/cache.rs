@@ -290,3 +290,228 @@ where
     }
     started.elapsed()
 }
+
+/// Cache-aside on a key nobody asked for yet: tierkit `get_or_set` (L1 miss, L2 miss, loader,
+/// L2 fill) next to a raw `GET` miss plus a raw `SET` of the encoded value.
+pub fn get_or_set_cold(c: &mut Criterion) {
+    let server = RedisServer::start();
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("get_or_set_cold/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+        let (kit, ns, conn) = rt.block_on(async {
+            let kit =
+                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let ns = kit
+                .namespace::<Payload>(format!("cold_{flavor}"))
+                .build()
+                .unwrap();
+            let conn = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            (kit, ns, conn)
+        });
+        let value = payload(1, 200);
+        let codec = kit.codec().clone();
+        let next = AtomicUsize::new(0);
+        group.bench_function("raw_get_miss_then_set", |b| {
+            b.to_async(&rt).iter(|| async {
+                let key = format!("raw:cold:{flavor}:{}", next.fetch_add(1, Ordering::Relaxed));
+                let mut conn = conn.clone();
+                let found: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert!(found.is_none());
+                let bytes = codec.encode(&value).unwrap();
+                let _: () = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(3_600_000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            })
+        });
+        group.bench_function("tierkit_get_or_set", |b| {
+            b.to_async(&rt).iter(|| async {
+                let key = next.fetch_add(1, Ordering::Relaxed).to_string();
+                let v = value.clone();
+                ns.get_or_set(&key, || async move { Ok::<_, std::io::Error>(v) })
+                    .await
+                    .unwrap()
+            })
+        });
+        group.finish();
+        drop(kit);
+    }
+}
+
+/// Write-through: tierkit `set` (L1, then `SET` and the backplane `PUBLISH` in one round trip)
+/// next to a raw `SET` of the same encoded bytes.
+pub fn set(c: &mut Criterion) {
+    let server = RedisServer::start();
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("set/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+        let (kit, ns, conn) = rt.block_on(async {
+            let kit =
+                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let ns = kit.namespace::<Payload>("set").build().unwrap();
+            let conn = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            (kit, ns, conn)
+        });
+        let keys: Vec<String> = (0..L2_KEYS).map(|i| i.to_string()).collect();
+        let value = payload(1, 200);
+        let codec = kit.codec().clone();
+        let next = AtomicUsize::new(0);
+        group.bench_function("raw_set", |b| {
+            b.to_async(&rt).iter(|| async {
+                let key = format!("raw:set:{}", keys[cycle(&next, L2_KEYS)]);
+                let bytes = codec.encode(&value).unwrap();
+                let mut conn = conn.clone();
+                let _: () = redis::cmd("SET")
+                    .arg(key)
+                    .arg(bytes)
+                    .arg("PX")
+                    .arg(3_600_000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            })
+        });
+        group.bench_function("tierkit_set", |b| {
+            b.to_async(&rt).iter(|| async {
+                ns.set(&keys[cycle(&next, L2_KEYS)], value.clone())
+                    .await
+                    .unwrap()
+            })
+        });
+        group.finish();
+        drop(kit);
+    }
+}
+
+/// 100 keys at once from Redis: tierkit `get_many` (every key an L1 miss) next to a raw
+/// pipeline of 100 `GET`s with the same decoding.
+pub fn get_many(c: &mut Criterion) {
+    let server = RedisServer::start();
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("get_many_100/{flavor}"));
+        group.throughput(Throughput::Elements(100));
+        let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let (kit, ns, conn) = rt.block_on(async {
+            let config = Config::builder()
+                .redis_url(server.url())
+                .l1_capacity(1)
+                .build()
+                .unwrap();
+            let kit = Tierkit::new(config).unwrap();
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let ns = kit.namespace::<Payload>("many").build().unwrap();
+            ns.set_many(
+                keys.iter()
+                    .enumerate()
+                    .map(|(i, k)| (k.clone(), payload(i as u64, 200))),
+            )
+            .await
+            .unwrap();
+            let conn = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            (kit, ns, conn)
+        });
+        let redis_keys: Vec<String> = keys.iter().map(|k| ns.redis_key(k)).collect();
+        let codec = kit.codec().clone();
+        group.bench_function("raw_pipeline_get_decode", |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut pipe = redis::pipe();
+                for k in &redis_keys {
+                    pipe.cmd("GET").arg(k);
+                }
+                let mut conn = conn.clone();
+                let found: Vec<Vec<u8>> = pipe.query_async(&mut conn).await.unwrap();
+                found
+                    .iter()
+                    .map(|b| codec.decode::<Payload>(b).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        });
+        group.bench_function("tierkit_get_many", |b| {
+            b.to_async(&rt)
+                .iter(|| async { ns.get_many(&keys).await.into_iter().flatten().count() })
+        });
+        group.finish();
+        drop(kit);
+    }
+}
+
+/// Reads while Redis is down (health forced `Down`) next to the same reads on an embedded,
+/// L1-only instance: nothing may wait on Redis.
+pub fn down_read(c: &mut Criterion) {
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("down_read/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+        let keys: Vec<String> = (0..L2_KEYS).map(|i| i.to_string()).collect();
+        let value = payload(1, 200);
+        let (embedded, down) = rt.block_on(async {
+            let embedded = Tierkit::embedded();
+            // Nothing listens on port 1: the instance never connects, and health is forced Down
+            // so not even the first probe's outcome matters.
+            let down = Tierkit::new(
+                Config::builder()
+                    .redis_url("redis://127.0.0.1:1")
+                    .build()
+                    .unwrap(),
+            )
+            .unwrap();
+            down.health().unwrap().force(HealthState::Down);
+            (embedded, down)
+        });
+        let ns_embedded = embedded.namespace::<Payload>("e").build().unwrap();
+        let ns_down = down.namespace::<Payload>("e").build().unwrap();
+        let next = AtomicUsize::new(0);
+        for (name, ns) in [
+            ("l1_only_get_or_set", &ns_embedded),
+            ("redis_down_get_or_set", &ns_down),
+        ] {
+            group.bench_function(name, |b| {
+                b.to_async(&rt).iter(|| async {
+                    let v = value.clone();
+                    ns.get_or_set(&keys[cycle(&next, L2_KEYS)], || async move {
+                        Ok::<_, std::io::Error>(v)
+                    })
+                    .await
+                    .unwrap()
+                })
+            });
+        }
+        group.finish();
+    }
+}

@@ -45,7 +45,8 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cache::l1_hit, cache::l2_hit, ratelimit::redis_decision, ratelimit::local_decision,
+    targets = cache::l1_hit, cache::l2_hit, cache::get_or_set_cold, cache::set, cache::get_many,
+        cache::down_read, ratelimit::redis_decision, ratelimit::local_decision,
         session::validate
 }
 criterion_main!(benches);
