@@ -755,11 +755,11 @@ impl Sessions {
     /// As [`revoke`](Self::revoke).
     pub async fn revoke_handle(&self, user_id: &str, handle: &str) -> Result<bool> {
         let tag = user_tag(user_id);
-        let sessions = self.list(user_id).await?;
-        if !sessions.iter().any(|s| s.handle == handle) {
-            return Ok(false);
+        // One read of that session, not a listing of them all: it must belong to the user.
+        match self.0.store.load(&tag, handle).await? {
+            Some(rec) if rec.user_id == user_id => self.revoke_hash(&tag, handle).await,
+            _ => Ok(false),
         }
-        self.revoke_hash(&tag, handle).await
     }
 
     async fn revoke_hash(&self, tag: &str, hash: &str) -> Result<bool> {
