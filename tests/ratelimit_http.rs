@@ -16,13 +16,13 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
+use support::http::Reply;
 use support::RedisServer;
 use tierkit::health::HealthState;
 use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
 use tierkit::ratelimit::{Decision, Limiter, Quota};
 use tierkit::{Config, Tierkit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const LIMIT: u32 = 3;
 const WINDOW: Duration = Duration::from_secs(60);
@@ -102,20 +102,7 @@ async fn serve(layer: RateLimitLayer) -> App {
     App { addr, calls }
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     fn secs(&self, name: &str) -> u64 {
         let v = self
             .header(name)
@@ -139,12 +126,6 @@ impl Reply {
     }
 }
 
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {:?} {:?}", self.status, self.headers, self.body)
-    }
-}
-
 /// One `GET /` over a fresh connection, by hand.
 async fn fetch(addr: SocketAddr, headers: &[(&str, &str)]) -> Reply {
     let mut request = String::from("GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
@@ -152,34 +133,7 @@ async fn fetch(addr: SocketAddr, headers: &[(&str, &str)]) -> Reply {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .expect("no HTTP response within 10 s");
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    support::http::exchange(addr, &request, Duration::from_secs(10), "GET /").await
 }
 
 /// Spends a fresh key's budget: `LIMIT` allowed requests counting down, then a 429.

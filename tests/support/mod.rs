@@ -10,6 +10,7 @@
 // Each test target compiles this module on its own and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod http;
 pub mod proxy;
 pub mod server;
 
