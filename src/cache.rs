@@ -147,7 +147,7 @@ impl CacheCore {
         if let (Some(conn), Some(stop_rx)) = (conn, stop_rx) {
             let listener = backplane::Listener {
                 core: Arc::downgrade(&core),
-                client: conn.client().clone(),
+                clients: conn.pubsub_clients(),
                 health: conn.health().clone(),
                 channel,
                 connect_timeout: config.connect_timeout,
@@ -304,18 +304,34 @@ impl CacheCore {
     }
 }
 
+/// Keys and memory summed over every node that holds keys (every primary of a cluster);
+/// `None` unless all answered.
 async fn redis_figures(conn: &Conn) -> (Option<u64>, Option<u64>) {
-    let mut pipe = redis::pipe();
-    pipe.cmd("DBSIZE").cmd("INFO").arg("memory");
-    match conn.pipeline::<(u64, String)>(&pipe).await {
-        Ok((keys, info)) => {
-            let used = info
-                .lines()
-                .find_map(|l| l.strip_prefix("used_memory:"))
-                .and_then(|v| v.trim().parse().ok());
-            (Some(keys), used)
-        }
-        Err(_) => (None, None),
+    let Ok(nodes) = conn.nodes().await else {
+        return (None, None);
+    };
+    let per_node = nodes.iter().map(|node| async move {
+        let keys: u64 = conn.query_node(node, &redis::cmd("DBSIZE")).await.ok()?;
+        let info: String = conn
+            .query_node(node, redis::cmd("INFO").arg("memory"))
+            .await
+            .ok()?;
+        let used: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())?;
+        Some((keys, used))
+    });
+    let figures: Option<Vec<(u64, u64)>> = futures_util::future::join_all(per_node)
+        .await
+        .into_iter()
+        .collect();
+    match figures {
+        Some(f) => (
+            Some(f.iter().map(|(k, _)| k).sum()),
+            Some(f.iter().map(|(_, m)| m).sum()),
+        ),
+        None => (None, None),
     }
 }
 

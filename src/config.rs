@@ -44,13 +44,38 @@ const MAX_PREFIX_LEN: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct Config {
-    pub(crate) redis: Option<ConnectionInfo>,
+    pub(crate) redis: Option<Target>,
     pub(crate) prefix: String,
     pub(crate) op_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) health: HealthConfig,
     pub(crate) codec: Codec,
     pub(crate) l1_capacity: u64,
+}
+
+/// Where Redis is: one server, or the seed nodes of a Redis Cluster (from which the whole
+/// topology is discovered).
+#[derive(Clone)]
+pub(crate) enum Target {
+    Single(ConnectionInfo),
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl Target {
+    /// Every connection target, so credentials apply to all nodes alike.
+    fn infos_mut(&mut self) -> &mut [ConnectionInfo] {
+        match self {
+            Target::Single(info) => std::slice::from_mut(info),
+            Target::Cluster(nodes) => nodes,
+        }
+    }
+
+    fn first(&self) -> Option<&ConnectionInfo> {
+        match self {
+            Target::Single(info) => Some(info),
+            Target::Cluster(nodes) => nodes.first(),
+        }
+    }
 }
 
 /// Settings of the health monitor, kept inside [`Config`].
@@ -110,6 +135,12 @@ impl Config {
         self.redis.is_none()
     }
 
+    /// Whether Redis is a Redis Cluster (seed nodes given with
+    /// [`ConfigBuilder::redis_cluster`] or `REDIS_CLUSTER_NODES`).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.redis, Some(Target::Cluster(_)))
+    }
+
     /// The key prefix every Redis key starts with. Default: `tierkit`.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -141,20 +172,33 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Config");
         match &self.redis {
-            None => d.field("redis", &"embedded (none)"),
-            Some(info) => {
-                let settings = info.redis_settings();
-                d.field("redis", &info.addr().to_string())
-                    .field("db", &settings.db())
-                    .field("username", &settings.username())
-                    .field(
-                        "password",
-                        &if settings.password().is_some() {
-                            "<redacted>"
-                        } else {
-                            "not set"
-                        },
-                    )
+            None => {
+                d.field("redis", &"embedded (none)");
+            }
+            Some(target) => {
+                match target {
+                    Target::Single(info) => d.field("redis", &info.addr().to_string()),
+                    Target::Cluster(nodes) => d.field(
+                        "redis_cluster",
+                        &nodes
+                            .iter()
+                            .map(|n| n.addr().to_string())
+                            .collect::<Vec<_>>(),
+                    ),
+                };
+                if let Some(info) = target.first() {
+                    let settings = info.redis_settings();
+                    d.field("db", &settings.db())
+                        .field("username", &settings.username())
+                        .field(
+                            "password",
+                            &if settings.password().is_some() {
+                                "<redacted>"
+                            } else {
+                                "not set"
+                            },
+                        );
+                }
             }
         };
         d.field("prefix", &self.prefix)
@@ -214,7 +258,36 @@ impl ConfigBuilder {
     /// for TLS when redis-rs is built with TLS). Default: none (embedded mode).
     pub fn redis_url(mut self, url: impl AsRef<str>) -> Self {
         match parse_url(url.as_ref(), "redis_url") {
-            Ok(info) => self.config.redis = Some(info),
+            Ok(info) => self.config.redis = Some(Target::Single(info)),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Use the Redis Cluster reached through these seed nodes, each `host:port` or a URL as
+    /// in [`redis_url`](Self::redis_url). The whole topology (every primary and replica) is
+    /// discovered from whichever seed answers, so two or three seeds are enough. Credentials
+    /// and TLS are those of the first node (or set with [`redis_username`](Self::redis_username)
+    /// and [`redis_password`](Self::redis_password)) and apply to every node; a cluster has
+    /// only database 0. Default: none (embedded mode).
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder()
+    ///     .redis_cluster(["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"])
+    ///     .build()?;
+    /// assert!(config.is_cluster());
+    ///
+    /// let err = tierkit::Config::builder().redis_cluster(["127.0.0.1"]).build().unwrap_err();
+    /// assert!(err.to_string().contains("host:port"));
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn redis_cluster<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        match parse_nodes(nodes, "redis_cluster") {
+            Ok(nodes) => self.config.redis = Some(Target::Cluster(nodes)),
             Err(e) => self.fail(e),
         }
         self
@@ -234,48 +307,73 @@ impl ConfigBuilder {
             .config
             .redis
             .as_ref()
+            .and_then(Target::first)
             .map(|i| i.redis_settings().clone())
             .unwrap_or_default();
         match tcp_info("redis_host", host, port, settings) {
-            Ok(info) => self.config.redis = Some(info),
+            Ok(info) => self.config.redis = Some(Target::Single(info)),
             Err(e) => self.fail(e),
         }
         self
     }
 
-    /// The Redis password (overrides one in the URL). Needs a Redis target set first.
-    /// Default: none.
-    pub fn redis_password(mut self, password: impl AsRef<str>) -> Self {
-        match self.config.redis.take() {
-            Some(info) => {
-                let settings = info.redis_settings().clone().set_password(password);
-                self.config.redis = Some(info.set_redis_settings(settings));
-            }
-            None => self.fail(Error::config(
-                "redis_password",
-                "set without a Redis target; call redis_url or redis_host first",
-            )),
-        }
-        self
+    /// The Redis password (overrides one in the URL), for every node of a cluster. Needs a
+    /// Redis target set first. Default: none.
+    pub fn redis_password(self, password: impl AsRef<str>) -> Self {
+        let password = password.as_ref();
+        self.with_settings("redis_password", |s| s.set_password(password))
     }
 
-    /// The Redis logical database. Needs a Redis target set first. Default: 0.
+    /// The Redis ACL user name (overrides one in the URL), for every node of a cluster. Needs
+    /// a Redis target set first. Default: none (the `default` user).
+    pub fn redis_username(mut self, username: impl AsRef<str>) -> Self {
+        let username = username.as_ref();
+        if username.trim().is_empty() {
+            self.fail(Error::config(
+                "redis_username",
+                "is empty; give an ACL user name",
+            ));
+            return self;
+        }
+        self.with_settings("redis_username", |s| s.set_username(username))
+    }
+
+    /// The Redis logical database. Needs a single-server target set first (a cluster has only
+    /// database 0). Default: 0.
     pub fn redis_db(mut self, db: i64) -> Self {
-        match self.config.redis.take() {
-            Some(info) if db >= 0 => {
-                let settings = info.redis_settings().clone().set_db(db);
-                self.config.redis = Some(info.set_redis_settings(settings));
-            }
-            Some(info) => {
-                self.config.redis = Some(info);
-                self.fail(Error::config(
-                    "redis_db",
-                    format!("{db} is negative; use 0 or more"),
-                ));
+        if db < 0 {
+            self.fail(Error::config(
+                "redis_db",
+                format!("{db} is negative; use 0 or more"),
+            ));
+            return self;
+        }
+        if db != 0 && self.config.is_cluster() {
+            self.fail(Error::config(
+                "redis_db",
+                format!("{db} given for a Redis Cluster, which has only database 0"),
+            ));
+            return self;
+        }
+        self.with_settings("redis_db", |s| s.set_db(db))
+    }
+
+    /// Applies `f` to the settings of every node, or records that there is no target yet.
+    fn with_settings(
+        mut self,
+        field: &str,
+        f: impl Fn(RedisConnectionInfo) -> RedisConnectionInfo,
+    ) -> Self {
+        match self.config.redis.as_mut() {
+            Some(target) => {
+                for info in target.infos_mut() {
+                    let settings = f(info.redis_settings().clone());
+                    *info = info.clone().set_redis_settings(settings);
+                }
             }
             None => self.fail(Error::config(
-                "redis_db",
-                "set without a Redis target; call redis_url or redis_host first",
+                field,
+                "set without a Redis target; call redis_url, redis_host or redis_cluster first",
             )),
         }
         self
@@ -359,29 +457,44 @@ impl ConfigBuilder {
     ///
     /// | variable | meaning |
     /// |---|---|
+    /// | `REDIS_CLUSTER_NODES` | `host:port,host:port,...`: seed nodes of a Redis Cluster; selects cluster mode |
     /// | `REDIS_URL` | Redis URL; wins over the `REDIS_HOST` group |
-    /// | `REDIS_HOST`, `REDIS_PORT` (6379), `REDIS_PASSWORD`, `REDIS_DB` (0) | Redis by parts |
+    /// | `REDIS_HOST`, `REDIS_PORT` (6379), `REDIS_DB` (0) | Redis by parts |
+    /// | `REDIS_USERNAME`, `REDIS_PASSWORD` | ACL user and password, for every node (override the URL's) |
     /// | `TIERKIT_PREFIX` | key prefix |
     /// | `TIERKIT_OP_TIMEOUT_MS` | per-operation timeout in milliseconds |
     ///
-    /// Empty values count as unset. With neither `REDIS_URL` nor `REDIS_HOST` the builder stays
+    /// Empty values count as unset. With none of `REDIS_CLUSTER_NODES`, `REDIS_URL` and
+    /// `REDIS_HOST` the builder stays
     /// as it was (embedded unless a Redis target was set in code).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming the variable, e.g. a `REDIS_PORT` that is not a port number, or
-    /// `REDIS_PASSWORD` set without `REDIS_HOST`/`REDIS_URL`.
+    /// `REDIS_PASSWORD` set without a Redis target, or `REDIS_CLUSTER_NODES` set together with
+    /// `REDIS_URL`.
     pub fn env(self) -> Result<Self> {
         self.env_from(|name| std::env::var(name).ok())
     }
 
     pub(crate) fn env_from(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        if let Some(url) = var("REDIS_URL") {
-            self.config.redis = Some(parse_url(&url, "REDIS_URL")?);
-            if let Some(pw) = var("REDIS_PASSWORD") {
-                self = self.redis_password(pw);
+        if let Some(nodes) = var("REDIS_CLUSTER_NODES") {
+            for other in ["REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_DB"] {
+                if var(other).is_some() {
+                    return Err(Error::config(
+                        other,
+                        "is set together with REDIS_CLUSTER_NODES; a cluster is reached \
+                         through its seed nodes alone (and has only database 0)",
+                    ));
+                }
             }
+            self.config.redis = Some(Target::Cluster(parse_nodes(
+                nodes.split(',').filter(|n| !n.trim().is_empty()),
+                "REDIS_CLUSTER_NODES",
+            )?));
+        } else if let Some(url) = var("REDIS_URL") {
+            self.config.redis = Some(Target::Single(parse_url(&url, "REDIS_URL")?));
         } else if let Some(host) = var("REDIS_HOST") {
             let port = match var("REDIS_PORT") {
                 None => 6379,
@@ -398,9 +511,6 @@ impl ConfigBuilder {
                     })?,
             };
             let mut settings = RedisConnectionInfo::default();
-            if let Some(pw) = var("REDIS_PASSWORD") {
-                settings = settings.set_password(pw);
-            }
             if let Some(db) = var("REDIS_DB") {
                 let db = db
                     .trim()
@@ -415,21 +525,31 @@ impl ConfigBuilder {
                     })?;
                 settings = settings.set_db(db);
             }
-            self.config.redis = Some(tcp_info(
+            self.config.redis = Some(Target::Single(tcp_info(
                 "REDIS_HOST",
                 host.trim().to_owned(),
                 port,
                 settings,
-            )?);
+            )?));
         } else {
-            for orphan in ["REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB"] {
+            for orphan in ["REDIS_PORT", "REDIS_PASSWORD", "REDIS_USERNAME", "REDIS_DB"] {
                 if var(orphan).is_some() {
                     return Err(Error::config(
                         orphan,
-                        "is set but neither REDIS_HOST nor REDIS_URL is; set one of them",
+                        "is set but none of REDIS_URL, REDIS_HOST and REDIS_CLUSTER_NODES is; \
+                         set one of them",
                     ));
                 }
             }
+        }
+        if let Some(user) = var("REDIS_USERNAME") {
+            self = self.redis_username(user);
+        }
+        if let Some(pw) = var("REDIS_PASSWORD") {
+            self = self.redis_password(pw);
+        }
+        if let Some(err) = self.error.take() {
+            return Err(err);
         }
         if let Some(prefix) = var("TIERKIT_PREFIX") {
             validate_prefix(&prefix).map_err(|p| Error::config("TIERKIT_PREFIX", p))?;
@@ -510,6 +630,57 @@ fn parse_url(url: &str, field: &str) -> Result<ConnectionInfo> {
     })
 }
 
+/// Seed nodes of a cluster: each `host:port` or a URL; at least one; one set of credentials
+/// and database 0, since the cluster client uses the same for every node.
+fn parse_nodes<I>(nodes: I, field: &str) -> Result<Vec<ConnectionInfo>>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let mut parsed = Vec::new();
+    for node in nodes {
+        let node = node.as_ref().trim();
+        let info = if node.contains("://") {
+            parse_url(node, field)?
+        } else {
+            let (host, port) = node
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok().filter(|p| *p != 0)?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| {
+                    Error::config(
+                        field,
+                        format!("{node:?} is not a node address; expected host:port or a URL"),
+                    )
+                })?;
+            tcp_info(field, host.to_owned(), port, RedisConnectionInfo::default())?
+        };
+        if info.redis_settings().db() != 0 {
+            return Err(Error::config(
+                field,
+                format!("{node:?} names a database; a Redis Cluster has only database 0"),
+            ));
+        }
+        if let Some(first) = parsed.first().map(ConnectionInfo::redis_settings) {
+            let settings = info.redis_settings();
+            if first.username() != settings.username() || first.password() != settings.password() {
+                return Err(Error::config(
+                    field,
+                    "nodes carry different credentials; give them once for all nodes",
+                ));
+            }
+        }
+        parsed.push(info);
+    }
+    if parsed.is_empty() {
+        return Err(Error::config(
+            field,
+            "lists no nodes; give at least one host:port",
+        ));
+    }
+    Ok(parsed)
+}
+
 fn tcp_info(
     field: &str,
     host: String,
@@ -579,7 +750,7 @@ mod tests {
             ("REDIS_HOST", "ignored"),
         ])
         .unwrap();
-        let info = c.redis.as_ref().unwrap();
+        let info = c.redis.as_ref().and_then(Target::first).unwrap();
         assert_eq!(info.addr().to_string(), "10.0.0.1:6390");
         assert_eq!(info.redis_settings().db(), 3);
         let dbg = format!("{c:?}");
@@ -598,13 +769,67 @@ mod tests {
             ("TIERKIT_OP_TIMEOUT_MS", "40"),
         ])
         .unwrap();
-        let info = c.redis.as_ref().unwrap();
+        let info = c.redis.as_ref().and_then(Target::first).unwrap();
         assert_eq!(info.addr().to_string(), "cache.internal:6390");
         assert_eq!(info.redis_settings().password(), Some("pw"));
         assert_eq!(info.redis_settings().db(), 4);
         assert_eq!(c.prefix(), "svc");
         assert_eq!(c.op_timeout(), Duration::from_millis(40));
         assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn cluster_nodes_select_cluster_mode_with_shared_credentials() {
+        let c = from(&[
+            (
+                "REDIS_CLUSTER_NODES",
+                "10.0.0.1:7000, 10.0.0.2:7001,,redis://10.0.0.3:7002",
+            ),
+            ("REDIS_USERNAME", "svc"),
+            ("REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert!(c.is_cluster());
+        let Some(Target::Cluster(nodes)) = &c.redis else {
+            panic!("not a cluster: {c:?}");
+        };
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:7000", "10.0.0.2:7001", "10.0.0.3:7002"]);
+        assert!(nodes
+            .iter()
+            .all(|n| n.redis_settings().username() == Some("svc")
+                && n.redis_settings().password() == Some("pw")));
+        assert!(!format!("{c:?}").contains("\"pw\""));
+    }
+
+    #[test]
+    fn cluster_settings_that_cannot_hold_are_named() {
+        for (vars, field) in [
+            (vec![("REDIS_CLUSTER_NODES", "h")], "REDIS_CLUSTER_NODES"),
+            (vec![("REDIS_CLUSTER_NODES", "h:0")], "REDIS_CLUSTER_NODES"),
+            (vec![("REDIS_CLUSTER_NODES", ",")], "REDIS_CLUSTER_NODES"),
+            (
+                vec![("REDIS_CLUSTER_NODES", "redis://h:1/2")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "h:1"), ("REDIS_URL", "redis://h")],
+                "REDIS_URL",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "h:1"), ("REDIS_DB", "1")],
+                "REDIS_DB",
+            ),
+            (vec![("REDIS_USERNAME", "u")], "REDIS_USERNAME"),
+        ] {
+            assert_eq!(field_of(from(&vars).unwrap_err()), field, "{vars:?}");
+        }
+        let mixed = Config::builder()
+            .redis_cluster(["redis://:a@h:1", "redis://:b@h:2"])
+            .build();
+        assert_eq!(field_of(mixed.unwrap_err()), "redis_cluster");
+        let db = Config::builder().redis_cluster(["h:1"]).redis_db(2).build();
+        assert_eq!(field_of(db.unwrap_err()), "redis_db");
     }
 
     #[test]

@@ -14,18 +14,32 @@
 //!   `WRONGTYPE` do not.
 //! - Scripts run by `EVALSHA` and are loaded again when the server answers `NOSCRIPT`
 //!   (after a restart or `SCRIPT FLUSH`).
+//!
+//! ## Redis Cluster
+//!
+//! With seed nodes configured ([`ConfigBuilder::redis_cluster`](crate::ConfigBuilder::redis_cluster)
+//! or `REDIS_CLUSTER_NODES`) the same calls go to a cluster: commands and scripts are routed by
+//! the slot of their key and follow `MOVED` after a failover; pipelines spanning several slots
+//! are split per slot and their replies put back in order, so no call fails with `CROSSSLOT`.
+//! The probe reads the topology and PINGs every primary: when some answer and some do not,
+//! the state is `Degraded` and [`HealthStatus::unreachable`](crate::health::HealthStatus::unreachable)
+//! names the nodes and their slots; calls keep going to the primaries that answer, and those
+//! for keys on a lost primary fail after `op_timeout` until its replica takes over. Only the
+//! probe moves a cluster to `Down` (no primary answers): one failed call speaks for one shard.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use redis::{Cmd, FromRedisValue, Pipeline, ScriptInvocation};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
 use tokio::sync::oneshot;
 
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::error::{Error, Result};
 use crate::health::Health;
+
+mod cluster;
 
 /// A handle to the Redis connection. Cheap to clone; all clones share one multiplexed
 /// connection and one health monitor.
@@ -49,8 +63,7 @@ use crate::health::Health;
 pub struct Conn(Arc<Inner>);
 
 struct Inner {
-    client: redis::Client,
-    manager: ConnectionManager,
+    link: Link,
     op_timeout: Duration,
     health: Health,
     // Dropping the last handle drops this sender, which ends the probe task.
@@ -68,25 +81,32 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     /// Builds the handle and starts the health probe. Never connects in the foreground.
-    pub(crate) fn start(config: &Config, info: redis::ConnectionInfo) -> Result<Self> {
+    pub(crate) fn start(config: &Config, target: &Target) -> Result<Self> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
         }
-        let client = redis::Client::open(info)?;
-        // One attempt per reconnect: the probe drives retries at its own interval, so redis-rs's
-        // own backoff (up to seconds) must not delay noticing that Redis is back. The response
-        // timeout is ours (op_timeout around every call), so redis-rs's is switched off: its
-        // timer machinery costs throughput and would duplicate ours.
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(None);
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+        let link = match target {
+            Target::Single(info) => {
+                let client = redis::Client::open(info.clone())?;
+                // One attempt per reconnect: the probe drives retries at its own interval, so
+                // redis-rs's own backoff (up to seconds) must not delay noticing that Redis is
+                // back. The response timeout is ours (op_timeout around every call), so
+                // redis-rs's is switched off: its timer machinery costs throughput and would
+                // duplicate ours.
+                let manager_config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(config.connect_timeout))
+                    .set_response_timeout(None);
+                let manager =
+                    ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
+                Link::Single { client, manager }
+            }
+            Target::Cluster(seeds) => Link::Cluster(cluster::Cluster::start(config, seeds)?),
+        };
         let health = Health::new(config.health.clone(), config.op_timeout);
         let (stop_tx, stop_rx) = oneshot::channel();
         let conn = Conn(Arc::new(Inner {
-            client,
-            manager,
+            link,
             op_timeout: config.op_timeout,
             health,
             _stop_probe: stop_tx,
@@ -100,9 +120,70 @@ impl Conn {
         &self.0.health
     }
 
-    /// The client the connection was made from, for connections of another kind (pub/sub).
-    pub(crate) fn client(&self) -> &redis::Client {
-        &self.0.client
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.0.link, Link::Cluster(_))
+    }
+
+    /// Clients for pub/sub connections, to be tried in turn: the server, or the cluster's seed
+    /// nodes (a cluster delivers every `PUBLISH` to subscribers on all nodes).
+    pub(crate) fn pubsub_clients(&self) -> Vec<redis::Client> {
+        match &self.0.link {
+            Link::Single { client, .. } => vec![client.clone()],
+            Link::Cluster(cluster) => cluster.pubsub_clients(),
+        }
+    }
+
+    /// The nodes that hold keys: the server, or every primary of a cluster. `SCAN`, `DBSIZE`
+    /// and `INFO` answer for one node's keyspace, so they go to each of these with
+    /// [`query_node`](Self::query_node).
+    pub(crate) async fn nodes(&self) -> Result<Vec<Node>> {
+        match &self.0.link {
+            Link::Single { .. } => Ok(vec![Node(None)]),
+            Link::Cluster(cluster) => {
+                if self.0.health.is_down() {
+                    return Err(Error::Unavailable);
+                }
+                let shards = tokio::time::timeout(self.0.op_timeout, cluster.primaries())
+                    .await
+                    .map_err(|_| Error::Timeout(self.0.op_timeout))??;
+                Ok(shards.iter().map(|s| Node(Some(s.addr()))).collect())
+            }
+        }
+    }
+
+    /// Sends one command to one node from [`nodes`](Self::nodes).
+    pub(crate) async fn query_node<T: FromRedisValue>(&self, node: &Node, cmd: &Cmd) -> Result<T> {
+        match (&self.0.link, &node.0) {
+            (Link::Cluster(cluster), Some(addr)) => {
+                let value = self.run(cluster.query_node(addr, cmd)).await?;
+                redis::from_redis_value(value).map_err(|e| Error::Redis(e.into()))
+            }
+            _ => self.query(cmd).await,
+        }
+    }
+
+    /// Waits until `replicas` replicas acknowledged the writes this connection made to the
+    /// node holding `key` (Redis `WAIT`), or `wait` passes; returns how many did.
+    pub(crate) async fn wait_replicas(
+        &self,
+        key: &str,
+        replicas: u32,
+        wait: Duration,
+    ) -> Result<u32> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas)
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        let reply = match &self.0.link {
+            Link::Single { .. } => return self.query(&cmd).await,
+            Link::Cluster(cluster) => {
+                let mut conn = cluster.connection();
+                let call = async move { conn.query_at(key.as_bytes(), cmd).await };
+                // WAIT itself may take up to `wait`; the op timeout bounds the rest.
+                self.run_for(self.0.op_timeout + wait, call).await?
+            }
+        };
+        redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))
     }
 
     /// The bound on every call.
@@ -117,19 +198,22 @@ impl Conn {
     /// [`Error::Unavailable`] at once while health is `Down`; [`Error::Timeout`] after
     /// `op_timeout`; [`Error::Redis`] for a connection error or an error reply.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
-        let mut manager = self.0.manager.clone();
-        self.run(async move { cmd.query_async(&mut manager).await })
+        let mut link = self.0.link.connection();
+        self.run(async move { cmd.query_async(&mut link).await })
             .await
     }
 
-    /// Sends a pipeline in one round trip (atomic if built with `Pipeline::atomic`).
+    /// Sends a pipeline in one round trip (atomic if built with `Pipeline::atomic`). On a
+    /// cluster, a pipeline whose keys live on several slots is sent as one sub-pipeline per
+    /// slot, concurrently, and the replies come back in order; an atomic pipeline must keep
+    /// its keys on one slot, as with any cluster client.
     ///
     /// # Errors
     ///
     /// As [`query`](Self::query).
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &Pipeline) -> Result<T> {
-        let mut manager = self.0.manager.clone();
-        self.run(async move { pipe.query_async(&mut manager).await })
+        let mut link = self.0.link.connection();
+        self.run(async move { pipe.query_async(&mut link).await })
             .await
     }
 
@@ -149,12 +233,20 @@ impl Conn {
     /// As [`query`](Self::query). The whole exchange, a reload included, is bounded by
     /// `op_timeout`.
     pub async fn invoke<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> Result<T> {
-        let mut manager = self.0.manager.clone();
-        self.run(async move { script.invoke_async(&mut manager).await })
+        let mut link = self.0.link.connection();
+        self.run(async move { script.invoke_async(&mut link).await })
             .await
     }
 
     async fn run<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        self.run_for(self.0.op_timeout, call).await
+    }
+
+    async fn run_for<T>(
+        &self,
+        bound: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
         let health = &self.0.health;
         if health.is_down() {
             crate::metrics::redis_call(crate::metrics::stopwatch(), Some(&Error::Unavailable));
@@ -162,30 +254,87 @@ impl Conn {
         }
         let started = crate::metrics::stopwatch();
         let span = tracing::debug_span!("tierkit.redis");
-        let result = tracing::Instrument::instrument(self.send(call), span).await;
+        let result = tracing::Instrument::instrument(self.send(bound, call), span).await;
         crate::metrics::redis_call(started, result.as_ref().err());
         result
     }
 
-    async fn send<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    async fn send<T>(
+        &self,
+        bound: Duration,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
         let health = &self.0.health;
-        match tokio::time::timeout(self.0.op_timeout, call).await {
+        // On a cluster a failed call speaks for one shard, so only the probe (which asks every
+        // primary) moves the state.
+        let passive = !self.is_cluster();
+        let result = match tokio::time::timeout(bound, call).await {
             Ok(Ok(value)) => {
                 health.record_success();
-                Ok(value)
+                return Ok(value);
             }
-            Ok(Err(e)) => {
-                let err = Error::Redis(e);
-                if err.is_connectivity() {
-                    health.record_failure(&err, false);
-                }
-                Err(err)
-            }
-            Err(_) => {
-                let err = Error::Timeout(self.0.op_timeout);
-                health.record_failure(&err, false);
-                Err(err)
-            }
+            Ok(Err(e)) => Error::Redis(e),
+            Err(_) => Error::Timeout(bound),
+        };
+        if passive && result.is_connectivity() {
+            health.record_failure(&result, false);
+        }
+        Err(result)
+    }
+}
+
+/// A node to send node-local commands to: `None` is the single server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Node(Option<String>);
+
+/// The connection behind a [`Conn`]: one server, or a cluster.
+enum Link {
+    Single {
+        client: redis::Client,
+        manager: ConnectionManager,
+    },
+    Cluster(cluster::Cluster),
+}
+
+impl Link {
+    fn connection(&self) -> LinkConn {
+        match self {
+            Link::Single { manager, .. } => LinkConn::Single(manager.clone()),
+            Link::Cluster(cluster) => LinkConn::Cluster(cluster.connection()),
+        }
+    }
+}
+
+/// A per-call handle to either connection, so commands, pipelines and scripts are written once.
+enum LinkConn {
+    Single(ConnectionManager),
+    Cluster(cluster::SplitConn),
+}
+
+impl ConnectionLike for LinkConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            LinkConn::Single(c) => c.req_packed_command(cmd),
+            LinkConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            LinkConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            LinkConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            LinkConn::Single(c) => c.get_db(),
+            LinkConn::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -204,18 +353,34 @@ async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
             _ = ticker.tick() => {}
         }
         let Some(inner) = conn.upgrade() else { return };
-        let mut manager = inner.manager.clone();
         let health = inner.health.clone();
         let timeout = health.config().probe_timeout;
-        drop(inner);
         let started = Instant::now();
+        let probe = async {
+            match &inner.link {
+                Link::Single { manager, .. } => {
+                    let mut manager = manager.clone();
+                    match ping(&mut manager).await {
+                        Ok(()) => cluster::Probe::Ok(started.elapsed()),
+                        Err(e) => cluster::Probe::Failed(Error::Redis(e)),
+                    }
+                }
+                Link::Cluster(cluster) => cluster.probe().await,
+            }
+        };
         let result = tokio::select! {
             _ = &mut stop => return,
-            r = tokio::time::timeout(timeout, ping(&mut manager)) => r,
+            r = tokio::time::timeout(timeout, probe) => r,
         };
+        // The probe holds the handle only for its own length, so it never keeps tierkit alive.
+        drop(inner);
         match result {
-            Ok(Ok(())) => health.record_probe_ok(started.elapsed()),
-            Ok(Err(e)) => health.record_failure(&Error::Redis(e), true),
+            Ok(cluster::Probe::Ok(latency)) => health.record_probe_ok(latency),
+            Ok(cluster::Probe::Partial {
+                latency,
+                unreachable,
+            }) => health.record_probe_partial(latency, unreachable),
+            Ok(cluster::Probe::Failed(e)) => health.record_failure(&e, true),
             Err(_) => health.record_failure(&Error::Timeout(timeout), true),
         }
     }

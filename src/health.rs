@@ -116,6 +116,32 @@ pub struct HealthStatus {
     pub consecutive_failures: u32,
     /// The last failure seen, if the state is not `Up`.
     pub last_error: Option<String>,
+    /// On a Redis Cluster, the primaries the last probe could not reach and the slots they
+    /// serve (keys there fail until a replica takes over); empty when all answered, and
+    /// always empty on a single server.
+    pub unreachable: Vec<UnreachableShard>,
+}
+
+/// A cluster primary that did not answer the probe, and the part of the keyspace it serves.
+///
+/// # Examples
+///
+/// ```
+/// # fn demo(health: &tierkit::health::Health) {
+/// for shard in &health.status().unreachable {
+///     println!("{} unreachable ({}): slots {:?}", shard.node, shard.error, shard.slots);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UnreachableShard {
+    /// The primary's `host:port`.
+    pub node: String,
+    /// The hash slots it serves (of 0-16383).
+    pub slots: Vec<std::ops::RangeInclusive<u16>>,
+    /// Why the probe failed.
+    pub error: String,
 }
 
 /// Handle to the health monitor of one Redis connection. Cheap to clone.
@@ -174,6 +200,7 @@ struct Machine {
     last_probe: Option<Instant>,
     since: Instant,
     last_error: Option<String>,
+    unreachable: Vec<UnreachableShard>,
 }
 
 impl Machine {
@@ -184,10 +211,16 @@ impl Machine {
             .then(|| self.set(HealthState::Down))
     }
 
-    /// Folds one successful probe in; returns the new observed state if it changed.
-    fn on_probe_ok(&mut self, latency: Duration, cfg: &HealthConfig) -> Option<HealthState> {
+    /// Folds one successful probe in; returns the new observed state if it changed. `partial`
+    /// (some cluster primaries did not answer) counts as slow: Redis answers, but not all of it.
+    fn on_probe_ok(
+        &mut self,
+        latency: Duration,
+        partial: bool,
+        cfg: &HealthConfig,
+    ) -> Option<HealthState> {
         self.latency = Some(latency);
-        let slow = latency > cfg.degraded_latency;
+        let slow = partial || latency > cfg.degraded_latency;
         let target = if slow {
             HealthState::Degraded
         } else {
@@ -239,6 +272,7 @@ impl Health {
             last_probe: None,
             since: Instant::now(),
             last_error: Some("not connected yet".to_owned()),
+            unreachable: Vec::new(),
         };
         let (tx, _) = watch::channel(HealthStatus {
             state: HealthState::Down,
@@ -249,6 +283,7 @@ impl Health {
             since: machine.since,
             consecutive_failures: 0,
             last_error: machine.last_error.clone(),
+            unreachable: Vec::new(),
         });
         Health(Arc::new(Shared {
             cfg,
@@ -355,18 +390,48 @@ impl Health {
         self.0.publish(&m);
     }
 
-    /// Probe: a PING answered after `latency`.
+    /// Probe: a PING answered after `latency` (on a cluster: every primary answered).
     pub(crate) fn record_probe_ok(&self, latency: Duration) {
+        self.record_probe(latency, Vec::new());
+    }
+
+    /// Probe of a cluster: some primaries answered (the slowest after `latency`), these did
+    /// not. The state is `Degraded` until all answer again.
+    pub(crate) fn record_probe_partial(
+        &self,
+        latency: Duration,
+        unreachable: Vec<UnreachableShard>,
+    ) {
+        self.record_probe(latency, unreachable);
+    }
+
+    fn record_probe(&self, latency: Duration, unreachable: Vec<UnreachableShard>) {
         self.0.fails.store(0, Ordering::Relaxed);
         let mut m = self.0.lock();
         m.last_probe = Some(Instant::now());
+        let partial = !unreachable.is_empty();
+        if partial {
+            let nodes: Vec<&str> = unreachable.iter().map(|u| u.node.as_str()).collect();
+            m.last_error = Some(format!(
+                "cluster primaries not answering: {}; their slots fail until a replica takes over",
+                nodes.join(", ")
+            ));
+        }
+        let newly_partial = partial && m.unreachable != unreachable;
+        m.unreachable = unreachable;
+        if newly_partial {
+            tracing::warn!(
+                error = m.last_error.as_deref().unwrap_or_default(),
+                "tierkit: part of the Redis Cluster is unreachable"
+            );
+        }
         let from = m.observed;
-        if let Some(to) = m.on_probe_ok(latency, &self.0.cfg) {
+        if let Some(to) = m.on_probe_ok(latency, partial, &self.0.cfg) {
             crate::metrics::health_transition(from, to);
             if to == HealthState::Up {
                 m.last_error = None;
                 tracing::info!(%from, %to, ?latency, "tierkit: Redis is up");
-            } else {
+            } else if !partial {
                 m.last_error = Some(format!(
                     "PING took {latency:?}, above degraded_latency {:?}",
                     self.0.cfg.degraded_latency
@@ -412,6 +477,7 @@ impl Shared {
             since: m.since,
             consecutive_failures: self.fails.load(Ordering::Relaxed),
             last_error: m.last_error.clone(),
+            unreachable: m.unreachable.clone(),
         };
         self.tx.send_if_modified(|old| {
             let changed = *old != status;

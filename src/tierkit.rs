@@ -55,7 +55,7 @@ impl Tierkit {
     /// called outside a tokio runtime. Embedded mode needs no runtime.
     pub fn new(config: Config) -> Result<Self> {
         let conn = match &config.redis {
-            Some(info) => Some(Conn::start(&config, info.clone())?),
+            Some(target) => Some(Conn::start(&config, target)?),
             None => None,
         };
         let cache = CacheCore::new(&config, conn.as_ref());

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{connected, eventually, RedisServer, TcpProxy};
+use support::{
+    connected, connected_with, eventually, fast_cluster_config, RedisCluster, RedisServer, TcpProxy,
+};
 use tierkit::cache::{Reach, SetOptions, Source};
 use tierkit::health::HealthState;
 use tierkit::{Config, Error, Tierkit};
@@ -31,12 +33,21 @@ fn event(id: u64) -> Event {
 struct Fixture {
     kit: Tierkit,
     server: Option<RedisServer>,
+    /// Held so the shared cluster outlives the test.
+    _cluster: Option<std::sync::Arc<RedisCluster>>,
 }
 
 /// Starts an instance on `url` and waits until Redis is up and the backplane subscribed.
 /// An instance on `url` once Redis is up and its backplane subscribed.
 async fn coherent(url: &str) -> Tierkit {
     let kit = connected(url).await;
+    ready(&kit).await;
+    kit
+}
+
+/// An instance with `config` once Redis is up and its backplane subscribed.
+async fn coherent_with(config: Config) -> Tierkit {
+    let kit = connected_with(config).await;
     ready(&kit).await;
     kit
 }
@@ -62,6 +73,7 @@ impl Fixture {
         Fixture {
             kit: Tierkit::embedded(),
             server: None,
+            _cluster: None,
         }
     }
 
@@ -71,6 +83,18 @@ impl Fixture {
         Fixture {
             kit,
             server: Some(server),
+            _cluster: None,
+        }
+    }
+
+    /// On the shared 3+3 cluster, under a prefix of its own.
+    async fn cluster() -> Fixture {
+        let cluster = RedisCluster::shared();
+        let kit = coherent_with(fast_cluster_config(&cluster)).await;
+        Fixture {
+            kit,
+            server: None,
+            _cluster: Some(cluster),
         }
     }
 }
@@ -375,6 +399,7 @@ macro_rules! suite {
 
 suite!(on_embedded, embedded);
 suite!(on_redis, redis);
+suite!(on_cluster, cluster);
 
 // ---- Redis only -------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{connected, RedisServer};
+use support::{connected, connected_with, fast_cluster_config, RedisCluster, RedisServer};
 use tierkit::health::HealthState;
 use tierkit::session::{DeviceKind, NewSession, Refresh, Sessions, Validation};
 use tierkit::{Error, Tierkit};
@@ -15,6 +15,8 @@ use tierkit::{Error, Tierkit};
 struct Fixture {
     kit: Tierkit,
     server: Option<RedisServer>,
+    /// Held so the shared cluster outlives the test.
+    _cluster: Option<std::sync::Arc<RedisCluster>>,
 }
 
 impl Fixture {
@@ -22,6 +24,7 @@ impl Fixture {
         Fixture {
             kit: Tierkit::embedded(),
             server: None,
+            _cluster: None,
         }
     }
 
@@ -31,6 +34,18 @@ impl Fixture {
         Fixture {
             kit,
             server: Some(server),
+            _cluster: None,
+        }
+    }
+
+    /// On the shared 3+3 cluster, under a prefix of its own.
+    async fn cluster() -> Fixture {
+        let cluster = RedisCluster::shared();
+        let kit = connected_with(fast_cluster_config(&cluster)).await;
+        Fixture {
+            kit,
+            server: None,
+            _cluster: Some(cluster),
         }
     }
 
@@ -316,6 +331,7 @@ macro_rules! suite {
 
 suite!(on_memory, memory);
 suite!(on_redis, redis);
+suite!(on_cluster, cluster);
 
 // ---- Redis only -------------------------------------------------------------------------
 

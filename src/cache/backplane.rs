@@ -54,7 +54,8 @@ const RETRY: Duration = Duration::from_millis(100);
 
 pub(crate) struct Listener {
     pub(crate) core: Weak<CacheCore>,
-    pub(crate) client: redis::Client,
+    /// Tried in turn until one subscribes: the server, or the seed nodes of a cluster.
+    pub(crate) clients: Vec<redis::Client>,
     pub(crate) health: Health,
     pub(crate) channel: String,
     pub(crate) connect_timeout: Duration,
@@ -131,7 +132,18 @@ impl Listener {
     }
 
     async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
-        let mut pubsub = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub())
+        let mut last = "no node to subscribe on".to_owned();
+        for client in &self.clients {
+            match self.subscribe_on(client).await {
+                Ok(pubsub) => return Ok(pubsub),
+                Err(why) => last = why,
+            }
+        }
+        Err(last)
+    }
+
+    async fn subscribe_on(&self, client: &redis::Client) -> Result<redis::aio::PubSub, String> {
+        let mut pubsub = tokio::time::timeout(self.connect_timeout, client.get_async_pubsub())
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;

@@ -989,47 +989,58 @@ where
         let Some(conn) = self.kit.conn() else {
             return Ok((Reach::AllTiers, 0));
         };
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(glob)
-                .arg("COUNT")
-                .arg(SCAN_COUNT);
-            let (next, mut keys): (u64, Vec<Vec<u8>>) = match conn.query(&scan).await {
-                Ok(page) => page,
-                Err(e) => {
-                    count_l2_failure(&self.ns.counters, &e);
-                    return Ok((Reach::L1Only, removed));
-                }
-            };
-            if let Some(pattern) = filter {
-                let prefix = self.ns.key_prefix.as_bytes();
-                keys.retain(|k| {
-                    k.strip_prefix(prefix)
-                        .and_then(|rest| std::str::from_utf8(rest).ok())
-                        .is_some_and(|rest| pattern.matches(rest))
-                });
+        // A cluster keeps each key on one primary: every primary's keyspace is walked.
+        let nodes = match conn.nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                count_l2_failure(&self.ns.counters, &e);
+                return Ok((Reach::L1Only, 0));
             }
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("UNLINK").arg(key);
-                }
-                match conn.pipeline::<Vec<u64>>(&pipe).await {
-                    Ok(counts) => removed += counts.iter().sum::<u64>(),
+        };
+        let mut removed = 0;
+        for node in &nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(glob)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, mut keys): (u64, Vec<Vec<u8>>) = match conn.query_node(node, &scan).await
+                {
+                    Ok(page) => page,
                     Err(e) => {
                         count_l2_failure(&self.ns.counters, &e);
                         return Ok((Reach::L1Only, removed));
                     }
+                };
+                if let Some(pattern) = filter {
+                    let prefix = self.ns.key_prefix.as_bytes();
+                    keys.retain(|k| {
+                        k.strip_prefix(prefix)
+                            .and_then(|rest| std::str::from_utf8(rest).ok())
+                            .is_some_and(|rest| pattern.matches(rest))
+                    });
                 }
+                if !keys.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for key in &keys {
+                        pipe.cmd("UNLINK").arg(key);
+                    }
+                    match conn.pipeline::<Vec<u64>>(&pipe).await {
+                        Ok(counts) => removed += counts.iter().sum::<u64>(),
+                        Err(e) => {
+                            count_l2_failure(&self.ns.counters, &e);
+                            return Ok((Reach::L1Only, removed));
+                        }
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
         let reach = self.to_l2(redis::pipe(), op).await?;
         Ok((reach, removed))

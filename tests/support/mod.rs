@@ -10,6 +10,7 @@
 // Each test target compiles this module on its own and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod http;
 pub mod proxy;
 pub mod server;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use cluster::RedisCluster;
 pub use proxy::TcpProxy;
 pub use server::RedisServer;
 
@@ -62,27 +64,54 @@ where
     }
 }
 
-/// A configuration for `url` that notices faults fast: 100 ms probes, 100 ms operations,
-/// Down after two failures, Up after one good probe.
-pub fn fast_config(url: &str) -> tierkit::Config {
+/// Settings that notice faults fast: 100 ms probes, 100 ms operations, Down after two
+/// failures, Up after one good probe. No Redis target yet.
+pub fn fast_builder() -> tierkit::ConfigBuilder {
     tierkit::Config::builder()
-        .redis_url(url)
         .probe_interval(Duration::from_millis(100))
         .probe_timeout(Duration::from_millis(80))
         .op_timeout(Duration::from_millis(100))
         .fail_threshold(2)
         .recover_threshold(1)
+}
+
+/// A configuration for `url` that notices faults fast ([`fast_builder`]).
+pub fn fast_config(url: &str) -> tierkit::Config {
+    fast_builder()
+        .redis_url(url)
+        .build()
+        .expect("a valid test configuration")
+}
+
+/// A configuration for a cluster that notices faults fast, under its own key prefix so tests
+/// sharing one cluster keep apart.
+pub fn fast_cluster_config(cluster: &RedisCluster) -> tierkit::Config {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let prefix = format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    fast_builder()
+        .redis_cluster(cluster.seeds())
+        .prefix(prefix)
         .build()
         .expect("a valid test configuration")
 }
 
 /// A tierkit instance on `url` with [`fast_config`], once Redis is up.
 pub async fn connected(url: &str) -> tierkit::Tierkit {
-    let kit = tierkit::Tierkit::new(fast_config(url)).expect("tierkit starts");
+    connected_with(fast_config(url)).await
+}
+
+/// A tierkit instance with `config`, once Redis is up.
+pub async fn connected_with(config: tierkit::Config) -> tierkit::Tierkit {
+    let kit = tierkit::Tierkit::new(config).expect("tierkit starts");
     let health = kit.health().expect("Redis is configured");
     assert!(
         health
-            .wait_for(tierkit::health::HealthState::Up, Duration::from_secs(5))
+            .wait_for(tierkit::health::HealthState::Up, Duration::from_secs(10))
             .await,
         "Redis never came up: {:?}",
         health.status()

@@ -379,7 +379,7 @@ impl std::fmt::Debug for RedisServer {
 }
 
 /// A loopback port that was free a moment ago (bind :0, read, drop); never 6379.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let listener =
             TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
