@@ -365,7 +365,7 @@ async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
                         Err(e) => cluster::Probe::Failed(Error::Redis(e)),
                     }
                 }
-                Link::Cluster(cluster) => cluster.probe().await,
+                Link::Cluster(cluster) => cluster.probe(timeout).await,
             }
         };
         let result = tokio::select! {

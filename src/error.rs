@@ -75,6 +75,17 @@ pub enum Error {
         /// The configured maximum in bytes.
         max: usize,
     },
+
+    /// A write reached the primary but fewer replicas than required acknowledged it in time
+    /// (see [`SessionsBuilder::replicated_writes`](crate::session::SessionsBuilder::replicated_writes)):
+    /// a failover now could lose it, so it is reported as not done.
+    #[error("write acknowledged by {acknowledged} of {required} required replicas in time; a failover could lose it")]
+    NotReplicated {
+        /// Replicas that acknowledged the write.
+        acknowledged: u32,
+        /// Replicas required.
+        required: u32,
+    },
 }
 
 /// Why stored bytes could not be decoded.

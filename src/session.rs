@@ -317,6 +317,8 @@ pub(crate) struct SessionConfig {
     pub(crate) staleness: Duration,
     pub(crate) sweep_interval: Duration,
     pub(crate) sweep_batch: usize,
+    /// Replicas that must acknowledge each write (Redis `WAIT`), and how long to wait.
+    pub(crate) replicated: Option<(u32, Duration)>,
 }
 
 /// Configures a [`Sessions`] store; get one from [`Tierkit::sessions`](crate::Tierkit::sessions).
@@ -339,6 +341,7 @@ impl SessionsBuilder {
                 staleness: Duration::from_secs(30),
                 sweep_interval: Duration::from_secs(60),
                 sweep_batch: 100,
+                replicated: None,
             },
         }
     }
@@ -381,12 +384,36 @@ impl SessionsBuilder {
         self
     }
 
+    /// Makes every session write (create, refresh, revoke, touch) wait until `replicas`
+    /// replicas of the primary holding the session acknowledged it (Redis `WAIT`), for up to
+    /// `wait`. A write fewer replicas took in time returns [`Error::NotReplicated`]: it is on
+    /// the primary, but a failover before replication could lose it, so treat it as not done.
+    /// With this set, a session write that returned `Ok` survives the promotion of any replica
+    /// that acknowledged it. Costs one more round trip (plus replication) per write; reads are
+    /// unchanged. Applies to the session's own keys; the global analytics counts are not
+    /// waited for. Default: off (a write is acknowledged once the primary has it).
+    ///
+    /// ```no_run
+    /// # fn demo(kit: tierkit::Tierkit) -> tierkit::Result<()> {
+    /// use std::time::Duration;
+    /// let sessions = kit
+    ///     .sessions()
+    ///     .replicated_writes(1, Duration::from_millis(50))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicated_writes(mut self, replicas: u32, wait: Duration) -> Self {
+        self.cfg.replicated = Some((replicas, wait));
+        self
+    }
+
     /// Validates and builds the store.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a zero duration, an idle timeout above the maximum lifetime, or a
-    /// zero sweep batch.
+    /// [`Error::Config`] for a zero duration, an idle timeout above the maximum lifetime, a
+    /// zero sweep batch, or [`replicated_writes`](Self::replicated_writes) asking for zero
+    /// replicas or no time.
     pub fn build(self) -> Result<Sessions> {
         let c = &self.cfg;
         for (field, d) in [
@@ -409,12 +436,28 @@ impl SessionsBuilder {
         if c.sweep_batch == 0 {
             return Err(Error::config("sweep", "visits zero users; use 1 or more"));
         }
+        match c.replicated {
+            Some((0, _)) => {
+                return Err(Error::config(
+                    "replicated_writes",
+                    "asks for zero replicas; use 1 or more, or leave it off",
+                ))
+            }
+            Some((_, wait)) if wait.is_zero() => {
+                return Err(Error::config(
+                    "replicated_writes",
+                    "waits zero time; give a positive duration",
+                ))
+            }
+            _ => {}
+        }
         let store = match self.kit.conn() {
             Some(conn) => Store::Redis(RedisStore {
                 conn: conn.clone(),
                 codec: self.kit.codec().clone(),
                 prefix: self.kit.config().prefix().to_owned(),
                 owed: std::sync::Mutex::new(Vec::new()),
+                replicated: self.cfg.replicated,
             }),
             None => Store::Memory(MemoryStore::default()),
         };

@@ -16,7 +16,7 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
+use futures_util::future::{join_all, select_ok};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -118,7 +118,7 @@ impl Cluster {
         if !known.is_empty() {
             return Ok(known);
         }
-        self.refresh().await
+        self.refresh(self.connect_timeout).await
     }
 
     /// Sends `cmd` to the node at `addr` over this module's own connection to it.
@@ -131,8 +131,9 @@ impl Cluster {
         result
     }
 
-    /// Fetches the topology from the first node that answers (known primaries, then seeds).
-    async fn refresh(&self) -> Result<Arc<Vec<Shard>>> {
+    /// Fetches the topology from the first node that answers, asking the known primaries and
+    /// the seeds at once so one hung node costs nothing. Each is given `wait`.
+    async fn refresh(&self, wait: Duration) -> Result<Arc<Vec<Shard>>> {
         let known = self.shards_lock().clone();
         let mut candidates: Vec<String> = known.iter().map(Shard::addr).collect();
         for seed in &self.seeds {
@@ -142,68 +143,79 @@ impl Cluster {
                 }
             }
         }
-        let mut last = None;
-        for addr in candidates {
-            match self
-                .query_node(&addr, redis::cmd("CLUSTER").arg("SLOTS"))
-                .await
-            {
-                Ok(reply) => match parse_slots(reply) {
-                    Some(shards) if !shards.is_empty() => {
-                        let shards = Arc::new(shards);
-                        *self.shards_lock() = shards.clone();
-                        return Ok(shards);
-                    }
-                    _ => last = Some(Error::Redis(invalid("CLUSTER SLOTS listed no primary"))),
-                },
-                Err(e) => last = Some(Error::Redis(e)),
+        let asks = candidates.into_iter().map(|addr| {
+            Box::pin(async move {
+                let cmd = redis::cmd("CLUSTER").arg("SLOTS").to_owned();
+                let reply = tokio::time::timeout(wait, self.query_node(&addr, &cmd))
+                    .await
+                    .map_err(|_| Error::Timeout(wait))??;
+                parse_slots(reply)
+                    .filter(|shards| !shards.is_empty())
+                    .ok_or_else(|| Error::Redis(invalid("CLUSTER SLOTS listed no primary")))
+            })
+        });
+        match select_ok(asks).await {
+            Ok((shards, _)) => {
+                let shards = Arc::new(shards);
+                *self.shards_lock() = shards.clone();
+                Ok(shards)
             }
+            Err(e) => Err(e),
         }
-        Err(last.unwrap_or(Error::Unavailable))
     }
 
-    /// Reads the topology, then PINGs every primary at once.
-    pub(crate) async fn probe(&self) -> Probe {
-        let shards = match self.refresh().await {
+    /// Reads the topology, then PINGs every primary at once; takes at most `budget`, however
+    /// many nodes hang.
+    pub(crate) async fn probe(&self, budget: Duration) -> Probe {
+        let step = budget / 2;
+        let shards = match self.refresh(step).await {
             Ok(shards) => shards,
             Err(e) => return Probe::Failed(e),
         };
         let pings = shards.iter().map(|shard| async move {
             let started = Instant::now();
-            let result = self.query_node(&shard.addr(), &redis::cmd("PING")).await;
-            (shard, result.map(|_| started.elapsed()))
+            let (addr, cmd) = (shard.addr(), redis::cmd("PING"));
+            let result = match tokio::time::timeout(step, self.query_node(&addr, &cmd)).await {
+                Ok(Ok(_)) => Ok(started.elapsed()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer within {step:?}")),
+            };
+            (shard, result)
         });
         let mut latency = Duration::ZERO;
         let mut unreachable = Vec::new();
-        let mut last_error = None;
         for (shard, result) in join_all(pings).await {
             match result {
                 Ok(took) => latency = latency.max(took),
-                Err(e) => {
-                    unreachable.push(UnreachableShard {
-                        node: shard.addr(),
-                        slots: shard.slots.clone(),
-                        error: e.to_string(),
-                    });
-                    last_error = Some(e);
-                }
+                Err(error) => unreachable.push(UnreachableShard {
+                    node: shard.addr(),
+                    slots: shard.slots.clone(),
+                    error,
+                }),
             }
         }
-        match (unreachable.len(), last_error) {
-            (0, _) => Probe::Ok(latency),
-            (n, Some(e)) if n == shards.len() => Probe::Failed(Error::Redis(e)),
-            _ => Probe::Partial {
+        if unreachable.is_empty() {
+            Probe::Ok(latency)
+        } else if unreachable.len() == shards.len() {
+            let errors: Vec<String> = unreachable.into_iter().map(|u| u.error).collect();
+            Probe::Failed(Error::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "no cluster primary answered",
+                errors.join("; "),
+            ))))
+        } else {
+            Probe::Partial {
                 latency,
                 unreachable,
-            },
+            }
         }
     }
 
     async fn node(&self, addr: &str) -> redis::RedisResult<MultiplexedConnection> {
-        let mut nodes = self.nodes.lock().await;
-        if let Some(conn) = nodes.get(addr) {
+        if let Some(conn) = self.nodes.lock().await.get(addr) {
             return Ok(conn.clone());
         }
+        // Connected without the lock held: a node that hangs must not stall the others.
         let (host, port) = addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
@@ -228,8 +240,8 @@ impl Cluster {
         let conn = redis::Client::open(info)?
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        nodes.insert(addr.to_owned(), conn.clone());
-        Ok(conn)
+        let mut nodes = self.nodes.lock().await;
+        Ok(nodes.entry(addr.to_owned()).or_insert(conn).clone())
     }
 
     fn shards_lock(&self) -> MutexGuard<'_, Arc<Vec<Shard>>> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::record::{now_ms, Millis, Record};
 use crate::codec::Codec;
 use crate::conn::Conn;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Where sessions live.
 pub(crate) enum Store {
@@ -173,6 +173,8 @@ pub(crate) struct RedisStore {
     /// Count adjustments Redis did not take yet (device kinds of sessions taken off an index):
     /// a session removal that succeeded is never reported failed over its counts.
     pub(crate) owed: std::sync::Mutex<Vec<String>>,
+    /// Replicas that must acknowledge each write, and for how long to wait.
+    pub(crate) replicated: Option<(u32, Duration)>,
 }
 
 /// Deletes a session and takes it off its user's index, in one step on the user's slot.
@@ -265,7 +267,24 @@ impl RedisStore {
             .arg(format!("device:{kind}"))
             .arg(1)
             .ignore();
-        self.conn.pipeline::<()>(&pipe).await
+        self.conn.pipeline::<()>(&pipe).await?;
+        self.replicated(&key).await
+    }
+
+    /// With replicated writes on, waits until enough replicas of the primary holding `key`
+    /// took what this connection wrote there.
+    async fn replicated(&self, key: &str) -> Result<()> {
+        let Some((required, wait)) = self.replicated else {
+            return Ok(());
+        };
+        let acknowledged = self.conn.wait_replicas(key, required, wait).await?;
+        if acknowledged < required {
+            return Err(Error::NotReplicated {
+                acknowledged,
+                required,
+            });
+        }
+        Ok(())
     }
 
     fn decode(&self, blob: Option<Vec<u8>>) -> Result<Option<Record>> {
@@ -305,18 +324,25 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<bool> {
         let blob = self.codec.encode(rec)?;
-        let mut inv = CAS.key(self.session_key(tag, hash));
+        let key = self.session_key(tag, hash);
+        let mut inv = CAS.key(&key);
         inv.arg(expected).arg(rec.version).arg(blob).arg(px(ttl));
-        Ok(self.conn.invoke::<i64>(&inv).await? == 1)
+        let written = self.conn.invoke::<i64>(&inv).await? == 1;
+        if written {
+            self.replicated(&key).await?;
+        }
+        Ok(written)
     }
 
     async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
-        let mut inv = REMOVE.key(self.session_key(tag, hash));
+        let key = self.session_key(tag, hash);
+        let mut inv = REMOVE.key(&key);
         inv.key(self.index_key(tag, user)).arg(member(hash, kind));
         let removed: i64 = self.conn.invoke(&inv).await?;
         if removed == 1 {
             self.count_off(&[kind]).await;
         }
+        self.replicated(&key).await?;
         Ok(removed == 1)
     }
 
