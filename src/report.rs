@@ -12,7 +12,9 @@
 //! | `degraded` | Redis is slow (`Degraded`), or down for less than `unhealthy_after` (default 5 min): the service still serves, from its in-process tier |
 //! | `unhealthy` | Redis has been down for `unhealthy_after` or more: a load balancer may rotate the instance out |
 //!
-//! `redis.status` is `healthy`, `degraded` (slow), `unhealthy` (down) or `disabled` (embedded).
+//! `redis.status` is `healthy`, `degraded` (slow, or on a cluster some primaries unreachable:
+//! `redis.unreachable` then lists them with their slots), `unhealthy` (down) or `disabled`
+//! (embedded).
 //! A report never waits longer than the op timeout: Redis state and latency come from the
 //! health monitor's last probe, and the key count and memory from one pipelined call that is
 //! skipped while Redis is down.
@@ -23,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cache::CacheStats;
-use crate::health::HealthState;
+use crate::health::{HealthState, UnreachableShard};
 use crate::ratelimit::Tier;
 use crate::session::{SessionStats, Sessions};
 use crate::Tierkit;
@@ -92,6 +94,10 @@ pub struct RedisReport {
     /// The last failure, while not healthy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// On a Redis Cluster, the primaries the probe cannot reach and the slots they serve;
+    /// left out when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<UnreachableShard>,
 }
 
 /// The cache part.
@@ -164,6 +170,10 @@ impl HealthReport {
             forced: status.as_ref().is_some_and(|s| s.forced),
             for_secs: status.as_ref().map(|s| s.since.elapsed().as_secs()),
             last_error: status.as_ref().and_then(|s| s.last_error.clone()),
+            unreachable: status
+                .as_ref()
+                .map(|s| s.unreachable.clone())
+                .unwrap_or_default(),
         };
         // Both Redis reads at once, each skipped while Down and bounded by the op timeout
         // otherwise, so the report as a whole is too.

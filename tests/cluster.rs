@@ -279,8 +279,22 @@ async fn a_hung_primary_degrades_only_its_slots_and_is_named() {
     })
     .await;
     let status = health.status();
+    // Keys elsewhere are served while it hangs; the report names the hung node.
+    let elsewhere = keys
+        .iter()
+        .find(|k| cluster.primary_of(&ns.redis_key(k)) != Some(victim))
+        .unwrap();
+    let read_elsewhere = ns.set(elsewhere, profile(2)).await;
+    let report = serde_json::to_value(kit.health_report().await).unwrap();
     cluster.node_mut(victim).resume();
     assert!(degraded.is_some(), "{status:?}");
+    assert_eq!(read_elsewhere.unwrap(), Reach::AllTiers);
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert_eq!(
+        report["redis"]["unreachable"][0]["node"],
+        victim_addr.as_str(),
+        "{report}"
+    );
     assert_eq!(status.unreachable.len(), 1, "{status:?}");
     assert_eq!(status.unreachable[0].node, victim_addr);
     let served: u32 = status.unreachable[0]
@@ -424,5 +438,63 @@ async fn kill_a_primary_under_load_the_replica_takes_over_and_acknowledged_sessi
         "{} of {} acknowledged sessions lost",
         lost.len(),
         acknowledged.len()
+    );
+}
+
+#[tokio::test]
+async fn a_password_and_an_acl_user_reach_every_node() {
+    let cluster = RedisCluster::start_with(&["--requirepass", "s3cret", "--masterauth", "s3cret"]);
+    // The same ACL user on every node (ACLs are per node).
+    for node in cluster.nodes() {
+        let mut con = node.client().get_connection().unwrap();
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("svc")
+            .arg("on")
+            .arg(">svc-pw")
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .query(&mut con)
+            .unwrap();
+    }
+    let seeds = cluster.seeds();
+    let build = |b: tierkit::ConfigBuilder| b.build().unwrap();
+
+    let by_password = connected_with(build(
+        support::fast_builder()
+            .redis_cluster(&seeds)
+            .redis_password("s3cret"),
+    ))
+    .await;
+    let ns = by_password.namespace::<Profile>("auth").build().unwrap();
+    assert_eq!(ns.set("k", profile(1)).await.unwrap(), Reach::AllTiers);
+
+    let by_user = connected_with(build(
+        support::fast_builder()
+            .redis_cluster(&seeds)
+            .redis_username("svc")
+            .redis_password("svc-pw"),
+    ))
+    .await;
+    let ns = by_user.namespace::<Profile>("auth").build().unwrap();
+    assert_eq!(*ns.get("k").await.unwrap(), profile(1));
+
+    // Without credentials the cluster never comes up, and nothing is sent.
+    let anonymous =
+        tierkit::Tierkit::new(build(support::fast_builder().redis_cluster(&seeds))).unwrap();
+    let health = anonymous.health().unwrap();
+    assert!(
+        !health
+            .wait_for(HealthState::Up, Duration::from_millis(500))
+            .await
+    );
+    let status = health.status();
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("NOAUTH") || e.contains("auth")),
+        "{status:?}"
     );
 }

@@ -124,7 +124,11 @@ impl Cluster {
     /// Sends `cmd` to the node at `addr` over this module's own connection to it.
     pub(crate) async fn query_node(&self, addr: &str, cmd: &Cmd) -> redis::RedisResult<Value> {
         let mut conn = self.node(addr).await?;
-        let result = conn.req_packed_command(cmd).await;
+        // Error replies (NOAUTH, LOADING, ...) come back as values here; they are errors.
+        let result = conn
+            .req_packed_command(cmd)
+            .await
+            .and_then(Value::extract_error);
         if matches!(&result, Err(e) if e.is_io_error() || e.is_connection_dropped()) {
             self.nodes.lock().await.remove(addr);
         }

@@ -28,11 +28,17 @@ impl RedisCluster {
     /// # Panics
     /// If `redis-cli` is missing or the cluster does not come up within 30 s.
     pub fn start() -> RedisCluster {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start) with extra arguments for every node, e.g.
+    /// `&["--requirepass", "pw", "--masterauth", "pw"]` (the harness then authenticates too).
+    pub fn start_with(extra: &[&str]) -> RedisCluster {
         let timeout = NODE_TIMEOUT_MS.to_string();
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -47,10 +53,19 @@ impl RedisCluster {
                     "0",
                     "--cluster-require-full-coverage",
                     "no",
-                ])
+                ];
+                args.extend_from_slice(extra);
+                RedisServer::start_with(&args)
             })
             .collect();
         let mut create = Command::new("redis-cli");
+        if let Some(pw) = extra
+            .windows(2)
+            .find(|w| w[0] == "--requirepass")
+            .map(|w| w[1])
+        {
+            create.env("REDISCLI_AUTH", pw);
+        }
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(node.addr());
