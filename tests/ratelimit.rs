@@ -1,5 +1,6 @@
 //! The rate limiter against real redis-server processes: exactness against a reference model,
-//! the counter's bound, takeover by governor on kill and hang, blocking, clock drift.
+//! the counter's bound, takeover by governor on kill and hang, blocking, clock drift. `suite!`
+//! runs the shared behaviour on a single server and on a 3+3 Redis Cluster.
 
 mod support;
 
@@ -313,7 +314,7 @@ enum Backend {
     Server(RedisServer),
     Cluster {
         cluster: Arc<RedisCluster>,
-        config: tierkit::Config,
+        config: Box<tierkit::Config>,
     },
 }
 
@@ -325,14 +326,17 @@ impl Backend {
     fn cluster() -> Backend {
         let cluster = RedisCluster::shared();
         let config = fast_cluster_config(&cluster);
-        Backend::Cluster { cluster, config }
+        Backend::Cluster {
+            cluster,
+            config: Box::new(config),
+        }
     }
 
     /// One more tierkit instance on this backend, once Redis is up.
     async fn kit(&self) -> Tierkit {
         match self {
             Backend::Server(server) => connected(&server.url()).await,
-            Backend::Cluster { config, .. } => connected_with(config.clone()).await,
+            Backend::Cluster { config, .. } => connected_with((**config).clone()).await,
         }
     }
 
