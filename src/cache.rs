@@ -120,13 +120,14 @@ impl CacheCore {
     pub(crate) fn new(config: &Config, conn: Option<&Conn>) -> Arc<Self> {
         let registry = Arc::new(RwLock::new(Registry::default()));
         let evictions = Arc::downgrade(&registry);
-        let l1 = l1::build(config.l1_capacity, move |ns| {
+        let on_evict = config.l1_eviction_counts.then_some(move |ns| {
             if let Some(reg) = evictions.upgrade() {
                 if let Some(shared) = read(&reg).by_id.get(ns as usize) {
                     stats::bump(&shared.counters.evictions);
                 }
             }
         });
+        let l1 = l1::build(config.l1_capacity, on_evict);
         let channel = backplane::channel(&config.prefix);
         let (stop, stop_rx) = match conn {
             Some(_) => {

@@ -51,6 +51,7 @@ pub struct Config {
     pub(crate) health: HealthConfig,
     pub(crate) codec: Codec,
     pub(crate) l1_capacity: u64,
+    pub(crate) l1_eviction_counts: bool,
 }
 
 /// Where Redis is: one server, or the seed nodes of a Redis Cluster (from which the whole
@@ -104,6 +105,7 @@ impl Default for Config {
             },
             codec: Codec::default(),
             l1_capacity: DEFAULT_L1_CAPACITY,
+            l1_eviction_counts: true,
         }
     }
 }
@@ -166,6 +168,11 @@ impl Config {
     pub fn l1_capacity(&self) -> u64 {
         self.l1_capacity
     }
+
+    /// Whether L1 evictions are counted per namespace. Default: yes.
+    pub fn l1_eviction_counts(&self) -> bool {
+        self.l1_eviction_counts
+    }
 }
 
 impl fmt::Debug for Config {
@@ -211,6 +218,7 @@ impl fmt::Debug for Config {
             .field("recover_threshold", &self.health.recover_threshold)
             .field("codec", &self.codec)
             .field("l1_capacity", &self.l1_capacity)
+            .field("l1_eviction_counts", &self.l1_eviction_counts)
             .finish()
     }
 }
@@ -450,6 +458,22 @@ impl ConfigBuilder {
     /// weighs its encoded size plus its key. Default: 64 MiB.
     pub fn l1_capacity(mut self, bytes: u64) -> Self {
         self.config.l1_capacity = bytes;
+        self
+    }
+
+    /// Count L1 evictions per namespace (`CacheStats::evictions`). Counting needs a moka
+    /// eviction listener, and with one moka takes a per-key lock on every insert and
+    /// invalidation: each L1 fill (an L2 hit, a load, a write) costs about half as much again
+    /// (BENCHMARKS.md). Services that fill L1 at a high rate and do not watch evictions can
+    /// turn it off; `evictions` then stays 0. Default: on.
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder().l1_eviction_counts(false).build()?;
+    /// assert!(!config.l1_eviction_counts());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn l1_eviction_counts(mut self, on: bool) -> Self {
+        self.config.l1_eviction_counts = on;
         self
     }
 

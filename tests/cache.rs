@@ -343,6 +343,23 @@ macro_rules! suite {
                 assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
                 assert!(info.l1_entries < 40, "{}", info.l1_entries);
                 assert!(info.total.evictions > 100, "{:?}", info.total);
+
+                // Without eviction counts the bound holds the same; only the count is gone.
+                let mut b = Config::builder()
+                    .l1_capacity(256 * 1024)
+                    .l1_eviction_counts(false);
+                if let Some(url) = &url {
+                    b = b.redis_url(url);
+                }
+                let uncounted = Tierkit::new(b.build().unwrap()).unwrap();
+                let blobs = uncounted.namespace::<Vec<u64>>("blobs").build().unwrap();
+                for i in 0..200u64 {
+                    let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();
+                    blobs.set(&i.to_string(), v).await.unwrap();
+                }
+                let info = uncounted.cache_info().await;
+                assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
+                assert_eq!(info.total.evictions, 0);
             }
 
             #[tokio::test]

@@ -17,6 +17,10 @@ use crate::support::RedisServer;
 const L1_KEYS: usize = 100_000;
 const L2_KEYS: usize = 1_000;
 const TASKS: usize = 64;
+/// The L1 of the L2 benches: full, and far smaller than the values they read in turn.
+const L1_FULL: u64 = 64 * 1024;
+/// `get_many` reads batches of 100 keys in turn out of this many.
+const MANY_KEYS: usize = 2_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
@@ -151,10 +155,19 @@ pub fn l2_hit(c: &mut Criterion) {
             let keys: Vec<String> = (0..L2_KEYS).map(|i| i.to_string()).collect();
             let raw_keys: Vec<String> = keys.iter().map(|k| format!("raw:{k}")).collect();
 
-            // An L1 far smaller than one value: nothing stays in it, every read goes to Redis.
+            // A full L1 (64 KiB) far smaller than the 1,000 values read in turn: every read
+            // misses L1, goes to Redis, and fills L1 by evicting an older entry, as an L2 hit in
+            // a service with a full L1 does.
             let config = Config::builder()
                 .redis_url(server.url())
-                .l1_capacity(1)
+                .l1_capacity(L1_FULL)
+                .build()
+                .unwrap();
+            // The same, without per-namespace eviction counts (no moka eviction listener).
+            let uncounted = Config::builder()
+                .redis_url(server.url())
+                .l1_capacity(L1_FULL)
+                .l1_eviction_counts(false)
                 .build()
                 .unwrap();
             let (kit, ns, raw) = rt.block_on(async {
@@ -192,6 +205,20 @@ pub fn l2_hit(c: &mut Criterion) {
                 );
                 (kit, ns, Raw { conn })
             });
+            let (kit_u, ns_u) = rt.block_on(async {
+                let kit = Tierkit::new(uncounted).unwrap();
+                let health = kit.health().unwrap();
+                assert!(
+                    health
+                        .wait_for(HealthState::Up, Duration::from_secs(5))
+                        .await
+                );
+                let ns = kit
+                    .namespace::<Payload>(format!("bench{size}"))
+                    .build()
+                    .unwrap();
+                (kit, ns)
+            });
 
             let next = AtomicUsize::new(0);
             let raw_conn = raw.conn;
@@ -215,6 +242,15 @@ pub fn l2_hit(c: &mut Criterion) {
                     ns.get(k).await.expect("present")
                 })
             });
+            group.bench_function(
+                BenchmarkId::new("tierkit_get_uncounted", "sequential"),
+                |b| {
+                    b.to_async(&rt).iter(|| async {
+                        let k = &keys[cycle(&next, L2_KEYS)];
+                        ns_u.get(k).await.expect("present")
+                    })
+                },
+            );
 
             // 64 tasks sharing one multiplexed connection: throughput, not latency.
             let raw_keys = Arc::new(raw_keys);
@@ -254,7 +290,24 @@ pub fn l2_hit(c: &mut Criterion) {
                     }
                 })
             });
+            group.bench_function(BenchmarkId::new("tierkit_get_uncounted", "64_tasks"), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let ns = ns_u.clone();
+                    let keys = keys.clone();
+                    async move {
+                        concurrent(iters, move |i| {
+                            let ns = ns.clone();
+                            let keys = keys.clone();
+                            async move {
+                                ns.get(&keys[i % L2_KEYS]).await.expect("present");
+                            }
+                        })
+                        .await
+                    }
+                })
+            });
             group.finish();
+            drop(kit_u);
             let s = ns.stats();
             eprintln!(
                 "l2_hit_{}KiB/{flavor}: {} L2 hits, {} L1 hits (should be ~0)",
@@ -418,11 +471,13 @@ pub fn get_many(c: &mut Criterion) {
     for (flavor, rt) in runtimes() {
         let mut group = c.benchmark_group(format!("get_many_100/{flavor}"));
         group.throughput(Throughput::Elements(100));
-        let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let keys: Vec<String> = (0..MANY_KEYS).map(|i| i.to_string()).collect();
         let (kit, ns, conn) = rt.block_on(async {
+            // The 2,000 values (about 0.5 MB) never fit the 64 KiB L1: each batch of 100 misses
+            // L1 and fills it, as in l2_hit.
             let config = Config::builder()
                 .redis_url(server.url())
-                .l1_capacity(1)
+                .l1_capacity(L1_FULL)
                 .build()
                 .unwrap();
             let kit = Tierkit::new(config).unwrap();
@@ -447,12 +502,35 @@ pub fn get_many(c: &mut Criterion) {
                 .unwrap();
             (kit, ns, conn)
         });
-        let redis_keys: Vec<String> = keys.iter().map(|k| ns.redis_key(k)).collect();
+        // The same, without per-namespace eviction counts (no moka eviction listener).
+        let (kit_u, ns_u) = rt.block_on(async {
+            let config = Config::builder()
+                .redis_url(server.url())
+                .l1_capacity(L1_FULL)
+                .l1_eviction_counts(false)
+                .build()
+                .unwrap();
+            let kit = Tierkit::new(config).unwrap();
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let ns = kit.namespace::<Payload>("many").build().unwrap();
+            (kit, ns)
+        });
+        let batches: Vec<&[String]> = keys.chunks(100).collect();
+        let redis_batches: Vec<Vec<String>> = batches
+            .iter()
+            .map(|b| b.iter().map(|k| ns.redis_key(k)).collect())
+            .collect();
         let codec = kit.codec().clone();
+        let next = AtomicUsize::new(0);
         group.bench_function("raw_pipeline_get_decode", |b| {
             b.to_async(&rt).iter(|| async {
                 let mut pipe = redis::pipe();
-                for k in &redis_keys {
+                for k in &redis_batches[cycle(&next, redis_batches.len())] {
                     pipe.cmd("GET").arg(k);
                 }
                 let mut conn = conn.clone();
@@ -464,11 +542,29 @@ pub fn get_many(c: &mut Criterion) {
             })
         });
         group.bench_function("tierkit_get_many", |b| {
-            b.to_async(&rt)
-                .iter(|| async { ns.get_many(&keys).await.into_iter().flatten().count() })
+            b.to_async(&rt).iter(|| async {
+                let batch = batches[cycle(&next, batches.len())];
+                let found = ns.get_many(batch).await.into_iter().flatten().count();
+                assert_eq!(found, 100);
+                found
+            })
+        });
+        group.bench_function("tierkit_get_many_uncounted", |b| {
+            b.to_async(&rt).iter(|| async {
+                let batch = batches[cycle(&next, batches.len())];
+                let found = ns_u.get_many(batch).await.into_iter().flatten().count();
+                assert_eq!(found, 100);
+                found
+            })
         });
         group.finish();
+        let s = ns.stats();
+        eprintln!(
+            "get_many_100/{flavor}: {} L2 hits, {} L1 hits (should be ~0)",
+            s.l2_hits, s.l1_hits
+        );
         drop(kit);
+        drop(kit_u);
     }
 }
 

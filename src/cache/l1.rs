@@ -89,9 +89,10 @@ impl Expiry<L1Key, L1Value> for PerEntryTtl {
 
 pub(crate) type L1 = moka::future::Cache<L1Key, L1Value>;
 
-/// Builds the L1; `on_evict` hears the namespace id of each entry evicted for lack of room.
-pub(crate) fn build(capacity: u64, on_evict: impl Fn(u32) + Send + Sync + 'static) -> L1 {
-    moka::future::Cache::builder()
+/// Builds the L1; `on_evict`, when given, hears the namespace id of each entry evicted for
+/// lack of room. Without it there is no listener, so moka takes no per-key locks.
+pub(crate) fn build(capacity: u64, on_evict: Option<impl Fn(u32) + Send + Sync + 'static>) -> L1 {
+    let builder = moka::future::Cache::builder()
         .max_capacity(capacity)
         .weigher(|key: &L1Key, value: &L1Value| {
             let key_len = u32::try_from(key.key.len()).unwrap_or(u32::MAX);
@@ -99,11 +100,15 @@ pub(crate) fn build(capacity: u64, on_evict: impl Fn(u32) + Send + Sync + 'stati
         })
         .expire_after(PerEntryTtl)
         // Tags, patterns and namespace clears evict by predicate.
-        .support_invalidation_closures()
-        .eviction_listener(move |key: Arc<L1Key>, _, cause| {
-            if cause == RemovalCause::Size {
-                on_evict(key.ns);
-            }
-        })
-        .build()
+        .support_invalidation_closures();
+    match on_evict {
+        Some(on_evict) => builder
+            .eviction_listener(move |key: Arc<L1Key>, _, cause| {
+                if cause == RemovalCause::Size {
+                    on_evict(key.ns);
+                }
+            })
+            .build(),
+        None => builder.build(),
+    }
 }

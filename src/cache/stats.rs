@@ -38,7 +38,8 @@ pub struct CacheStats {
     /// Stored bytes that no longer decode as the type (old schema, foreign writer); each
     /// counted as a miss and overwritten.
     pub decode_failures: u64,
-    /// L1 entries evicted to stay within `l1_capacity`.
+    /// L1 entries evicted to stay within `l1_capacity` (always 0 when
+    /// [`l1_eviction_counts`](crate::ConfigBuilder::l1_eviction_counts) is off).
     pub evictions: u64,
     /// Bytes of values encoded for writing, before compression.
     pub encoded_bytes: u64,
