@@ -16,7 +16,7 @@ use crate::support::RedisServer;
 
 const L1_KEYS: usize = 100_000;
 const L2_KEYS: usize = 1_000;
-const TASKS: usize = 64;
+pub const TASKS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payload {
@@ -268,7 +268,7 @@ pub fn l2_hit(c: &mut Criterion) {
 }
 
 /// Runs `iters` rounds of `TASKS` concurrent calls and returns the time they took.
-async fn concurrent<F, Fut>(iters: u64, call: F) -> Duration
+pub async fn concurrent<F, Fut>(iters: u64, call: F) -> Duration
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
