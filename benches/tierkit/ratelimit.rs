@@ -72,6 +72,16 @@ pub fn redis_decision(c: &mut Criterion) {
             })
         });
         group.finish();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+        for line in stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
+        {
+            eprintln!("ratelimit_redis_64_tasks/{flavor}: redis-server {line}");
+        }
         drop(kit);
     }
 }
@@ -105,8 +115,10 @@ pub fn local_decision(c: &mut Criterion) {
 }
 
 /// 64 concurrent decisions in Redis, sliding-window counter and sliding-window log, next to 64
-/// concurrent raw `GET`s of a small value on one multiplexed connection: the cheapest Redis
-/// round trip, so the ratio is what the script and the decision add.
+/// concurrent raw `GET`s of a small value on one multiplexed connection (the cheapest Redis
+/// round trip) and 64 concurrent raw `EVALSHA`s of the counter script (what the script alone
+/// costs). Afterwards it prints Redis's own time per call (`INFO commandstats`), which tells
+/// the server's share from the client's.
 pub fn redis_decision_64_tasks(c: &mut Criterion) {
     let server = RedisServer::start();
     let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("user:{i}")).collect());
@@ -149,6 +161,10 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
             }
             (kit, counter, log, conn)
         });
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
         group.bench_function(BenchmarkId::new("raw_get", "64_tasks"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let (conn, keys) = (conn.clone(), keys.clone());
@@ -162,6 +178,24 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
                             .await
                             .unwrap();
                         assert!(v.is_some());
+                    }
+                })
+            })
+        });
+        let script = Arc::new(redis::Script::new(Algorithm::SlidingCounter.lua()));
+        let window_us = window.as_micros() as u64;
+        group.bench_function(BenchmarkId::new("raw_evalsha_counter", "64_tasks"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (conn, keys, script) = (conn.clone(), keys.clone(), script.clone());
+                concurrent(iters, move |i| {
+                    let (mut conn, script) = (conn.clone(), script.clone());
+                    let key = format!("raw:rl:{}", keys[i % KEYS]);
+                    async move {
+                        let mut inv = script.key(key);
+                        inv.arg(window_us).arg(1_000_000).arg(1);
+                        let reply: (i64, i64, i64, i64, u64, u64) =
+                            inv.invoke_async(&mut conn).await.unwrap();
+                        assert_eq!(reply.0, 1);
                     }
                 })
             })
@@ -182,6 +216,16 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
             });
         }
         group.finish();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+        for line in stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
+        {
+            eprintln!("ratelimit_redis_64_tasks/{flavor}: redis-server {line}");
+        }
         drop(kit);
     }
 }
