@@ -32,6 +32,9 @@
 //! - `--read-ratio` [0.9]: share of operations that are reads, 0..1.
 //! - `--instances` [1]: tierkit instances in the process, each with its own L1.
 //! - `--concurrency` [64]: tasks issuing operations, spread round-robin over the instances.
+//! - `--rate` [none]: operations per second offered in total, paced evenly over the tasks.
+//!   Without it every task goes as fast as it can, which measures capacity; with it two
+//!   backends compare at the same load. Latency counts from when an operation starts.
 //! - `--load-latency-us` [1000]: the simulated database's answer time on a miss (tokio's timer
 //!   has millisecond granularity, so anything from 1 to 1000 µs sleeps about 1 ms; 0 = none).
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
@@ -86,7 +89,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(3600);
 
 #[derive(Parser, Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[command(
+    name = "loadgen",
     about = "Workload harness for tierkit's two-tier cache",
     long_about = "Zipf-distributed cache-aside reads and write-through writes against tierkit (and \
                   optionally the `cached` crate's Redis store), with latency percentiles, hit \
@@ -119,6 +124,10 @@ struct Args {
     /// Tasks issuing operations, spread round-robin over the instances.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     concurrency: u64,
+    /// Operations per second offered in total, spread evenly over the tasks; default: each task
+    /// goes as fast as it can (closed loop), which measures capacity, not latency at a load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// The simulated database's answer time on a miss, in µs (tokio sleeps in whole ms).
     #[arg(long, default_value_t = 1000)]
     load_latency_us: u64,
@@ -560,6 +569,7 @@ impl Phases {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Latency {
     p50_us: u64,
     p99_us: u64,
@@ -569,6 +579,7 @@ struct Latency {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct PhaseReport {
     name: &'static str,
     seconds: f64,
@@ -592,6 +603,7 @@ struct PhaseReport {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct NamespaceReport {
     name: String,
     /// tierkit's counters added up over the instances.
@@ -605,12 +617,14 @@ struct NamespaceReport {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct HealthChange {
     at_ms: u64,
     state: HealthState,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RunReport {
     backend: &'static str,
     phases: Vec<PhaseReport>,
@@ -628,12 +642,14 @@ struct RunReport {
 }
 
 #[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
 struct OutageTimes {
     down_at_ms: u64,
     back_at_ms: u64,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Report {
     settings: Args,
     redis: String,
@@ -774,9 +790,11 @@ async fn connect(name: &str, args: &Args, url: Option<&str>) -> Result<Backend> 
         let kit = Tierkit::new(config.prefix("loadgen").build()?)?;
         if let Some(health) = kit.health() {
             if !health.wait_for(HealthState::Up, READY_TIMEOUT).await {
+                let why = health.status().last_error;
                 return Err(format!(
-                    "Redis did not come up within {READY_TIMEOUT:?}: {:?}",
-                    health.status().last_error
+                    "Redis did not answer within {READY_TIMEOUT:?} ({}); check --redis-url, or \
+                     drop it to use a private redis-server",
+                    why.as_deref().unwrap_or("no probe finished")
                 )
                 .into());
             }
@@ -826,10 +844,23 @@ async fn workload(
             let (backend, db, ops) = (backend.clone(), db.clone(), ops.clone());
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64);
             let read_ratio = args.read_ratio;
+            // Paced tasks start staggered over one interval, so the load is even, not bursty.
+            let pace = args.rate.map(|rate| {
+                let every = Duration::from_secs_f64(args.concurrency as f64 / rate as f64);
+                (
+                    every,
+                    start + every.mul_f64(t as f64 / args.concurrency as f64),
+                )
+            });
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut tallies = vec![Tally::new(); phases.count()];
+                let mut pace = pace;
                 loop {
+                    if let Some((every, due)) = &mut pace {
+                        tokio::time::sleep_until((*due).into()).await;
+                        *due += *every;
+                    }
                     let began = Instant::now();
                     if began >= end {
                         break;
@@ -915,7 +946,7 @@ fn ratio(a: u64, b: u64) -> f64 {
 fn phase_report(name: &'static str, seconds: f64, t: &Tally) -> PhaseReport {
     let h = &t.latency_us;
     let reads = t.l1 + t.l2 + t.loader;
-    // Failed reads were answered by the loader too; they count as reads in the ratios.
+    // Failed operations are counted apart (errors), so the ratios are over answered reads.
     let ops = h.len();
     PhaseReport {
         name,
@@ -1046,7 +1077,7 @@ impl fmt::Display for Text<'_> {
         writeln!(
             f,
             "loadgen: {:?}, {} keys (zipf {}), pages {} B ({:.0}% repetitive), {:.0}% reads, \
-             {} instance(s), {} tasks, loader {} µs; Redis: {}",
+             {} instance(s), {} tasks{}, loader {} µs; Redis: {}",
             s.duration,
             s.keys,
             s.skew,
@@ -1055,6 +1086,8 @@ impl fmt::Display for Text<'_> {
             s.read_ratio * 100.0,
             s.instances,
             s.concurrency,
+            s.rate
+                .map_or_else(String::new, |r| format!(" at {r} ops/s")),
             s.load_latency_us,
             r.redis
         )?;
