@@ -16,7 +16,7 @@ use crate::support::RedisServer;
 
 const L1_KEYS: usize = 100_000;
 const L2_KEYS: usize = 1_000;
-const TASKS: usize = 64;
+pub const TASKS: usize = 64;
 /// The L1 of the L2 benches: full, and far smaller than the values they read in turn.
 const L1_FULL: u64 = 64 * 1024;
 /// `get_many` reads batches of 100 keys in turn out of this many.
@@ -321,7 +321,7 @@ pub fn l2_hit(c: &mut Criterion) {
 }
 
 /// Runs `iters` rounds of `TASKS` concurrent calls and returns the time they took.
-async fn concurrent<F, Fut>(iters: u64, call: F) -> Duration
+pub async fn concurrent<F, Fut>(iters: u64, call: F) -> Duration
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,

@@ -7,12 +7,16 @@
 //! cargo bench --bench tierkit -- l1_hit  # one group
 //! ```
 //!
+//! The workload harness (throughput, tail latency and hit ratios under a zipf load, outages,
+//! a peer comparison) is `examples/loadgen.rs`.
+//!
 //! The Redis groups start their own `redis-server` through the test harness.
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
 mod cache;
+mod codec;
 mod ratelimit;
 mod session;
 
@@ -46,7 +50,7 @@ criterion_group! {
     name = benches;
     config = config();
     targets = cache::l1_hit, cache::l2_hit, cache::get_or_set_cold, cache::set, cache::get_many,
-        cache::down_read, ratelimit::redis_decision, ratelimit::local_decision,
-        session::validate
+        cache::down_read, codec::context_reuse, ratelimit::redis_decision,
+        ratelimit::redis_decision_64_tasks, ratelimit::local_decision, session::validate
 }
 criterion_main!(benches);

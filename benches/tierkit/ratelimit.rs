@@ -1,15 +1,18 @@
 //! Rate-limit decisions: tierkit's Redis decision next to a raw `EVALSHA` of the same script
-//! through redis-rs, and tierkit's local decision next to a raw keyed governor `check`.
+//! through redis-rs, tierkit's local decision next to a raw keyed governor `check`, and the
+//! throughput of 64 concurrent decisions (counter and log) next to 64 concurrent raw `GET`s.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput};
 use tierkit::health::HealthState;
 use tierkit::ratelimit::{Algorithm, Quota};
 use tierkit::{Config, Tierkit};
 
+use crate::cache::{concurrent, TASKS};
 use crate::runtimes;
 use crate::support::RedisServer;
 
@@ -69,6 +72,16 @@ pub fn redis_decision(c: &mut Criterion) {
             })
         });
         group.finish();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+        for line in stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
+        {
+            eprintln!("ratelimit_redis_64_tasks/{flavor}: redis-server {line}");
+        }
         drop(kit);
     }
 }
@@ -98,5 +111,121 @@ pub fn local_decision(c: &mut Criterion) {
                 .iter(|| async { limiter.check(&keys[next(&i)]).await.allowed })
         });
         group.finish();
+    }
+}
+
+/// 64 concurrent decisions in Redis, sliding-window counter and sliding-window log, next to 64
+/// concurrent raw `GET`s of a small value on one multiplexed connection (the cheapest Redis
+/// round trip) and 64 concurrent raw `EVALSHA`s of the counter script (what the script alone
+/// costs). Afterwards it prints Redis's own time per call (`INFO commandstats`), which tells
+/// the server's share from the client's.
+pub fn redis_decision_64_tasks(c: &mut Criterion) {
+    let server = RedisServer::start();
+    let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("user:{i}")).collect());
+    let window = Duration::from_millis(100);
+    let quota = Quota::new(1_000_000, window).unwrap();
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("ratelimit_redis_64_tasks/{flavor}"));
+        group.throughput(Throughput::Elements(TASKS as u64));
+        let (kit, counter, log, conn) = rt.block_on(async {
+            let kit =
+                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
+            assert!(
+                kit.health()
+                    .unwrap()
+                    .wait_for(HealthState::Up, Duration::from_secs(5))
+                    .await
+            );
+            let counter = kit
+                .limiter("bench_counter", quota)
+                .algorithm(Algorithm::SlidingCounter)
+                .build()
+                .unwrap();
+            let log = kit
+                .limiter("bench_log", quota)
+                .algorithm(Algorithm::SlidingLog)
+                .build()
+                .unwrap();
+            let mut conn = server
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            for k in keys.iter() {
+                let _: () = redis::cmd("SET")
+                    .arg(format!("raw:{k}"))
+                    .arg("1")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            (kit, counter, log, conn)
+        });
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+        group.bench_function(BenchmarkId::new("raw_get", "64_tasks"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (conn, keys) = (conn.clone(), keys.clone());
+                concurrent(iters, move |i| {
+                    let mut conn = conn.clone();
+                    let key = format!("raw:{}", keys[i % KEYS]);
+                    async move {
+                        let v: Option<String> = redis::cmd("GET")
+                            .arg(key)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(v.is_some());
+                    }
+                })
+            })
+        });
+        let script = Arc::new(redis::Script::new(Algorithm::SlidingCounter.lua()));
+        let window_us = window.as_micros() as u64;
+        group.bench_function(BenchmarkId::new("raw_evalsha_counter", "64_tasks"), |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (conn, keys, script) = (conn.clone(), keys.clone(), script.clone());
+                concurrent(iters, move |i| {
+                    let (mut conn, script) = (conn.clone(), script.clone());
+                    let key = format!("raw:rl:{}", keys[i % KEYS]);
+                    async move {
+                        let mut inv = script.key(key);
+                        inv.arg(window_us).arg(1_000_000).arg(1);
+                        let reply: (i64, i64, i64, i64, u64, u64) =
+                            inv.invoke_async(&mut conn).await.unwrap();
+                        assert_eq!(reply.0, 1);
+                    }
+                })
+            })
+        });
+        for (name, limiter) in [("tierkit_counter", &counter), ("tierkit_log", &log)] {
+            group.bench_function(BenchmarkId::new(name, "64_tasks"), |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (limiter, keys) = (limiter.clone(), keys.clone());
+                    concurrent(iters, move |i| {
+                        let (limiter, keys) = (limiter.clone(), keys.clone());
+                        async move {
+                            let d = limiter.check(&keys[i % KEYS]).await;
+                            // A Redis decision, not the local fallback's.
+                            assert!(d.allowed && d.tier == tierkit::ratelimit::Tier::Redis);
+                        }
+                    })
+                })
+            });
+        }
+        group.finish();
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut server.client().get_connection().unwrap())
+            .unwrap();
+        for line in stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
+        {
+            eprintln!("ratelimit_redis_64_tasks/{flavor}: redis-server {line}");
+        }
+        drop(kit);
     }
 }

@@ -1,0 +1,1193 @@
+//! `loadgen`: a workload harness for tierkit's two-tier cache.
+//!
+//! Drives cache-aside reads (`get_or_set`, with a simulated database as the loader) and
+//! write-through writes (`set`) over zipf-distributed keys from many tasks and any number of
+//! tierkit instances in one process (each instance with its own L1, all sharing one Redis), and
+//! reports throughput, latency percentiles (HdrHistogram), where reads were answered (L1, L2,
+//! loader), what compression saved and what encoding cost per namespace, and the memory Redis
+//! used. It can take Redis away for the middle third of the run and report the three phases
+//! apart, and it can run the same workload through the `cached` crate's Redis store.
+//!
+//! By default it starts its own `redis-server` on a free loopback port through the test harness
+//! (`tests/support`), so it needs `redis-server` on `PATH` (or `REDIS_SERVER_BIN`) and never
+//! touches another Redis unless told to with `--redis-url`.
+//!
+//! ```sh
+//! cargo run --release --example loadgen -- --duration 20s
+//! cargo run --release --example loadgen -- --duration 30s --outage        # kill, then restart
+//! cargo run --release --example loadgen -- --duration 30s --outage hang   # SIGSTOP, then SIGCONT
+//! cargo run --release --example loadgen -- --duration 20s --peer cached   # tierkit, then cached
+//! cargo run --release --example loadgen -- --duration 20s --instances 2
+//! cargo run --release --example loadgen -- --duration 20s --embedded      # no Redis at all
+//! cargo run --release --example loadgen -- --duration 20s --json > run.json
+//! ```
+//!
+//! Flags (defaults in brackets; `--help` lists them too):
+//!
+//! - `--duration` [30s]: how long the workload runs (`500ms`, `20s`, `2m`, or plain seconds).
+//! - `--keys` [100000]: distinct keys per namespace.
+//! - `--skew` [1.0]: zipf exponent of key popularity; 0 is uniform, higher is a hotter head.
+//! - `--value-size` [1024]: bytes of text in each `pages` value.
+//! - `--compressible` [0.7]: share of that text that is repetitive (the rest is random), 0..1.
+//! - `--read-ratio` [0.9]: share of operations that are reads, 0..1.
+//! - `--instances` [1]: tierkit instances in the process, each with its own L1.
+//! - `--concurrency` [64]: tasks issuing operations, spread round-robin over the instances.
+//! - `--rate` [none]: operations per second offered in total, paced evenly over the tasks.
+//!   Without it every task goes as fast as it can, which measures capacity; with it two
+//!   backends compare at the same load. Latency counts from when an operation starts.
+//! - `--load-latency-us` [1000]: the simulated database's answer time on a miss (tokio's timer
+//!   has millisecond granularity, so anything from 1 to 1000 µs sleeps about 1 ms; 0 = none).
+//! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
+//! - `--outage [kill|hang]`: stop (SIGKILL) or freeze (SIGSTOP) the harness's redis-server for
+//!   the middle third of the run, then restart or resume it. Not with `--redis-url`.
+//! - `--peer cached`: after the tierkit run, run the same workload through
+//!   `cached::AsyncRedisCache` (JSON values, a `ConnectionManager`) on the same Redis.
+//! - `--embedded`: tierkit with no Redis (L1 and loader only).
+//! - `--redis-url URL`: use this Redis instead of starting one. Its memory figure then includes
+//!   whatever else it holds, and nothing is flushed.
+//! - `--json`: print one JSON document instead of the text report (and no progress bar).
+//! - `--seed` [1]: seed of the key and operation choices.
+//!
+//! Two namespaces share the keys: `pages` (three reads or writes in four), holding
+//! `--value-size` bytes of text that compresses as `--compressible` says, and `users` (one in
+//! four), small records under the codec's 1 KiB compression threshold, so the per-namespace
+//! figures show what compression saves and costs where it applies and where it does not.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::fmt;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cached::{AsyncRedisCache, ConcurrentCachedAsync};
+use clap::{CommandFactory, Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use serde::{Deserialize, Serialize};
+use tierkit::cache::{CacheStats, Namespace, Reach, Source};
+use tierkit::health::HealthState;
+use tierkit::{Config, Tierkit};
+
+use support::RedisServer;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+/// Largest latency the histograms hold (60 s); slower operations are clamped to it.
+const MAX_LATENCY_US: u64 = 60_000_000;
+/// How long Redis has to come up before a run starts.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// TTL of every cached value, far longer than a run: nothing expires while measuring.
+const TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Parser, Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[command(
+    name = "loadgen",
+    about = "Workload harness for tierkit's two-tier cache",
+    long_about = "Zipf-distributed cache-aside reads and write-through writes against tierkit (and \
+                  optionally the `cached` crate's Redis store), with latency percentiles, hit \
+                  ratios per tier, compression savings, and an optional Redis outage. See the \
+                  top of examples/loadgen.rs."
+)]
+struct Args {
+    /// How long the workload runs: 500ms, 20s, 2m, or plain seconds.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    duration: Duration,
+    /// Distinct keys per namespace.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// Zipf exponent of key popularity: 0 = uniform, 1 = classic zipf, higher = hotter head.
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
+    skew: f64,
+    /// Bytes of text in each `pages` value.
+    #[arg(long, default_value_t = 1024)]
+    value_size: usize,
+    /// Share of each `pages` value that is repetitive text (compresses), 0..1.
+    #[arg(long, default_value_t = 0.7, value_parser = unit_interval)]
+    compressible: f64,
+    /// Share of operations that are reads (the rest are writes), 0..1.
+    #[arg(long, default_value_t = 0.9, value_parser = unit_interval)]
+    read_ratio: f64,
+    /// tierkit instances in the process, each with its own L1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    instances: u64,
+    /// Tasks issuing operations, spread round-robin over the instances.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Operations per second offered in total, spread evenly over the tasks; default: each task
+    /// goes as fast as it can (closed loop), which measures capacity, not latency at a load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
+    /// The simulated database's answer time on a miss, in µs (tokio sleeps in whole ms).
+    #[arg(long, default_value_t = 1000)]
+    load_latency_us: u64,
+    /// L1 capacity of each instance in MiB (default: tierkit's, 64 MiB).
+    #[arg(long)]
+    l1_mib: Option<u64>,
+    /// Take Redis away for the middle third of the run: `kill` (SIGKILL, then restart on the
+    /// same port, empty) or `hang` (SIGSTOP, then SIGCONT).
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "kill")]
+    outage: Option<OutageKind>,
+    /// After the tierkit run, run the same workload through this peer on the same Redis.
+    #[arg(long, value_enum)]
+    peer: Option<PeerKind>,
+    /// tierkit with no Redis: L1 and loader only.
+    #[arg(long, conflicts_with_all = ["redis_url", "peer", "outage"])]
+    embedded: bool,
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Print one JSON document instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Seed of the key and operation choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum OutageKind {
+    /// SIGKILL the server, then start it again on the same port (its data is gone).
+    Kill,
+    /// SIGSTOP the server, then SIGCONT it (connections stay open, nothing is answered).
+    Hang,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum PeerKind {
+    /// `cached::AsyncRedisCache` (cached 2.x, feature `redis_connection_manager`).
+    Cached,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 500ms, 20s or 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`: use ms, s or m")),
+    };
+    if secs > 0.0 && secs.is_finite() {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("the duration must be positive, got `{s}`"))
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("`{s}` is not a number >= 0")),
+    }
+}
+
+fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("`{s}` is not a number between 0 and 1")),
+    }
+}
+
+/// A `pages` value: mostly text of the requested size and compressibility.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Page {
+    id: u64,
+    revision: u64,
+    title: String,
+    body: String,
+}
+
+/// A `users` value: a small record, below the codec's compression threshold.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    revision: u64,
+    name: String,
+    email: String,
+}
+
+/// Text that values are cut from, made once so a load costs a copy, not text generation.
+struct Corpus {
+    /// `value_size` bytes of repetitive, JSON-like text.
+    repetitive: String,
+    /// `2 * value_size` random alphanumeric bytes; each key starts at its own offset.
+    random: String,
+    size: usize,
+    repetitive_len: usize,
+}
+
+impl Corpus {
+    fn new(size: usize, compressible: f64, seed: u64) -> Corpus {
+        let mut repetitive = String::with_capacity(size + 64);
+        let mut i = 0u64;
+        while repetitive.len() < size {
+            repetitive.push_str(&format!(
+                "{{\"section\":{},\"kind\":\"paragraph\",\"lang\":\"en\"}},",
+                i % 13
+            ));
+            i += 1;
+        }
+        repetitive.truncate(size);
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
+        let random = (0..2 * size.max(1))
+            .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
+            .collect();
+        Corpus {
+            repetitive,
+            random,
+            size,
+            repetitive_len: (size as f64 * compressible).round() as usize,
+        }
+    }
+
+    fn page(&self, id: u64, revision: u64) -> Page {
+        let random_len = self.size - self.repetitive_len;
+        // Both strings are ASCII, so every byte offset is a char boundary.
+        let offset = (id as usize * 7919) % (self.size.max(1));
+        let mut body = String::with_capacity(self.size);
+        body.push_str(&self.repetitive[..self.repetitive_len]);
+        body.push_str(&self.random[offset..offset + random_len]);
+        Page {
+            id,
+            revision,
+            title: format!("page {id}"),
+            body,
+        }
+    }
+}
+
+fn user(id: u64, revision: u64) -> User {
+    User {
+        id,
+        revision,
+        name: format!("user-{id}"),
+        email: format!("user-{id}@example.com"),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ns {
+    Pages,
+    Users,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Op {
+    read: bool,
+    ns: Ns,
+    key: u64,
+    /// The revision a write stores.
+    revision: u64,
+}
+
+/// What one operation did.
+#[derive(Clone, Copy, Debug)]
+enum Outcome {
+    Read(Source),
+    /// A write, and whether it reached Redis (`false`: this instance's L1 only).
+    Write {
+        reached_redis: bool,
+    },
+    /// The call failed; a read was then answered by the loader, as a service would.
+    Error,
+}
+
+/// The simulated database: answers after `latency`.
+#[derive(Clone)]
+struct Database {
+    corpus: Arc<Corpus>,
+    latency: Duration,
+}
+
+impl Database {
+    async fn wait(&self) {
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+    }
+
+    async fn page(&self, id: u64) -> Page {
+        self.wait().await;
+        self.corpus.page(id, 0)
+    }
+
+    async fn user(&self, id: u64) -> User {
+        self.wait().await;
+        user(id, 0)
+    }
+}
+
+/// One tierkit instance and its two namespaces.
+struct Instance {
+    kit: Tierkit,
+    pages: Namespace<Page>,
+    users: Namespace<User>,
+}
+
+/// The peer: the `cached` crate's Redis store, one per namespace.
+struct CachedPeer {
+    pages: AsyncRedisCache<u64, Page>,
+    users: AsyncRedisCache<u64, User>,
+}
+
+/// What the workload runs through.
+enum Backend {
+    Tierkit(Vec<Instance>),
+    Cached(CachedPeer),
+}
+
+impl Backend {
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Tierkit(_) => "tierkit",
+            Backend::Cached(_) => "cached",
+        }
+    }
+
+    async fn run(&self, task: usize, op: Op, db: &Database) -> Outcome {
+        match self {
+            Backend::Tierkit(instances) => {
+                tierkit_op(&instances[task % instances.len()], op, db).await
+            }
+            Backend::Cached(peer) => cached_op(peer, op, db).await,
+        }
+    }
+
+    /// Counters of every namespace of every instance, added up by namespace name.
+    fn namespace_stats(&self) -> Vec<(String, CacheStats)> {
+        let Backend::Tierkit(instances) = self else {
+            return Vec::new();
+        };
+        let mut pages = CacheStats::default();
+        let mut users = CacheStats::default();
+        for i in instances {
+            pages += i.pages.stats();
+            users += i.users.stats();
+        }
+        vec![("pages".into(), pages), ("users".into(), users)]
+    }
+}
+
+async fn tierkit_op(i: &Instance, op: Op, db: &Database) -> Outcome {
+    let key = op.key.to_string();
+    let read = |r: tierkit::Result<Source>| r.map_or(Outcome::Error, Outcome::Read);
+    let write = |r: tierkit::Result<Reach>| match r {
+        Ok(Reach::AllTiers) => Outcome::Write {
+            reached_redis: true,
+        },
+        Ok(_) => Outcome::Write {
+            reached_redis: false,
+        },
+        Err(_) => Outcome::Error,
+    };
+    match (op.ns, op.read) {
+        (Ns::Pages, true) => read(
+            i.pages
+                .get_or_set(&key, || async {
+                    Ok::<_, Infallible>(db.page(op.key).await)
+                })
+                .await
+                .map(|h| h.source()),
+        ),
+        (Ns::Users, true) => read(
+            i.users
+                .get_or_set(&key, || async {
+                    Ok::<_, Infallible>(db.user(op.key).await)
+                })
+                .await
+                .map(|h| h.source()),
+        ),
+        (Ns::Pages, false) => write(i.pages.set(&key, db.corpus.page(op.key, op.revision)).await),
+        (Ns::Users, false) => write(i.users.set(&key, user(op.key, op.revision)).await),
+    }
+}
+
+/// Cache-aside through a `cached` store, the way a service would write it: `cache_get`, and
+/// on a miss the database then `cache_set`; a failed Redis call still answers from the
+/// database, and counts as an error.
+async fn cached_aside<V, F, Fut>(store: &AsyncRedisCache<u64, V>, key: u64, load: F) -> Outcome
+where
+    V: Serialize + serde::de::DeserializeOwned + Send + Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = V>,
+{
+    match store.cache_get(&key).await {
+        Ok(Some(_)) => Outcome::Read(Source::L2),
+        Ok(None) => {
+            let value = load().await;
+            match store.cache_set(key, value).await {
+                Ok(_) => Outcome::Read(Source::Loader),
+                Err(_) => Outcome::Error,
+            }
+        }
+        Err(_) => {
+            load().await;
+            Outcome::Error
+        }
+    }
+}
+
+fn written<T, E>(r: Result<T, E>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Write {
+            reached_redis: true,
+        },
+        Err(_) => Outcome::Error,
+    }
+}
+
+async fn cached_op(peer: &CachedPeer, op: Op, db: &Database) -> Outcome {
+    match (op.ns, op.read) {
+        (Ns::Pages, true) => cached_aside(&peer.pages, op.key, || db.page(op.key)).await,
+        (Ns::Users, true) => cached_aside(&peer.users, op.key, || db.user(op.key)).await,
+        (Ns::Pages, false) => written(
+            peer.pages
+                .cache_set(op.key, db.corpus.page(op.key, op.revision))
+                .await,
+        ),
+        (Ns::Users, false) => written(
+            peer.users
+                .cache_set(op.key, user(op.key, op.revision))
+                .await,
+        ),
+    }
+}
+
+/// Counts and latencies of one phase, kept per task and merged at the end.
+#[derive(Clone)]
+struct Tally {
+    latency_us: Histogram<u64>,
+    l1: u64,
+    l2: u64,
+    loader: u64,
+    writes: u64,
+    writes_l1_only: u64,
+    errors: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("constant, valid histogram bounds"),
+            l1: 0,
+            l2: 0,
+            loader: 0,
+            writes: 0,
+            writes_l1_only: 0,
+            errors: 0,
+        }
+    }
+
+    fn record(&mut self, took: Duration, outcome: Outcome) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us
+            .saturating_record(us.clamp(1, MAX_LATENCY_US));
+        match outcome {
+            Outcome::Read(Source::L1) => self.l1 += 1,
+            Outcome::Read(Source::L2) => self.l2 += 1,
+            // The loader, and any source a later tierkit adds: neither cache tier answered.
+            Outcome::Read(_) => self.loader += 1,
+            Outcome::Write { reached_redis } => {
+                self.writes += 1;
+                if !reached_redis {
+                    self.writes_l1_only += 1;
+                }
+            }
+            Outcome::Error => self.errors += 1,
+        }
+    }
+
+    fn merge(&mut self, other: &Tally) {
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("histograms with the same bounds always add");
+        self.l1 += other.l1;
+        self.l2 += other.l2;
+        self.loader += other.loader;
+        self.writes += other.writes;
+        self.writes_l1_only += other.writes_l1_only;
+        self.errors += other.errors;
+    }
+}
+
+/// Phase boundaries: one phase, or before / during / after an outage in thirds of the run.
+#[derive(Clone, Copy)]
+struct Phases {
+    outage: bool,
+    duration: Duration,
+}
+
+impl Phases {
+    const NAMES: [&'static str; 3] = ["before", "during", "after"];
+
+    fn count(self) -> usize {
+        if self.outage {
+            3
+        } else {
+            1
+        }
+    }
+
+    fn of(self, since_start: Duration) -> usize {
+        if !self.outage {
+            return 0;
+        }
+        let third = self.duration / 3;
+        ((since_start.as_nanos() / third.as_nanos().max(1)) as usize).min(2)
+    }
+
+    fn name(self, i: usize) -> &'static str {
+        if self.outage {
+            Self::NAMES[i]
+        } else {
+            "run"
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Latency {
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    mean_us: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PhaseReport {
+    name: &'static str,
+    seconds: f64,
+    ops: u64,
+    ops_per_sec: f64,
+    latency: Latency,
+    reads: u64,
+    /// Shares of reads answered by L1, Redis and the loader.
+    l1_ratio: f64,
+    l2_ratio: f64,
+    loader_ratio: f64,
+    writes: u64,
+    writes_l1_only: u64,
+    errors: u64,
+    /// tierkit only: Redis calls that failed or timed out, and calls that skipped Redis
+    /// because health was Down, in this phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l2_errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    l2_skipped: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NamespaceReport {
+    name: String,
+    /// tierkit's counters added up over the instances.
+    stats: CacheStats,
+    hit_ratio: f64,
+    bytes_saved: u64,
+    /// `stored_bytes / encoded_bytes`.
+    stored_ratio: f64,
+    encode_cpu_ms: f64,
+    encode_ns_per_kib: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthChange {
+    at_ms: u64,
+    state: HealthState,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunReport {
+    backend: &'static str,
+    phases: Vec<PhaseReport>,
+    namespaces: Vec<NamespaceReport>,
+    /// `used_memory` from `INFO memory` after the run, when Redis answered.
+    redis_used_memory: Option<u64>,
+    /// Keys in Redis after the run (`DBSIZE`), when Redis answered.
+    redis_keys: Option<u64>,
+    /// tierkit, first instance: health transitions during the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    health: Vec<HealthChange>,
+    /// With `--outage`: when the server went away and when it answered again, in ms from start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outage: Option<OutageTimes>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct OutageTimes {
+    down_at_ms: u64,
+    back_at_ms: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    settings: Args,
+    redis: String,
+    runs: Vec<RunReport>,
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.outage.is_some() && args.redis_url.is_some() {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--outage kills or freezes the redis-server this harness starts; it cannot do \
+                 that to a Redis given with --redis-url. Drop --redis-url to use a private \
+                 server.",
+            )
+            .exit();
+    }
+    if let Err(e) = run(args) {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let mut server = match (&args.redis_url, args.embedded) {
+        (None, false) => Some(RedisServer::start()),
+        _ => None,
+    };
+    let url = match (&args.redis_url, &server) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(s)) => Some(s.url()),
+        (None, None) => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let corpus = Arc::new(Corpus::new(args.value_size, args.compressible, args.seed));
+
+    let mut runs = Vec::new();
+    let backends: &[&str] = match args.peer {
+        Some(PeerKind::Cached) => &["tierkit", "cached"],
+        None => &["tierkit"],
+    };
+    for (n, name) in backends.iter().enumerate() {
+        if n > 0 {
+            // Each run starts from an empty Redis, so memory and hit ratios compare; only
+            // done on the harness's own server.
+            if let Some(s) = &server {
+                s.flushall();
+            }
+        }
+        let backend = Arc::new(rt.block_on(connect(name, &args, url.as_deref()))?);
+        let start = Instant::now();
+        let (report, outage) = std::thread::scope(|scope| {
+            let outage = match (args.outage, server.as_mut()) {
+                (Some(kind), Some(s)) => {
+                    let backend = &*backend;
+                    Some(scope.spawn(move || outage_driver(s, kind, start, args.duration, backend)))
+                }
+                _ => None,
+            };
+            let report = rt.block_on(workload(&args, backend.clone(), &corpus, start));
+            let outage = outage.map(|h| h.join().expect("the outage driver does not panic"));
+            (report, outage)
+        });
+        let mut report = report?;
+        if let Some((times, snapshots)) = outage {
+            report.outage = Some(times);
+            let stats = |s: &[(String, CacheStats)]| {
+                s.iter().fold(CacheStats::default(), |acc, (_, x)| acc + *x)
+            };
+            let end = stats(&backend.namespace_stats());
+            let marks = [
+                CacheStats::default(),
+                stats(&snapshots[0]),
+                stats(&snapshots[1]),
+                end,
+            ];
+            if matches!(*backend, Backend::Tierkit(_)) {
+                for (i, p) in report.phases.iter_mut().enumerate() {
+                    p.l2_errors = Some(marks[i + 1].l2_errors - marks[i].l2_errors);
+                    p.l2_skipped = Some(marks[i + 1].l2_skipped - marks[i].l2_skipped);
+                }
+            }
+        }
+        if let Some(url) = &url {
+            let (memory, keys) = rt.block_on(redis_figures(url));
+            report.redis_used_memory = memory;
+            report.redis_keys = keys;
+        }
+        runs.push(report);
+        drop(backend);
+    }
+
+    let report = Report {
+        redis: match (&args.redis_url, args.embedded) {
+            (_, true) => "none (embedded)".into(),
+            (Some(_), _) => "given with --redis-url".into(),
+            (None, false) => "private redis-server started by the harness".into(),
+        },
+        settings: args.clone(),
+        runs,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", Text(&report));
+    }
+    Ok(())
+}
+
+async fn connect(name: &str, args: &Args, url: Option<&str>) -> Result<Backend> {
+    if name == "cached" {
+        let url = url.ok_or("the cached peer needs Redis")?;
+        let pages = AsyncRedisCache::new("pages:", TTL)
+            .namespace("loadgen-cached:")
+            .connection_string(url)
+            .build()
+            .await?;
+        let users = AsyncRedisCache::new("users:", TTL)
+            .namespace("loadgen-cached:")
+            .connection_string(url)
+            .build()
+            .await?;
+        return Ok(Backend::Cached(CachedPeer { pages, users }));
+    }
+    let mut instances = Vec::new();
+    for _ in 0..args.instances {
+        let mut config = Config::builder();
+        if let Some(url) = url {
+            config = config.redis_url(url);
+        }
+        if let Some(mib) = args.l1_mib {
+            config = config.l1_capacity(mib * 1024 * 1024);
+        }
+        // Its own prefix: on a Redis given with --redis-url, never a service's `tierkit:` keys.
+        let kit = Tierkit::new(config.prefix("loadgen").build()?)?;
+        if let Some(health) = kit.health() {
+            if !health.wait_for(HealthState::Up, READY_TIMEOUT).await {
+                let why = health.status().last_error;
+                return Err(format!(
+                    "Redis did not answer within {READY_TIMEOUT:?} ({}); check --redis-url, or \
+                     drop it to use a private redis-server",
+                    why.as_deref().unwrap_or("no probe finished")
+                )
+                .into());
+            }
+        }
+        let pages = kit.namespace::<Page>("pages").ttl(TTL).build()?;
+        let users = kit.namespace::<User>("users").ttl(TTL).build()?;
+        instances.push(Instance { kit, pages, users });
+    }
+    Ok(Backend::Tierkit(instances))
+}
+
+/// Runs `--concurrency` tasks until the deadline and merges their tallies.
+async fn workload(
+    args: &Args,
+    backend: Arc<Backend>,
+    corpus: &Arc<Corpus>,
+    start: Instant,
+) -> Result<RunReport> {
+    let phases = Phases {
+        outage: args.outage.is_some(),
+        duration: args.duration,
+    };
+    let zipf = Zipf::new(args.keys as f64, args.skew)
+        .map_err(|e| format!("--keys {} --skew {}: {e}", args.keys, args.skew))?;
+    let db = Database {
+        corpus: corpus.clone(),
+        latency: Duration::from_micros(args.load_latency_us),
+    };
+    let end = start + args.duration;
+    let ops = Arc::new(AtomicU64::new(0));
+
+    let progress = progress_bar(args);
+    let health = health_timeline(&backend, start, end);
+    let ticker = async {
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let elapsed = start.elapsed().min(args.duration);
+            progress.set_position(elapsed.as_millis() as u64);
+            let rate = ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3);
+            progress.set_message(format!("{} {rate:.0} ops/s", backend.label()));
+        }
+    };
+    // Spawned, as a service spawns a task per request stream, so the runtime's workers share
+    // the load.
+    let tasks: Vec<_> = (0..args.concurrency as usize)
+        .map(|t| {
+            let (backend, db, ops) = (backend.clone(), db.clone(), ops.clone());
+            let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64);
+            let read_ratio = args.read_ratio;
+            // Paced tasks start staggered over one interval, so the load is even, not bursty.
+            let pace = args.rate.map(|rate| {
+                let every = Duration::from_secs_f64(args.concurrency as f64 / rate as f64);
+                (
+                    every,
+                    start + every.mul_f64(t as f64 / args.concurrency as f64),
+                )
+            });
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                let mut tallies = vec![Tally::new(); phases.count()];
+                let mut pace = pace;
+                loop {
+                    if let Some((every, due)) = &mut pace {
+                        tokio::time::sleep_until((*due).into()).await;
+                        *due += *every;
+                    }
+                    let began = Instant::now();
+                    if began >= end {
+                        break;
+                    }
+                    let op = Op {
+                        read: rng.random::<f64>() < read_ratio,
+                        ns: if rng.random_range(0..4) == 0 {
+                            Ns::Users
+                        } else {
+                            Ns::Pages
+                        },
+                        key: zipf.sample(&mut rng) as u64,
+                        revision: rng.random(),
+                    };
+                    let outcome = backend.run(t, op, &db).await;
+                    tallies[phases.of(began - start)].record(began.elapsed(), outcome);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+                tallies
+            })
+        })
+        .collect();
+    let (per_task, _, health) = tokio::join!(futures_util::future::join_all(tasks), ticker, health);
+    progress.finish_and_clear();
+    let finished = start.elapsed();
+
+    let mut merged = vec![Tally::new(); phases.count()];
+    for tallies in per_task {
+        for (m, t) in merged.iter_mut().zip(&tallies?) {
+            m.merge(t);
+        }
+    }
+    let phase_secs = |i: usize| {
+        if phases.outage {
+            let third = args.duration.as_secs_f64() / 3.0;
+            // The last phase also holds the operations in flight at the deadline.
+            if i == 2 {
+                finished.as_secs_f64() - 2.0 * third
+            } else {
+                third
+            }
+        } else {
+            finished.as_secs_f64()
+        }
+    };
+    let phases = merged
+        .iter()
+        .enumerate()
+        .map(|(i, t)| phase_report(phases.name(i), phase_secs(i), t))
+        .collect();
+    let namespaces = backend
+        .namespace_stats()
+        .into_iter()
+        .map(|(name, stats)| NamespaceReport {
+            hit_ratio: stats.hit_ratio(),
+            bytes_saved: stats.bytes_saved(),
+            stored_ratio: ratio(stats.stored_bytes, stats.encoded_bytes),
+            encode_cpu_ms: stats.encode_nanos as f64 / 1e6,
+            encode_ns_per_kib: ratio(stats.encode_nanos, stats.encoded_bytes) * 1024.0,
+            name,
+            stats,
+        })
+        .collect();
+    Ok(RunReport {
+        backend: backend.label(),
+        phases,
+        namespaces,
+        redis_used_memory: None,
+        redis_keys: None,
+        health,
+        outage: None,
+    })
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn phase_report(name: &'static str, seconds: f64, t: &Tally) -> PhaseReport {
+    let h = &t.latency_us;
+    let reads = t.l1 + t.l2 + t.loader;
+    // Failed operations are counted apart (errors), so the ratios are over answered reads.
+    let ops = h.len();
+    PhaseReport {
+        name,
+        seconds,
+        ops,
+        ops_per_sec: ops as f64 / seconds.max(1e-9),
+        latency: Latency {
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+            mean_us: h.mean(),
+        },
+        reads,
+        l1_ratio: ratio(t.l1, reads),
+        l2_ratio: ratio(t.l2, reads),
+        loader_ratio: ratio(t.loader, reads),
+        writes: t.writes,
+        writes_l1_only: t.writes_l1_only,
+        errors: t.errors,
+        l2_errors: None,
+        l2_skipped: None,
+    }
+}
+
+fn progress_bar(args: &Args) -> ProgressBar {
+    // Only for a person watching: not in JSON mode, not into a pipe, not for short runs.
+    if args.json || !std::io::stderr().is_terminal() || args.duration < Duration::from_secs(3) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(args.duration.as_millis() as u64);
+    if let Ok(style) = ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Health transitions of the first tierkit instance until `end`, in ms since `start`.
+async fn health_timeline(backend: &Backend, start: Instant, end: Instant) -> Vec<HealthChange> {
+    let Backend::Tierkit(instances) = backend else {
+        return Vec::new();
+    };
+    let Some(health) = instances.first().and_then(|i| i.kit.health()) else {
+        return Vec::new();
+    };
+    let mut rx = health.subscribe();
+    let mut changes = vec![HealthChange {
+        at_ms: 0,
+        state: rx.borrow_and_update().state,
+    }];
+    let deadline = tokio::time::Instant::from_std(end);
+    while let Ok(Ok(())) = tokio::time::timeout_at(deadline, rx.changed()).await {
+        let state = rx.borrow_and_update().state;
+        if changes.last().is_some_and(|c| c.state != state) {
+            changes.push(HealthChange {
+                at_ms: start.elapsed().as_millis() as u64,
+                state,
+            });
+        }
+    }
+    changes
+}
+
+/// Takes the server away at one third of the run and brings it back at two thirds, taking a
+/// snapshot of the counters just before each, so each phase's Redis errors can be told apart.
+fn outage_driver(
+    server: &mut RedisServer,
+    kind: OutageKind,
+    start: Instant,
+    duration: Duration,
+    backend: &Backend,
+) -> (OutageTimes, [Vec<(String, CacheStats)>; 2]) {
+    let sleep_until =
+        |at: Instant| std::thread::sleep(at.saturating_duration_since(Instant::now()));
+    sleep_until(start + duration / 3);
+    let before = backend.namespace_stats();
+    match kind {
+        OutageKind::Kill => server.stop(),
+        OutageKind::Hang => server.hang(),
+    }
+    let down_at_ms = start.elapsed().as_millis() as u64;
+    sleep_until(start + duration * 2 / 3);
+    let during = backend.namespace_stats();
+    match kind {
+        // Restart waits until the server answers PING again.
+        OutageKind::Kill => server.restart(),
+        OutageKind::Hang => server.resume(),
+    }
+    let back_at_ms = start.elapsed().as_millis() as u64;
+    (
+        OutageTimes {
+            down_at_ms,
+            back_at_ms,
+        },
+        [before, during],
+    )
+}
+
+/// `used_memory` and `DBSIZE`, or `None` where Redis does not answer within a second.
+async fn redis_figures(url: &str) -> (Option<u64>, Option<u64>) {
+    let query = async {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut conn)
+            .await?;
+        let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
+        let memory = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok());
+        Ok::<_, redis::RedisError>((memory, Some(keys)))
+    };
+    match tokio::time::timeout(Duration::from_secs(1), query).await {
+        Ok(Ok(figures)) => figures,
+        _ => (None, None),
+    }
+}
+
+/// The text report.
+struct Text<'a>(&'a Report);
+
+impl fmt::Display for Text<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.0;
+        let s = &r.settings;
+        writeln!(
+            f,
+            "loadgen: {:?}, {} keys (zipf {}), pages {} B ({:.0}% repetitive), {:.0}% reads, \
+             {} instance(s), {} tasks{}, loader {} µs; Redis: {}",
+            s.duration,
+            s.keys,
+            s.skew,
+            s.value_size,
+            s.compressible * 100.0,
+            s.read_ratio * 100.0,
+            s.instances,
+            s.concurrency,
+            s.rate
+                .map_or_else(String::new, |r| format!(" at {r} ops/s")),
+            s.load_latency_us,
+            r.redis
+        )?;
+        for run in &r.runs {
+            writeln!(f, "\n== {} ==", run.backend)?;
+            if let Some(o) = run.outage {
+                writeln!(
+                    f,
+                    "outage: Redis gone at {} ms, answering again at {} ms",
+                    o.down_at_ms, o.back_at_ms
+                )?;
+            }
+            writeln!(
+                f,
+                "{:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} | {:>6} {:>6} {:>6} | {:>7} {:>7} {:>7}",
+                "phase",
+                "ops",
+                "ops/s",
+                "p50 µs",
+                "p99 µs",
+                "p999 µs",
+                "max µs",
+                "L1",
+                "L2",
+                "loader",
+                "writes",
+                "L1-only",
+                "errors"
+            )?;
+            for p in &run.phases {
+                writeln!(
+                    f,
+                    "{:<7} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>8} | {:>5.1}% {:>5.1}% {:>5.1}% | {:>7} {:>7} {:>7}",
+                    p.name,
+                    p.ops,
+                    p.ops_per_sec,
+                    p.latency.p50_us,
+                    p.latency.p99_us,
+                    p.latency.p999_us,
+                    p.latency.max_us,
+                    p.l1_ratio * 100.0,
+                    p.l2_ratio * 100.0,
+                    p.loader_ratio * 100.0,
+                    p.writes,
+                    p.writes_l1_only,
+                    p.errors
+                )?;
+                if let (Some(e), Some(s)) = (p.l2_errors, p.l2_skipped) {
+                    writeln!(
+                        f,
+                        "        tierkit: {e} Redis calls failed or timed out, {s} skipped while Down"
+                    )?;
+                }
+            }
+            if !run.namespaces.is_empty() {
+                writeln!(
+                    f,
+                    "{:<9} {:>9} {:>12} {:>12} {:>12} {:>8} {:>12} {:>12}",
+                    "namespace",
+                    "hit ratio",
+                    "encoded B",
+                    "stored B",
+                    "saved B",
+                    "stored",
+                    "encode ms",
+                    "ns per KiB"
+                )?;
+                for n in &run.namespaces {
+                    writeln!(
+                        f,
+                        "{:<9} {:>8.1}% {:>12} {:>12} {:>12} {:>7.1}% {:>12.1} {:>12.0}",
+                        n.name,
+                        n.hit_ratio * 100.0,
+                        n.stats.encoded_bytes,
+                        n.stats.stored_bytes,
+                        n.bytes_saved,
+                        n.stored_ratio * 100.0,
+                        n.encode_cpu_ms,
+                        n.encode_ns_per_kib
+                    )?;
+                }
+            }
+            match (run.redis_used_memory, run.redis_keys) {
+                (Some(m), Some(k)) => writeln!(
+                    f,
+                    "Redis after the run: {k} keys, used_memory {:.1} MiB",
+                    m as f64 / (1024.0 * 1024.0)
+                )?,
+                _ if r.settings.embedded => {}
+                _ => writeln!(f, "Redis after the run: no answer")?,
+            }
+            if run.health.len() > 1 {
+                let states: Vec<String> = run
+                    .health
+                    .iter()
+                    .map(|c| format!("{} at {} ms", c.state, c.at_ms))
+                    .collect();
+                writeln!(f, "health: {}", states.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}
