@@ -58,7 +58,8 @@ pub struct Config {
 /// topology is discovered).
 #[derive(Clone)]
 pub(crate) enum Target {
-    Single(ConnectionInfo),
+    // Boxed: a connection info is large (TLS parameters), a seed list is one pointer.
+    Single(Box<ConnectionInfo>),
     Cluster(Vec<ConnectionInfo>),
 }
 
@@ -66,7 +67,7 @@ impl Target {
     /// Every connection target, so credentials apply to all nodes alike.
     fn infos_mut(&mut self) -> &mut [ConnectionInfo] {
         match self {
-            Target::Single(info) => std::slice::from_mut(info),
+            Target::Single(info) => std::slice::from_mut(&mut **info),
             Target::Cluster(nodes) => nodes,
         }
     }
@@ -266,7 +267,7 @@ impl ConfigBuilder {
     /// for TLS when redis-rs is built with TLS). Default: none (embedded mode).
     pub fn redis_url(mut self, url: impl AsRef<str>) -> Self {
         match parse_url(url.as_ref(), "redis_url") {
-            Ok(info) => self.config.redis = Some(Target::Single(info)),
+            Ok(info) => self.config.redis = Some(Target::Single(Box::new(info))),
             Err(e) => self.fail(e),
         }
         self
@@ -319,7 +320,7 @@ impl ConfigBuilder {
             .map(|i| i.redis_settings().clone())
             .unwrap_or_default();
         match tcp_info("redis_host", host, port, settings) {
-            Ok(info) => self.config.redis = Some(Target::Single(info)),
+            Ok(info) => self.config.redis = Some(Target::Single(Box::new(info))),
             Err(e) => self.fail(e),
         }
         self
@@ -518,7 +519,7 @@ impl ConfigBuilder {
                 "REDIS_CLUSTER_NODES",
             )?));
         } else if let Some(url) = var("REDIS_URL") {
-            self.config.redis = Some(Target::Single(parse_url(&url, "REDIS_URL")?));
+            self.config.redis = Some(Target::Single(Box::new(parse_url(&url, "REDIS_URL")?)));
         } else if let Some(host) = var("REDIS_HOST") {
             let port = match var("REDIS_PORT") {
                 None => 6379,
@@ -549,12 +550,12 @@ impl ConfigBuilder {
                     })?;
                 settings = settings.set_db(db);
             }
-            self.config.redis = Some(Target::Single(tcp_info(
+            self.config.redis = Some(Target::Single(Box::new(tcp_info(
                 "REDIS_HOST",
                 host.trim().to_owned(),
                 port,
                 settings,
-            )?));
+            )?)));
         } else {
             for orphan in ["REDIS_PORT", "REDIS_PASSWORD", "REDIS_USERNAME", "REDIS_DB"] {
                 if var(orphan).is_some() {

@@ -87,7 +87,7 @@ impl Conn {
         }
         let link = match target {
             Target::Single(info) => {
-                let client = redis::Client::open(info.clone())?;
+                let client = redis::Client::open((**info).clone())?;
                 // One attempt per reconnect: the probe drives retries at its own interval, so
                 // redis-rs's own backoff (up to seconds) must not delay noticing that Redis is
                 // back. The response timeout is ours (op_timeout around every call), so

@@ -13,13 +13,13 @@
 //! touches another Redis unless told to with `--redis-url`.
 //!
 //! ```sh
-//! cargo run --release --example loadgen -- --duration 20s
-//! cargo run --release --example loadgen -- --duration 30s --outage        # kill, then restart
-//! cargo run --release --example loadgen -- --duration 30s --outage hang   # SIGSTOP, then SIGCONT
-//! cargo run --release --example loadgen -- --duration 20s --peer cached   # tierkit, then cached
-//! cargo run --release --example loadgen -- --duration 20s --instances 2
-//! cargo run --release --example loadgen -- --duration 20s --embedded      # no Redis at all
-//! cargo run --release --example loadgen -- --duration 20s --json > run.json
+//! cargo run --release -p tierkit-loadgen -- --duration 20s
+//! cargo run --release -p tierkit-loadgen -- --duration 30s --outage        # kill, then restart
+//! cargo run --release -p tierkit-loadgen -- --duration 30s --outage hang   # SIGSTOP, then SIGCONT
+//! cargo run --release -p tierkit-loadgen -- --duration 20s --peer cached   # tierkit, then cached
+//! cargo run --release -p tierkit-loadgen -- --duration 20s --instances 2
+//! cargo run --release -p tierkit-loadgen -- --duration 20s --embedded      # no Redis at all
+//! cargo run --release -p tierkit-loadgen -- --duration 20s --json > run.json
 //! ```
 //!
 //! Flags (defaults in brackets; `--help` lists them too):
@@ -53,7 +53,7 @@
 //! four), small records under the codec's 1 KiB compression threshold, so the per-namespace
 //! figures show what compression saves and costs where it applies and where it does not.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::convert::Infallible;
@@ -96,7 +96,7 @@ const TTL: Duration = Duration::from_secs(3600);
     long_about = "Zipf-distributed cache-aside reads and write-through writes against tierkit (and \
                   optionally the `cached` crate's Redis store), with latency percentiles, hit \
                   ratios per tier, compression savings, and an optional Redis outage. See the \
-                  top of examples/loadgen.rs."
+                  top of loadgen/src/main.rs."
 )]
 struct Args {
     /// How long the workload runs: 500ms, 20s, 2m, or plain seconds.
