@@ -651,8 +651,8 @@ where
         *source = Source::Loader;
         let (bytes, weight) = self.encode(&value)?;
         let ttl = self.jittered(self.ns.ttl);
-        match (self.kit.conn(), overwrite) {
-            (Some(_), Some(overwrite)) => {
+        match (bytes, overwrite) {
+            (Some(bytes), Some(overwrite)) => {
                 *pending = Some(PendingWrite {
                     bytes,
                     ttl,
@@ -661,6 +661,7 @@ where
             }
             // The read just failed: a write now would most likely wait out another timeout.
             (Some(_), None) => bump(&counters.l2_skipped),
+            // Embedded: nothing to store.
             (None, _) => {}
         }
         Ok(self.l1_value(Arc::new(value), weight, ttl, None))
@@ -681,7 +682,13 @@ where
         }
     }
 
-    fn encode(&self, value: &V) -> Result<(Vec<u8>, u32)> {
+    /// The stored bytes of `value` and its L1 weight. Embedded, nothing is stored: the value
+    /// is only measured (no buffer, no compression) for its weight and size limit.
+    fn encode(&self, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
+        if self.kit.conn().is_none() {
+            let len = self.kit.codec().measure(value)?;
+            return Ok((None, u32::try_from(len).unwrap_or(u32::MAX)));
+        }
         let started = Instant::now();
         let (bytes, info) = self.kit.codec().encode_with_info(value)?;
         let counters = &self.ns.counters;
@@ -689,7 +696,7 @@ where
         add(&counters.encoded_bytes, info.body_len as u64);
         add(&counters.stored_bytes, info.stored_len as u64);
         let weight = weight_of(&bytes);
-        Ok((bytes, weight))
+        Ok((Some(bytes), weight))
     }
 
     fn jittered(&self, ttl: Duration) -> Duration {
@@ -763,23 +770,24 @@ where
         let mut pipe = redis::pipe();
         let mut keys = Vec::with_capacity(batch.len());
         for p in batch {
-            let redis_key = self.redis_key(&p.key);
-            let ms = millis(p.ttl);
-            pipe.cmd("SET")
-                .arg(&redis_key)
-                .arg(p.bytes)
-                .arg("PX")
-                .arg(ms)
-                .ignore();
-            for tag in p.tags.iter().flat_map(|t| t.iter()) {
-                let tag_key = format!("{}{tag}", self.ns.tag_prefix);
-                pipe.cmd("EVAL")
-                    .arg(TAG_SCRIPT)
-                    .arg(1)
-                    .arg(&tag_key)
-                    .arg(&p.key)
+            if let Some(bytes) = p.bytes {
+                let ms = millis(p.ttl);
+                pipe.cmd("SET")
+                    .arg(self.redis_key(&p.key))
+                    .arg(bytes)
+                    .arg("PX")
                     .arg(ms)
                     .ignore();
+                for tag in p.tags.iter().flat_map(|t| t.iter()) {
+                    let tag_key = format!("{}{tag}", self.ns.tag_prefix);
+                    pipe.cmd("EVAL")
+                        .arg(TAG_SCRIPT)
+                        .arg(1)
+                        .arg(&tag_key)
+                        .arg(&p.key)
+                        .arg(ms)
+                        .ignore();
+                }
             }
             self.ns.bump_key(&p.key);
             let value = self.l1_value(p.value, p.weight, p.ttl, p.tags);
@@ -1074,7 +1082,8 @@ enum L2Read<V> {
 struct Prepared<V> {
     key: String,
     value: Arc<V>,
-    bytes: Vec<u8>,
+    /// `None` when embedded: nothing goes to Redis.
+    bytes: Option<Vec<u8>>,
     weight: u32,
     ttl: Duration,
     tags: Option<Arc<[Box<str>]>>,

@@ -41,11 +41,13 @@ pub struct CacheStats {
     /// L1 entries evicted to stay within `l1_capacity` (always 0 when
     /// [`l1_eviction_counts`](crate::ConfigBuilder::l1_eviction_counts) is off).
     pub evictions: u64,
-    /// Bytes of values encoded for writing, before compression.
+    /// Bytes of values encoded for writing to Redis, before compression (0 when embedded:
+    /// values kept only in process are measured, never encoded).
     pub encoded_bytes: u64,
-    /// Bytes of values as stored, after compression where it paid.
+    /// Bytes of values as stored in Redis, after compression where it paid.
     pub stored_bytes: u64,
-    /// CPU time spent encoding (and compressing) values, in nanoseconds.
+    /// Time spent encoding (and compressing) values for Redis, in nanoseconds of wall-clock
+    /// time on the calling thread (so it includes any preemption meanwhile).
     pub encode_nanos: u64,
 }
 
