@@ -82,8 +82,15 @@ if estimate + n <= limit then
   estimate = estimate + n
   allowed = 1
 end
-redis.call('HSET', KEYS[1], 'start', start, 'cur', cur, 'prev', prev)
-redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000))
+-- Written only when something changed, and its TTL set only when a window begins (two
+-- windows from then covers this one and the next, which still weighs it): a refused
+-- request in a running window costs the server two calls, not four.
+if s ~= start then
+  redis.call('HSET', KEYS[1], 'start', start, 'cur', cur, 'prev', prev)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000))
+elseif allowed == 1 then
+  redis.call('HSET', KEYS[1], 'cur', cur)
+end
 local remaining = math.max(0, math.floor(limit - estimate))
 local reset = window - elapsed
 if cur > 0 then reset = reset + window end
