@@ -3,7 +3,6 @@
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -22,8 +21,10 @@ type Keyed = RateLimiter<
     StateInformationMiddleware,
 >;
 
-/// How often (in checks) idle keys are dropped from the state store.
-const PRUNE_EVERY: u64 = 4096;
+/// How often (in checks) idle keys are dropped from the state store. The store never holds
+/// more than `buckets` keys, so pruning only returns memory of idle buckets; a pass walks the
+/// whole store, so it is rare.
+const PRUNE_EVERY: u64 = 1 << 16;
 
 pub(crate) struct Local {
     limiter: Keyed,
@@ -38,7 +39,10 @@ pub(crate) struct Local {
     /// Keys are hashed into this many buckets, so no flood of distinct keys can grow the state
     /// past it; two keys in one bucket share a budget (stricter, never laxer).
     buckets: u64,
-    checks: AtomicU64,
+}
+
+thread_local! {
+    static CHECKS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 impl Local {
@@ -81,7 +85,6 @@ impl Local {
             period,
             window,
             buckets: buckets.max(1),
-            checks: AtomicU64::new(0),
         }
     }
 
@@ -95,13 +98,24 @@ impl Local {
     }
 
     pub(crate) fn decide(&self, key: &str, n: NonZeroU32, limit: u32) -> Decision {
-        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+        // Counted per thread: a shared atomic would cost a locked add on every check for an
+        // event that only has to happen now and then.
+        let due = CHECKS.with(|c| {
+            let next = c.get().wrapping_add(1);
+            c.set(next);
+            next % PRUNE_EVERY == 0
+        });
+        if due {
+            // No shrink_to_fit: the store is bounded by `buckets` anyway, and shrinking made
+            // the next inserts grow (rehash) it again, a sixth of a check's time in a profile.
             self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
         }
         // Fx, not SipHash: crafted collisions only make keys share a (stricter) budget, and the
         // map holds at most `buckets` entries, so there is nothing to flood.
-        let bucket = FxBuildHasher.hash_one(key) % self.buckets;
+        // The high bits of the product pick the bucket (Lemire's multiply-shift): no division,
+        // and Fx's high bits are its well-mixed ones.
+        let hash = FxBuildHasher.hash_one(key);
+        let bucket = ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64;
         let burst = self.burst;
         match self.limiter.check_key_n(&bucket, n) {
             Ok(Ok(snapshot)) => {
