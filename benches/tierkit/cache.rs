@@ -236,6 +236,23 @@ pub fn l2_hit(c: &mut Criterion) {
                     })
                 },
             );
+            // The raw read plus each value put into a full, evicting moka cache (default
+            // configuration): what an L1 fill costs on its own.
+            let raw_l1: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::new(64);
+            group.bench_function(
+                BenchmarkId::new("raw_redis_get_decode_moka_insert", "sequential"),
+                |b| {
+                    b.to_async(&rt).iter(|| async {
+                        let k = &raw_keys[cycle(&next, L2_KEYS)];
+                        let value = Raw {
+                            conn: raw_conn.clone(),
+                        }
+                        .get(k)
+                        .await;
+                        raw_l1.insert(k.clone(), Arc::new(value)).await;
+                    })
+                },
+            );
             group.bench_function(BenchmarkId::new("tierkit_get", "sequential"), |b| {
                 b.to_async(&rt).iter(|| async {
                     let k = &keys[cycle(&next, L2_KEYS)];
@@ -274,6 +291,31 @@ pub fn l2_hit(c: &mut Criterion) {
                     }
                 })
             });
+            group.bench_function(
+                BenchmarkId::new("raw_redis_get_decode_moka_insert", "64_tasks"),
+                |b| {
+                    b.to_async(&rt).iter_custom(|iters| {
+                        let raw_conn = raw_conn.clone();
+                        let raw_keys = raw_keys.clone();
+                        let raw_l1 = raw_l1.clone();
+                        async move {
+                            concurrent(iters, move |i| {
+                                let mut raw = Raw {
+                                    conn: raw_conn.clone(),
+                                };
+                                let raw_keys = raw_keys.clone();
+                                let raw_l1 = raw_l1.clone();
+                                async move {
+                                    let k = &raw_keys[i % L2_KEYS];
+                                    let value = raw.get(k).await;
+                                    raw_l1.insert(k.clone(), Arc::new(value)).await;
+                                }
+                            })
+                            .await
+                        }
+                    })
+                },
+            );
             group.bench_function(BenchmarkId::new("tierkit_get", "64_tasks"), |b| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let ns = ns.clone();
@@ -539,6 +581,24 @@ pub fn get_many(c: &mut Criterion) {
                     .iter()
                     .map(|b| codec.decode::<Payload>(b).unwrap())
                     .collect::<Vec<_>>()
+            })
+        });
+        // The raw pipeline plus what tierkit adds that no Redis client does: each value put into
+        // a full, evicting moka cache (default configuration), so the L1 fill's share shows.
+        let raw_l1: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::new(64);
+        group.bench_function("raw_pipeline_get_decode_moka_insert", |b| {
+            b.to_async(&rt).iter(|| async {
+                let i = cycle(&next, redis_batches.len());
+                let mut pipe = redis::pipe();
+                for k in &redis_batches[i] {
+                    pipe.cmd("GET").arg(k);
+                }
+                let mut conn = conn.clone();
+                let found: Vec<Vec<u8>> = pipe.query_async(&mut conn).await.unwrap();
+                for (k, bytes) in batches[i].iter().zip(&found) {
+                    let value = Arc::new(codec.decode::<Payload>(bytes).unwrap());
+                    raw_l1.insert(k.clone(), value).await;
+                }
             })
         });
         group.bench_function("tierkit_get_many", |b| {
