@@ -171,13 +171,7 @@ pub fn l2_hit(c: &mut Criterion) {
                 .build()
                 .unwrap();
             let (kit, ns, raw) = rt.block_on(async {
-                let kit = Tierkit::new(config).unwrap();
-                let health = kit.health().unwrap();
-                assert!(
-                    health
-                        .wait_for(HealthState::Up, Duration::from_secs(5))
-                        .await
-                );
+                let kit = crate::up(config).await;
                 let ns = kit
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
@@ -206,13 +200,7 @@ pub fn l2_hit(c: &mut Criterion) {
                 (kit, ns, Raw { conn })
             });
             let (kit_u, ns_u) = rt.block_on(async {
-                let kit = Tierkit::new(uncounted).unwrap();
-                let health = kit.health().unwrap();
-                assert!(
-                    health
-                        .wait_for(HealthState::Up, Duration::from_secs(5))
-                        .await
-                );
+                let kit = crate::up(uncounted).await;
                 let ns = kit
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
@@ -273,81 +261,36 @@ pub fn l2_hit(c: &mut Criterion) {
             let raw_keys = Arc::new(raw_keys);
             let keys = Arc::new(keys);
             group.throughput(Throughput::Elements(TASKS as u64));
-            group.bench_function(BenchmarkId::new("raw_redis_get_decode", "64_tasks"), |b| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let raw_conn = raw_conn.clone();
-                    let raw_keys = raw_keys.clone();
-                    async move {
-                        concurrent(iters, move |i| {
-                            let mut raw = Raw {
-                                conn: raw_conn.clone(),
-                            };
-                            let raw_keys = raw_keys.clone();
-                            async move {
-                                raw.get(&raw_keys[i % L2_KEYS]).await;
-                            }
-                        })
-                        .await
-                    }
-                })
+            let (conn, rk) = (raw_conn.clone(), raw_keys.clone());
+            bench_64(&mut group, &rt, "raw_redis_get_decode", move |i| {
+                let (mut raw, rk) = (Raw { conn: conn.clone() }, rk.clone());
+                async move {
+                    raw.get(&rk[i % L2_KEYS]).await;
+                }
             });
-            group.bench_function(
-                BenchmarkId::new("raw_redis_get_decode_moka_insert", "64_tasks"),
-                |b| {
-                    b.to_async(&rt).iter_custom(|iters| {
-                        let raw_conn = raw_conn.clone();
-                        let raw_keys = raw_keys.clone();
-                        let raw_l1 = raw_l1.clone();
-                        async move {
-                            concurrent(iters, move |i| {
-                                let mut raw = Raw {
-                                    conn: raw_conn.clone(),
-                                };
-                                let raw_keys = raw_keys.clone();
-                                let raw_l1 = raw_l1.clone();
-                                async move {
-                                    let k = &raw_keys[i % L2_KEYS];
-                                    let value = raw.get(k).await;
-                                    raw_l1.insert(k.clone(), Arc::new(value)).await;
-                                }
-                            })
-                            .await
-                        }
-                    })
+            let (conn, rk, l1) = (raw_conn.clone(), raw_keys.clone(), raw_l1.clone());
+            bench_64(
+                &mut group,
+                &rt,
+                "raw_redis_get_decode_moka_insert",
+                move |i| {
+                    let (mut raw, rk, l1) = (Raw { conn: conn.clone() }, rk.clone(), l1.clone());
+                    async move {
+                        let k = &rk[i % L2_KEYS];
+                        let value = raw.get(k).await;
+                        l1.insert(k.clone(), Arc::new(value)).await;
+                    }
                 },
             );
-            group.bench_function(BenchmarkId::new("tierkit_get", "64_tasks"), |b| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let ns = ns.clone();
-                    let keys = keys.clone();
+            for (name, ns) in [("tierkit_get", &ns), ("tierkit_get_uncounted", &ns_u)] {
+                let (ns, keys) = (ns.clone(), keys.clone());
+                bench_64(&mut group, &rt, name, move |i| {
+                    let (ns, keys) = (ns.clone(), keys.clone());
                     async move {
-                        concurrent(iters, move |i| {
-                            let ns = ns.clone();
-                            let keys = keys.clone();
-                            async move {
-                                ns.get(&keys[i % L2_KEYS]).await.expect("present");
-                            }
-                        })
-                        .await
+                        ns.get(&keys[i % L2_KEYS]).await.expect("present");
                     }
-                })
-            });
-            group.bench_function(BenchmarkId::new("tierkit_get_uncounted", "64_tasks"), |b| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let ns = ns_u.clone();
-                    let keys = keys.clone();
-                    async move {
-                        concurrent(iters, move |i| {
-                            let ns = ns.clone();
-                            let keys = keys.clone();
-                            async move {
-                                ns.get(&keys[i % L2_KEYS]).await.expect("present");
-                            }
-                        })
-                        .await
-                    }
-                })
-            });
+                });
+            }
             group.finish();
             drop(kit_u);
             let s = ns.stats();
@@ -360,6 +303,22 @@ pub fn l2_hit(c: &mut Criterion) {
             drop(kit);
         }
     }
+}
+
+/// Benches `call` as `TASKS` concurrent tasks: `<name>/64_tasks` in `group`.
+fn bench_64<F, Fut>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    call: F,
+) where
+    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    group.bench_function(BenchmarkId::new(name, "64_tasks"), |b| {
+        b.to_async(rt)
+            .iter_custom(|iters| concurrent(iters, call.clone()))
+    });
 }
 
 /// Runs `iters` rounds of `TASKS` concurrent calls and returns the time they took.
@@ -394,14 +353,7 @@ pub fn get_or_set_cold(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("get_or_set_cold/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, ns, conn) = rt.block_on(async {
-            let kit =
-                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
-            assert!(
-                kit.health()
-                    .unwrap()
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
             let ns = kit
                 .namespace::<Payload>(format!("cold_{flavor}"))
                 .build()
@@ -459,14 +411,7 @@ pub fn set(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("set/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, ns, conn) = rt.block_on(async {
-            let kit =
-                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
-            assert!(
-                kit.health()
-                    .unwrap()
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
             let ns = kit.namespace::<Payload>("set").build().unwrap();
             let conn = server
                 .client()
@@ -522,13 +467,7 @@ pub fn get_many(c: &mut Criterion) {
                 .l1_capacity(L1_FULL)
                 .build()
                 .unwrap();
-            let kit = Tierkit::new(config).unwrap();
-            assert!(
-                kit.health()
-                    .unwrap()
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(config).await;
             let ns = kit.namespace::<Payload>("many").build().unwrap();
             ns.set_many(
                 keys.iter()
@@ -552,13 +491,7 @@ pub fn get_many(c: &mut Criterion) {
                 .l1_eviction_counts(false)
                 .build()
                 .unwrap();
-            let kit = Tierkit::new(config).unwrap();
-            assert!(
-                kit.health()
-                    .unwrap()
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(config).await;
             let ns = kit.namespace::<Payload>("many").build().unwrap();
             (kit, ns)
         });

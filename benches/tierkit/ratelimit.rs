@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use tierkit::health::HealthState;
 use tierkit::ratelimit::{Algorithm, Quota};
 use tierkit::{Config, Tierkit};
 
@@ -32,14 +31,7 @@ pub fn redis_decision(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ratelimit_redis/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, limiter, conn) = rt.block_on(async {
-            let kit =
-                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
-            let health = kit.health().unwrap();
-            assert!(
-                health
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
             let limiter = kit.limiter("bench", quota).build().unwrap();
             let conn = server
                 .client()
@@ -128,14 +120,7 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ratelimit_redis_64_tasks/{flavor}"));
         group.throughput(Throughput::Elements(TASKS as u64));
         let (kit, counter, log, conn) = rt.block_on(async {
-            let kit =
-                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
-            assert!(
-                kit.health()
-                    .unwrap()
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
             let counter = kit
                 .limiter("bench_counter", quota)
                 .algorithm(Algorithm::SlidingCounter)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput};
 use tierkit::health::HealthState;
 use tierkit::session::{DeviceKind, NewSession, Validation};
-use tierkit::{Config, Tierkit};
+use tierkit::Config;
 
 use crate::runtimes;
 use crate::support::RedisServer;
@@ -21,14 +21,7 @@ pub fn validate(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("session_validate/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, sessions, ids, conn) = rt.block_on(async {
-            let kit =
-                Tierkit::new(Config::builder().redis_url(server.url()).build().unwrap()).unwrap();
-            assert!(
-                kit.health()
-                    .unwrap()
-                    .wait_for(HealthState::Up, Duration::from_secs(5))
-                    .await
-            );
+            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
             // Touches at most once an hour: a validation is one read, as in production.
             let sessions = kit
                 .sessions()
