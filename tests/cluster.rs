@@ -417,10 +417,21 @@ async fn kill_a_primary_under_load_the_replica_takes_over_and_acknowledged_sessi
         ok.load(Ordering::Relaxed) > ok_at_up,
         "no progress after Up"
     );
-    for i in 0..300 {
-        let reach = ns.set(&format!("k{i}"), profile(i)).await.unwrap();
-        assert_eq!(reach, Reach::AllTiers, "k{i} after failover");
-    }
+    // Every key is writable again: a write that still met the old topology (redis-rs repairs
+    // its slot map in the background after the first error) succeeds on a retry.
+    let all_writable = eventually(Duration::from_secs(10), || async {
+        let mut all = true;
+        for i in 0..300 {
+            all &= ns.set(&format!("k{i}"), profile(i)).await.unwrap() == Reach::AllTiers;
+        }
+        all
+    })
+    .await;
+    assert!(all_writable.is_some(), "some keys never became writable");
+    eprintln!(
+        "cluster failover: every key writable {:?} after the kill",
+        killed_at.elapsed()
+    );
     assert_eq!(cluster.primaries().len(), 3, "the replica was promoted");
 
     // No acknowledged session write was lost: a fresh instance (no local copies) finds them.
