@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 use super::server::{free_port, RedisServer};
 
-/// How long `cluster-node-timeout` is: a primary silent this long is failed over.
+/// How long `cluster-node-timeout` is for clusters that tests break: a primary silent this
+/// long is failed over.
 pub const NODE_TIMEOUT_MS: u64 = 1000;
+/// The shared cluster never sees a fault; a long timeout keeps a node starved of CPU by a
+/// busy test machine from being failed over under the other tests.
+const SHARED_NODE_TIMEOUT_MS: u64 = 15_000;
 const STABLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Six `redis-server`s in cluster mode; killed on drop.
@@ -31,10 +35,21 @@ impl RedisCluster {
         Self::start_with(&[])
     }
 
+    /// Like [`start_with`](Self::start_with) with the node timeout in milliseconds.
+    fn start_with_timeout(node_timeout_ms: u64, extra: &[&str]) -> RedisCluster {
+        let timeout = node_timeout_ms.to_string();
+        let mut args = vec!["--cluster-node-timeout", timeout.as_str()];
+        args.extend_from_slice(extra);
+        Self::launch(&args)
+    }
+
     /// Like [`start`](Self::start) with extra arguments for every node, e.g.
     /// `&["--requirepass", "pw", "--masterauth", "pw"]` (the harness then authenticates too).
     pub fn start_with(extra: &[&str]) -> RedisCluster {
-        let timeout = NODE_TIMEOUT_MS.to_string();
+        Self::start_with_timeout(NODE_TIMEOUT_MS, extra)
+    }
+
+    fn launch(extra: &[&str]) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
                 let bus = free_port().to_string();
@@ -43,8 +58,6 @@ impl RedisCluster {
                     "yes",
                     "--cluster-config-file",
                     "nodes.conf",
-                    "--cluster-node-timeout",
-                    &timeout,
                     "--cluster-port",
                     &bus,
                     // A lost primary takes only its own slots down, not the whole keyspace.
@@ -92,7 +105,7 @@ impl RedisCluster {
         if let Some(cluster) = slot.upgrade() {
             return cluster;
         }
-        let cluster = Arc::new(RedisCluster::start());
+        let cluster = Arc::new(RedisCluster::start_with_timeout(SHARED_NODE_TIMEOUT_MS, &[]));
         *slot = Arc::downgrade(&cluster);
         cluster
     }
