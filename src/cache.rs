@@ -195,12 +195,11 @@ impl CacheCore {
         read(&self.registry).by_name.get(name).cloned()
     }
 
-    /// Drops every L1 entry of every namespace.
+    /// Stops serving every L1 entry of every namespace, at once and without a clean-up pass.
     pub(crate) fn forget_all(&self) {
         for ns in read(&self.registry).by_id.iter() {
-            ns.bump_all();
+            ns.forget_l1();
         }
-        self.l1.invalidate_all();
     }
 
     /// Evicts the L1 entries an operation touched, here or (from the backplane) elsewhere.

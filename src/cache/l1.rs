@@ -55,6 +55,8 @@ impl Equivalent<L1Key> for KeyRef<'_> {
 #[derive(Clone)]
 pub(crate) struct L1Value {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
+    /// The namespace's L1 generation when the entry was made; an older one is not served.
+    pub(crate) generation: u64,
     /// Encoded size in bytes, so the L1 is bounded by what values weigh, not by their count.
     pub(crate) weight: u32,
     pub(crate) ttl: Duration,

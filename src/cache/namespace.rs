@@ -35,6 +35,10 @@ pub(crate) struct NsShared {
     /// per key hash for single keys. A read that raced a change does not keep its result.
     epoch: AtomicU64,
     stripes: Box<[AtomicU64]>,
+    /// L1 entries made under an older generation are not served: dropping the whole L1 is
+    /// one increment here, instead of moka's `invalidate_all`, whose clean-up of every entry
+    /// (100-300 ms for 100k entries) would land inline on one unlucky request.
+    l1_generation: AtomicU64,
     /// `{prefix}:c:{name}:v{version}:`
     key_prefix: String,
     /// `{prefix}:c:{name}:t{version}:`
@@ -55,6 +59,13 @@ impl NsShared {
     /// Marks every key of the namespace as changed.
     pub(crate) fn bump_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Stops serving every L1 entry made so far (and marks every key changed, so no load in
+    /// flight keeps its result). The entries leave L1 when next read, replaced or evicted.
+    pub(crate) fn forget_l1(&self) {
+        self.bump_all();
+        self.l1_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks `key` (and the few keys sharing its stripe) as changed.
@@ -341,6 +352,7 @@ where
             counters: Counters::default(),
             epoch: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            l1_generation: AtomicU64::new(0),
             key_prefix: format!("{prefix}:c:{name}:v{}:", self.version),
             tag_prefix: format!("{prefix}:c:{name}:t{}:", self.version),
             all_versions: format!("{prefix}:c:{name}:*"),
@@ -451,13 +463,16 @@ where
 
     /// An L1 hit, counted. The hot path: one lookup, one `Arc` clone, one relaxed add.
     async fn l1_hit(&self, key: &str) -> Option<Hit<V>> {
-        let found = self
-            .l1
-            .get(&KeyRef {
-                ns: self.ns.id,
-                key,
-            })
-            .await?;
+        let key_ref = KeyRef {
+            ns: self.ns.id,
+            key,
+        };
+        let found = self.l1.get(&key_ref).await?;
+        if found.generation != self.ns.l1_generation.load(Ordering::Acquire) {
+            // Made before the L1 was dropped: a miss, and out of the way of the next fill.
+            self.l1.invalidate(&key_ref).await;
+            return None;
+        }
         // Namespace ids are bound to one type at declaration, so this cannot fail; if it did,
         // a miss is the safe answer.
         let value = Arc::downcast::<V>(found.value).ok()?;
@@ -554,6 +569,7 @@ where
     ) -> L1Value {
         L1Value {
             value: value as Arc<dyn Any + Send + Sync>,
+            generation: self.ns.l1_generation.load(Ordering::Acquire),
             weight,
             ttl: ttl.min(self.ns.l1_ttl),
             tags,

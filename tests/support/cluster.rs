@@ -105,7 +105,10 @@ impl RedisCluster {
         if let Some(cluster) = slot.upgrade() {
             return cluster;
         }
-        let cluster = Arc::new(RedisCluster::start_with_timeout(SHARED_NODE_TIMEOUT_MS, &[]));
+        let cluster = Arc::new(RedisCluster::start_with_timeout(
+            SHARED_NODE_TIMEOUT_MS,
+            &[],
+        ));
         *slot = Arc::downgrade(&cluster);
         cluster
     }
