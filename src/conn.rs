@@ -164,7 +164,8 @@ impl Conn {
     }
 
     /// Waits until `replicas` replicas acknowledged the writes this connection made to the
-    /// node holding `key` (Redis `WAIT`), or `wait` passes; returns how many did.
+    /// node holding `key` (Redis `WAIT`), or `wait` passes; returns how many did. `wait` must
+    /// be shorter than `op_timeout`: on a cluster, redis-rs bounds each attempt by it.
     pub(crate) async fn wait_replicas(
         &self,
         key: &str,
@@ -174,13 +175,18 @@ impl Conn {
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(replicas)
             .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        // WAIT itself may take up to `wait`; the op timeout bounds the rest.
+        let bound = self.0.op_timeout + wait;
         let reply = match &self.0.link {
-            Link::Single { .. } => return self.query(&cmd).await,
+            Link::Single { manager, .. } => {
+                let mut manager = manager.clone();
+                let call = async move { cmd.query_async::<Value>(&mut manager).await };
+                self.run_for(bound, call).await?
+            }
             Link::Cluster(cluster) => {
                 let mut conn = cluster.connection();
                 let call = async move { conn.query_at(key.as_bytes(), cmd).await };
-                // WAIT itself may take up to `wait`; the op timeout bounds the rest.
-                self.run_for(self.0.op_timeout + wait, call).await?
+                self.run_for(bound, call).await?
             }
         };
         redis::from_redis_value(reply).map_err(|e| Error::Redis(e.into()))

@@ -78,7 +78,7 @@ pub enum Error {
 
     /// A write reached the primary but fewer replicas than required acknowledged it in time
     /// (see [`SessionsBuilder::replicated_writes`](crate::session::SessionsBuilder::replicated_writes)):
-    /// a failover now could lose it, so it is reported as not done.
+    /// it is done on the primary, but a failover now could lose it.
     #[error("write acknowledged by {acknowledged} of {required} required replicas in time; a failover could lose it")]
     NotReplicated {
         /// Replicas that acknowledged the write.

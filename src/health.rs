@@ -374,6 +374,8 @@ impl Health {
         let mut m = self.0.lock();
         if probe {
             m.last_probe = Some(Instant::now());
+            // No primary answered: a partial list from an earlier probe says nothing now.
+            m.unreachable.clear();
         }
         m.last_error = Some(error.to_string());
         let from = m.observed;

@@ -386,12 +386,17 @@ impl SessionsBuilder {
 
     /// Makes every session write (create, refresh, revoke, touch) wait until `replicas`
     /// replicas of the primary holding the session acknowledged it (Redis `WAIT`), for up to
-    /// `wait`. A write fewer replicas took in time returns [`Error::NotReplicated`]: it is on
-    /// the primary, but a failover before replication could lose it, so treat it as not done.
-    /// With this set, a session write that returned `Ok` survives the promotion of any replica
-    /// that acknowledged it. Costs one more round trip (plus replication) per write; reads are
-    /// unchanged. Applies to the session's own keys; the global analytics counts are not
-    /// waited for. Default: off (a write is acknowledged once the primary has it).
+    /// `wait`, which must be shorter than the configured `op_timeout`. A write fewer replicas
+    /// took in time returns [`Error::NotReplicated`]: it is done on the primary, but a failover
+    /// before replication could lose it. Do not retry it blindly: a retried create makes a
+    /// second session, and a refresh already rotated the token (the previous one is still
+    /// accepted within `refresh_grace`). With this set, a session write that returned `Ok`
+    /// survives the promotion of any replica that acknowledged it, with one gap: `WAIT` counts
+    /// the writes of its own connection, so a reconnect between the write and the `WAIT` (the
+    /// write then failed or was cut off anyway) is not covered. Costs one more round trip (plus
+    /// replication) per write; reads are unchanged. Applies to the session's own keys; the
+    /// global analytics counts are not waited for. Default: off (a write is acknowledged once
+    /// the primary has it).
     ///
     /// ```no_run
     /// # fn demo(kit: tierkit::Tierkit) -> tierkit::Result<()> {
@@ -413,7 +418,7 @@ impl SessionsBuilder {
     ///
     /// [`Error::Config`] for a zero duration, an idle timeout above the maximum lifetime, a
     /// zero sweep batch, or [`replicated_writes`](Self::replicated_writes) asking for zero
-    /// replicas or no time.
+    /// replicas, no time, or a wait not shorter than `op_timeout`.
     pub fn build(self) -> Result<Sessions> {
         let c = &self.cfg;
         for (field, d) in [
@@ -447,6 +452,16 @@ impl SessionsBuilder {
                 return Err(Error::config(
                     "replicated_writes",
                     "waits zero time; give a positive duration",
+                ))
+            }
+            Some((_, wait)) if wait >= self.kit.config().op_timeout() => {
+                return Err(Error::config(
+                    "replicated_writes",
+                    format!(
+                        "waits {wait:?}, not less than op_timeout {:?}; the wait must fit in one \
+                         Redis call, so raise op_timeout or wait less",
+                        self.kit.config().op_timeout()
+                    ),
                 ))
             }
             _ => {}

@@ -200,14 +200,30 @@ async fn both_limiter_scripts_run_on_the_cluster_and_reload_after_script_flush()
 #[tokio::test]
 async fn a_users_session_keys_share_one_slot_and_replicated_writes_are_acknowledged() {
     let cluster = RedisCluster::shared();
-    let config = fast_cluster_config(&cluster);
-    let prefix = config.prefix().to_owned();
+    // Room for replication on a busy 2-core machine (the other tests' clusters share it):
+    // calls may take 3 s, WAIT 2 s of that.
+    let prefix = format!("t{}-durable", std::process::id());
+    let config = support::fast_builder()
+        .op_timeout(Duration::from_secs(3))
+        .redis_cluster(cluster.seeds())
+        .prefix(&prefix)
+        .build()
+        .unwrap();
     let kit = connected_with(config).await;
     let sessions = kit
         .sessions()
-        .replicated_writes(1, Duration::from_millis(500))
+        .replicated_writes(1, Duration::from_secs(2))
         .build()
         .unwrap();
+    // The wait must fit in one Redis call.
+    let too_long = kit
+        .sessions()
+        .replicated_writes(1, Duration::from_secs(3))
+        .build();
+    assert!(
+        matches!(&too_long, Err(tierkit::Error::Config { field, .. }) if field == "replicated_writes"),
+        "{too_long:?}"
+    );
     for _ in 0..3 {
         sessions
             .create(NewSession::new("ann").device(DeviceKind::Mobile, "phone"))
@@ -272,6 +288,32 @@ async fn a_hung_primary_degrades_only_its_slots_and_is_named() {
     }
     let victim = cluster.primary_of(&ns.redis_key("k0")).unwrap();
     let victim_addr = cluster.nodes()[victim].addr();
+    let elsewhere = keys
+        .iter()
+        .find(|k| cluster.primary_of(&ns.redis_key(k)) != Some(victim))
+        .unwrap()
+        .clone();
+    // A second instance whose backplane subscribes on the victim (its first seed), holding a
+    // key of another shard in L1.
+    let mut seeds = cluster.seeds();
+    seeds.retain(|s| *s != victim_addr);
+    seeds.insert(0, victim_addr.clone());
+    let watcher = connected_with(
+        support::fast_builder()
+            .redis_cluster(&seeds)
+            .prefix(kit.config().prefix())
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let watched = watcher.namespace::<Profile>("p").build().unwrap();
+    assert!(eventually(Duration::from_secs(5), || async {
+        watcher.cache_info().await.coherent
+    })
+    .await
+    .is_some());
+    watched.get(&elsewhere).await.unwrap();
+    assert_eq!(watched.get(&elsewhere).await.unwrap().source(), Source::L1);
     cluster.node_mut(victim).hang();
 
     let degraded = eventually(Duration::from_secs(3), || async {
@@ -280,13 +322,19 @@ async fn a_hung_primary_degrades_only_its_slots_and_is_named() {
     .await;
     let status = health.status();
     // Keys elsewhere are served while it hangs; the report names the hung node.
-    let elsewhere = keys
-        .iter()
-        .find(|k| cluster.primary_of(&ns.redis_key(k)) != Some(victim))
-        .unwrap();
-    let read_elsewhere = ns.set(elsewhere, profile(2)).await;
+    let read_elsewhere = ns.set(&elsewhere, profile(2)).await;
     let report = serde_json::to_value(kit.health_report().await).unwrap();
+    // The watcher's subscription on the hung node stops answering PING: it moves to another
+    // node and drops its L1, so it does not keep the value just replaced.
+    let watcher_saw = eventually(Duration::from_secs(5), || async {
+        watched
+            .get(&elsewhere)
+            .await
+            .is_some_and(|h| *h == profile(2))
+    })
+    .await;
     cluster.node_mut(victim).resume();
+    assert!(watcher_saw.is_some(), "the watcher kept a stale L1 copy");
     assert!(degraded.is_some(), "{status:?}");
     assert_eq!(read_elsewhere.unwrap(), Reach::AllTiers);
     assert_eq!(report["status"], "degraded", "{report}");
@@ -320,7 +368,12 @@ async fn a_hung_primary_degrades_only_its_slots_and_is_named() {
 async fn kill_a_primary_under_load_the_replica_takes_over_and_acknowledged_sessions_survive() {
     support::init_tracing();
     let mut cluster = RedisCluster::start();
-    let config = fast_cluster_config(&cluster);
+    // Calls bounded at 1 s, so a WAIT of 800 ms leaves replication room on a busy machine.
+    let config = support::fast_builder()
+        .op_timeout(Duration::from_secs(1))
+        .redis_cluster(cluster.seeds())
+        .build()
+        .unwrap();
     let kit = connected_with(config.clone()).await;
     let health = kit.health().unwrap().clone();
     let ns = kit.namespace::<Profile>("load").build().unwrap();
@@ -333,7 +386,7 @@ async fn kill_a_primary_under_load_the_replica_takes_over_and_acknowledged_sessi
         .unwrap();
     let sessions = kit
         .sessions()
-        .replicated_writes(1, Duration::from_millis(100))
+        .replicated_writes(1, Duration::from_millis(800))
         .build()
         .unwrap();
 
@@ -382,9 +435,14 @@ async fn kill_a_primary_under_load_the_replica_takes_over_and_acknowledged_sessi
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = acknowledged.lock().unwrap().len();
-    assert!(before > 0, "no session was acknowledged before the kill");
+    let some_acknowledged = eventually(Duration::from_secs(10), || async {
+        !acknowledged.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(
+        some_acknowledged.is_some(),
+        "no session was acknowledged before the kill"
+    );
 
     let victim = cluster.primaries()[0];
     let killed_at = Instant::now();

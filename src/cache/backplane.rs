@@ -76,8 +76,8 @@ impl Listener {
                 _ = &mut stop => return,
                 s = self.subscribe() => s,
             };
-            let mut stream = match subscribed {
-                Ok(pubsub) => pubsub.into_on_message(),
+            let (mut sink, mut stream) = match subscribed {
+                Ok(pubsub) => pubsub.split(),
                 Err(why) => {
                     tracing::debug!(%why, "tierkit: cache backplane subscribe failed; retrying");
                     tokio::select! {
@@ -98,9 +98,21 @@ impl Listener {
             }
             drop(core);
 
+            // A node that hangs (or a partition) neither closes the subscription nor, on a
+            // cluster, makes health Down: a PING each probe interval tells a live subscription
+            // from one that would silently miss every message.
+            let mut liveness = tokio::time::interval(self.health.config().probe_interval);
+            liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            liveness.tick().await;
             let reason = loop {
                 tokio::select! {
                     _ = &mut stop => return,
+                    _ = liveness.tick() => {
+                        let ping = sink.ping::<redis::Value>();
+                        if !matches!(tokio::time::timeout(self.op_timeout, ping).await, Ok(Ok(_))) {
+                            break "subscription connection not answering PING";
+                        }
+                    }
                     msg = stream.next() => match msg {
                         None => break "subscription connection closed",
                         Some(msg) => {

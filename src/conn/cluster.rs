@@ -21,7 +21,9 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Arg, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::{
+    Arg, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisFuture, ServerErrorKind, Value,
+};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -326,47 +328,45 @@ impl SplitConn {
     }
 
     async fn split(&mut self, pipeline: &Pipeline) -> redis::RedisResult<Vec<Value>> {
-        let groups = group_by_slot(pipeline);
-        // Routed here even for one group: redis-rs would take a PUBLISH channel for a key.
-        match groups.as_slice() {
-            [] => {
-                return self
-                    .0
-                    .route_pipeline(
-                        pipeline.clone(),
-                        0,
-                        pipeline.len(),
-                        SingleNodeRoutingInfo::Random,
-                    )
-                    .await
-            }
-            [(route, _)] => {
-                let route = SingleNodeRoutingInfo::SpecificNode(*route);
-                return self
-                    .0
-                    .route_pipeline(pipeline.clone(), 0, pipeline.len(), route)
-                    .await;
-            }
-            _ => {}
-        }
         let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
-        let sends = groups.into_iter().map(|(route, indices)| {
-            let mut conn = self.0.clone();
-            let mut sub = redis::pipe();
-            for &i in &indices {
-                sub.add_command(cmds[i].clone());
+        let (mut groups, keyless) = group_by_slot(&cmds);
+        if groups.len() == 1 {
+            // One node: keyless commands ride along, after the writes they follow.
+            if let Some((_, indices)) = groups.first_mut() {
+                indices.extend(&keyless);
+                indices.sort_unstable();
             }
+        }
+        let first_route = groups.first().map(|(route, _)| *route);
+        let mut replies: Vec<Option<Value>> = vec![None; cmds.len()];
+        let sends = groups.into_iter().map(|(route, indices)| {
+            let conn = self.0.clone();
+            let cmds = &cmds;
             async move {
-                let count = sub.len();
-                let replies = conn
-                    .route_pipeline(sub, 0, count, SingleNodeRoutingInfo::SpecificNode(route))
-                    .await;
-                (indices, replies)
+                let route = SingleNodeRoutingInfo::SpecificNode(route);
+                (
+                    indices.clone(),
+                    send_group(conn, route, cmds, &indices).await,
+                )
             }
         });
-        let mut replies: Vec<Option<Value>> = vec![None; pipeline.len()];
         for (indices, result) in join_all(sends).await {
             for (i, value) in indices.into_iter().zip(result?) {
+                replies[i] = Some(value);
+            }
+        }
+        // Several nodes: a `PUBLISH` goes only once every write it announces has landed, so an
+        // instance acting on the message reads the new state, never the old one.
+        if first_route.is_none() || replies.iter().any(Option::is_none) {
+            let route = first_route.map_or(SingleNodeRoutingInfo::Random, |r| {
+                SingleNodeRoutingInfo::SpecificNode(r)
+            });
+            let rest: Vec<usize> = (0..cmds.len()).filter(|&i| replies[i].is_none()).collect();
+            for (i, value) in rest
+                .iter()
+                .copied()
+                .zip(send_group(self.0.clone(), route, &cmds, &rest).await?)
+            {
                 replies[i] = Some(value);
             }
         }
@@ -377,12 +377,42 @@ impl SplitConn {
     }
 }
 
-/// Command indices by the slot of their first key, in order of first appearance; keyless
-/// commands join the first group.
-fn group_by_slot(pipeline: &Pipeline) -> Vec<(Route, Vec<usize>)> {
+/// Sends `cmds[indices]` as one pipeline to `route`. A pipeline's error replies come back as
+/// values, so redis-rs neither follows a `MOVED`/`ASK` in them nor refreshes its slot map:
+/// such a group is sent again command by command, which does both.
+async fn send_group(
+    mut conn: ClusterConnection,
+    route: SingleNodeRoutingInfo,
+    cmds: &[&Cmd],
+    indices: &[usize],
+) -> redis::RedisResult<Vec<Value>> {
+    let mut sub = redis::pipe();
+    for &i in indices {
+        sub.add_command(cmds[i].clone());
+    }
+    let replies = conn.route_pipeline(sub, 0, indices.len(), route).await?;
+    let redirected = replies.iter().any(|v| {
+        matches!(v, Value::ServerError(e) if matches!(
+            e.kind(),
+            Some(ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain)
+        ))
+    });
+    if !redirected {
+        return Ok(replies);
+    }
+    let mut again = Vec::with_capacity(indices.len());
+    for &i in indices {
+        again.push(conn.req_packed_command(cmds[i]).await?);
+    }
+    Ok(again)
+}
+
+/// Command indices by the slot of their first key, in order of first appearance, and the
+/// indices of keyless commands.
+fn group_by_slot(cmds: &[&Cmd]) -> (Vec<(Route, Vec<usize>)>, Vec<usize>) {
     let mut groups: Vec<(Route, Vec<usize>)> = Vec::new();
     let mut keyless = Vec::new();
-    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+    for (i, cmd) in cmds.iter().enumerate() {
         match first_key(cmd) {
             Some(key) => {
                 let route = Route::with_key(key, SlotAddr::Master);
@@ -394,11 +424,7 @@ fn group_by_slot(pipeline: &Pipeline) -> Vec<(Route, Vec<usize>)> {
             None => keyless.push(i),
         }
     }
-    if let Some((_, first)) = groups.first_mut() {
-        first.extend(keyless);
-        first.sort_unstable();
-    }
-    groups
+    (groups, keyless)
 }
 
 /// Commands tierkit pipelines that carry no key.
@@ -468,10 +494,12 @@ mod tests {
         pipe.cmd("SET").arg("{u2}:a").arg(1);
         pipe.cmd("PUBLISH").arg("ch").arg("m");
         pipe.cmd("GET").arg("{u1}:b");
-        let groups = group_by_slot(&pipe);
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+        let (groups, keyless) = group_by_slot(&cmds);
         assert_eq!(groups.len(), 2);
-        assert_eq!(groups[0].1, vec![0, 2, 3]);
+        assert_eq!(groups[0].1, vec![0, 3]);
         assert_eq!(groups[1].1, vec![1]);
+        assert_eq!(keyless, vec![2]);
     }
 
     #[test]

@@ -98,8 +98,8 @@ impl Local {
     }
 
     pub(crate) fn decide(&self, key: &str, n: NonZeroU32, limit: u32) -> Decision {
-        // Counted per thread: a shared atomic would cost a locked add on every check for an
-        // event that only has to happen now and then.
+        // Counted per thread (one count for every limiter on it): a shared atomic would cost a
+        // locked add on every check for an event that only has to happen now and then.
         let due = CHECKS.with(|c| {
             let next = c.get().wrapping_add(1);
             c.set(next);
