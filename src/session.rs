@@ -471,7 +471,7 @@ impl SessionsBuilder {
                 conn: conn.clone(),
                 codec: self.kit.codec().clone(),
                 prefix: self.kit.config().prefix().to_owned(),
-                owed: std::sync::Mutex::new(Vec::new()),
+                owed: std::sync::Mutex::default(),
                 replicated: self.cfg.replicated,
             }),
             None => Store::Memory(MemoryStore::default()),

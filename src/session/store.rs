@@ -172,9 +172,18 @@ pub(crate) struct RedisStore {
     pub(crate) prefix: String,
     /// Count adjustments Redis did not take yet (device kinds of sessions taken off an index):
     /// a session removal that succeeded is never reported failed over its counts.
-    pub(crate) owed: std::sync::Mutex<Vec<String>>,
+    pub(crate) owed: std::sync::Mutex<Owed>,
     /// Replicas that must acknowledge each write, and for how long to wait.
     pub(crate) replicated: Option<(u32, Duration)>,
+}
+
+/// Count changes and user registrations Redis did not take yet, paid with the next ones.
+#[derive(Debug, Default)]
+pub(crate) struct Owed {
+    /// Device kind and change of its active count.
+    counts: Vec<(String, i64)>,
+    /// Users to register for the sweep.
+    users: Vec<String>,
 }
 
 /// Deletes a session and takes it off its user's index, in one step on the user's slot.
@@ -253,22 +262,77 @@ impl RedisStore {
             .arg(rec.created)
             .arg(member(hash, kind))
             .ignore();
-        pipe.cmd("SADD")
-            .arg(self.users_key())
-            .arg(&rec.user_id)
-            .ignore();
-        pipe.cmd("HINCRBY")
-            .arg(self.counts_key())
-            .arg("active")
-            .arg(1)
-            .ignore();
-        pipe.cmd("HINCRBY")
-            .arg(self.counts_key())
-            .arg(format!("device:{kind}"))
-            .arg(1)
-            .ignore();
-        self.conn.pipeline::<()>(&pipe).await?;
+        if self.conn.is_cluster() {
+            // The global keys live on other shards: losing one of them must not fail every
+            // login, so the session is written on its own and the counts are owed if need be.
+            let (written, ()) = futures_util::future::join(
+                self.conn.pipeline::<()>(&pipe),
+                self.settle(vec![(kind.to_owned(), 1)], vec![rec.user_id.clone()]),
+            )
+            .await;
+            written?;
+        } else {
+            self.add_globals(&mut pipe, &[(kind.to_owned(), 1)], &[&rec.user_id]);
+            self.conn.pipeline::<()>(&pipe).await?;
+        }
         self.replicated(&key).await
+    }
+
+    /// Adds count changes and user registrations to `pipe`.
+    fn add_globals(&self, pipe: &mut redis::Pipeline, counts: &[(String, i64)], users: &[&str]) {
+        let mut per_kind: HashMap<&str, i64> = HashMap::new();
+        for (kind, n) in counts {
+            *per_kind.entry(kind.as_str()).or_default() += n;
+        }
+        let total: i64 = per_kind.values().sum();
+        if total != 0 {
+            pipe.cmd("HINCRBY")
+                .arg(self.counts_key())
+                .arg("active")
+                .arg(total)
+                .ignore();
+        }
+        for (kind, n) in per_kind.into_iter().filter(|(_, n)| *n != 0) {
+            pipe.cmd("HINCRBY")
+                .arg(self.counts_key())
+                .arg(format!("device:{kind}"))
+                .arg(n)
+                .ignore();
+        }
+        if !users.is_empty() {
+            pipe.cmd("SADD").arg(self.users_key()).arg(users).ignore();
+        }
+    }
+
+    /// Applies count changes and user registrations, with whatever is owed. What was surely
+    /// not sent (Redis known down, connection refused) stays owed and is paid with the next
+    /// call; what failed after it may have reached Redis (a timeout, a dropped connection) is
+    /// not sent again, since a hung server applies it once it resumes: the counts are never
+    /// counted twice, at the price of missing a change lost with a crashed server.
+    async fn settle(&self, counts: Vec<(String, i64)>, users: Vec<String>) {
+        let mut owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        owed.counts.extend(counts);
+        owed.users.extend(users);
+        if owed.counts.is_empty() && owed.users.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let users: Vec<&str> = owed.users.iter().map(String::as_str).collect();
+        self.add_globals(&mut pipe, &owed.counts, &users);
+        if pipe.is_empty() {
+            return;
+        }
+        let unsent = match self.conn.pipeline::<()>(&pipe).await {
+            Ok(()) => false,
+            Err(Error::Unavailable) => true,
+            Err(Error::Redis(e)) => e.is_connection_refusal(),
+            Err(_) => false,
+        };
+        if unsent {
+            let mut now = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            now.counts.extend(owed.counts);
+            now.users.extend(owed.users);
+        }
     }
 
     /// With replicated writes on, waits until enough replicas of the primary holding `key`
@@ -347,41 +411,10 @@ impl RedisStore {
     }
 
     /// Counts sessions off; what Redis does not take now is owed and paid with the next
-    /// adjustment or read of the counts.
+    /// change.
     async fn count_off(&self, kinds: &[&str]) {
-        let mut owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
-        owed.extend(kinds.iter().map(|k| (*k).to_owned()));
-        if owed.is_empty() {
-            return;
-        }
-        if self.send_count_off(&owed).await.is_err() {
-            self.owed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(owed);
-        }
-    }
-
-    async fn send_count_off(&self, kinds: &[String]) -> Result<()> {
-        let mut per_kind: HashMap<&str, i64> = HashMap::new();
-        for kind in kinds {
-            *per_kind.entry(kind.as_str()).or_default() += 1;
-        }
-        let mut pipe = redis::pipe();
-        let total = i64::try_from(kinds.len()).unwrap_or(i64::MAX);
-        pipe.cmd("HINCRBY")
-            .arg(self.counts_key())
-            .arg("active")
-            .arg(-total)
-            .ignore();
-        for (kind, n) in per_kind {
-            pipe.cmd("HINCRBY")
-                .arg(self.counts_key())
-                .arg(format!("device:{kind}"))
-                .arg(-n)
-                .ignore();
-        }
-        self.conn.pipeline::<()>(&pipe).await
+        let counts = kinds.iter().map(|k| ((*k).to_owned(), -1)).collect();
+        self.settle(counts, Vec::new()).await;
     }
 
     async fn index(&self, tag: &str, user: &str) -> Result<Vec<String>> {
