@@ -171,7 +171,7 @@ pub fn l2_hit(c: &mut Criterion) {
                 .build()
                 .unwrap();
             let (kit, ns, raw) = rt.block_on(async {
-                let kit = crate::up(config).await;
+                let kit = crate::support::connected_with(config).await;
                 let ns = kit
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
@@ -200,7 +200,7 @@ pub fn l2_hit(c: &mut Criterion) {
                 (kit, ns, Raw { conn })
             });
             let (kit_u, ns_u) = rt.block_on(async {
-                let kit = crate::up(uncounted).await;
+                let kit = crate::support::connected_with(uncounted).await;
                 let ns = kit
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
@@ -353,7 +353,10 @@ pub fn get_or_set_cold(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("get_or_set_cold/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, ns, conn) = rt.block_on(async {
-            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
+            let kit = crate::support::connected_with(
+                Config::builder().redis_url(server.url()).build().unwrap(),
+            )
+            .await;
             let ns = kit
                 .namespace::<Payload>(format!("cold_{flavor}"))
                 .build()
@@ -411,7 +414,10 @@ pub fn set(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("set/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, ns, conn) = rt.block_on(async {
-            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
+            let kit = crate::support::connected_with(
+                Config::builder().redis_url(server.url()).build().unwrap(),
+            )
+            .await;
             let ns = kit.namespace::<Payload>("set").build().unwrap();
             let conn = server
                 .client()
@@ -467,7 +473,7 @@ pub fn get_many(c: &mut Criterion) {
                 .l1_capacity(L1_FULL)
                 .build()
                 .unwrap();
-            let kit = crate::up(config).await;
+            let kit = crate::support::connected_with(config).await;
             let ns = kit.namespace::<Payload>("many").build().unwrap();
             ns.set_many(
                 keys.iter()
@@ -491,7 +497,7 @@ pub fn get_many(c: &mut Criterion) {
                 .l1_eviction_counts(false)
                 .build()
                 .unwrap();
-            let kit = crate::up(config).await;
+            let kit = crate::support::connected_with(config).await;
             let ns = kit.namespace::<Payload>("many").build().unwrap();
             (kit, ns)
         });

@@ -39,20 +39,6 @@ pub fn runtimes() -> Vec<(&'static str, Runtime)> {
     ]
 }
 
-/// A tierkit instance with `config` once Redis is up, so no measurement sees the start.
-pub async fn up(config: tierkit::Config) -> tierkit::Tierkit {
-    let kit = tierkit::Tierkit::new(config).expect("tierkit starts");
-    let health = kit.health().expect("Redis is configured");
-    assert!(
-        health
-            .wait_for(tierkit::health::HealthState::Up, Duration::from_secs(5))
-            .await,
-        "Redis never came up: {:?}",
-        health.status()
-    );
-    kit
-}
-
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)

@@ -31,7 +31,10 @@ pub fn redis_decision(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ratelimit_redis/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, limiter, conn) = rt.block_on(async {
-            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
+            let kit = crate::support::connected_with(
+                Config::builder().redis_url(server.url()).build().unwrap(),
+            )
+            .await;
             let limiter = kit.limiter("bench", quota).build().unwrap();
             let conn = server
                 .client()
@@ -64,16 +67,7 @@ pub fn redis_decision(c: &mut Criterion) {
             })
         });
         group.finish();
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-        for line in stats
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
-        {
-            eprintln!("ratelimit_redis_64_tasks/{flavor}: redis-server {line}");
-        }
+        print_commandstats(&server, &format!("ratelimit_redis/{flavor}"));
         drop(kit);
     }
 }
@@ -120,7 +114,10 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ratelimit_redis_64_tasks/{flavor}"));
         group.throughput(Throughput::Elements(TASKS as u64));
         let (kit, counter, log, conn) = rt.block_on(async {
-            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
+            let kit = crate::support::connected_with(
+                Config::builder().redis_url(server.url()).build().unwrap(),
+            )
+            .await;
             let counter = kit
                 .limiter("bench_counter", quota)
                 .algorithm(Algorithm::SlidingCounter)
@@ -201,16 +198,22 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
             });
         }
         group.finish();
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut server.client().get_connection().unwrap())
-            .unwrap();
-        for line in stats
-            .lines()
-            .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
-        {
-            eprintln!("ratelimit_redis_64_tasks/{flavor}: redis-server {line}");
-        }
+        print_commandstats(&server, &format!("ratelimit_redis_64_tasks/{flavor}"));
         drop(kit);
+    }
+}
+
+/// Prints Redis's own time per `GET` and `EVALSHA` so far (`INFO commandstats`), which tells
+/// the server's share of a decision from the client's.
+fn print_commandstats(server: &RedisServer, group: &str) {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.client().get_connection().unwrap())
+        .unwrap();
+    for line in stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_get:") || l.starts_with("cmdstat_evalsha:"))
+    {
+        eprintln!("{group}: redis-server {line}");
     }
 }

@@ -21,7 +21,10 @@ pub fn validate(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("session_validate/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let (kit, sessions, ids, conn) = rt.block_on(async {
-            let kit = crate::up(Config::builder().redis_url(server.url()).build().unwrap()).await;
+            let kit = crate::support::connected_with(
+                Config::builder().redis_url(server.url()).build().unwrap(),
+            )
+            .await;
             // Touches at most once an hour: a validation is one read, as in production.
             let sessions = kit
                 .sessions()
