@@ -420,16 +420,8 @@ suite!(on_cluster, cluster);
 
 // ---- Redis only -------------------------------------------------------------------------
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 async fn command_calls(server: &RedisServer, command: &str) -> u64 {
-    let mut c = raw(server).await;
+    let mut c = server.async_connection().await;
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut c)
@@ -455,7 +447,7 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
         .unwrap();
     events.set("1", event(1)).await.unwrap();
 
-    let mut c = raw(server).await;
+    let mut c = server.async_connection().await;
     let key = events.redis_key("1");
     assert_eq!(key, "tierkit:c:events:v1:1");
     let bytes: Vec<u8> = redis::cmd("GET")
@@ -495,7 +487,7 @@ async fn an_l1_hit_makes_no_redis_call_and_does_not_decode() {
     let events = f.kit.namespace::<Event>("events").build().unwrap();
     events.set("1", event(1)).await.unwrap();
     // Corrupt the L2 copy behind tierkit's back: an L1 hit must not notice.
-    let mut c = raw(server).await;
+    let mut c = server.async_connection().await;
     let _: () = redis::cmd("SET")
         .arg(events.redis_key("1"))
         .arg("garbage")
@@ -521,7 +513,7 @@ async fn ttl_override_and_jitter() {
         .jitter(0.5)
         .build()
         .unwrap();
-    let mut c = raw(server).await;
+    let mut c = server.async_connection().await;
     let mut ttls = Vec::new();
     for i in 0..50u64 {
         events.set(&i.to_string(), event(i)).await.unwrap();
@@ -636,7 +628,7 @@ async fn bytes_that_no_longer_decode_are_a_counted_miss_and_get_overwritten() {
     let f = Fixture::redis().await;
     let server = f.server.as_ref().unwrap();
     let events = f.kit.namespace::<Event>("events").build().unwrap();
-    let mut c = raw(server).await;
+    let mut c = server.async_connection().await;
     // Same version, incompatible bytes: a forgotten version bump, or another writer.
     let foreign = f.kit.codec().encode(&"not an event").unwrap();
     let _: () = redis::cmd("SET")
@@ -728,7 +720,7 @@ async fn a_dropped_backplane_connection_drops_l1_on_resubscribe() {
     eb.set("1", event(1)).await.unwrap();
     assert_eq!(eb.get("1").await.unwrap().source(), Source::L1);
 
-    let mut c = raw(&server).await;
+    let mut c = server.async_connection().await;
     let _: () = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -900,7 +892,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
     events.set("k", event(2)).await.unwrap();
     assert_eq!(*loading.await.unwrap().unwrap(), event(1));
     assert_eq!(*events.get("k").await.unwrap(), event(2));
-    let mut c = raw(server).await;
+    let mut c = server.async_connection().await;
     let bytes: Vec<u8> = redis::cmd("GET")
         .arg(events.redis_key("k"))
         .query_async(&mut c)

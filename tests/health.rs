@@ -314,11 +314,7 @@ async fn forced_down_fails_calls_at_once_and_unforce_restores() {
 }
 
 async fn client_count(server: &RedisServer) -> usize {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.async_connection().await;
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut c)

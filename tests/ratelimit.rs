@@ -18,14 +18,6 @@ fn quota(limit: u32, window: Duration) -> Quota {
     Quota::new(limit, window).unwrap()
 }
 
-async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn invalid_quotas_and_units_are_refused_with_clear_errors() {
     assert!(Quota::new(0, Duration::from_secs(1))
@@ -227,7 +219,7 @@ async fn blocked_keys_are_answered_from_memory_until_the_block_ends() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let mut c = raw(&server).await;
+    let mut c = server.async_connection().await;
     let before: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut c)

@@ -336,11 +336,7 @@ suite!(on_cluster, cluster);
 // ---- Redis only -------------------------------------------------------------------------
 
 async fn keys(server: &RedisServer) -> Vec<String> {
-    let mut c = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = server.async_connection().await;
     redis::cmd("KEYS")
         .arg("*")
         .query_async(&mut c)
@@ -356,11 +352,7 @@ async fn redis_holds_only_hashes_and_one_slot_per_user() {
     let c = s.create(login("hana", DeviceKind::Mobile)).await.unwrap();
     let sid = c.session_id.expose();
     let rt = c.refresh_token.expose();
-    let mut c2 = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c2 = server.async_connection().await;
     let mut everything = String::new();
     for key in keys(server).await {
         everything.push_str(&key);

@@ -176,11 +176,7 @@ pub fn l2_hit(c: &mut Criterion) {
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
                     .unwrap();
-                let mut conn = server
-                    .client()
-                    .get_multiplexed_async_connection()
-                    .await
-                    .unwrap();
+                let mut conn = server.async_connection().await;
                 let mut compressed = false;
                 for (i, (k, rk)) in keys.iter().zip(&raw_keys).enumerate() {
                     let v = payload(i as u64, size);
@@ -361,11 +357,7 @@ pub fn get_or_set_cold(c: &mut Criterion) {
                 .namespace::<Payload>(format!("cold_{flavor}"))
                 .build()
                 .unwrap();
-            let conn = server
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let conn = server.async_connection().await;
             (kit, ns, conn)
         });
         let value = payload(1, 200);
@@ -419,11 +411,7 @@ pub fn set(c: &mut Criterion) {
             )
             .await;
             let ns = kit.namespace::<Payload>("set").build().unwrap();
-            let conn = server
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let conn = server.async_connection().await;
             (kit, ns, conn)
         });
         let keys: Vec<String> = (0..L2_KEYS).map(|i| i.to_string()).collect();
@@ -482,11 +470,7 @@ pub fn get_many(c: &mut Criterion) {
             )
             .await
             .unwrap();
-            let conn = server
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let conn = server.async_connection().await;
             (kit, ns, conn)
         });
         // The same, without per-namespace eviction counts (no moka eviction listener).

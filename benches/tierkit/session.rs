@@ -47,11 +47,7 @@ pub fn validate(c: &mut Criterion) {
                         .to_owned(),
                 );
             }
-            let conn = server
-                .client()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap();
+            let conn = server.async_connection().await;
             (kit, sessions, ids, conn)
         });
         // The keys validate reads: found by the same scan a service's ops would use.

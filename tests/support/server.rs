@@ -221,6 +221,18 @@ impl RedisServer {
         redis::Client::open(self.connection_info()).expect("valid redis connection info")
     }
 
+    /// A multiplexed async connection to this server, for tests and benches that look at or
+    /// set up Redis directly.
+    ///
+    /// # Panics
+    /// If the server does not accept the connection.
+    pub async fn async_connection(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("connect to redis-server on {}: {e}", self.addr()))
+    }
+
     /// Deletes every key (sync `FLUSHALL`).
     ///
     /// # Panics
