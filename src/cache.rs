@@ -311,11 +311,13 @@ async fn redis_figures(conn: &Conn) -> (Option<u64>, Option<u64>) {
         return (None, None);
     };
     let per_node = nodes.iter().map(|node| async move {
-        let keys: u64 = conn.query_node(node, &redis::cmd("DBSIZE")).await.ok()?;
-        let info: String = conn
-            .query_node(node, redis::cmd("INFO").arg("memory"))
-            .await
-            .ok()?;
+        // Both at once: on a multiplexed connection they share one round trip.
+        let (keys, info) = futures_util::future::join(
+            conn.query_node::<u64>(node, &redis::cmd("DBSIZE")),
+            conn.query_node::<String>(node, redis::cmd("INFO").arg("memory")),
+        )
+        .await;
+        let (keys, info) = (keys.ok()?, info.ok()?);
         let used: u64 = info
             .lines()
             .find_map(|l| l.strip_prefix("used_memory:"))
