@@ -264,13 +264,11 @@ impl RedisStore {
             .ignore();
         if self.conn.is_cluster() {
             // The global keys live on other shards: losing one of them must not fail every
-            // login, so the session is written on its own and the counts are owed if need be.
-            let (written, ()) = futures_util::future::join(
-                self.conn.pipeline::<()>(&pipe),
-                self.settle(vec![(kind.to_owned(), 1)], vec![rec.user_id.clone()]),
-            )
-            .await;
-            written?;
+            // login, so they follow the session's own write (never counting a session that
+            // was not written) and are owed if their shard does not take them.
+            self.conn.pipeline::<()>(&pipe).await?;
+            self.settle(vec![(kind.to_owned(), 1)], vec![rec.user_id.clone()])
+                .await;
         } else {
             self.add_globals(&mut pipe, &[(kind.to_owned(), 1)], &[&rec.user_id]);
             self.conn.pipeline::<()>(&pipe).await?;
