@@ -18,7 +18,6 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use support::http::Reply;
 use support::RedisServer;
-use tierkit::health::HealthState;
 use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
 use tierkit::ratelimit::{Decision, Limiter, Quota};
 use tierkit::{Config, Tierkit};
@@ -36,16 +35,7 @@ async fn connected(server: &RedisServer) -> Tierkit {
         .op_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
-    let kit = Tierkit::new(config).unwrap();
-    let health = kit.health().unwrap();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await,
-        "{:?}",
-        health.status()
-    );
-    kit
+    support::connected_with(config).await
 }
 
 fn limiter(kit: &Tierkit, name: &str) -> Limiter {

@@ -19,9 +19,8 @@ use serde_json::{json, Value};
 use service::{Database, Settings};
 use support::http::Reply;
 use support::RedisServer;
-use tierkit::health::HealthState;
 use tierkit::ratelimit::Quota;
-use tierkit::{Config, Tierkit};
+use tierkit::Tierkit;
 use tokio::net::TcpListener;
 
 /// The `/api/*` quota of the served app: 5 requests per minute.
@@ -153,24 +152,7 @@ async fn health_becomes(addr: SocketAddr, want: &str, redis: &str, http_status: 
 async fn service_serves_through_a_redis_outage() {
     support::init_tracing();
     let mut server = RedisServer::start();
-    let config = Config::builder()
-        .redis_url(server.url())
-        .probe_interval(Duration::from_millis(100))
-        .probe_timeout(Duration::from_millis(80))
-        .op_timeout(Duration::from_millis(100))
-        .fail_threshold(2)
-        .recover_threshold(1)
-        .build()
-        .unwrap();
-    let kit = Tierkit::new(config).unwrap();
-    let health = kit.health().unwrap();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await,
-        "{:?}",
-        health.status()
-    );
+    let kit = support::connected(&server.url()).await;
     let db = Arc::new(Database::default());
     let addr = serve(kit.clone(), db.clone(), LIMIT).await;
 
