@@ -37,19 +37,20 @@ mod pattern;
 mod stats;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use namespace::{Hit, Namespace, NamespaceBuilder, Reach, SetOptions, Source, WarmProgress};
 pub use stats::CacheStats;
 
 pub(crate) use namespace::NsShared;
 
+use crate::codec::Codec;
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
+use crate::keys::Keys;
 use backplane::{Message, Op};
 use l1::L1;
 
@@ -60,15 +61,18 @@ struct Registry {
     by_id: Vec<Arc<NsShared>>,
 }
 
-/// What one [`Tierkit`](crate::Tierkit) shares between its namespaces.
+/// What one [`Tierkit`](crate::Tierkit) shares between its namespaces: the L1, the L2 (the
+/// Redis connection, when there is one), the codec, the key schema and the backplane.
 pub(crate) struct CacheCore {
     pub(crate) l1: L1,
-    pub(crate) prefix: String,
+    pub(crate) conn: Option<Conn>,
+    pub(crate) codec: Codec,
+    pub(crate) keys: Keys,
     pub(crate) channel: String,
     /// Tags this instance's backplane messages so it skips its own.
     pub(crate) origin: u64,
     /// Whether the backplane is subscribed (always false in embedded mode).
-    pub(crate) coherent: AtomicBool,
+    pub(crate) coherent: watch::Sender<bool>,
     registry: Arc<RwLock<Registry>>,
     _stop_backplane: Option<oneshot::Sender<()>>,
 }
@@ -77,7 +81,7 @@ impl std::fmt::Debug for CacheCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheCore")
             .field("l1_entries", &self.l1.entry_count())
-            .field("coherent", &self.coherent.load(Ordering::Relaxed))
+            .field("coherent", &*self.coherent.borrow())
             .finish_non_exhaustive()
     }
 }
@@ -117,7 +121,7 @@ pub struct CacheInfo {
 }
 
 impl CacheCore {
-    pub(crate) fn new(config: &Config, conn: Option<&Conn>) -> Arc<Self> {
+    pub(crate) fn new(config: &Config, conn: Option<Conn>) -> Arc<Self> {
         let registry = Arc::new(RwLock::new(Registry::default()));
         let evictions = Arc::downgrade(&registry);
         let on_evict = config.l1_eviction_counts.then_some(move |ns| {
@@ -128,8 +132,9 @@ impl CacheCore {
             }
         });
         let l1 = l1::build(config.l1_capacity, on_evict);
-        let channel = backplane::channel(&config.prefix);
-        let (stop, stop_rx) = match conn {
+        let channel = config.keys.backplane_channel();
+        let subscription = conn.as_ref().map(|c| c.subscribe(channel.clone()));
+        let (stop, stop_rx) = match subscription {
             Some(_) => {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
@@ -138,25 +143,30 @@ impl CacheCore {
         };
         let core = Arc::new(CacheCore {
             l1,
-            prefix: config.prefix.clone(),
-            channel: channel.clone(),
+            conn,
+            codec: config.codec.clone(),
+            keys: config.keys.clone(),
+            channel,
             origin: fastrand::u64(..),
-            coherent: AtomicBool::new(false),
+            coherent: watch::Sender::new(false),
             registry,
             _stop_backplane: stop,
         });
-        if let (Some(conn), Some(stop_rx)) = (conn, stop_rx) {
-            let listener = backplane::Listener {
-                core: Arc::downgrade(&core),
-                clients: conn.pubsub_clients(),
-                health: conn.health().clone(),
-                channel,
-                connect_timeout: config.connect_timeout,
-                op_timeout: config.op_timeout,
-            };
-            tokio::spawn(listener.run(stop_rx));
+        if let (Some(subscription), Some(stop_rx)) = (subscription, stop_rx) {
+            tokio::spawn(backplane::listen(
+                Arc::downgrade(&core),
+                subscription,
+                stop_rx,
+            ));
         }
         core
+    }
+
+    /// Returns once the backplane is subscribed (never, embedded).
+    pub(crate) async fn wait_coherent(&self) {
+        let mut coherent = self.coherent.subscribe();
+        // Err only when the core is gone, which cannot happen while `self` lives.
+        let _ = coherent.wait_for(|c| *c).await;
     }
 
     /// Registers a namespace, or returns the one already declared under that name when it has
@@ -277,7 +287,8 @@ impl CacheCore {
             .unwrap_or_default()
     }
 
-    pub(crate) async fn info(&self, conn: Option<&Conn>) -> CacheInfo {
+    /// The whole cache's figures; with `redis`, also the server's key count and memory.
+    pub(crate) async fn info(&self, redis: bool) -> CacheInfo {
         // Evictions and expiries are applied lazily; settle them so the figures are exact.
         self.l1.run_pending_tasks().await;
         let namespaces: Vec<(String, CacheStats)> = self
@@ -288,52 +299,43 @@ impl CacheCore {
         let total = namespaces
             .iter()
             .fold(CacheStats::default(), |acc, (_, s)| acc + *s);
-        let (redis_keys, redis_used_memory) = match conn {
-            Some(conn) => redis_figures(conn).await,
-            None => (None, None),
+        let server = match (&self.conn, redis) {
+            (Some(conn), true) => conn.server_figures().await,
+            _ => Default::default(),
         };
         CacheInfo {
             namespaces,
             total,
             l1_entries: self.l1.entry_count(),
             l1_bytes: self.l1.weighted_size(),
-            coherent: self.coherent.load(Ordering::Acquire),
-            redis_keys,
-            redis_used_memory,
+            coherent: *self.coherent.borrow(),
+            redis_keys: server.keys,
+            redis_used_memory: server.used_memory,
         }
     }
-}
 
-/// Keys and memory summed over every node that holds keys (every primary of a cluster);
-/// `None` unless all answered.
-async fn redis_figures(conn: &Conn) -> (Option<u64>, Option<u64>) {
-    let Ok(nodes) = conn.nodes().await else {
-        return (None, None);
-    };
-    let per_node = nodes.iter().map(|node| async move {
-        // Both at once: on a multiplexed connection they share one round trip.
-        let (keys, info) = futures_util::future::join(
-            conn.query_node::<u64>(node, &redis::cmd("DBSIZE")),
-            conn.query_node::<String>(node, redis::cmd("INFO").arg("memory")),
-        )
-        .await;
-        let (keys, info) = (keys.ok()?, info.ok()?);
-        let used: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())?;
-        Some((keys, used))
-    });
-    let figures: Option<Vec<(u64, u64)>> = futures_util::future::join_all(per_node)
-        .await
-        .into_iter()
-        .collect();
-    match figures {
-        Some(f) => (
-            Some(f.iter().map(|(k, _)| k).sum()),
-            Some(f.iter().map(|(_, m)| m).sum()),
-        ),
-        None => (None, None),
+    /// Publishes the counters to the `metrics` recorder.
+    #[cfg(feature = "metrics")]
+    pub(crate) async fn publish_metrics(&self) {
+        let info = self.info(false).await;
+        let figures: Vec<crate::metrics::NamespaceFigures<'_>> = info
+            .namespaces
+            .iter()
+            .map(|(name, s)| crate::metrics::NamespaceFigures {
+                name,
+                l1_hits: s.l1_hits,
+                l2_hits: s.l2_hits,
+                misses: s.misses,
+                loader_calls: s.loader_calls,
+                loader_errors: s.loader_errors,
+                l2_errors: s.l2_errors,
+                l2_skipped: s.l2_skipped,
+                decode_failures: s.decode_failures,
+                evictions: s.evictions,
+                bytes_saved: s.bytes_saved(),
+            })
+            .collect();
+        crate::metrics::publish_cache(&figures, info.l1_entries, info.l1_bytes);
     }
 }
 

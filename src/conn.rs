@@ -40,6 +40,9 @@ use crate::error::{Error, Result};
 use crate::health::Health;
 
 mod cluster;
+mod pubsub;
+
+pub(crate) use pubsub::{Event, Subscription};
 
 /// A handle to the Redis connection. Cheap to clone; all clones share one multiplexed
 /// connection and one health monitor.
@@ -65,6 +68,7 @@ pub struct Conn(Arc<Inner>);
 struct Inner {
     link: Link,
     op_timeout: Duration,
+    connect_timeout: Duration,
     health: Health,
     // Dropping the last handle drops this sender, which ends the probe task.
     _stop_probe: oneshot::Sender<()>,
@@ -108,6 +112,7 @@ impl Conn {
         let conn = Conn(Arc::new(Inner {
             link,
             op_timeout: config.op_timeout,
+            connect_timeout: config.connect_timeout,
             health,
             _stop_probe: stop_tx,
         }));
@@ -127,7 +132,7 @@ impl Conn {
 
     /// Clients for pub/sub connections, to be tried in turn: the server, or the cluster's seed
     /// nodes (a cluster delivers every `PUBLISH` to subscribers on all nodes).
-    pub(crate) fn pubsub_clients(&self) -> Vec<redis::Client> {
+    fn pubsub_clients(&self) -> Vec<redis::Client> {
         match &self.0.link {
             Link::Single { client, .. } => vec![client.clone()],
             Link::Cluster(cluster) => cluster.pubsub_clients(),
@@ -286,6 +291,49 @@ impl Conn {
             health.record_failure(&result, false);
         }
         Err(result)
+    }
+}
+
+/// Figures of the server (all primaries of a cluster, summed).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServerFigures {
+    /// Keys (`DBSIZE`).
+    pub(crate) keys: Option<u64>,
+    /// Memory in bytes (`INFO memory`, `used_memory`).
+    pub(crate) used_memory: Option<u64>,
+}
+
+impl Conn {
+    /// Keys and memory summed over every node that holds keys (every primary of a cluster);
+    /// `None` unless all answered. Each node's two questions share one round trip.
+    pub(crate) async fn server_figures(&self) -> ServerFigures {
+        let Ok(nodes) = self.nodes().await else {
+            return ServerFigures::default();
+        };
+        let per_node = nodes.iter().map(|node| async move {
+            let (keys, info) = futures_util::future::join(
+                self.query_node::<u64>(node, &redis::cmd("DBSIZE")),
+                self.query_node::<String>(node, redis::cmd("INFO").arg("memory")),
+            )
+            .await;
+            let (keys, info) = (keys.ok()?, info.ok()?);
+            let used: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse().ok())?;
+            Some((keys, used))
+        });
+        let figures: Option<Vec<(u64, u64)>> = futures_util::future::join_all(per_node)
+            .await
+            .into_iter()
+            .collect();
+        match figures {
+            Some(f) => ServerFigures {
+                keys: Some(f.iter().map(|(k, _)| k).sum()),
+                used_memory: Some(f.iter().map(|(_, m)| m).sum()),
+            },
+            None => ServerFigures::default(),
+        }
     }
 }
 

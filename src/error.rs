@@ -30,6 +30,31 @@ pub enum Error {
         problem: String,
     },
 
+    /// An argument of a call is invalid (an empty tag, a zero count, a weight above the
+    /// limit, ...). `what` names the argument; nothing was done.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let ns = kit.namespace::<String>("n").build()?;
+    /// let err = ns.invalidate_tag("").await.unwrap_err();
+    /// assert!(matches!(err, tierkit::Error::InvalidInput { .. }));
+    /// # Ok(()) }
+    /// ```
+    #[error("invalid argument: {what}: {problem}")]
+    InvalidInput {
+        /// The argument that holds the bad value.
+        what: String,
+        /// What is wrong with it and what is accepted instead.
+        problem: String,
+    },
+
+    /// An invariant of tierkit itself did not hold: a bug, not a mistake of the caller. Please
+    /// report it with the message.
+    #[error("internal error (a tierkit bug, please report it): {0}")]
+    Internal(&'static str),
+
     /// Redis is known to be down (the health monitor says so, or it was forced down), so the
     /// call was not sent. Serve from the in-process tier or retry once health is back `Up`.
     #[error(
@@ -120,8 +145,15 @@ impl Error {
         }
     }
 
+    pub(crate) fn invalid(what: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            what: what.into(),
+            problem: problem.into(),
+        }
+    }
+
     /// Turns the shared error moka hands every waiter of a coalesced load back into an owned
-    /// one. Only loader, encode and size errors come out of a load.
+    /// one. Only loader, encode, size and internal errors come out of a load.
     pub(crate) fn from_shared(shared: std::sync::Arc<Error>) -> Error {
         match std::sync::Arc::try_unwrap(shared) {
             Ok(err) => err,
@@ -132,6 +164,7 @@ impl Error {
                     size: *size,
                     max: *max,
                 },
+                Error::Internal(what) => Error::Internal(what),
                 _ => Error::Loader(shared),
             },
         }

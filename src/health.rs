@@ -75,13 +75,29 @@ impl HealthState {
     }
 }
 
-impl std::fmt::Display for HealthState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl HealthState {
+    /// The lowercase name: `up`, `degraded` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
             HealthState::Up => "up",
             HealthState::Degraded => "degraded",
             HealthState::Down => "down",
-        })
+        }
+    }
+
+    /// The value of the `tierkit_health_state` gauge: 0 up, 1 degraded, 2 down.
+    fn level(self) -> f64 {
+        match self {
+            HealthState::Up => 0.0,
+            HealthState::Degraded => 1.0,
+            HealthState::Down => 2.0,
+        }
+    }
+}
+
+impl std::fmt::Display for HealthState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -380,7 +396,7 @@ impl Health {
         m.last_error = Some(error.to_string());
         let from = m.observed;
         if let Some(to) = m.on_failure(fails, &self.0.cfg) {
-            crate::metrics::health_transition(from, to);
+            crate::metrics::health_transition(from.as_str(), to.as_str(), to.level());
             tracing::warn!(
                 %from,
                 to = %to,
@@ -429,7 +445,7 @@ impl Health {
         }
         let from = m.observed;
         if let Some(to) = m.on_probe_ok(latency, partial, &self.0.cfg) {
-            crate::metrics::health_transition(from, to);
+            crate::metrics::health_transition(from.as_str(), to.as_str(), to.level());
             if to == HealthState::Up {
                 m.last_error = None;
                 tracing::info!(%from, %to, ?latency, "tierkit: Redis is up");

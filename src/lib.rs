@@ -9,6 +9,7 @@ mod config;
 pub mod conn;
 mod error;
 pub mod health;
+mod keys;
 pub mod metrics;
 pub mod ratelimit;
 pub mod report;
@@ -16,6 +17,6 @@ pub mod session;
 mod tierkit;
 
 pub use codec::{Codec, CodecBuilder, EncodeInfo};
-pub use config::{Config, ConfigBuilder};
+pub use config::{clock, Config, ConfigBuilder};
 pub use error::{DecodeError, Error, Result};
 pub use tierkit::Tierkit;

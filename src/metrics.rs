@@ -25,14 +25,41 @@
 //! | `tierkit_ratelimit_decisions_total` | counter | `limiter`, `tier` = `redis`, `local`, `blocked`; `outcome` = `allowed`, `refused` | rate-limit decisions |
 //! | `tierkit_session_events_total` | counter | `event` = `created`, `validated`, `validated_locally`, `refreshed`, `revoked`, `expired` | session events |
 
+//!
+//! This module takes plain labels and numbers and knows no feature's types: each feature
+//! hands it its own figures.
+
+/// One namespace's counters, as plain numbers.
+#[cfg(feature = "metrics")]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NamespaceFigures<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) l1_hits: u64,
+    pub(crate) l2_hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) loader_calls: u64,
+    pub(crate) loader_errors: u64,
+    pub(crate) l2_errors: u64,
+    pub(crate) l2_skipped: u64,
+    pub(crate) decode_failures: u64,
+    pub(crate) evictions: u64,
+    pub(crate) bytes_saved: u64,
+}
+
+/// Rows of the decision counters of a limiter: who decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Decider {
+    Redis,
+    Local,
+    Blocked,
+}
+
 #[cfg(feature = "metrics")]
 mod imp {
     use std::time::Duration;
 
-    use crate::cache::CacheInfo;
+    use super::{Decider, NamespaceFigures};
     use crate::error::Error;
-    use crate::health::HealthState;
-    use crate::ratelimit::Tier;
 
     /// Starts timing a Redis call (a no-op type without the feature).
     pub(crate) fn stopwatch() -> std::time::Instant {
@@ -53,22 +80,12 @@ mod imp {
         }
     }
 
-    fn state_value(s: HealthState) -> f64 {
-        match s {
-            HealthState::Up => 0.0,
-            HealthState::Degraded => 1.0,
-            _ => 2.0,
-        }
-    }
-
-    pub(crate) fn health_transition(from: HealthState, to: HealthState) {
-        ::metrics::gauge!("tierkit_health_state").set(state_value(to));
-        ::metrics::counter!(
-            "tierkit_health_transitions_total",
-            "from" => from.to_string(),
-            "to" => to.to_string()
-        )
-        .increment(1);
+    /// A health state change; `level` is the new state's gauge value (0 up, 1 degraded,
+    /// 2 down).
+    pub(crate) fn health_transition(from: &'static str, to: &'static str, level: f64) {
+        ::metrics::gauge!("tierkit_health_state").set(level);
+        ::metrics::counter!("tierkit_health_transitions_total", "from" => from, "to" => to)
+            .increment(1);
     }
 
     pub(crate) fn loader(namespace: &str, elapsed: Duration) {
@@ -107,11 +124,11 @@ mod imp {
             }
         }
 
-        pub(crate) fn record(&self, tier: Tier, allowed: bool) {
-            let row = match tier {
-                Tier::Redis => 0,
-                Tier::Local => 2,
-                _ => 4,
+        pub(crate) fn record(&self, decider: Decider, allowed: bool) {
+            let row = match decider {
+                Decider::Redis => 0,
+                Decider::Local => 2,
+                Decider::Blocked => 4,
             };
             if let Some(h) = self.handles.get(row + usize::from(!allowed)) {
                 h.increment(1);
@@ -119,8 +136,13 @@ mod imp {
         }
     }
 
-    pub(crate) fn publish_cache(info: &CacheInfo) {
-        for (ns, s) in &info.namespaces {
+    pub(crate) fn publish_cache(
+        namespaces: &[NamespaceFigures<'_>],
+        l1_entries: u64,
+        l1_bytes: u64,
+    ) {
+        for s in namespaces {
+            let ns = s.name.to_owned();
             let counter = |name: &'static str, value: u64| {
                 ::metrics::counter!(name, "namespace" => ns.clone()).absolute(value);
             };
@@ -138,10 +160,10 @@ mod imp {
             counter("tierkit_cache_l2_skipped_total", s.l2_skipped);
             counter("tierkit_cache_decode_failures_total", s.decode_failures);
             counter("tierkit_cache_evictions_total", s.evictions);
-            counter("tierkit_cache_bytes_saved_total", s.bytes_saved());
+            counter("tierkit_cache_bytes_saved_total", s.bytes_saved);
         }
-        ::metrics::gauge!("tierkit_cache_l1_entries").set(info.l1_entries as f64);
-        ::metrics::gauge!("tierkit_cache_l1_bytes").set(info.l1_bytes as f64);
+        ::metrics::gauge!("tierkit_cache_l1_entries").set(l1_entries as f64);
+        ::metrics::gauge!("tierkit_cache_l1_bytes").set(l1_bytes as f64);
     }
 }
 
@@ -149,9 +171,8 @@ mod imp {
 mod imp {
     use std::time::Duration;
 
+    use super::Decider;
     use crate::error::Error;
-    use crate::health::HealthState;
-    use crate::ratelimit::Tier;
 
     /// Nothing to time without the feature.
     pub(crate) struct Stopwatch;
@@ -163,7 +184,7 @@ mod imp {
     #[inline(always)]
     pub(crate) fn redis_call(_: Stopwatch, _: Option<&Error>) {}
     #[inline(always)]
-    pub(crate) fn health_transition(_: HealthState, _: HealthState) {}
+    pub(crate) fn health_transition(_: &'static str, _: &'static str, _: f64) {}
     #[inline(always)]
     pub(crate) fn loader(_: &str, _: Duration) {}
     #[inline(always)]
@@ -177,7 +198,7 @@ mod imp {
         }
 
         #[inline(always)]
-        pub(crate) fn record(&self, _: Tier, _: bool) {}
+        pub(crate) fn record(&self, _: Decider, _: bool) {}
     }
 }
 

@@ -50,8 +50,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::config::SharedClock;
+use crate::conn::Conn;
 use crate::error::{Error, Result};
-use crate::Tierkit;
+use crate::keys::Keys;
 use local::Local;
 
 /// A limit per window.
@@ -188,7 +190,9 @@ type AppClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// Declares a limiter; get one from [`Tierkit::limiter`](crate::Tierkit::limiter).
 #[must_use = "a builder does nothing until build() is called"]
 pub struct LimiterBuilder {
-    kit: Tierkit,
+    conn: Option<Conn>,
+    keys: Keys,
+    clock: SharedClock,
     name: String,
     quota: Quota,
     algorithm: Algorithm,
@@ -214,9 +218,17 @@ impl std::fmt::Debug for LimiterBuilder {
 }
 
 impl LimiterBuilder {
-    pub(crate) fn new(kit: Tierkit, name: String, quota: Quota) -> Self {
+    pub(crate) fn new(
+        conn: Option<Conn>,
+        keys: Keys,
+        clock: SharedClock,
+        name: String,
+        quota: Quota,
+    ) -> Self {
         LimiterBuilder {
-            kit,
+            conn,
+            keys,
+            clock,
             name,
             quota,
             algorithm: Algorithm::default(),
@@ -275,7 +287,7 @@ impl LimiterBuilder {
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), zero
     /// instances, a zero block duration, or zero local keys.
     pub fn build(self) -> Result<Limiter> {
-        crate::config::validate_name("limiter", &self.name)?;
+        crate::keys::validate_name("limiter", &self.name)?;
         let instances = NonZeroU32::new(self.instances)
             .ok_or_else(|| Error::config("instances", "is zero; give the expected count"))?;
         if self.block_for.is_some_and(|d| d.is_zero()) {
@@ -289,7 +301,7 @@ impl LimiterBuilder {
         }
         let quota = self.quota;
         // Embedded mode has no one to share with: the whole quota.
-        let divisor = if self.kit.is_embedded() {
+        let divisor = if self.conn.is_none() {
             1
         } else {
             instances.get()
@@ -302,15 +314,16 @@ impl LimiterBuilder {
                 .build()
         });
         Ok(Limiter(Arc::new(Inner {
-            key_prefix: format!("{}:rl:{}:", self.kit.config().prefix(), self.name),
+            key_prefix: self.keys.limiter(&self.name),
             local: Local::new(
                 share,
                 quota.window,
                 self.local_max_keys,
-                !self.kit.is_embedded(),
+                self.conn.is_some(),
             ),
             metrics: crate::metrics::Decisions::new(&self.name),
-            kit: self.kit,
+            conn: self.conn,
+            clock: self.clock,
             name: self.name,
             quota,
             algorithm: self.algorithm,
@@ -349,7 +362,10 @@ impl LimiterBuilder {
 pub struct Limiter(Arc<Inner>);
 
 struct Inner {
-    kit: Tierkit,
+    conn: Option<Conn>,
+    /// Held for the local tier's time decisions.
+    #[allow(dead_code)]
+    clock: SharedClock,
     name: String,
     key_prefix: String,
     quota: Quota,
@@ -397,7 +413,7 @@ impl Limiter {
 
     /// The tier that decides now: `Redis` when health allows it, else `Local`.
     pub fn tier(&self) -> Tier {
-        match self.0.kit.health() {
+        match self.0.conn.as_ref().map(Conn::health) {
             Some(h) if h.state().is_available() => Tier::Redis,
             _ => Tier::Local,
         }
@@ -419,12 +435,12 @@ impl Limiter {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `n` is zero or above the limit (it could never be allowed).
+    /// [`Error::InvalidInput`] when `n` is zero or above the limit (it could never be allowed).
     pub async fn check_n(&self, key: &str, n: u32) -> Result<Decision> {
         let units = NonZeroU32::new(n)
             .filter(|n| n.get() <= self.0.quota.limit)
             .ok_or_else(|| {
-                Error::config(
+                Error::invalid(
                     "n",
                     format!("{n} units is outside 1 ..= limit {}", self.0.quota.limit),
                 )
@@ -434,7 +450,12 @@ impl Limiter {
 
     async fn decide(&self, key: &str, n: NonZeroU32) -> Decision {
         let decision = self.decide_inner(key, n).await;
-        self.0.metrics.record(decision.tier, decision.allowed);
+        let decider = match decision.tier {
+            Tier::Redis => crate::metrics::Decider::Redis,
+            Tier::Local => crate::metrics::Decider::Local,
+            Tier::Blocked => crate::metrics::Decider::Blocked,
+        };
+        self.0.metrics.record(decider, decision.allowed);
         decision
     }
 
@@ -443,7 +464,7 @@ impl Limiter {
         if let Some(blocked) = self.blocked(key) {
             return blocked;
         }
-        let decision = match inner.kit.conn() {
+        let decision = match inner.conn.as_ref() {
             Some(conn) if !conn.health().state().is_available() => self.fallback(key, n),
             Some(conn) => {
                 let redis_key = format!("{}{key}", inner.key_prefix);

@@ -24,11 +24,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cache::CacheStats;
-use crate::health::{HealthState, UnreachableShard};
+use crate::cache::{CacheCore, CacheStats};
+use crate::health::{Health, HealthState, UnreachableShard};
 use crate::ratelimit::Tier;
 use crate::session::{SessionStats, Sessions};
-use crate::Tierkit;
 
 /// Overall and per-part status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -149,8 +148,13 @@ fn megabytes(bytes: u64) -> String {
 }
 
 impl HealthReport {
-    pub(crate) async fn collect(kit: &Tierkit, sessions: Option<&Sessions>) -> HealthReport {
-        let status = kit.health().map(|h| h.status());
+    /// The report from the parts' own figures: `health` is `None` when embedded.
+    pub(crate) async fn collect(
+        health: Option<&Health>,
+        cache: &CacheCore,
+        sessions: Option<&Sessions>,
+    ) -> HealthReport {
+        let status = health.map(Health::status);
         let (redis_status, overall) = match &status {
             None => (Status::Disabled, Status::Healthy),
             Some(s) => match s.state {
@@ -183,7 +187,7 @@ impl HealthReport {
                 None => None,
             }
         };
-        let (info, sessions) = tokio::join!(kit.cache_info(), session_stats);
+        let (info, sessions) = tokio::join!(cache.info(true), session_stats);
         let cache = CacheReport {
             total_keys: info.redis_keys,
             memory_usage: info.redis_used_memory.map(megabytes),

@@ -57,8 +57,11 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::codec::Codec;
+use crate::config::SharedClock;
+use crate::conn::Conn;
 use crate::error::{Error, Result};
-use crate::Tierkit;
+use crate::keys::Keys;
 use record::{digest, new_secret, now_ms, tag_of, user_tag, Record, Rotation};
 use store::{split_member, MemoryStore, RedisStore, Store};
 
@@ -325,14 +328,22 @@ pub(crate) struct SessionConfig {
 #[must_use = "a builder does nothing until build() is called"]
 #[derive(Debug)]
 pub struct SessionsBuilder {
-    kit: Tierkit,
+    conn: Option<Conn>,
+    codec: Codec,
+    keys: Keys,
+    // Read by the session clock seam (expiry decisions) as it lands.
+    #[allow(dead_code)]
+    clock: SharedClock,
     cfg: SessionConfig,
 }
 
 impl SessionsBuilder {
-    pub(crate) fn new(kit: Tierkit) -> Self {
+    pub(crate) fn new(conn: Option<Conn>, codec: Codec, keys: Keys, clock: SharedClock) -> Self {
         SessionsBuilder {
-            kit,
+            conn,
+            codec,
+            keys,
+            clock,
             cfg: SessionConfig {
                 idle: Duration::from_secs(14 * 86_400),
                 max_lifetime: Duration::from_secs(30 * 86_400),
@@ -454,23 +465,23 @@ impl SessionsBuilder {
                     "waits zero time; give a positive duration",
                 ))
             }
-            Some((_, wait)) if wait >= self.kit.config().op_timeout() => {
+            Some((_, wait)) if self.conn.as_ref().is_some_and(|c| wait >= c.op_timeout()) => {
                 return Err(Error::config(
                     "replicated_writes",
                     format!(
                         "waits {wait:?}, not less than op_timeout {:?}; the wait must fit in one \
                          Redis call, so raise op_timeout or wait less",
-                        self.kit.config().op_timeout()
+                        self.conn.as_ref().map(Conn::op_timeout).unwrap_or_default()
                     ),
                 ))
             }
             _ => {}
         }
-        let store = match self.kit.conn() {
+        let store = match self.conn {
             Some(conn) => Store::Redis(RedisStore {
-                conn: conn.clone(),
-                codec: self.kit.codec().clone(),
-                prefix: self.kit.config().prefix().to_owned(),
+                conn,
+                codec: self.codec,
+                keys: self.keys,
                 owed: std::sync::Mutex::default(),
                 replicated: self.cfg.replicated,
             }),
@@ -584,11 +595,11 @@ impl Sessions {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an empty user id; [`Error::Unavailable`], [`Error::Timeout`] or
+    /// [`Error::InvalidInput`] for an empty user id; [`Error::Unavailable`], [`Error::Timeout`] or
     /// [`Error::Redis`] when Redis cannot take it (nothing is created then).
     pub async fn create(&self, new: NewSession) -> Result<Created> {
         if new.user_id.is_empty() {
-            return Err(Error::config("user_id", "is empty"));
+            return Err(Error::invalid("user_id", "is empty"));
         }
         let cfg = &self.0.cfg;
         let tag = user_tag(&new.user_id);
@@ -864,10 +875,10 @@ impl Sessions {
     ///
     /// # Errors
     ///
-    /// As [`revoke`](Self::revoke); [`Error::Config`] when `current` is not a live session.
+    /// As [`revoke`](Self::revoke); [`Error::InvalidInput`] when `current` is not a live session.
     pub async fn revoke_others(&self, current: &str) -> Result<u64> {
         let Validation::Valid(session) = self.validate(current).await else {
-            return Err(Error::config("current", "is not a live session"));
+            return Err(Error::invalid("current", "is not a live session"));
         };
         self.revoke_user_except(&session.user_id, Some(&session.handle))
             .await

@@ -58,7 +58,7 @@ impl Tierkit {
             Some(target) => Some(Conn::start(&config, target)?),
             None => None,
         };
-        let cache = CacheCore::new(&config, conn.as_ref());
+        let cache = CacheCore::new(&config, conn.clone());
         Ok(Tierkit::assemble(config, conn, cache))
     }
 
@@ -100,7 +100,7 @@ impl Tierkit {
                         _ = tick.tick() => {}
                     }
                     let Some(inner) = weak.upgrade() else { return };
-                    crate::metrics::publish_cache(&inner.cache.info(None).await);
+                    inner.cache.publish_metrics().await;
                 }
             });
         }
@@ -161,17 +161,44 @@ impl Tierkit {
     where
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
-        NamespaceBuilder::new(self.clone(), name.into())
+        NamespaceBuilder::new(self.0.cache.clone(), name.into())
     }
 
     /// Counters of every namespace, L1 size, backplane state, and (one pipelined round trip,
     /// bounded by the op timeout) Redis key count and memory.
     pub async fn cache_info(&self) -> CacheInfo {
-        self.0.cache.info(self.conn()).await
+        self.0.cache.info(true).await
     }
 
-    pub(crate) fn cache_core(&self) -> &CacheCore {
-        &self.0.cache
+    /// Waits until this instance is ready to serve with every guarantee: Redis `Up` and the
+    /// cache backplane subscribed (so other instances' writes evict this L1). Returns at once
+    /// when embedded; `false` if `timeout` passed first. Nothing needs this to work (tierkit
+    /// serves from its in-process tier meanwhile); services that prefer to start serving
+    /// only once coherent, and tests, wait here.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let kit = tierkit::Tierkit::embedded();
+    /// assert!(kit.ready(std::time::Duration::from_secs(1)).await);
+    /// # }
+    /// ```
+    pub async fn ready(&self, timeout: std::time::Duration) -> bool {
+        let Some(health) = self.health() else {
+            return true;
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        if !health
+            .wait_for(crate::health::HealthState::Up, timeout)
+            .await
+        {
+            return false;
+        }
+        tokio::time::timeout_at(deadline, self.0.cache.wait_coherent())
+            .await
+            .is_ok()
     }
 
     /// Declares a rate limiter named `name` (its keys live under `{prefix}:rl:{name}:`) with
@@ -189,7 +216,13 @@ impl Tierkit {
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn limiter(&self, name: impl Into<String>, quota: Quota) -> LimiterBuilder {
-        LimiterBuilder::new(self.clone(), name.into(), quota)
+        LimiterBuilder::new(
+            self.0.conn.clone(),
+            self.0.config.keys.clone(),
+            self.0.config.clock.clone(),
+            name.into(),
+            quota,
+        )
     }
 
     /// Configures a session store: in Redis when Redis is configured, in process memory when
@@ -204,18 +237,23 @@ impl Tierkit {
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn sessions(&self) -> SessionsBuilder {
-        SessionsBuilder::new(self.clone())
+        SessionsBuilder::new(
+            self.0.conn.clone(),
+            self.0.config.codec.clone(),
+            self.0.config.keys.clone(),
+            self.0.config.clock.clone(),
+        )
     }
 
     /// The health report a service serves at `/health` (see [`report`](crate::report) for its
     /// shape and status rules). Never waits longer than the op timeout.
     pub async fn health_report(&self) -> HealthReport {
-        HealthReport::collect(self, None).await
+        HealthReport::collect(self.health(), &self.0.cache, None).await
     }
 
     /// [`health_report`](Self::health_report) with the session counts of `sessions`.
     pub async fn health_report_with(&self, sessions: &Sessions) -> HealthReport {
-        HealthReport::collect(self, Some(sessions)).await
+        HealthReport::collect(self.health(), &self.0.cache, Some(sessions)).await
     }
 
     /// Publishes the cache's counters to the `metrics` recorder now (a background task does it
@@ -223,6 +261,6 @@ impl Tierkit {
     #[cfg(feature = "metrics")]
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub async fn publish_metrics(&self) {
-        crate::metrics::publish_cache(&self.0.cache.info(None).await);
+        self.0.cache.publish_metrics().await;
     }
 }

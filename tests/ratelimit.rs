@@ -40,7 +40,7 @@ async fn invalid_quotas_and_units_are_refused_with_clear_errors() {
     let api = kit.limiter("api", q).build().unwrap();
     for n in [0, 6] {
         match api.check_n("k", n).await.unwrap_err() {
-            Error::Config { field, .. } => assert_eq!(field, "n"),
+            Error::InvalidInput { what, .. } => assert_eq!(what, "n"),
             other => panic!("{other:?}"),
         }
     }

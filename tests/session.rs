@@ -111,7 +111,7 @@ macro_rules! suite {
                 }
                 assert!(matches!(
                     s.create(NewSession::new("")).await,
-                    Err(Error::Config { .. })
+                    Err(Error::InvalidInput { .. })
                 ));
             }
 

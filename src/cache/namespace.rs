@@ -15,8 +15,8 @@ use super::backplane::Op;
 use super::l1::{KeyRef, L1Key, L1Value, L1};
 use super::pattern::Pattern;
 use super::stats::{add, bump, CacheStats, Counters};
+use super::CacheCore;
 use crate::error::{Error, Result};
-use crate::Tierkit;
 
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const SCAN_COUNT: usize = 1000;
@@ -244,7 +244,7 @@ impl SetOptions {
 /// ```
 #[must_use = "a builder does nothing until build() is called"]
 pub struct NamespaceBuilder<V> {
-    kit: Tierkit,
+    core: Arc<CacheCore>,
     name: String,
     ttl: Duration,
     l1_ttl: Option<Duration>,
@@ -269,9 +269,9 @@ impl<V> NamespaceBuilder<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    pub(crate) fn new(kit: Tierkit, name: String) -> Self {
+    pub(crate) fn new(core: Arc<CacheCore>, name: String) -> Self {
         NamespaceBuilder {
-            kit,
+            core,
             name,
             ttl: DEFAULT_TTL,
             l1_ttl: None,
@@ -317,8 +317,10 @@ where
     /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, or a name already declared with
     /// another type or settings.
     pub fn build(self) -> Result<Namespace<V>> {
-        crate::config::validate_name("namespace", &self.name)?;
-        check_ttl(self.ttl)?;
+        crate::keys::validate_name("namespace", &self.name)?;
+        if let Some(problem) = ttl_problem(self.ttl) {
+            return Err(Error::config("ttl", problem));
+        }
         let l1_ttl = self.l1_ttl.unwrap_or(self.ttl);
         if l1_ttl.is_zero() || l1_ttl > self.ttl {
             return Err(Error::config(
@@ -338,8 +340,7 @@ where
                 ),
             ));
         }
-        let core = self.kit.cache_core();
-        let prefix = &core.prefix;
+        let core = &self.core;
         let name = &self.name;
         let shared = core.register(NsShared {
             id: 0,
@@ -353,29 +354,24 @@ where
             epoch: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             l1_generation: AtomicU64::new(0),
-            key_prefix: format!("{prefix}:c:{name}:v{}:", self.version),
-            tag_prefix: format!("{prefix}:c:{name}:t{}:", self.version),
-            all_versions: format!("{prefix}:c:{name}:*"),
+            key_prefix: core.keys.cache_entries(name, self.version),
+            tag_prefix: core.keys.cache_tags(name, self.version),
+            all_versions: core.keys.cache_namespace_glob(name),
         })?;
         Ok(Namespace {
             l1: core.l1.clone(),
             ns: shared,
-            kit: self.kit,
+            core: self.core,
             _type: PhantomData,
         })
     }
 }
 
-/// Redis takes TTLs in milliseconds up to `i64::MAX`.
-fn check_ttl(ttl: Duration) -> Result<()> {
+/// Redis takes TTLs in milliseconds up to `i64::MAX`; the problem, if `ttl` is outside.
+fn ttl_problem(ttl: Duration) -> Option<String> {
     const MAX: Duration = Duration::from_millis(i64::MAX as u64);
-    if ttl < Duration::from_millis(1) || ttl > MAX {
-        return Err(Error::config(
-            "ttl",
-            format!("{ttl:?} is outside 1 ms ..= {MAX:?}; give a TTL Redis accepts"),
-        ));
-    }
-    Ok(())
+    (ttl < Duration::from_millis(1) || ttl > MAX)
+        .then(|| format!("{ttl:?} is outside 1 ms ..= {MAX:?}; give a TTL Redis accepts"))
 }
 
 /// A typed, cheap-to-clone handle to one cache namespace.
@@ -405,7 +401,7 @@ pub struct Namespace<V> {
     // The L1 handle is kept here as well as in the core: one pointer less on the hit path.
     l1: L1,
     ns: Arc<NsShared>,
-    kit: Tierkit,
+    core: Arc<CacheCore>,
     _type: PhantomData<fn() -> V>,
 }
 
@@ -414,7 +410,7 @@ impl<V> Clone for Namespace<V> {
         Namespace {
             l1: self.l1.clone(),
             ns: self.ns.clone(),
-            kit: self.kit.clone(),
+            core: self.core.clone(),
             _type: PhantomData,
         }
     }
@@ -516,7 +512,7 @@ where
     }
 
     async fn l2_read(&self, key: &str) -> L2Read<V> {
-        let Some(conn) = self.kit.conn() else {
+        let Some(conn) = self.core.conn.as_ref() else {
             return L2Read::Unreachable;
         };
         let counters = &self.ns.counters;
@@ -524,7 +520,7 @@ where
             .query::<Option<Vec<u8>>>(redis::cmd("GET").arg(self.redis_key(key)))
             .await
         {
-            Ok(Some(bytes)) => match self.kit.codec().decode::<V>(&bytes) {
+            Ok(Some(bytes)) => match self.core.codec.decode::<V>(&bytes) {
                 Ok(value) => {
                     bump(&counters.l2_hits);
                     L2Read::Hit(value, weight_of(&bytes))
@@ -607,7 +603,7 @@ where
         let entry = entry.map_err(Error::from_shared)?;
         let fresh = entry.is_fresh();
         let value = Arc::downcast::<V>(entry.into_value().value)
-            .map_err(|_| Error::config("namespace", "L1 holds another type under this name"))?;
+            .map_err(|_| Error::Internal("an L1 entry of this namespace holds another type"))?;
         if !fresh {
             bump(&self.ns.counters.l1_hits);
             return Ok(Hit {
@@ -684,7 +680,9 @@ where
     }
 
     async fn fill_l2(&self, key: &str, write: PendingWrite) {
-        let Some(conn) = self.kit.conn() else { return };
+        let Some(conn) = self.core.conn.as_ref() else {
+            return;
+        };
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.redis_key(key))
             .arg(write.bytes)
@@ -701,12 +699,12 @@ where
     /// The stored bytes of `value` and its L1 weight. Embedded, nothing is stored: the value
     /// is only measured (no buffer, no compression) for its weight and size limit.
     fn encode(&self, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
-        if self.kit.conn().is_none() {
-            let len = self.kit.codec().measure(value)?;
+        if self.core.conn.as_ref().is_none() {
+            let len = self.core.codec.measure(value)?;
             return Ok((None, u32::try_from(len).unwrap_or(u32::MAX)));
         }
         let started = Instant::now();
-        let (bytes, info) = self.kit.codec().encode_with_info(value)?;
+        let (bytes, info) = self.core.codec.encode_with_info(value)?;
         let counters = &self.ns.counters;
         add(&counters.encode_nanos, started.elapsed().as_nanos() as u64);
         add(&counters.encoded_bytes, info.body_len as u64);
@@ -737,7 +735,7 @@ where
     ///
     /// # Errors
     ///
-    /// As [`set`](Self::set), and [`Error::Config`] for a TTL under 1 ms or an empty tag.
+    /// As [`set`](Self::set), and [`Error::InvalidInput`] for a TTL under 1 ms or an empty tag.
     pub async fn set_with(&self, key: &str, value: V, opts: SetOptions) -> Result<Reach> {
         let batch = self.prepare(key, value, &opts)?;
         self.write(vec![batch]).await
@@ -762,9 +760,11 @@ where
 
     fn prepare(&self, key: &str, value: V, opts: &SetOptions) -> Result<Prepared<V>> {
         let ttl = opts.ttl.unwrap_or(self.ns.ttl);
-        check_ttl(ttl)?;
+        if let Some(problem) = ttl_problem(ttl) {
+            return Err(Error::invalid("ttl", problem));
+        }
         if opts.tags.iter().any(String::is_empty) {
-            return Err(Error::config(
+            return Err(Error::invalid(
                 "tag",
                 "is empty; tags need at least one character",
             ));
@@ -819,10 +819,10 @@ where
 
     /// Sends a write pipeline with the backplane publish appended, in one round trip.
     async fn to_l2(&self, mut pipe: redis::Pipeline, op: Op) -> Result<Reach> {
-        let Some(conn) = self.kit.conn() else {
+        let Some(conn) = self.core.conn.as_ref() else {
             return Ok(Reach::AllTiers);
         };
-        let core = self.kit.cache_core();
+        let core = &self.core;
         pipe.cmd("PUBLISH")
             .arg(&core.channel)
             .arg(core.message(op))
@@ -856,7 +856,7 @@ where
             .iter()
             .map(|&i| self.ns.stamp(keys[i].as_ref()))
             .collect();
-        let fetched = match self.kit.conn() {
+        let fetched = match self.core.conn.as_ref() {
             Some(conn) => {
                 let mut pipe = redis::pipe();
                 for &i in &missing {
@@ -875,8 +875,8 @@ where
         let mut fetched = fetched.into_iter();
         for (i, stamp) in missing.into_iter().zip(stamps) {
             let decoded = fetched.next().flatten().and_then(|bytes| {
-                self.kit
-                    .codec()
+                self.core
+                    .codec
                     .decode::<V>(&bytes)
                     .map(|v| (v, weight_of(&bytes)))
                     .map_err(|_| bump(&counters.decode_failures))
@@ -910,7 +910,7 @@ where
             ns: self.ns.name.clone(),
             keys: vec![key.to_owned()],
         };
-        self.kit.cache_core().apply(&self.ns, &op).await;
+        self.core.apply(&self.ns, &op).await;
         let mut pipe = redis::pipe();
         pipe.cmd("UNLINK").arg(self.redis_key(key)).ignore();
         self.to_l2(pipe, op).await
@@ -921,15 +921,15 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an empty tag. Redis failures give [`Reach::L1Only`].
+    /// [`Error::InvalidInput`] for an empty tag. Redis failures give [`Reach::L1Only`].
     pub async fn invalidate_tag(&self, tag: &str) -> Result<Reach> {
         if tag.is_empty() {
-            return Err(Error::config(
+            return Err(Error::invalid(
                 "tag",
                 "is empty; tags need at least one character",
             ));
         }
-        let core = self.kit.cache_core();
+        let core = &self.core;
         // Entries this instance wrote with the tag, whether or not Redis is reachable.
         let local = Op::Tag {
             ns: self.ns.name.clone(),
@@ -937,7 +937,7 @@ where
             keys: Vec::new(),
         };
         core.apply(&self.ns, &local).await;
-        let Some(conn) = self.kit.conn() else {
+        let Some(conn) = self.core.conn.as_ref() else {
             return Ok(Reach::AllTiers);
         };
         // Read and delete the tag set in one step, so a key tagged meanwhile is either in
@@ -973,7 +973,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a pattern ending in a lone `\`. When Redis fails part way, the
+    /// [`Error::InvalidInput`] for a pattern ending in a lone `\`. When Redis fails part way, the
     /// entries removed so far stay removed and [`Reach::L1Only`] comes back with the count.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<(Reach, u64)> {
         let parsed = Pattern::parse(pattern)?;
@@ -981,7 +981,7 @@ where
             ns: self.ns.name.clone(),
             pattern: parsed.source().to_owned(),
         };
-        self.kit.cache_core().apply(&self.ns, &op).await;
+        self.core.apply(&self.ns, &op).await;
         let glob = parsed.to_redis_glob(&self.ns.key_prefix);
         self.scan_unlink(&glob, Some(&parsed), op).await
     }
@@ -996,7 +996,7 @@ where
         let op = Op::Clear {
             ns: self.ns.name.clone(),
         };
-        self.kit.cache_core().apply(&self.ns, &op).await;
+        self.core.apply(&self.ns, &op).await;
         let glob = self.ns.all_versions.clone();
         self.scan_unlink(&glob, None, op).await
     }
@@ -1010,7 +1010,7 @@ where
         filter: Option<&Pattern>,
         op: Op,
     ) -> Result<(Reach, u64)> {
-        let Some(conn) = self.kit.conn() else {
+        let Some(conn) = self.core.conn.as_ref() else {
             return Ok((Reach::AllTiers, 0));
         };
         // A cluster keeps each key on one primary: every primary's keyspace is walked.
@@ -1163,7 +1163,7 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a zero `concurrency`. Loader and Redis failures are counted in
+    /// [`Error::InvalidInput`] for a zero `concurrency`. Loader and Redis failures are counted in
     /// the result, not returned.
     pub async fn warm<K, F, Fut, E>(
         &self,
@@ -1181,7 +1181,7 @@ where
         use futures_util::StreamExt;
 
         if concurrency == 0 {
-            return Err(Error::config("concurrency", "is zero; use 1 or more"));
+            return Err(Error::invalid("concurrency", "is zero; use 1 or more"));
         }
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
         let mut state = WarmProgress {
@@ -1225,7 +1225,7 @@ where
     /// Which of `keys` Redis holds, in one round trip; all `false` when Redis cannot answer.
     /// Embedded, the L1 is the only tier, so it is asked instead.
     async fn present_in_l2(&self, keys: &[String]) -> Vec<bool> {
-        let Some(conn) = self.kit.conn() else {
+        let Some(conn) = self.core.conn.as_ref() else {
             let mut present = Vec::with_capacity(keys.len());
             for key in keys {
                 present.push(self.l1.contains_key(&KeyRef {

@@ -29,7 +29,7 @@ impl Pattern {
                 '*' => Tok::Star,
                 '?' => Tok::One,
                 '\\' => Tok::Lit(chars.next().ok_or_else(|| {
-                    Error::config(
+                    Error::invalid(
                         "pattern",
                         format!("{pattern:?} ends with a lone '\\'; write '\\\\' for a backslash"),
                     )

@@ -353,9 +353,16 @@ mod tests {
     use super::*;
 
     fn shared(trusted: &[&str]) -> Shared {
-        let kit = crate::Tierkit::embedded();
         let quota = super::super::Quota::new(3, Duration::from_millis(1500)).unwrap();
-        let limiter = kit.limiter("t", quota).build().unwrap();
+        let limiter = super::super::LimiterBuilder::new(
+            None,
+            crate::keys::Keys::default(),
+            crate::config::SharedClock::default(),
+            "t".into(),
+            quota,
+        )
+        .build()
+        .unwrap();
         let layer = RateLimitLayer::new(limiter)
             .trusted_proxies(trusted.iter().map(|s| s.parse::<IpAddr>().unwrap()));
         let svc = layer.layer(());

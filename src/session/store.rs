@@ -10,6 +10,7 @@ use super::record::{now_ms, Millis, Record};
 use crate::codec::Codec;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
+use crate::keys::Keys;
 
 /// Where sessions live.
 pub(crate) enum Store {
@@ -169,7 +170,7 @@ impl Store {
 pub(crate) struct RedisStore {
     pub(crate) conn: Conn,
     pub(crate) codec: Codec,
-    pub(crate) prefix: String,
+    pub(crate) keys: Keys,
     /// Count adjustments Redis did not take yet (device kinds of sessions taken off an index):
     /// a session removal that succeeded is never reported failed over its counts.
     pub(crate) owed: std::sync::Mutex<Owed>,
@@ -208,23 +209,23 @@ fn px(ttl: Duration) -> u64 {
 
 impl RedisStore {
     fn session_key(&self, tag: &str, hash: &str) -> String {
-        format!("{}:s:{{{tag}}}:sess:{hash}", self.prefix)
+        self.keys.session(tag, hash)
     }
 
     fn index_key(&self, tag: &str, user: &str) -> String {
-        format!("{}:s:{{{tag}}}:idx:{user}", self.prefix)
+        self.keys.session_index(tag, user)
     }
 
     fn refresh_key(&self, tag: &str, rt_hash: &str) -> String {
-        format!("{}:s:{{{tag}}}:rt:{rt_hash}", self.prefix)
+        self.keys.refresh_token(tag, rt_hash)
     }
 
     fn users_key(&self) -> String {
-        format!("{}:s:users", self.prefix)
+        self.keys.session_users()
     }
 
     fn counts_key(&self) -> String {
-        format!("{}:s:counts", self.prefix)
+        self.keys.session_counts()
     }
 
     async fn create(

@@ -1,0 +1,413 @@
+//! The validating builder of [`Config`]: one setter per setting, each documenting its default.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
+
+use super::clock::{Clock, SharedClock};
+use super::{Config, Target};
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+
+/// Builds a [`Config`]; every setter documents its default, and [`build`](Self::build)
+/// validates them all.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tierkit::Config;
+///
+/// let config = Config::builder()
+///     .redis_url("redis://127.0.0.1:6380")
+///     .probe_interval(Duration::from_millis(500))
+///     .fail_threshold(2)
+///     .build()?;
+/// assert_eq!(config.prefix(), "tierkit");
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+#[derive(Default)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct ConfigBuilder {
+    pub(super) config: Config,
+    // Setters stay infallible and chainable; the first invalid value is reported by build().
+    pub(super) error: Option<Error>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("config", &self.config)
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+impl ConfigBuilder {
+    fn fail(&mut self, err: Error) {
+        self.error.get_or_insert(err);
+    }
+
+    /// Use the Redis server at `url` (`redis://[user][:password@]host[:port][/db]`, or `rediss://`
+    /// for TLS when redis-rs is built with TLS). Default: none (embedded mode).
+    pub fn redis_url(mut self, url: impl AsRef<str>) -> Self {
+        match parse_url(url.as_ref(), "redis_url") {
+            Ok(info) => self.config.redis = Some(Target::Single(Box::new(info))),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Use the Redis Cluster reached through these seed nodes, each `host:port` or a URL as
+    /// in [`redis_url`](Self::redis_url). The whole topology (every primary and replica) is
+    /// discovered from whichever seed answers, so two or three seeds are enough. Credentials
+    /// and TLS are those of the first node (or set with [`redis_username`](Self::redis_username)
+    /// and [`redis_password`](Self::redis_password)) and apply to every node; a cluster has
+    /// only database 0. Default: none (embedded mode).
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder()
+    ///     .redis_cluster(["127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"])
+    ///     .build()?;
+    /// assert!(config.is_cluster());
+    ///
+    /// let err = tierkit::Config::builder().redis_cluster(["127.0.0.1"]).build().unwrap_err();
+    /// assert!(err.to_string().contains("host:port"));
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn redis_cluster<I>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        match parse_nodes(nodes, "redis_cluster") {
+            Ok(nodes) => self.config.redis = Some(Target::Cluster(nodes)),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// Use Redis at `host:port` over TCP. Default: none (embedded mode).
+    pub fn redis_host(mut self, host: impl Into<String>, port: u16) -> Self {
+        let host = host.into();
+        if host.trim().is_empty() {
+            self.fail(Error::config(
+                "redis_host",
+                "is empty; give a host name or IP",
+            ));
+            return self;
+        }
+        let settings = self
+            .config
+            .redis
+            .as_ref()
+            .and_then(Target::first)
+            .map(|i| i.redis_settings().clone())
+            .unwrap_or_default();
+        match tcp_info("redis_host", host, port, settings) {
+            Ok(info) => self.config.redis = Some(Target::Single(Box::new(info))),
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// The Redis password (overrides one in the URL), for every node of a cluster. Needs a
+    /// Redis target set first. Default: none.
+    pub fn redis_password(self, password: impl AsRef<str>) -> Self {
+        let password = password.as_ref();
+        self.with_settings("redis_password", |s| s.set_password(password))
+    }
+
+    /// The Redis ACL user name (overrides one in the URL), for every node of a cluster. Needs
+    /// a Redis target set first. Default: none (the `default` user).
+    pub fn redis_username(mut self, username: impl AsRef<str>) -> Self {
+        let username = username.as_ref();
+        if username.trim().is_empty() {
+            self.fail(Error::config(
+                "redis_username",
+                "is empty; give an ACL user name",
+            ));
+            return self;
+        }
+        self.with_settings("redis_username", |s| s.set_username(username))
+    }
+
+    /// The Redis logical database. Needs a single-server target set first (a cluster has only
+    /// database 0). Default: 0.
+    pub fn redis_db(mut self, db: i64) -> Self {
+        if db < 0 {
+            self.fail(Error::config(
+                "redis_db",
+                format!("{db} is negative; use 0 or more"),
+            ));
+            return self;
+        }
+        if db != 0 && self.config.is_cluster() {
+            self.fail(Error::config(
+                "redis_db",
+                format!("{db} given for a Redis Cluster, which has only database 0"),
+            ));
+            return self;
+        }
+        self.with_settings("redis_db", |s| s.set_db(db))
+    }
+
+    /// Applies `f` to the settings of every node, or records that there is no target yet.
+    fn with_settings(
+        mut self,
+        field: &str,
+        f: impl Fn(RedisConnectionInfo) -> RedisConnectionInfo,
+    ) -> Self {
+        match self.config.redis.as_mut() {
+            Some(target) => {
+                for info in target.infos_mut() {
+                    let settings = f(info.redis_settings().clone());
+                    *info = info.clone().set_redis_settings(settings);
+                }
+            }
+            None => self.fail(Error::config(
+                field,
+                "set without a Redis target; call redis_url, redis_host or redis_cluster first",
+            )),
+        }
+        self
+    }
+
+    /// Drop any Redis target and run embedded.
+    pub fn embedded(mut self) -> Self {
+        self.config.redis = None;
+        self
+    }
+
+    /// The prefix of every Redis key: 1 to 64 characters from `A-Z a-z 0-9 _ - .`, so it
+    /// can never carry glob metacharacters, hash tags or the `:` that ends it. Two instances
+    /// with different prefixes never touch each other's keys, whatever the prefixes (`app`
+    /// and `app.c` included). Default: `tierkit`.
+    ///
+    /// ```
+    /// assert!(tierkit::Config::builder().prefix("shop.cache").build().is_ok());
+    /// let err = tierkit::Config::builder().prefix("shop:cache").build().unwrap_err();
+    /// assert!(err.to_string().contains("':'"));
+    /// ```
+    pub fn prefix(mut self, prefix: impl AsRef<str>) -> Self {
+        match Keys::new(prefix.as_ref()) {
+            Ok(keys) => self.config.keys = keys,
+            Err(e) => self.fail(e),
+        }
+        self
+    }
+
+    /// The clock tierkit's own time decisions read (session expiry, the local rate limiter,
+    /// block windows). Tests pass a [`ManualClock`](super::clock::ManualClock) and move time
+    /// with `advance` instead of sleeping. Default: the system clock.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tierkit::clock::ManualClock;
+    ///
+    /// let clock = ManualClock::new();
+    /// let config = tierkit::Config::builder().clock(clock.clone()).build()?;
+    /// clock.advance(Duration::from_secs(60));
+    /// # let _ = config;
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.config.clock = SharedClock::new(clock);
+        self
+    }
+
+    /// The bound on every Redis command, pipeline and script call, waiting for a reconnect
+    /// included. Default: 100 ms.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.config.op_timeout = timeout;
+        self
+    }
+
+    /// The bound on one connection attempt. Default: 500 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the health monitor PINGs Redis. Default: 1 s.
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.config.health.probe_interval = interval;
+        self
+    }
+
+    /// How long one health PING may take before it counts as a failure. Default: 250 ms.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.config.health.probe_timeout = timeout;
+        self
+    }
+
+    /// A PING slower than this marks Redis `Degraded`. Default: 50 ms.
+    pub fn degraded_latency(mut self, latency: Duration) -> Self {
+        self.config.health.degraded_latency = latency;
+        self
+    }
+
+    /// Consecutive failures (probes or operations) that mark Redis `Down`. Default: 3.
+    pub fn fail_threshold(mut self, n: u32) -> Self {
+        self.config.health.fail_threshold = n;
+        self
+    }
+
+    /// Consecutive successful probes that bring Redis back from `Down` (or from `Degraded`
+    /// to `Up`). Default: 2.
+    pub fn recover_threshold(mut self, n: u32) -> Self {
+        self.config.health.recover_threshold = n;
+        self
+    }
+
+    /// The codec values are stored with. Default: `Codec::default()`.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.config.codec = codec;
+        self
+    }
+
+    /// The bound on the in-process L1 cache shared by all namespaces, in bytes: each entry
+    /// weighs its encoded size plus its key. Default: 64 MiB.
+    pub fn l1_capacity(mut self, bytes: u64) -> Self {
+        self.config.l1_capacity = bytes;
+        self
+    }
+
+    /// Count L1 evictions per namespace (`CacheStats::evictions`). Counting needs a moka
+    /// eviction listener, and with one moka takes a per-key lock on every insert and
+    /// invalidation: each L1 fill (an L2 hit, a load, a write) costs about half as much again
+    /// (BENCHMARKS.md). Services that fill L1 at a high rate and do not watch evictions can
+    /// turn it off; `evictions` then stays 0. Default: on.
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder().l1_eviction_counts(false).build()?;
+    /// assert!(!config.l1_eviction_counts());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn l1_eviction_counts(mut self, on: bool) -> Self {
+        self.config.l1_eviction_counts = on;
+        self
+    }
+
+    /// Validates every setting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for the first invalid value, naming the setting.
+    pub fn build(self) -> Result<Config> {
+        if let Some(err) = self.error {
+            return Err(err);
+        }
+        let c = self.config;
+        let h = &c.health;
+        for (field, d) in [
+            ("op_timeout", c.op_timeout),
+            ("connect_timeout", c.connect_timeout),
+            ("probe_interval", h.probe_interval),
+            ("probe_timeout", h.probe_timeout),
+            ("degraded_latency", h.degraded_latency),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(field, "is zero; give a positive duration"));
+            }
+        }
+        if c.l1_capacity == 0 {
+            return Err(Error::config(
+                "l1_capacity",
+                "is zero; give the L1 a size in bytes (default 64 MiB)",
+            ));
+        }
+        if h.probe_timeout > h.probe_interval {
+            return Err(Error::config(
+                "probe_timeout",
+                format!(
+                    "{:?} is longer than probe_interval {:?}; probes would overlap",
+                    h.probe_timeout, h.probe_interval
+                ),
+            ));
+        }
+        for (field, n) in [
+            ("fail_threshold", h.fail_threshold),
+            ("recover_threshold", h.recover_threshold),
+        ] {
+            if n == 0 {
+                return Err(Error::config(field, "is zero; use 1 or more"));
+            }
+        }
+        Ok(c)
+    }
+}
+
+pub(super) fn parse_url(url: &str, field: &str) -> Result<ConnectionInfo> {
+    url.trim().into_connection_info().map_err(|e| {
+        Error::config(
+            field,
+            format!("is not a valid Redis URL ({e}); expected redis://[user][:password@]host[:port][/db]"),
+        )
+    })
+}
+
+/// Seed nodes of a cluster: each `host:port` or a URL; at least one; one set of credentials
+/// and database 0, since the cluster client uses the same for every node.
+pub(super) fn parse_nodes<I>(nodes: I, field: &str) -> Result<Vec<ConnectionInfo>>
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let mut parsed = Vec::new();
+    for node in nodes {
+        let node = node.as_ref().trim();
+        let info = if node.contains("://") {
+            parse_url(node, field)?
+        } else {
+            let (host, port) = node
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok().filter(|p| *p != 0)?)))
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| {
+                    Error::config(
+                        field,
+                        format!("{node:?} is not a node address; expected host:port or a URL"),
+                    )
+                })?;
+            tcp_info(field, host.to_owned(), port, RedisConnectionInfo::default())?
+        };
+        if info.redis_settings().db() != 0 {
+            return Err(Error::config(
+                field,
+                format!("{node:?} names a database; a Redis Cluster has only database 0"),
+            ));
+        }
+        if let Some(first) = parsed.first().map(ConnectionInfo::redis_settings) {
+            let settings = info.redis_settings();
+            if first.username() != settings.username() || first.password() != settings.password() {
+                return Err(Error::config(
+                    field,
+                    "nodes carry different credentials; give them once for all nodes",
+                ));
+            }
+        }
+        parsed.push(info);
+    }
+    if parsed.is_empty() {
+        return Err(Error::config(
+            field,
+            "lists no nodes; give at least one host:port",
+        ));
+    }
+    Ok(parsed)
+}
+
+pub(super) fn tcp_info(
+    field: &str,
+    host: String,
+    port: u16,
+    settings: RedisConnectionInfo,
+) -> Result<ConnectionInfo> {
+    let info = ConnectionAddr::Tcp(host, port)
+        .into_connection_info()
+        .map_err(|e| Error::config(field, e.to_string()))?;
+    Ok(info.set_redis_settings(settings))
+}
