@@ -5,11 +5,14 @@
 //!   that can be crashed, hung and restarted to make faults.
 //! - [`TcpProxy`]: a std-thread TCP forwarder for network faults (latency, partition,
 //!   dropped and refused connections) between tierkit and a server.
+//! - [`Backend`] and [`per_backend!`]: one suite body run against the embedded tier, a
+//!   server and a cluster, with one readiness rule ([`ready`]).
 //! - [`init_tracing`] and [`eventually`]: small helpers for tests.
 
 // Each test target compiles this module on its own and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod backend;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
@@ -20,6 +23,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub(crate) use backend::per_backend;
+pub use backend::{ready, Backend};
 pub use cluster::RedisCluster;
 pub use proxy::TcpProxy;
 pub use server::RedisServer;
@@ -100,21 +105,15 @@ pub fn fast_cluster_config(cluster: &RedisCluster) -> tierkit::Config {
         .expect("a valid test configuration")
 }
 
-/// A tierkit instance on `url` with [`fast_config`], once Redis is up.
+/// A tierkit instance on `url` with [`fast_config`], once ready ([`ready`]).
 pub async fn connected(url: &str) -> tierkit::Tierkit {
     connected_with(fast_config(url)).await
 }
 
-/// A tierkit instance with `config`, once Redis is up.
+/// A tierkit instance with `config`, once ready ([`ready`]).
 pub async fn connected_with(config: tierkit::Config) -> tierkit::Tierkit {
     let kit = tierkit::Tierkit::new(config).expect("tierkit starts");
-    let health = kit.health().expect("Redis is configured");
-    assert!(
-        health
-            .wait_for(tierkit::health::HealthState::Up, Duration::from_secs(10))
-            .await,
-        "Redis never came up: {:?}",
-        health.status()
-    );
+    assert!(kit.health().is_some(), "Redis is configured");
+    ready(&kit).await;
     kit
 }
