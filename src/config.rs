@@ -136,7 +136,7 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming the variable whose value is invalid.
+    /// [`Error::Config`](crate::Error::Config) naming the variable whose value is invalid.
     pub fn from_env() -> Result<Self> {
         Config::builder().env()?.build()
     }

@@ -73,9 +73,7 @@ impl HealthState {
             HealthState::Down => 2,
         }
     }
-}
 
-impl HealthState {
     /// The lowercase name: `up`, `degraded` or `down`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,11 +85,7 @@ impl HealthState {
 
     /// The value of the `tierkit_health_state` gauge: 0 up, 1 degraded, 2 down.
     fn level(self) -> f64 {
-        match self {
-            HealthState::Up => 0.0,
-            HealthState::Degraded => 1.0,
-            HealthState::Down => 2.0,
-        }
+        f64::from(self.as_u8())
     }
 }
 
