@@ -54,8 +54,10 @@
 //! figures show what compression saves and costs where it applies and where it does not.
 
 mod args;
+mod database;
 #[path = "../../tests/support/mod.rs"]
 mod support;
+mod workload;
 
 use std::convert::Infallible;
 use std::error::Error;
@@ -69,15 +71,16 @@ use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
-use rand::{RngExt, SeedableRng};
-use rand_distr::{Distribution, Zipf};
-use serde::{Deserialize, Serialize};
+use rand::SeedableRng;
+use serde::Serialize;
 use tierkit::cache::{CacheStats, Namespace, Reach, Source};
 use tierkit::health::HealthState;
 use tierkit::{Config, Tierkit};
 
 use args::{Args, OutageKind, PeerKind};
+use database::{user, Corpus, Database, Page, User};
 use support::RedisServer;
+use workload::{Mix, Ns, Op};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -89,98 +92,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// TTL of every cached value, far longer than a run: nothing expires while measuring.
 const TTL: Duration = Duration::from_secs(3600);
 
-/// A `pages` value: mostly text of the requested size and compressibility.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Page {
-    id: u64,
-    revision: u64,
-    title: String,
-    body: String,
-}
-
-/// A `users` value: a small record, below the codec's compression threshold.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct User {
-    id: u64,
-    revision: u64,
-    name: String,
-    email: String,
-}
-
-/// Text that values are cut from, made once so a load costs a copy, not text generation.
-struct Corpus {
-    /// `value_size` bytes of repetitive, JSON-like text.
-    repetitive: String,
-    /// `2 * value_size` random alphanumeric bytes; each key starts at its own offset.
-    random: String,
-    size: usize,
-    repetitive_len: usize,
-}
-
-impl Corpus {
-    fn new(size: usize, compressible: f64, seed: u64) -> Corpus {
-        let mut repetitive = String::with_capacity(size + 64);
-        let mut i = 0u64;
-        while repetitive.len() < size {
-            repetitive.push_str(&format!(
-                "{{\"section\":{},\"kind\":\"paragraph\",\"lang\":\"en\"}},",
-                i % 13
-            ));
-            i += 1;
-        }
-        repetitive.truncate(size);
-        let mut rng = SmallRng::seed_from_u64(seed ^ 0x5eed);
-        let random = (0..2 * size.max(1))
-            .map(|_| char::from(rng.sample(rand::distr::Alphanumeric)))
-            .collect();
-        Corpus {
-            repetitive,
-            random,
-            size,
-            repetitive_len: (size as f64 * compressible).round() as usize,
-        }
-    }
-
-    fn page(&self, id: u64, revision: u64) -> Page {
-        let random_len = self.size - self.repetitive_len;
-        // Both strings are ASCII, so every byte offset is a char boundary.
-        let offset = (id as usize * 7919) % (self.size.max(1));
-        let mut body = String::with_capacity(self.size);
-        body.push_str(&self.repetitive[..self.repetitive_len]);
-        body.push_str(&self.random[offset..offset + random_len]);
-        Page {
-            id,
-            revision,
-            title: format!("page {id}"),
-            body,
-        }
-    }
-}
-
-fn user(id: u64, revision: u64) -> User {
-    User {
-        id,
-        revision,
-        name: format!("user-{id}"),
-        email: format!("user-{id}@example.com"),
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ns {
-    Pages,
-    Users,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Op {
-    read: bool,
-    ns: Ns,
-    key: u64,
-    /// The revision a write stores.
-    revision: u64,
-}
-
 /// What one operation did.
 #[derive(Clone, Copy, Debug)]
 enum Outcome {
@@ -191,31 +102,6 @@ enum Outcome {
     },
     /// The call failed; a read was then answered by the loader, as a service would.
     Error,
-}
-
-/// The simulated database: answers after `latency`.
-#[derive(Clone)]
-struct Database {
-    corpus: Arc<Corpus>,
-    latency: Duration,
-}
-
-impl Database {
-    async fn wait(&self) {
-        if !self.latency.is_zero() {
-            tokio::time::sleep(self.latency).await;
-        }
-    }
-
-    async fn page(&self, id: u64) -> Page {
-        self.wait().await;
-        self.corpus.page(id, 0)
-    }
-
-    async fn user(&self, id: u64) -> User {
-        self.wait().await;
-        user(id, 0)
-    }
 }
 
 /// One tierkit instance and its two namespaces.
@@ -686,8 +572,7 @@ async fn workload(
         outage: args.outage.is_some(),
         duration: args.duration,
     };
-    let zipf = Zipf::new(args.keys as f64, args.skew)
-        .map_err(|e| format!("--keys {} --skew {}: {e}", args.keys, args.skew))?;
+    let mix = Mix::new(args)?;
     let db = Database {
         corpus: corpus.clone(),
         latency: Duration::from_micros(args.load_latency_us),
@@ -712,7 +597,6 @@ async fn workload(
         .map(|t| {
             let (backend, db, ops) = (backend.clone(), db.clone(), ops.clone());
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64);
-            let read_ratio = args.read_ratio;
             // Paced tasks start staggered over one interval, so the load is even, not bursty.
             let pace = args.rate.map(|rate| {
                 let every = Duration::from_secs_f64(args.concurrency as f64 / rate as f64);
@@ -734,16 +618,7 @@ async fn workload(
                     if began >= end {
                         break;
                     }
-                    let op = Op {
-                        read: rng.random::<f64>() < read_ratio,
-                        ns: if rng.random_range(0..4) == 0 {
-                            Ns::Users
-                        } else {
-                            Ns::Pages
-                        },
-                        key: zipf.sample(&mut rng) as u64,
-                        revision: rng.random(),
-                    };
+                    let op = mix.draw(&mut rng);
                     let outcome = backend.run(t, op, &db).await;
                     tallies[phases.of(began - start)].record(began.elapsed(), outcome);
                     ops.fetch_add(1, Ordering::Relaxed);
