@@ -54,12 +54,12 @@
 //! figures show what compression saves and costs where it applies and where it does not.
 
 mod args;
+mod backend;
 mod database;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod workload;
 
-use std::convert::Infallible;
 use std::error::Error;
 use std::fmt;
 use std::io::IsTerminal;
@@ -67,178 +67,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
-use tierkit::cache::{CacheStats, Namespace, Reach, Source};
+use tierkit::cache::{CacheStats, Source};
 use tierkit::health::HealthState;
-use tierkit::{Config, Tierkit};
 
 use args::{Args, OutageKind, PeerKind};
-use database::{user, Corpus, Database, Page, User};
+use backend::{Backend, Outcome};
+use database::{Corpus, Database};
 use support::RedisServer;
-use workload::{Mix, Ns, Op};
+use workload::Mix;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 /// Largest latency the histograms hold (60 s); slower operations are clamped to it.
 const MAX_LATENCY_US: u64 = 60_000_000;
-/// How long Redis has to come up before a run starts.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// TTL of every cached value, far longer than a run: nothing expires while measuring.
-const TTL: Duration = Duration::from_secs(3600);
-
-/// What one operation did.
-#[derive(Clone, Copy, Debug)]
-enum Outcome {
-    Read(Source),
-    /// A write, and whether it reached Redis (`false`: this instance's L1 only).
-    Write {
-        reached_redis: bool,
-    },
-    /// The call failed; a read was then answered by the loader, as a service would.
-    Error,
-}
-
-/// One tierkit instance and its two namespaces.
-struct Instance {
-    kit: Tierkit,
-    pages: Namespace<Page>,
-    users: Namespace<User>,
-}
-
-/// The peer: the `cached` crate's Redis store, one per namespace.
-struct CachedPeer {
-    pages: AsyncRedisCache<u64, Page>,
-    users: AsyncRedisCache<u64, User>,
-}
-
-/// What the workload runs through.
-enum Backend {
-    Tierkit(Vec<Instance>),
-    Cached(CachedPeer),
-}
-
-impl Backend {
-    fn label(&self) -> &'static str {
-        match self {
-            Backend::Tierkit(_) => "tierkit",
-            Backend::Cached(_) => "cached",
-        }
-    }
-
-    async fn run(&self, task: usize, op: Op, db: &Database) -> Outcome {
-        match self {
-            Backend::Tierkit(instances) => {
-                tierkit_op(&instances[task % instances.len()], op, db).await
-            }
-            Backend::Cached(peer) => cached_op(peer, op, db).await,
-        }
-    }
-
-    /// Counters of every namespace of every instance, added up by namespace name.
-    fn namespace_stats(&self) -> Vec<(String, CacheStats)> {
-        let Backend::Tierkit(instances) = self else {
-            return Vec::new();
-        };
-        let mut pages = CacheStats::default();
-        let mut users = CacheStats::default();
-        for i in instances {
-            pages += i.pages.stats();
-            users += i.users.stats();
-        }
-        vec![("pages".into(), pages), ("users".into(), users)]
-    }
-}
-
-async fn tierkit_op(i: &Instance, op: Op, db: &Database) -> Outcome {
-    let key = op.key.to_string();
-    let read = |r: tierkit::Result<Source>| r.map_or(Outcome::Error, Outcome::Read);
-    let write = |r: tierkit::Result<Reach>| match r {
-        Ok(Reach::AllTiers) => Outcome::Write {
-            reached_redis: true,
-        },
-        Ok(_) => Outcome::Write {
-            reached_redis: false,
-        },
-        Err(_) => Outcome::Error,
-    };
-    match (op.ns, op.read) {
-        (Ns::Pages, true) => read(
-            i.pages
-                .get_or_set(&key, || async {
-                    Ok::<_, Infallible>(db.page(op.key).await)
-                })
-                .await
-                .map(|h| h.source()),
-        ),
-        (Ns::Users, true) => read(
-            i.users
-                .get_or_set(&key, || async {
-                    Ok::<_, Infallible>(db.user(op.key).await)
-                })
-                .await
-                .map(|h| h.source()),
-        ),
-        (Ns::Pages, false) => write(i.pages.set(&key, db.corpus.page(op.key, op.revision)).await),
-        (Ns::Users, false) => write(i.users.set(&key, user(op.key, op.revision)).await),
-    }
-}
-
-/// Cache-aside through a `cached` store, the way a service would write it: `cache_get`, and
-/// on a miss the database then `cache_set`; a failed Redis call still answers from the
-/// database, and counts as an error.
-async fn cached_aside<V, F, Fut>(store: &AsyncRedisCache<u64, V>, key: u64, load: F) -> Outcome
-where
-    V: Serialize + serde::de::DeserializeOwned + Send + Clone,
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = V>,
-{
-    match store.cache_get(&key).await {
-        Ok(Some(_)) => Outcome::Read(Source::L2),
-        Ok(None) => {
-            let value = load().await;
-            match store.cache_set(key, value).await {
-                Ok(_) => Outcome::Read(Source::Loader),
-                Err(_) => Outcome::Error,
-            }
-        }
-        Err(_) => {
-            load().await;
-            Outcome::Error
-        }
-    }
-}
-
-fn written<T, E>(r: Result<T, E>) -> Outcome {
-    match r {
-        Ok(_) => Outcome::Write {
-            reached_redis: true,
-        },
-        Err(_) => Outcome::Error,
-    }
-}
-
-async fn cached_op(peer: &CachedPeer, op: Op, db: &Database) -> Outcome {
-    match (op.ns, op.read) {
-        (Ns::Pages, true) => cached_aside(&peer.pages, op.key, || db.page(op.key)).await,
-        (Ns::Users, true) => cached_aside(&peer.users, op.key, || db.user(op.key)).await,
-        (Ns::Pages, false) => written(
-            peer.pages
-                .cache_set(op.key, db.corpus.page(op.key, op.revision))
-                .await,
-        ),
-        (Ns::Users, false) => written(
-            peer.users
-                .cache_set(op.key, user(op.key, op.revision))
-                .await,
-        ),
-    }
-}
 
 /// Counts and latencies of one phase, kept per task and merged at the end.
 #[derive(Clone)]
@@ -457,7 +304,7 @@ fn run(args: Args) -> Result<()> {
                 s.flushall();
             }
         }
-        let backend = Arc::new(rt.block_on(connect(name, &args, url.as_deref()))?);
+        let backend = Arc::new(rt.block_on(Backend::connect(name, &args, url.as_deref()))?);
         let start = Instant::now();
         let (report, outage) = std::thread::scope(|scope| {
             let outage = match (args.outage, server.as_mut()) {
@@ -515,50 +362,6 @@ fn run(args: Args) -> Result<()> {
         print!("{}", Text(&report));
     }
     Ok(())
-}
-
-async fn connect(name: &str, args: &Args, url: Option<&str>) -> Result<Backend> {
-    if name == "cached" {
-        let url = url.ok_or("the cached peer needs Redis")?;
-        let pages = AsyncRedisCache::new("pages:", TTL)
-            .namespace("loadgen-cached:")
-            .connection_string(url)
-            .build()
-            .await?;
-        let users = AsyncRedisCache::new("users:", TTL)
-            .namespace("loadgen-cached:")
-            .connection_string(url)
-            .build()
-            .await?;
-        return Ok(Backend::Cached(CachedPeer { pages, users }));
-    }
-    let mut instances = Vec::new();
-    for _ in 0..args.instances {
-        let mut config = Config::builder();
-        if let Some(url) = url {
-            config = config.redis_url(url);
-        }
-        if let Some(mib) = args.l1_mib {
-            config = config.l1_capacity(mib * 1024 * 1024);
-        }
-        // Its own prefix: on a Redis given with --redis-url, never a service's `tierkit:` keys.
-        let kit = Tierkit::new(config.prefix("loadgen").build()?)?;
-        if let Some(health) = kit.health() {
-            if !health.wait_for(HealthState::Up, READY_TIMEOUT).await {
-                let why = health.status().last_error;
-                return Err(format!(
-                    "Redis did not answer within {READY_TIMEOUT:?} ({}); check --redis-url, or \
-                     drop it to use a private redis-server",
-                    why.as_deref().unwrap_or("no probe finished")
-                )
-                .into());
-            }
-        }
-        let pages = kit.namespace::<Page>("pages").ttl(TTL).build()?;
-        let users = kit.namespace::<User>("users").ttl(TTL).build()?;
-        instances.push(Instance { kit, pages, users });
-    }
-    Ok(Backend::Tierkit(instances))
 }
 
 /// Runs `--concurrency` tasks until the deadline and merges their tallies.
