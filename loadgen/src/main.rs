@@ -56,8 +56,10 @@
 mod args;
 mod backend;
 mod database;
+mod phases;
 #[path = "../../tests/support/mod.rs"]
 mod support;
+mod tally;
 mod workload;
 
 use std::error::Error;
@@ -67,118 +69,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use serde::Serialize;
-use tierkit::cache::{CacheStats, Source};
+use tierkit::cache::CacheStats;
 use tierkit::health::HealthState;
 
 use args::{Args, OutageKind, PeerKind};
-use backend::{Backend, Outcome};
+use backend::Backend;
 use database::{Corpus, Database};
+use phases::Phases;
 use support::RedisServer;
+use tally::Tally;
 use workload::Mix;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
-
-/// Largest latency the histograms hold (60 s); slower operations are clamped to it.
-const MAX_LATENCY_US: u64 = 60_000_000;
-
-/// Counts and latencies of one phase, kept per task and merged at the end.
-#[derive(Clone)]
-struct Tally {
-    latency_us: Histogram<u64>,
-    l1: u64,
-    l2: u64,
-    loader: u64,
-    writes: u64,
-    writes_l1_only: u64,
-    errors: u64,
-}
-
-impl Tally {
-    fn new() -> Tally {
-        Tally {
-            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-                .expect("constant, valid histogram bounds"),
-            l1: 0,
-            l2: 0,
-            loader: 0,
-            writes: 0,
-            writes_l1_only: 0,
-            errors: 0,
-        }
-    }
-
-    fn record(&mut self, took: Duration, outcome: Outcome) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.latency_us
-            .saturating_record(us.clamp(1, MAX_LATENCY_US));
-        match outcome {
-            Outcome::Read(Source::L1) => self.l1 += 1,
-            Outcome::Read(Source::L2) => self.l2 += 1,
-            // The loader, and any source a later tierkit adds: neither cache tier answered.
-            Outcome::Read(_) => self.loader += 1,
-            Outcome::Write { reached_redis } => {
-                self.writes += 1;
-                if !reached_redis {
-                    self.writes_l1_only += 1;
-                }
-            }
-            Outcome::Error => self.errors += 1,
-        }
-    }
-
-    fn merge(&mut self, other: &Tally) {
-        self.latency_us
-            .add(&other.latency_us)
-            .expect("histograms with the same bounds always add");
-        self.l1 += other.l1;
-        self.l2 += other.l2;
-        self.loader += other.loader;
-        self.writes += other.writes;
-        self.writes_l1_only += other.writes_l1_only;
-        self.errors += other.errors;
-    }
-}
-
-/// Phase boundaries: one phase, or before / during / after an outage in thirds of the run.
-#[derive(Clone, Copy)]
-struct Phases {
-    outage: bool,
-    duration: Duration,
-}
-
-impl Phases {
-    const NAMES: [&'static str; 3] = ["before", "during", "after"];
-
-    fn count(self) -> usize {
-        if self.outage {
-            3
-        } else {
-            1
-        }
-    }
-
-    fn of(self, since_start: Duration) -> usize {
-        if !self.outage {
-            return 0;
-        }
-        let third = self.duration / 3;
-        ((since_start.as_nanos() / third.as_nanos().max(1)) as usize).min(2)
-    }
-
-    fn name(self, i: usize) -> &'static str {
-        if self.outage {
-            Self::NAMES[i]
-        } else {
-            "run"
-        }
-    }
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -440,23 +347,10 @@ async fn workload(
             m.merge(t);
         }
     }
-    let phase_secs = |i: usize| {
-        if phases.outage {
-            let third = args.duration.as_secs_f64() / 3.0;
-            // The last phase also holds the operations in flight at the deadline.
-            if i == 2 {
-                finished.as_secs_f64() - 2.0 * third
-            } else {
-                third
-            }
-        } else {
-            finished.as_secs_f64()
-        }
-    };
     let phases = merged
         .iter()
         .enumerate()
-        .map(|(i, t)| phase_report(phases.name(i), phase_secs(i), t))
+        .map(|(i, t)| phase_report(phases.name(i), phases.seconds(i, finished), t))
         .collect();
     let namespaces = backend
         .namespace_stats()

@@ -1,0 +1,54 @@
+//! How a run is cut into phases: one, or before, during and after an outage.
+
+use std::time::Duration;
+
+/// Phase boundaries: one phase, or before / during / after an outage in thirds of the run.
+#[derive(Clone, Copy)]
+pub struct Phases {
+    pub outage: bool,
+    pub duration: Duration,
+}
+
+impl Phases {
+    const NAMES: [&'static str; 3] = ["before", "during", "after"];
+
+    pub fn count(self) -> usize {
+        if self.outage {
+            3
+        } else {
+            1
+        }
+    }
+
+    /// The phase of an operation that began `since_start` into the run.
+    pub fn of(self, since_start: Duration) -> usize {
+        if !self.outage {
+            return 0;
+        }
+        let third = self.duration / 3;
+        ((since_start.as_nanos() / third.as_nanos().max(1)) as usize).min(2)
+    }
+
+    pub fn name(self, i: usize) -> &'static str {
+        if self.outage {
+            Self::NAMES[i]
+        } else {
+            "run"
+        }
+    }
+
+    /// How long phase `i` lasted, the run having taken `finished`.
+    pub fn seconds(self, i: usize, finished: Duration) -> f64 {
+        if self.outage {
+            let third = self.duration.as_secs_f64() / 3.0;
+            // The last phase also holds the operations in flight at the deadline.
+            if i == 2 {
+                finished.as_secs_f64() - 2.0 * third
+            } else {
+                third
+            }
+        } else {
+            finished.as_secs_f64()
+        }
+    }
+}
