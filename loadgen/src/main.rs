@@ -57,13 +57,13 @@ mod args;
 mod backend;
 mod database;
 mod phases;
+mod report;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod tally;
 mod workload;
 
 use std::error::Error;
-use std::fmt;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,108 +72,19 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
-use serde::Serialize;
 use tierkit::cache::CacheStats;
-use tierkit::health::HealthState;
 
 use args::{Args, OutageKind, PeerKind};
 use backend::Backend;
 use database::{Corpus, Database};
 use phases::Phases;
+use report::{HealthChange, NamespaceReport, OutageTimes, PhaseReport, Report, RunReport, Text};
 use support::RedisServer;
 use tally::Tally;
 use workload::Mix;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Latency {
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    max_us: u64,
-    mean_us: f64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PhaseReport {
-    name: &'static str,
-    seconds: f64,
-    ops: u64,
-    ops_per_sec: f64,
-    latency: Latency,
-    reads: u64,
-    /// Shares of reads answered by L1, Redis and the loader.
-    l1_ratio: f64,
-    l2_ratio: f64,
-    loader_ratio: f64,
-    writes: u64,
-    writes_l1_only: u64,
-    errors: u64,
-    /// tierkit only: Redis calls that failed or timed out, and calls that skipped Redis
-    /// because health was Down, in this phase.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    l2_errors: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    l2_skipped: Option<u64>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct NamespaceReport {
-    name: String,
-    /// tierkit's counters added up over the instances.
-    stats: CacheStats,
-    hit_ratio: f64,
-    bytes_saved: u64,
-    /// `stored_bytes / encoded_bytes`.
-    stored_ratio: f64,
-    encode_cpu_ms: f64,
-    encode_ns_per_kib: f64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HealthChange {
-    at_ms: u64,
-    state: HealthState,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RunReport {
-    backend: &'static str,
-    phases: Vec<PhaseReport>,
-    namespaces: Vec<NamespaceReport>,
-    /// `used_memory` from `INFO memory` after the run, when Redis answered.
-    redis_used_memory: Option<u64>,
-    /// Keys in Redis after the run (`DBSIZE`), when Redis answered.
-    redis_keys: Option<u64>,
-    /// tierkit, first instance: health transitions during the run.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    health: Vec<HealthChange>,
-    /// With `--outage`: when the server went away and when it answered again, in ms from start.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outage: Option<OutageTimes>,
-}
-
-#[derive(Serialize, Clone, Copy)]
-#[serde(rename_all = "camelCase")]
-struct OutageTimes {
-    down_at_ms: u64,
-    back_at_ms: u64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Report {
-    settings: Args,
-    redis: String,
-    runs: Vec<RunReport>,
-}
 
 fn main() {
     let args = args::parse();
@@ -254,15 +165,7 @@ fn run(args: Args) -> Result<()> {
         drop(backend);
     }
 
-    let report = Report {
-        redis: match (&args.redis_url, args.embedded) {
-            (_, true) => "none (embedded)".into(),
-            (Some(_), _) => "given with --redis-url".into(),
-            (None, false) => "private redis-server started by the harness".into(),
-        },
-        settings: args.clone(),
-        runs,
-    };
+    let report = Report::new(&args, runs);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -350,20 +253,12 @@ async fn workload(
     let phases = merged
         .iter()
         .enumerate()
-        .map(|(i, t)| phase_report(phases.name(i), phases.seconds(i, finished), t))
+        .map(|(i, t)| PhaseReport::new(phases.name(i), phases.seconds(i, finished), t))
         .collect();
     let namespaces = backend
         .namespace_stats()
         .into_iter()
-        .map(|(name, stats)| NamespaceReport {
-            hit_ratio: stats.hit_ratio(),
-            bytes_saved: stats.bytes_saved(),
-            stored_ratio: ratio(stats.stored_bytes, stats.encoded_bytes),
-            encode_cpu_ms: stats.encode_nanos as f64 / 1e6,
-            encode_ns_per_kib: ratio(stats.encode_nanos, stats.encoded_bytes) * 1024.0,
-            name,
-            stats,
-        })
+        .map(|(name, stats)| NamespaceReport::new(name, stats))
         .collect();
     Ok(RunReport {
         backend: backend.label(),
@@ -374,43 +269,6 @@ async fn workload(
         health,
         outage: None,
     })
-}
-
-fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 {
-        0.0
-    } else {
-        a as f64 / b as f64
-    }
-}
-
-fn phase_report(name: &'static str, seconds: f64, t: &Tally) -> PhaseReport {
-    let h = &t.latency_us;
-    let reads = t.l1 + t.l2 + t.loader;
-    // Failed operations are counted apart (errors), so the ratios are over answered reads.
-    let ops = h.len();
-    PhaseReport {
-        name,
-        seconds,
-        ops,
-        ops_per_sec: ops as f64 / seconds.max(1e-9),
-        latency: Latency {
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-            p999_us: h.value_at_quantile(0.999),
-            max_us: h.max(),
-            mean_us: h.mean(),
-        },
-        reads,
-        l1_ratio: ratio(t.l1, reads),
-        l2_ratio: ratio(t.l2, reads),
-        loader_ratio: ratio(t.loader, reads),
-        writes: t.writes,
-        writes_l1_only: t.writes_l1_only,
-        errors: t.errors,
-        l2_errors: None,
-        l2_skipped: None,
-    }
 }
 
 fn progress_bar(args: &Args) -> ProgressBar {
@@ -505,130 +363,5 @@ async fn redis_figures(url: &str) -> (Option<u64>, Option<u64>) {
     match tokio::time::timeout(Duration::from_secs(1), query).await {
         Ok(Ok(figures)) => figures,
         _ => (None, None),
-    }
-}
-
-/// The text report.
-struct Text<'a>(&'a Report);
-
-impl fmt::Display for Text<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = self.0;
-        let s = &r.settings;
-        writeln!(
-            f,
-            "loadgen: {:?}, {} keys (zipf {}), pages {} B ({:.0}% repetitive), {:.0}% reads, \
-             {} instance(s), {} tasks{}, loader {} µs; Redis: {}",
-            s.duration,
-            s.keys,
-            s.skew,
-            s.value_size,
-            s.compressible * 100.0,
-            s.read_ratio * 100.0,
-            s.instances,
-            s.concurrency,
-            s.rate
-                .map_or_else(String::new, |r| format!(" at {r} ops/s")),
-            s.load_latency_us,
-            r.redis
-        )?;
-        for run in &r.runs {
-            writeln!(f, "\n== {} ==", run.backend)?;
-            if let Some(o) = run.outage {
-                writeln!(
-                    f,
-                    "outage: Redis gone at {} ms, answering again at {} ms",
-                    o.down_at_ms, o.back_at_ms
-                )?;
-            }
-            writeln!(
-                f,
-                "{:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} | {:>6} {:>6} {:>6} | {:>7} {:>7} {:>7}",
-                "phase",
-                "ops",
-                "ops/s",
-                "p50 µs",
-                "p99 µs",
-                "p999 µs",
-                "max µs",
-                "L1",
-                "L2",
-                "loader",
-                "writes",
-                "L1-only",
-                "errors"
-            )?;
-            for p in &run.phases {
-                writeln!(
-                    f,
-                    "{:<7} {:>9} {:>9.0} {:>8} {:>8} {:>8} {:>8} | {:>5.1}% {:>5.1}% {:>5.1}% | {:>7} {:>7} {:>7}",
-                    p.name,
-                    p.ops,
-                    p.ops_per_sec,
-                    p.latency.p50_us,
-                    p.latency.p99_us,
-                    p.latency.p999_us,
-                    p.latency.max_us,
-                    p.l1_ratio * 100.0,
-                    p.l2_ratio * 100.0,
-                    p.loader_ratio * 100.0,
-                    p.writes,
-                    p.writes_l1_only,
-                    p.errors
-                )?;
-                if let (Some(e), Some(s)) = (p.l2_errors, p.l2_skipped) {
-                    writeln!(
-                        f,
-                        "        tierkit: {e} Redis calls failed or timed out, {s} skipped while Down"
-                    )?;
-                }
-            }
-            if !run.namespaces.is_empty() {
-                writeln!(
-                    f,
-                    "{:<9} {:>9} {:>12} {:>12} {:>12} {:>8} {:>12} {:>12}",
-                    "namespace",
-                    "hit ratio",
-                    "encoded B",
-                    "stored B",
-                    "saved B",
-                    "stored",
-                    "encode ms",
-                    "ns per KiB"
-                )?;
-                for n in &run.namespaces {
-                    writeln!(
-                        f,
-                        "{:<9} {:>8.1}% {:>12} {:>12} {:>12} {:>7.1}% {:>12.1} {:>12.0}",
-                        n.name,
-                        n.hit_ratio * 100.0,
-                        n.stats.encoded_bytes,
-                        n.stats.stored_bytes,
-                        n.bytes_saved,
-                        n.stored_ratio * 100.0,
-                        n.encode_cpu_ms,
-                        n.encode_ns_per_kib
-                    )?;
-                }
-            }
-            match (run.redis_used_memory, run.redis_keys) {
-                (Some(m), Some(k)) => writeln!(
-                    f,
-                    "Redis after the run: {k} keys, used_memory {:.1} MiB",
-                    m as f64 / (1024.0 * 1024.0)
-                )?,
-                _ if r.settings.embedded => {}
-                _ => writeln!(f, "Redis after the run: no answer")?,
-            }
-            if run.health.len() > 1 {
-                let states: Vec<String> = run
-                    .health
-                    .iter()
-                    .map(|c| format!("{} at {} ms", c.state, c.at_ms))
-                    .collect();
-                writeln!(f, "health: {}", states.join(", "))?;
-            }
-        }
-        Ok(())
     }
 }
