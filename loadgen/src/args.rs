@@ -143,3 +143,35 @@ fn unit_interval(s: &str) -> Result<f64, String> {
         _ => Err(format!("`{s}` is not a number between 0 and 1")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_is_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_ms_s_m_or_plain_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0", "0s", "5x", "s", "", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn ratios_stay_in_range() {
+        assert_eq!(unit_interval("0"), Ok(0.0));
+        assert_eq!(unit_interval("1"), Ok(1.0));
+        assert!(unit_interval("1.01").is_err());
+        assert!(unit_interval("NaN").is_err());
+        assert_eq!(non_negative("2.5"), Ok(2.5));
+        assert!(non_negative("-0.1").is_err());
+        assert!(non_negative("inf").is_err());
+    }
+}

@@ -109,3 +109,22 @@ impl Database {
         user(id, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_body_has_the_size_and_repetitive_share_asked_for() {
+        for (size, compressible) in [(1024, 0.7), (1024, 0.0), (1024, 1.0), (1, 0.5), (0, 0.7)] {
+            let corpus = Corpus::new(size, compressible, 1);
+            for id in [0, 1, 99_999, u32::MAX as u64] {
+                let page = corpus.page(id, 0);
+                assert_eq!(page.body.len(), size, "size {size}, id {id}");
+                assert!(page
+                    .body
+                    .starts_with(&corpus.repetitive[..corpus.repetitive_len]));
+            }
+        }
+    }
+}

@@ -52,3 +52,37 @@ impl Phases {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_cuts_the_run_in_thirds() {
+        let phases = Phases {
+            outage: true,
+            duration: Duration::from_secs(3),
+        };
+        assert_eq!(phases.count(), 3);
+        assert_eq!(phases.of(Duration::from_millis(999)), 0);
+        assert_eq!(phases.of(Duration::from_secs(1)), 1);
+        assert_eq!(phases.of(Duration::from_secs(2)), 2);
+        // Operations still in flight at the deadline land in the last phase.
+        assert_eq!(phases.of(Duration::from_secs(5)), 2);
+        assert_eq!(phases.name(1), "during");
+        assert_eq!(phases.seconds(0, Duration::from_secs(4)), 1.0);
+        assert_eq!(phases.seconds(2, Duration::from_secs(4)), 2.0);
+    }
+
+    #[test]
+    fn without_an_outage_there_is_one_phase() {
+        let phases = Phases {
+            outage: false,
+            duration: Duration::from_secs(3),
+        };
+        assert_eq!(phases.count(), 1);
+        assert_eq!(phases.of(Duration::from_secs(2)), 0);
+        assert_eq!(phases.name(0), "run");
+        assert_eq!(phases.seconds(0, Duration::from_millis(3100)), 3.1);
+    }
+}

@@ -53,3 +53,30 @@ impl Mix {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn draws(mix: &Mix, seed: u64) -> Vec<String> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        (0..100)
+            .map(|_| format!("{:?}", mix.draw(&mut rng)))
+            .collect()
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_operations() {
+        let args = Args::parse_from(["loadgen", "--keys", "50"]);
+        let mix = Mix::new(&args).unwrap();
+        assert_eq!(draws(&mix, 7), draws(&mix, 7));
+        assert_ne!(draws(&mix, 7), draws(&mix, 8));
+        let mut rng = SmallRng::seed_from_u64(7);
+        for _ in 0..1000 {
+            assert!((1..=50).contains(&mix.draw(&mut rng).key));
+        }
+    }
+}
