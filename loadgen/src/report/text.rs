@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::Report;
 
-/// The text report.
+/// The report as a person reads it; `--json` prints the `Report` itself instead.
 pub struct Text<'a>(pub &'a Report);
 
 impl fmt::Display for Text<'_> {
