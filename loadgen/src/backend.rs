@@ -1,0 +1,81 @@
+//! The systems under test behind one interface: tierkit (any number of instances sharing one
+//! Redis) and the `cached` peer. The driver hands each an operation and records the `Outcome`.
+
+mod cached;
+mod tierkit;
+
+use std::time::Duration;
+
+use ::tierkit::cache::{CacheStats, Source};
+
+use crate::args::Args;
+use crate::database::Database;
+use crate::workload::Op;
+use crate::Result;
+
+pub use self::cached::CachedPeer;
+pub use self::tierkit::Instance;
+
+/// TTL of every cached value, far longer than a run: nothing expires while measuring.
+const TTL: Duration = Duration::from_secs(3600);
+
+/// What one operation did.
+#[derive(Clone, Copy, Debug)]
+pub enum Outcome {
+    Read(Source),
+    /// A write, and whether it reached Redis (`false`: this instance's L1 only).
+    Write {
+        reached_redis: bool,
+    },
+    /// The call failed; a read was then answered by the loader, as a service would.
+    Error,
+}
+
+/// What the workload runs through.
+pub enum Backend {
+    Tierkit(Vec<Instance>),
+    Cached(CachedPeer),
+}
+
+impl Backend {
+    /// `name` is a label from [`Backend::label`]; `url` is `None` for embedded tierkit.
+    pub async fn connect(name: &str, args: &Args, url: Option<&str>) -> Result<Backend> {
+        if name == "cached" {
+            let url = url.ok_or("the cached peer needs Redis")?;
+            return Ok(Backend::Cached(CachedPeer::connect(url).await?));
+        }
+        let mut instances = Vec::new();
+        for _ in 0..args.instances {
+            instances.push(Instance::connect(args, url).await?);
+        }
+        Ok(Backend::Tierkit(instances))
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Backend::Tierkit(_) => "tierkit",
+            Backend::Cached(_) => "cached",
+        }
+    }
+
+    pub async fn run(&self, task: usize, op: Op, db: &Database) -> Outcome {
+        match self {
+            Backend::Tierkit(instances) => instances[task % instances.len()].run(op, db).await,
+            Backend::Cached(peer) => peer.run(op, db).await,
+        }
+    }
+
+    /// Counters of every namespace of every instance, added up by namespace name.
+    pub fn namespace_stats(&self) -> Vec<(String, CacheStats)> {
+        let Backend::Tierkit(instances) = self else {
+            return Vec::new();
+        };
+        let mut pages = CacheStats::default();
+        let mut users = CacheStats::default();
+        for i in instances {
+            pages += i.pages.stats();
+            users += i.users.stats();
+        }
+        vec![("pages".into(), pages), ("users".into(), users)]
+    }
+}

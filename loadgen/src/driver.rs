@@ -1,0 +1,174 @@
+//! One run of the workload against one backend: `--concurrency` tasks, closed-loop or paced at
+//! `--rate`, until the deadline; then their tallies merged into a `RunReport`. A progress bar
+//! and tierkit's health timeline are kept alongside.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::args::Args;
+use crate::backend::Backend;
+use crate::database::{Corpus, Database};
+use crate::phases::Phases;
+use crate::report::{HealthChange, NamespaceReport, PhaseReport, RunReport};
+use crate::tally::Tally;
+use crate::workload::Mix;
+use crate::Result;
+
+/// Runs `--concurrency` tasks until the deadline and merges their tallies.
+pub async fn drive(
+    args: &Args,
+    backend: Arc<Backend>,
+    corpus: &Arc<Corpus>,
+    start: Instant,
+) -> Result<RunReport> {
+    let phases = Phases {
+        outage: args.outage.is_some(),
+        duration: args.duration,
+    };
+    let mix = Mix::new(args)?;
+    let db = Database {
+        corpus: corpus.clone(),
+        latency: Duration::from_micros(args.load_latency_us),
+    };
+    let end = start + args.duration;
+    let ops = Arc::new(AtomicU64::new(0));
+
+    let progress = progress_bar(args);
+    let health = health_timeline(&backend, start, end);
+    let ticker = async {
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let elapsed = start.elapsed().min(args.duration);
+            progress.set_position(elapsed.as_millis() as u64);
+            let rate = ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3);
+            progress.set_message(format!("{} {rate:.0} ops/s", backend.label()));
+        }
+    };
+    // Spawned, as a service spawns a task per request stream, so the runtime's workers share
+    // the load.
+    let tasks: Vec<_> = (0..args.concurrency as usize)
+        .map(|t| {
+            let (backend, db, ops) = (backend.clone(), db.clone(), ops.clone());
+            let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64);
+            let mut pace = args
+                .rate
+                .map(|rate| Pace::new(rate, args.concurrency, t, start));
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(seed);
+                let mut tallies = vec![Tally::new(); phases.count()];
+                loop {
+                    if let Some(pace) = &mut pace {
+                        pace.wait().await;
+                    }
+                    let began = Instant::now();
+                    if began >= end {
+                        break;
+                    }
+                    let op = mix.draw(&mut rng);
+                    let outcome = backend.run(t, op, &db).await;
+                    tallies[phases.of(began - start)].record(began.elapsed(), outcome);
+                    ops.fetch_add(1, Ordering::Relaxed);
+                }
+                tallies
+            })
+        })
+        .collect();
+    let (per_task, _, health) = tokio::join!(futures_util::future::join_all(tasks), ticker, health);
+    progress.finish_and_clear();
+    let finished = start.elapsed();
+
+    let mut merged = vec![Tally::new(); phases.count()];
+    for tallies in per_task {
+        for (m, t) in merged.iter_mut().zip(&tallies?) {
+            m.merge(t);
+        }
+    }
+    let phases = merged
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PhaseReport::new(phases.name(i), phases.seconds(i, finished), t))
+        .collect();
+    let namespaces = backend
+        .namespace_stats()
+        .into_iter()
+        .map(|(name, stats)| NamespaceReport::new(name, stats))
+        .collect();
+    Ok(RunReport {
+        backend: backend.label(),
+        phases,
+        namespaces,
+        redis_used_memory: None,
+        redis_keys: None,
+        health,
+        outage: None,
+    })
+}
+
+/// One task's share of `--rate`: an operation every `every`, the next one due at `due`.
+struct Pace {
+    every: Duration,
+    due: Instant,
+}
+
+impl Pace {
+    /// Task `t` of `tasks`. The tasks start staggered over one interval, so the load is even,
+    /// not bursty.
+    fn new(rate: u64, tasks: u64, t: usize, start: Instant) -> Pace {
+        let every = Duration::from_secs_f64(tasks as f64 / rate as f64);
+        Pace {
+            every,
+            due: start + every.mul_f64(t as f64 / tasks as f64),
+        }
+    }
+
+    /// Sleeps until the next operation is due. The schedule does not slip when an operation
+    /// runs late: the ones behind it are due at once, so the offered rate holds.
+    async fn wait(&mut self) {
+        tokio::time::sleep_until(self.due.into()).await;
+        self.due += self.every;
+    }
+}
+
+fn progress_bar(args: &Args) -> ProgressBar {
+    // Only for a person watching: not in JSON mode, not into a pipe, not for short runs.
+    if args.json || !std::io::stderr().is_terminal() || args.duration < Duration::from_secs(3) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(args.duration.as_millis() as u64);
+    if let Ok(style) = ProgressStyle::with_template("[{elapsed_precise}] {wide_bar} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Health transitions of the first tierkit instance until `end`, in ms since `start`.
+async fn health_timeline(backend: &Backend, start: Instant, end: Instant) -> Vec<HealthChange> {
+    let Backend::Tierkit(instances) = backend else {
+        return Vec::new();
+    };
+    let Some(health) = instances.first().and_then(|i| i.kit.health()) else {
+        return Vec::new();
+    };
+    let mut rx = health.subscribe();
+    let mut changes = vec![HealthChange {
+        at_ms: 0,
+        state: rx.borrow_and_update().state,
+    }];
+    let deadline = tokio::time::Instant::from_std(end);
+    while let Ok(Ok(())) = tokio::time::timeout_at(deadline, rx.changed()).await {
+        let state = rx.borrow_and_update().state;
+        if changes.last().is_some_and(|c| c.state != state) {
+            changes.push(HealthChange {
+                at_ms: start.elapsed().as_millis() as u64,
+                state,
+            });
+        }
+    }
+    changes
+}

@@ -1,0 +1,170 @@
+//! What a run found: the records that `--json` prints as they are and the text report
+//! renders, and how they are computed from the tallies and tierkit's counters.
+
+mod text;
+
+use serde::Serialize;
+use tierkit::cache::CacheStats;
+use tierkit::health::HealthState;
+
+use crate::args::Args;
+use crate::tally::Tally;
+
+pub use self::text::Text;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+    pub mean_us: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseReport {
+    pub name: &'static str,
+    pub seconds: f64,
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub latency: Latency,
+    pub reads: u64,
+    /// Shares of reads answered by L1, Redis and the loader.
+    pub l1_ratio: f64,
+    pub l2_ratio: f64,
+    pub loader_ratio: f64,
+    pub writes: u64,
+    pub writes_l1_only: u64,
+    pub errors: u64,
+    /// tierkit only: Redis calls that failed or timed out, and calls that skipped Redis
+    /// because health was Down, in this phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2_errors: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l2_skipped: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespaceReport {
+    pub name: String,
+    /// tierkit's counters added up over the instances.
+    pub stats: CacheStats,
+    pub hit_ratio: f64,
+    pub bytes_saved: u64,
+    /// `stored_bytes / encoded_bytes`.
+    pub stored_ratio: f64,
+    pub encode_cpu_ms: f64,
+    pub encode_ns_per_kib: f64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthChange {
+    pub at_ms: u64,
+    pub state: HealthState,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    pub backend: &'static str,
+    pub phases: Vec<PhaseReport>,
+    pub namespaces: Vec<NamespaceReport>,
+    /// `used_memory` from `INFO memory` after the run, when Redis answered.
+    pub redis_used_memory: Option<u64>,
+    /// Keys in Redis after the run (`DBSIZE`), when Redis answered.
+    pub redis_keys: Option<u64>,
+    /// tierkit, first instance: health transitions during the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub health: Vec<HealthChange>,
+    /// With `--outage`: when the server went away and when it answered again, in ms from start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage: Option<OutageTimes>,
+}
+
+#[derive(Serialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+pub struct OutageTimes {
+    pub down_at_ms: u64,
+    pub back_at_ms: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub settings: Args,
+    pub redis: String,
+    pub runs: Vec<RunReport>,
+}
+
+impl PhaseReport {
+    /// The figures of one phase, from its merged tally; the Redis counts come later, from the
+    /// outage driver's snapshots.
+    pub fn new(name: &'static str, seconds: f64, t: &Tally) -> PhaseReport {
+        let h = &t.latency_us;
+        let reads = t.l1 + t.l2 + t.loader;
+        // Failed operations are counted apart (errors), so the ratios are over answered reads.
+        let ops = h.len();
+        PhaseReport {
+            name,
+            seconds,
+            ops,
+            ops_per_sec: ops as f64 / seconds.max(1e-9),
+            latency: Latency {
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+                p999_us: h.value_at_quantile(0.999),
+                max_us: h.max(),
+                mean_us: h.mean(),
+            },
+            reads,
+            l1_ratio: ratio(t.l1, reads),
+            l2_ratio: ratio(t.l2, reads),
+            loader_ratio: ratio(t.loader, reads),
+            writes: t.writes,
+            writes_l1_only: t.writes_l1_only,
+            errors: t.errors,
+            l2_errors: None,
+            l2_skipped: None,
+        }
+    }
+}
+
+impl NamespaceReport {
+    pub fn new(name: String, stats: CacheStats) -> NamespaceReport {
+        NamespaceReport {
+            hit_ratio: stats.hit_ratio(),
+            bytes_saved: stats.bytes_saved(),
+            stored_ratio: ratio(stats.stored_bytes, stats.encoded_bytes),
+            encode_cpu_ms: stats.encode_nanos as f64 / 1e6,
+            encode_ns_per_kib: ratio(stats.encode_nanos, stats.encoded_bytes) * 1024.0,
+            name,
+            stats,
+        }
+    }
+}
+
+impl Report {
+    pub fn new(args: &Args, runs: Vec<RunReport>) -> Report {
+        Report {
+            redis: match (&args.redis_url, args.embedded) {
+                (_, true) => "none (embedded)".into(),
+                (Some(_), _) => "given with --redis-url".into(),
+                (None, false) => "private redis-server started by the harness".into(),
+            },
+            settings: args.clone(),
+            runs,
+        }
+    }
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
