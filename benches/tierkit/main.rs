@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The workload harness (throughput, tail latency and hit ratios under a zipf load, outages,
-//! a peer comparison) is `examples/loadgen.rs`.
+//! a peer comparison) is the `tierkit-loadgen` crate in `loadgen/`.
 //!
 //! The Redis groups start their own `redis-server` through the test harness.
 
