@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Device, Session, SessionConfig};
+use super::builder::SessionConfig;
+use super::types::{Device, Session};
 use crate::error::{Error, Result};
 
 /// Milliseconds since the Unix epoch.

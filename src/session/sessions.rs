@@ -1,0 +1,340 @@
+//! The session handle, [`Sessions`]: what it holds, and the hot path (create, validate, list,
+//! stats). Revocation, refresh and the sweep add to it from their own files.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::oneshot;
+
+use super::builder::SessionConfig;
+use super::record::{digest, new_secret, now_ms, tag_of, user_tag, Record};
+use super::store::{split_member, Store};
+use super::types::{Created, NewSession, Secret, Session, SessionStats, Validation};
+use crate::error::{Error, Result};
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) created: AtomicU64,
+    pub(super) validated: AtomicU64,
+    pub(super) validated_locally: AtomicU64,
+    pub(super) refreshed: AtomicU64,
+    pub(super) revoked: AtomicU64,
+    pub(super) expired: AtomicU64,
+}
+
+pub(super) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A session store. Cheap to clone.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tierkit::Result<()> {
+/// use tierkit::session::{DeviceKind, NewSession, Refresh, Validation};
+///
+/// let kit = tierkit::Tierkit::embedded();
+/// let sessions = kit.sessions().build()?;
+/// let login = sessions
+///     .create(NewSession::new("user-42").device(DeviceKind::Mobile, "Pixel").ip("198.51.100.9"))
+///     .await?;
+///
+/// let sid = login.session_id.expose();
+/// assert!(matches!(sessions.validate(sid).await, Validation::Valid(_)));
+/// assert_eq!(sessions.list("user-42").await?.len(), 1);
+///
+/// let Refresh::Rotated { refresh_token, .. } =
+///     sessions.refresh(login.refresh_token.expose()).await?
+/// else {
+///     panic!("a fresh token rotates")
+/// };
+/// assert_ne!(refresh_token, login.refresh_token);
+///
+/// sessions.revoke(sid).await?;
+/// assert_eq!(sessions.validate(sid).await, Validation::Invalid);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sessions(pub(super) Arc<Inner>);
+
+pub(super) struct Inner {
+    pub(super) store: Store,
+    pub(super) cfg: SessionConfig,
+    /// Sessions validated recently, for validating while Redis is down.
+    pub(super) local: moka::sync::Cache<String, Session>,
+    /// Sessions revoked here: never validated again here, whatever a read in flight, a local
+    /// copy or a Redis that missed the deletion says.
+    pub(super) revoked: moka::sync::Cache<String, ()>,
+    /// Revocations Redis did not take (it was down): retried by the sweep.
+    pub(super) pending: std::sync::Mutex<Vec<(String, String)>>,
+    pub(super) counters: Counters,
+    pub(super) _stop_sweep: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("config", &self.0.cfg)
+            .field(
+                "store",
+                &match self.0.store {
+                    Store::Redis(_) => "redis",
+                    Store::Memory(_) => "memory",
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an error means "could not reach the store" (as opposed to bad data).
+fn unreachable(e: &Error) -> bool {
+    e.is_connectivity()
+}
+
+impl Sessions {
+    /// Creates a session for a login.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty user id; [`Error::Unavailable`], [`Error::Timeout`] or
+    /// [`Error::Redis`] when Redis cannot take it (nothing is created then).
+    pub async fn create(&self, new: NewSession) -> Result<Created> {
+        if new.user_id.is_empty() {
+            return Err(Error::invalid("user_id", "is empty"));
+        }
+        let cfg = &self.0.cfg;
+        let tag = user_tag(&new.user_id);
+        let session_id = new_secret(&tag)?;
+        let refresh_token = new_secret(&tag)?;
+        let now = now_ms();
+        let lifetime = u64::try_from(cfg.max_lifetime.as_millis()).unwrap_or(u64::MAX);
+        let rec = Record {
+            user_id: new.user_id,
+            device: new.device,
+            user_agent: new.user_agent,
+            ip: new.ip,
+            metadata: new.metadata,
+            access_hash: new.access_token.as_deref().map(digest),
+            created: now,
+            seen: now,
+            deadline: now.saturating_add(lifetime),
+            refresh: digest(&refresh_token),
+            grace: None,
+            version: 0,
+        };
+        let hash = digest(&session_id);
+        let kind = rec.device.kind.as_str();
+        self.0
+            .store
+            .create(&tag, &hash, &rec.refresh, &rec, rec.ttl(now, cfg), kind)
+            .await?;
+        bump(&self.0.counters.created, 1);
+        crate::metrics::session_event("created");
+        let session = rec.to_session(&hash, cfg);
+        self.0.local.insert(hash, session.clone());
+        Ok(Created {
+            session_id: Secret(session_id),
+            refresh_token: Secret(refresh_token),
+            session,
+        })
+    }
+
+    /// Validates a session id, sliding its expiry.
+    pub async fn validate(&self, session_id: &str) -> Validation {
+        self.validate_inner(session_id, None).await
+    }
+
+    /// Validates a session id and the access token bound to it at creation.
+    pub async fn validate_access(&self, session_id: &str, access_token: &str) -> Validation {
+        self.validate_inner(session_id, Some(access_token)).await
+    }
+
+    async fn validate_inner(&self, session_id: &str, access: Option<&str>) -> Validation {
+        let inner = &self.0;
+        let Some(tag) = tag_of(session_id) else {
+            return Validation::Invalid;
+        };
+        let hash = digest(session_id);
+        if inner.revoked.contains_key(&hash) {
+            return Validation::Invalid;
+        }
+        // Known down: straight to the local copy, without building a call that would be
+        // refused anyway.
+        if let Store::Redis(redis) = &inner.store {
+            if redis.conn.health().state() == crate::health::HealthState::Down {
+                return self.validate_locally(&hash, access);
+            }
+        }
+        let loaded = inner.store.load(tag, &hash).await;
+        let now = now_ms();
+        let rec = match loaded {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                inner.local.invalidate(&hash);
+                return Validation::Invalid;
+            }
+            Err(e) if unreachable(&e) => return self.validate_locally(&hash, access),
+            Err(e) => {
+                tracing::warn!(error = %e, "tierkit: unreadable session record; treating as invalid");
+                return Validation::Invalid;
+            }
+        };
+        if !rec.is_live(now, &inner.cfg) {
+            let (this, tag, hash2) = (self.clone(), tag.to_owned(), hash.clone());
+            self.in_background(async move {
+                if this.remove(&tag, &hash2, &rec).await.unwrap_or(false) {
+                    bump(&this.0.counters.expired, 1);
+                    crate::metrics::session_event("expired");
+                }
+            })
+            .await;
+            return Validation::Invalid;
+        }
+        if access.is_some_and(|token| !rec.access_matches(token)) {
+            return Validation::Invalid;
+        }
+        let mut rec = rec;
+        if rec.wants_touch(now, &inner.cfg) {
+            let expected = rec.version;
+            rec.touch(now);
+            let ttl = rec.ttl(now, &inner.cfg);
+            let (this, tag, hash2, touched) =
+                (self.clone(), tag.to_owned(), hash.clone(), rec.clone());
+            // Off the request's path: a validation waits for one read only. A lost race means
+            // another use touched it, fine either way.
+            self.in_background(async move {
+                let _ = this
+                    .0
+                    .store
+                    .cas(&tag, &hash2, expected, &touched, ttl)
+                    .await;
+            })
+            .await;
+        }
+        let session = rec.to_session(&hash, &inner.cfg);
+        inner.local.insert(hash.clone(), session.clone());
+        // A revocation that landed while this read was in flight wins.
+        if inner.revoked.contains_key(&hash) {
+            inner.local.invalidate(&hash);
+            return Validation::Invalid;
+        }
+        bump(&inner.counters.validated, 1);
+        crate::metrics::session_event("validated");
+        Validation::Valid(session)
+    }
+
+    /// Runs `work` on the runtime without waiting for it, or inline without a runtime.
+    pub(super) async fn in_background(
+        &self,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(work);
+            }
+            Err(_) => work.await,
+        }
+    }
+
+    fn validate_locally(&self, hash: &str, access: Option<&str>) -> Validation {
+        let inner = &self.0;
+        // Access tokens are checked only against the store, which holds their hash.
+        if access.is_some() {
+            return Validation::Unavailable;
+        }
+        match inner.local.get(hash) {
+            Some(session) if session.expires_at > SystemTime::now() => {
+                bump(&inner.counters.validated, 1);
+                bump(&inner.counters.validated_locally, 1);
+                crate::metrics::session_event("validated_locally");
+                Validation::Valid(session)
+            }
+            _ => Validation::Unavailable,
+        }
+    }
+
+    pub(super) async fn remove(&self, tag: &str, hash: &str, rec: &Record) -> Result<bool> {
+        self.0.revoked.insert(hash.to_owned(), ());
+        self.0.local.invalidate(hash);
+        self.0
+            .store
+            .remove(tag, hash, &rec.user_id, rec.device.kind.as_str())
+            .await
+    }
+
+    /// A user's live sessions, newest first. Vanished entries are pruned on the way.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error when Redis cannot answer.
+    pub async fn list(&self, user_id: &str) -> Result<Vec<Session>> {
+        let tag = user_tag(user_id);
+        let (live, _) = self.list_and_prune(&tag, user_id).await?;
+        Ok(live)
+    }
+
+    /// How many live sessions a user has.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    pub async fn active_for(&self, user_id: &str) -> Result<usize> {
+        Ok(self.list(user_id).await?.len())
+    }
+
+    pub(super) async fn list_and_prune(
+        &self,
+        tag: &str,
+        user_id: &str,
+    ) -> Result<(Vec<Session>, u64)> {
+        let inner = &self.0;
+        let members = inner.store.index(tag, user_id).await?;
+        let hashes: Vec<&str> = members.iter().map(|m| split_member(m).0).collect();
+        let records = inner.store.load_many(tag, &hashes).await?;
+        let now = now_ms();
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for ((member, hash), rec) in members.iter().zip(&hashes).zip(records) {
+            match rec {
+                Some(rec) if rec.is_live(now, &inner.cfg) && rec.user_id == user_id => {
+                    live.push(rec.to_session(hash, &inner.cfg));
+                }
+                _ => dead.push(member.clone()),
+            }
+        }
+        let pruned = inner.store.prune(tag, user_id, &dead).await?;
+        bump(&inner.counters.expired, pruned);
+        for _ in 0..pruned {
+            crate::metrics::session_event("expired");
+        }
+        Ok((live, pruned))
+    }
+
+    /// Analytics: this instance's activity counters and the global active counts.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error when Redis cannot answer.
+    pub async fn stats(&self) -> Result<SessionStats> {
+        let c = &self.0.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counts = self.0.store.counts().await?;
+        Ok(SessionStats {
+            created: get(&c.created),
+            validated: get(&c.validated),
+            validated_locally: get(&c.validated_locally),
+            refreshed: get(&c.refreshed),
+            revoked: get(&c.revoked),
+            expired: get(&c.expired),
+            active: counts.get("active").copied().unwrap_or(0),
+            by_device: counts
+                .iter()
+                .filter_map(|(k, v)| Some((k.strip_prefix("device:")?.to_owned(), *v)))
+                .filter(|(_, v)| *v > 0)
+                .collect(),
+        })
+    }
+}
