@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::sessions::{Counters, Inner, Sessions};
-use super::store::{MemoryStore, RedisStore, Store};
+use super::store::{MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
 use crate::codec::Codec;
 use crate::config::SharedClock;
@@ -182,15 +182,16 @@ impl SessionsBuilder {
             }
             _ => {}
         }
-        let store = match self.conn {
-            Some(conn) => Store::Redis(RedisStore {
+        // Embedded stores prune as they are read; the Redis store also sweeps in the background.
+        let sweeps = self.conn.is_some();
+        let store: Box<dyn SessionStore> = match self.conn {
+            Some(conn) => Box::new(RedisStore::new(
                 conn,
-                codec: self.codec,
-                keys: self.keys,
-                owed: std::sync::Mutex::default(),
-                replicated: self.cfg.replicated,
-            }),
-            None => Store::Memory(MemoryStore::default()),
+                self.codec,
+                self.keys,
+                self.cfg.replicated,
+            )),
+            None => Box::new(MemoryStore::default()),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let sessions = Sessions(Arc::new(Inner {
@@ -203,11 +204,8 @@ impl SessionsBuilder {
             cfg: self.cfg,
             _stop_sweep: stop_tx,
         }));
-        // Embedded stores prune as they are read; the Redis store also sweeps in the
-        // background (given a runtime to run on).
-        if let (Store::Redis(_), Ok(rt)) =
-            (&sessions.0.store, tokio::runtime::Handle::try_current())
-        {
+        // Given a runtime to run on.
+        if let (true, Ok(rt)) = (sweeps, tokio::runtime::Handle::try_current()) {
             rt.spawn(sweep_loop(Arc::downgrade(&sessions.0), stop_rx));
         }
         Ok(sessions)

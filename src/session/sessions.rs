@@ -3,13 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
 use super::builder::SessionConfig;
 use super::record::{digest, new_secret, now_ms, tag_of, user_tag, Record};
-use super::store::{split_member, Store};
+use super::store::{split_member, SessionStore};
 use super::types::{Created, NewSession, Secret, Session, SessionStats, Validation};
 use crate::error::{Error, Result};
 
@@ -61,7 +61,7 @@ pub(super) fn bump(c: &AtomicU64, n: u64) {
 pub struct Sessions(pub(super) Arc<Inner>);
 
 pub(super) struct Inner {
-    pub(super) store: Store,
+    pub(super) store: Box<dyn SessionStore>,
     pub(super) cfg: SessionConfig,
     /// Sessions validated recently, for validating while Redis is down.
     pub(super) local: moka::sync::Cache<String, Session>,
@@ -78,13 +78,7 @@ impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sessions")
             .field("config", &self.0.cfg)
-            .field(
-                "store",
-                &match self.0.store {
-                    Store::Redis(_) => "redis",
-                    Store::Memory(_) => "memory",
-                },
-            )
+            .field("store", &self.0.store.name())
             .finish_non_exhaustive()
     }
 }
@@ -126,10 +120,11 @@ impl Sessions {
             version: 0,
         };
         let hash = digest(&session_id);
-        let kind = rec.device.kind.as_str();
+        // The refresh token resolves for as long as the session can live.
+        let rt_ttl = Duration::from_millis(rec.deadline.saturating_sub(now));
         self.0
             .store
-            .create(&tag, &hash, &rec.refresh, &rec, rec.ttl(now, cfg), kind)
+            .create(&tag, &hash, &rec, rec.ttl(now, cfg), rt_ttl)
             .await?;
         bump(&self.0.counters.created, 1);
         crate::metrics::session_event("created");
@@ -160,13 +155,6 @@ impl Sessions {
         let hash = digest(session_id);
         if inner.revoked.contains_key(&hash) {
             return Validation::Invalid;
-        }
-        // Known down: straight to the local copy, without building a call that would be
-        // refused anyway.
-        if let Store::Redis(redis) = &inner.store {
-            if redis.conn.health().state() == crate::health::HealthState::Down {
-                return self.validate_locally(&hash, access);
-            }
         }
         let loaded = inner.store.load(tag, &hash).await;
         let now = now_ms();
