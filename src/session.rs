@@ -54,6 +54,7 @@ mod sessions;
 mod store;
 mod sweep;
 mod types;
+mod validate;
 
 pub use builder::SessionsBuilder;
 pub use sessions::Sessions;

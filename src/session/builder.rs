@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::sessions::{Counters, Inner, Sessions};
-use super::store::{MemoryStore, RedisStore, SessionStore};
+use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
 use crate::codec::Codec;
 use crate::config::SharedClock;
@@ -185,17 +185,15 @@ impl SessionsBuilder {
         // Embedded stores prune as they are read; the Redis store also sweeps in the background.
         let sweeps = self.conn.is_some();
         let store: Box<dyn SessionStore> = match self.conn {
-            Some(conn) => Box::new(RedisStore::new(
-                conn,
-                self.codec,
-                self.keys,
-                self.cfg.replicated,
+            // Redis can fail: a local copy validates while it does.
+            Some(conn) => Box::new(LocalCopy::new(
+                RedisStore::new(conn, self.codec, self.keys, self.cfg.replicated),
+                self.cfg.staleness,
             )),
             None => Box::new(MemoryStore::default()),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let sessions = Sessions(Arc::new(Inner {
-            local: window(self.cfg.staleness),
             // No session outlives max_lifetime, so neither need its revocation.
             revoked: window(self.cfg.max_lifetime),
             pending: std::sync::Mutex::new(Vec::new()),

@@ -2,7 +2,7 @@
 //! revocation holds on this instance at once, whatever Redis does; one Redis could not take is
 //! remembered and retried by the sweep.
 
-use super::record::{digest, tag_of, user_tag};
+use super::record::{digest, tag_of, user_tag, Record};
 use super::sessions::{bump, Sessions};
 use super::types::Validation;
 use crate::error::{Error, Result};
@@ -41,7 +41,7 @@ impl Sessions {
     async fn revoke_hash(&self, tag: &str, hash: &str) -> Result<bool> {
         let inner = &self.0;
         inner.revoked.insert(hash.to_owned(), ());
-        inner.local.invalidate(hash);
+        inner.store.drop_copy(hash);
         match self.delete(tag, hash).await {
             Ok(existed) => Ok(existed),
             Err(e) => {
@@ -54,6 +54,15 @@ impl Sessions {
                 Err(e)
             }
         }
+    }
+
+    /// Removes a session: never validated here again, whether or not the store takes it.
+    pub(super) async fn remove(&self, tag: &str, hash: &str, rec: &Record) -> Result<bool> {
+        self.0.revoked.insert(hash.to_owned(), ());
+        self.0
+            .store
+            .remove(tag, hash, &rec.user_id, rec.device.kind.as_str())
+            .await
     }
 
     pub(super) async fn delete(&self, tag: &str, hash: &str) -> Result<bool> {
@@ -99,11 +108,8 @@ impl Sessions {
             Err(e) => {
                 // Redis cannot list them: at least this instance stops honouring the ones it
                 // knows of.
-                for (hash, session) in self.0.local.iter() {
-                    if session.user_id == user_id && keep != Some(session.handle.as_str()) {
-                        self.0.revoked.insert((*hash).clone(), ());
-                        self.0.local.invalidate(&*hash);
-                    }
+                for hash in self.0.store.drop_copies_of(user_id, keep) {
+                    self.0.revoked.insert(hash, ());
                 }
                 return Err(e);
             }

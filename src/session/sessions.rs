@@ -3,14 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::builder::SessionConfig;
-use super::record::{digest, new_secret, now_ms, tag_of, user_tag, Record};
+use super::record::{digest, new_secret, now_ms, user_tag, Record};
 use super::store::{split_member, SessionStore};
-use super::types::{Created, NewSession, Secret, Session, SessionStats, Validation};
+use super::types::{Created, NewSession, Secret, Session, SessionStats};
 use crate::error::{Error, Result};
 
 #[derive(Default)]
@@ -63,8 +63,6 @@ pub struct Sessions(pub(super) Arc<Inner>);
 pub(super) struct Inner {
     pub(super) store: Box<dyn SessionStore>,
     pub(super) cfg: SessionConfig,
-    /// Sessions validated recently, for validating while Redis is down.
-    pub(super) local: moka::sync::Cache<String, Session>,
     /// Sessions revoked here: never validated again here, whatever a read in flight, a local
     /// copy or a Redis that missed the deletion says.
     pub(super) revoked: moka::sync::Cache<String, ()>,
@@ -81,11 +79,6 @@ impl std::fmt::Debug for Sessions {
             .field("store", &self.0.store.name())
             .finish_non_exhaustive()
     }
-}
-
-/// Whether an error means "could not reach the store" (as opposed to bad data).
-fn unreachable(e: &Error) -> bool {
-    e.is_connectivity()
 }
 
 impl Sessions {
@@ -128,129 +121,11 @@ impl Sessions {
             .await?;
         bump(&self.0.counters.created, 1);
         crate::metrics::session_event("created");
-        let session = rec.to_session(&hash, cfg);
-        self.0.local.insert(hash, session.clone());
         Ok(Created {
             session_id: Secret(session_id),
             refresh_token: Secret(refresh_token),
-            session,
+            session: rec.to_session(&hash, cfg),
         })
-    }
-
-    /// Validates a session id, sliding its expiry.
-    pub async fn validate(&self, session_id: &str) -> Validation {
-        self.validate_inner(session_id, None).await
-    }
-
-    /// Validates a session id and the access token bound to it at creation.
-    pub async fn validate_access(&self, session_id: &str, access_token: &str) -> Validation {
-        self.validate_inner(session_id, Some(access_token)).await
-    }
-
-    async fn validate_inner(&self, session_id: &str, access: Option<&str>) -> Validation {
-        let inner = &self.0;
-        let Some(tag) = tag_of(session_id) else {
-            return Validation::Invalid;
-        };
-        let hash = digest(session_id);
-        if inner.revoked.contains_key(&hash) {
-            return Validation::Invalid;
-        }
-        let loaded = inner.store.load(tag, &hash).await;
-        let now = now_ms();
-        let rec = match loaded {
-            Ok(Some(rec)) => rec,
-            Ok(None) => {
-                inner.local.invalidate(&hash);
-                return Validation::Invalid;
-            }
-            Err(e) if unreachable(&e) => return self.validate_locally(&hash, access),
-            Err(e) => {
-                tracing::warn!(error = %e, "tierkit: unreadable session record; treating as invalid");
-                return Validation::Invalid;
-            }
-        };
-        if !rec.is_live(now, &inner.cfg) {
-            let (this, tag, hash2) = (self.clone(), tag.to_owned(), hash.clone());
-            self.in_background(async move {
-                if this.remove(&tag, &hash2, &rec).await.unwrap_or(false) {
-                    bump(&this.0.counters.expired, 1);
-                    crate::metrics::session_event("expired");
-                }
-            })
-            .await;
-            return Validation::Invalid;
-        }
-        if access.is_some_and(|token| !rec.access_matches(token)) {
-            return Validation::Invalid;
-        }
-        let mut rec = rec;
-        if rec.wants_touch(now, &inner.cfg) {
-            let expected = rec.version;
-            rec.touch(now);
-            let ttl = rec.ttl(now, &inner.cfg);
-            let (this, tag, hash2, touched) =
-                (self.clone(), tag.to_owned(), hash.clone(), rec.clone());
-            // Off the request's path: a validation waits for one read only. A lost race means
-            // another use touched it, fine either way.
-            self.in_background(async move {
-                let _ = this
-                    .0
-                    .store
-                    .cas(&tag, &hash2, expected, &touched, ttl)
-                    .await;
-            })
-            .await;
-        }
-        let session = rec.to_session(&hash, &inner.cfg);
-        inner.local.insert(hash.clone(), session.clone());
-        // A revocation that landed while this read was in flight wins.
-        if inner.revoked.contains_key(&hash) {
-            inner.local.invalidate(&hash);
-            return Validation::Invalid;
-        }
-        bump(&inner.counters.validated, 1);
-        crate::metrics::session_event("validated");
-        Validation::Valid(session)
-    }
-
-    /// Runs `work` on the runtime without waiting for it, or inline without a runtime.
-    pub(super) async fn in_background(
-        &self,
-        work: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(work);
-            }
-            Err(_) => work.await,
-        }
-    }
-
-    fn validate_locally(&self, hash: &str, access: Option<&str>) -> Validation {
-        let inner = &self.0;
-        // Access tokens are checked only against the store, which holds their hash.
-        if access.is_some() {
-            return Validation::Unavailable;
-        }
-        match inner.local.get(hash) {
-            Some(session) if session.expires_at > SystemTime::now() => {
-                bump(&inner.counters.validated, 1);
-                bump(&inner.counters.validated_locally, 1);
-                crate::metrics::session_event("validated_locally");
-                Validation::Valid(session)
-            }
-            _ => Validation::Unavailable,
-        }
-    }
-
-    pub(super) async fn remove(&self, tag: &str, hash: &str, rec: &Record) -> Result<bool> {
-        self.0.revoked.insert(hash.to_owned(), ());
-        self.0.local.invalidate(hash);
-        self.0
-            .store
-            .remove(tag, hash, &rec.user_id, rec.device.kind.as_str())
-            .await
     }
 
     /// A user's live sessions, newest first. Vanished entries are pruned on the way.

@@ -1,7 +1,8 @@
 //! The one trait behind the tier choice: the storage primitives a session store needs
 //! ([`SessionStore`]), implemented by Redis ([`RedisStore`]) and by process memory
-//! ([`MemoryStore`]). Every rule (expiry, touch, rotation, reuse) lives above them, in
-//! `Sessions`, so both stores behave the same.
+//! ([`MemoryStore`]), and [`LocalCopy`], which wraps a store that can fail (Redis) in the
+//! local copy that validates while it is unreachable. Every rule (expiry, touch, rotation,
+//! reuse) lives above them, in `Sessions`, so every store behaves the same.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,9 +12,11 @@ use async_trait::async_trait;
 use super::record::Record;
 use crate::error::Result;
 
+mod local_copy;
 mod memory_store;
 mod redis_store;
 
+pub(crate) use local_copy::LocalCopy;
 pub(crate) use memory_store::MemoryStore;
 pub(crate) use redis_store::RedisStore;
 
@@ -41,6 +44,25 @@ pub(crate) trait SessionStore: Send + Sync {
 
     /// One session.
     async fn load(&self, tag: &str, hash: &str) -> Result<Option<Record>>;
+
+    /// The read of a validation: [`load`](Self::load), or, from a [`LocalCopy`] whose store
+    /// cannot be reached, the copy of the session as this instance last validated it. An
+    /// error means neither answered.
+    async fn read(&self, tag: &str, hash: &str) -> Result<Read> {
+        Ok(Read::Stored(self.load(tag, hash).await?))
+    }
+
+    /// Keeps `rec`, just validated, as the local copy of session `hash`. Stores without a
+    /// local copy (always reachable) ignore it.
+    fn keep_copy(&self, _hash: &str, _rec: &Record) {}
+
+    /// Drops the local copy of session `hash`, if any.
+    fn drop_copy(&self, _hash: &str) {}
+
+    /// Drops the local copies of `user`'s sessions, except `keep`; returns their hashes.
+    fn drop_copies_of(&self, _user: &str, _keep: Option<&str>) -> Vec<String> {
+        Vec::new()
+    }
 
     /// Sessions of one user, in the order of `hashes`. A record that no longer decodes is
     /// absent: a session that cannot be honoured.
@@ -89,6 +111,15 @@ pub(crate) trait SessionStore: Send + Sync {
     /// Drops what has expired, for a store that has no expiry of its own. Redis expires keys
     /// itself.
     fn purge(&self) {}
+}
+
+/// What the read of a validation found.
+pub(crate) enum Read {
+    /// The store's answer: the session, or none (unknown, expired or removed).
+    Stored(Option<Record>),
+    /// The store could not be reached: the local copy of the session, as last validated here
+    /// within `staleness`.
+    Copy(Record),
 }
 
 /// An entry of a user's index: the session hash and its device kind (so a vanished session
