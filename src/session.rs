@@ -32,6 +32,12 @@
 //! - The routing tag is an unkeyed hash of the user id: whoever guesses a user id can tell
 //!   whether a session id belongs to that user (not use it). Keep user ids opaque if that
 //!   matters.
+//! - Every time decision (timestamps, expiry, touch, refresh grace, the local copy's
+//!   staleness, how long a revocation is remembered) reads the configured
+//!   [`clock`](crate::ConfigBuilder::clock), so a test moves time with a
+//!   [`ManualClock`](crate::clock::ManualClock). Redis keeps its own time for the key TTLs
+//!   set from these decisions: under a manual clock, give sessions lifetimes longer than the
+//!   test runs in real time.
 //!
 //! ## Redis keys
 //!
@@ -55,6 +61,7 @@ mod store;
 mod sweep;
 mod types;
 mod validate;
+mod window;
 
 pub use builder::SessionsBuilder;
 pub use sessions::Sessions;

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use super::sessions::{Counters, Inner, Sessions};
 use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
+use super::window::Window;
 use crate::codec::Codec;
 use crate::config::SharedClock;
 use crate::conn::Conn;
@@ -36,8 +37,6 @@ pub struct SessionsBuilder {
     conn: Option<Conn>,
     codec: Codec,
     keys: Keys,
-    // Read by the session clock seam (expiry decisions) as it lands.
-    #[allow(dead_code)]
     clock: SharedClock,
     cfg: SessionConfig,
 }
@@ -188,17 +187,18 @@ impl SessionsBuilder {
             // Redis can fail: a local copy validates while it does.
             Some(conn) => Box::new(LocalCopy::new(
                 RedisStore::new(conn, self.codec, self.keys, self.cfg.replicated),
-                self.cfg.staleness,
+                Window::new(self.cfg.staleness, self.clock.clone()),
             )),
-            None => Box::new(MemoryStore::default()),
+            None => Box::new(MemoryStore::new(self.clock.clone())),
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let sessions = Sessions(Arc::new(Inner {
             // No session outlives max_lifetime, so neither need its revocation.
-            revoked: window(self.cfg.max_lifetime),
+            revoked: Window::new(self.cfg.max_lifetime, self.clock.clone()),
             pending: std::sync::Mutex::new(Vec::new()),
             counters: Counters::default(),
             store,
+            clock: self.clock,
             cfg: self.cfg,
             _stop_sweep: stop_tx,
         }));
@@ -208,12 +208,4 @@ impl SessionsBuilder {
         }
         Ok(sessions)
     }
-}
-
-/// A process-memory map whose entries live `ttl`.
-fn window<V: Clone + Send + Sync + 'static>(ttl: Duration) -> moka::sync::Cache<String, V> {
-    moka::sync::Cache::builder()
-        .max_capacity(100_000)
-        .time_to_live(ttl)
-        .build()
 }

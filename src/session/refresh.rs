@@ -2,7 +2,7 @@
 //! immediately previous token stays good for `refresh_grace`, and an older one presented again
 //! revokes the session (reuse detection).
 
-use super::record::{digest, new_secret, now_ms, tag_of, Rotation};
+use super::record::{digest, new_secret, tag_of, Rotation};
 use super::sessions::{bump, Sessions};
 use super::types::{Refresh, Secret};
 use crate::error::{Error, Result};
@@ -24,14 +24,14 @@ impl Sessions {
         let Some(hash) = inner.store.refresh_lookup(tag, &presented).await? else {
             return Ok(Refresh::Invalid);
         };
-        if inner.revoked.contains_key(&hash) {
+        if inner.revoked.contains(&hash) {
             return Ok(Refresh::Invalid);
         }
         for _ in 0..CAS_ATTEMPTS {
             let Some(mut rec) = inner.store.load(tag, &hash).await? else {
                 return Ok(Refresh::Invalid);
             };
-            let now = now_ms();
+            let now = inner.clock.now_ms();
             if !rec.is_live(now, &inner.cfg) {
                 return Ok(Refresh::Invalid);
             }

@@ -8,9 +8,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::builder::SessionConfig;
-use super::record::{digest, new_secret, now_ms, user_tag, Record};
+use super::record::{digest, new_secret, user_tag, Record};
 use super::store::{split_member, SessionStore};
 use super::types::{Created, NewSession, Secret, Session, SessionStats};
+use super::window::Window;
+use crate::config::SharedClock;
 use crate::error::{Error, Result};
 
 #[derive(Default)]
@@ -63,9 +65,11 @@ pub struct Sessions(pub(super) Arc<Inner>);
 pub(super) struct Inner {
     pub(super) store: Box<dyn SessionStore>,
     pub(super) cfg: SessionConfig,
+    /// Every time decision of the store reads it.
+    pub(super) clock: SharedClock,
     /// Sessions revoked here: never validated again here, whatever a read in flight, a local
     /// copy or a Redis that missed the deletion says.
-    pub(super) revoked: moka::sync::Cache<String, ()>,
+    pub(super) revoked: Window<()>,
     /// Revocations Redis did not take (it was down): retried by the sweep.
     pub(super) pending: std::sync::Mutex<Vec<(String, String)>>,
     pub(super) counters: Counters,
@@ -96,7 +100,7 @@ impl Sessions {
         let tag = user_tag(&new.user_id);
         let session_id = new_secret(&tag)?;
         let refresh_token = new_secret(&tag)?;
-        let now = now_ms();
+        let now = self.0.clock.now_ms();
         let lifetime = u64::try_from(cfg.max_lifetime.as_millis()).unwrap_or(u64::MAX);
         let rec = Record {
             user_id: new.user_id,
@@ -157,7 +161,7 @@ impl Sessions {
         let members = inner.store.index(tag, user_id).await?;
         let hashes: Vec<&str> = members.iter().map(|m| split_member(m).0).collect();
         let records = inner.store.load_many(tag, &hashes).await?;
-        let now = now_ms();
+        let now = self.0.clock.now_ms();
         let mut live = Vec::new();
         let mut dead = Vec::new();
         for ((member, hash), rec) in members.iter().zip(&hashes).zip(records) {

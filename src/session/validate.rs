@@ -3,7 +3,7 @@
 //! sent off in the background. While the store cannot be reached, the local copy answers
 //! within `staleness`, else [`Validation::Unavailable`].
 
-use super::record::{digest, now_ms, tag_of, Record};
+use super::record::{digest, tag_of, Record};
 use super::sessions::{bump, Sessions};
 use super::store::Read;
 use super::types::Validation;
@@ -25,11 +25,11 @@ impl Sessions {
             return Validation::Invalid;
         };
         let hash = digest(session_id);
-        if inner.revoked.contains_key(&hash) {
+        if inner.revoked.contains(&hash) {
             return Validation::Invalid;
         }
         let read = inner.store.read(tag, &hash).await;
-        let now = now_ms();
+        let now = inner.clock.now_ms();
         let rec = match read {
             Ok(Read::Stored(Some(rec))) => rec,
             Ok(Read::Stored(None)) => return Validation::Invalid,
@@ -75,7 +75,7 @@ impl Sessions {
         }
         inner.store.keep_copy(&hash, &rec);
         // A revocation that landed while this read was in flight wins.
-        if inner.revoked.contains_key(&hash) {
+        if inner.revoked.contains(&hash) {
             inner.store.drop_copy(&hash);
             return Validation::Invalid;
         }
@@ -88,7 +88,7 @@ impl Sessions {
     fn validate_copy(&self, hash: &str, rec: &Record, access: Option<&str>) -> Validation {
         let inner = &self.0;
         // Access tokens are checked only against the store, which holds their hash.
-        if access.is_some() || !rec.is_live(now_ms(), &inner.cfg) {
+        if access.is_some() || !rec.is_live(inner.clock.now_ms(), &inner.cfg) {
             return Validation::Unavailable;
         }
         bump(&inner.counters.validated, 1);

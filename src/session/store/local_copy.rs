@@ -12,24 +12,19 @@ use async_trait::async_trait;
 use super::{Read, SessionStore};
 use crate::error::Result;
 use crate::session::record::Record;
+use crate::session::window::Window;
 
 /// `S` with a local copy of the sessions validated here.
 pub(crate) struct LocalCopy<S> {
     store: S,
     /// Records as last validated here, by session hash, for `staleness`.
-    copies: moka::sync::Cache<String, Record>,
+    copies: Window<Record>,
 }
 
 impl<S: SessionStore> LocalCopy<S> {
-    /// `store`, with copies that answer for `staleness` after their validation.
-    pub(crate) fn new(store: S, staleness: Duration) -> Self {
-        LocalCopy {
-            store,
-            copies: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(staleness)
-                .build(),
-        }
+    /// `store`, with `copies` (a window of `staleness`) in front.
+    pub(crate) fn new(store: S, copies: Window<Record>) -> Self {
+        LocalCopy { store, copies }
     }
 }
 
@@ -43,7 +38,7 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         match self.store.load(tag, hash).await {
             Ok(Some(rec)) => Ok(Read::Stored(Some(rec))),
             Ok(None) => {
-                self.copies.invalidate(hash);
+                self.copies.remove(hash);
                 Ok(Read::Stored(None))
             }
             // The connection refuses at once while health is Down, so an outage costs no wait
@@ -58,7 +53,7 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
     }
 
     fn drop_copy(&self, hash: &str) {
-        self.copies.invalidate(hash);
+        self.copies.remove(hash);
     }
 
     fn drop_copies_of(&self, user: &str, keep: Option<&str>) -> Vec<String> {
@@ -69,7 +64,7 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
             .map(|(hash, _)| (*hash).clone())
             .collect();
         for hash in &dropped {
-            self.copies.invalidate(hash);
+            self.copies.remove(hash);
         }
         dropped
     }
@@ -90,7 +85,7 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
 
     async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
         // Before the store is asked: a removal it cannot take still ends the copy.
-        self.copies.invalidate(hash);
+        self.copies.remove(hash);
         self.store.remove(tag, hash, user, kind).await
     }
 

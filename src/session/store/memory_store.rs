@@ -8,13 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{member, px, split_member, SessionStore};
+use crate::config::SharedClock;
 use crate::error::Result;
-use crate::session::record::{now_ms, Millis, Record};
+use crate::session::record::{Millis, Record};
 
 /// Sessions in process memory, with the same expiry as Redis keys.
-#[derive(Default)]
 pub(crate) struct MemoryStore {
     state: Mutex<Mem>,
+    /// Expiry is decided by the session clock, as every other time decision.
+    clock: SharedClock,
 }
 
 #[derive(Default)]
@@ -27,13 +29,24 @@ struct Mem {
 }
 
 impl MemoryStore {
+    pub(crate) fn new(clock: SharedClock) -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            clock,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A live session; an expired one is dropped on the way, as Redis would have.
     fn get(&self, hash: &str) -> Option<Record> {
-        let now = now_ms();
+        let now = self.now();
         let mut m = self.lock();
         match m.sessions.get(hash) {
             Some((rec, until)) if now < *until => Some(rec.clone()),
@@ -61,7 +74,7 @@ impl SessionStore for MemoryStore {
         rt_ttl: Duration,
     ) -> Result<()> {
         let kind = rec.device.kind.as_str();
-        let now = now_ms();
+        let now = self.now();
         let mut m = self.lock();
         m.sessions
             .insert(hash.to_owned(), (rec.clone(), now.saturating_add(px(ttl))));
@@ -97,7 +110,7 @@ impl SessionStore for MemoryStore {
         rec: &Record,
         ttl: Duration,
     ) -> Result<bool> {
-        let now = now_ms();
+        let now = self.now();
         let mut m = self.lock();
         match m.sessions.get_mut(hash) {
             Some((stored, until)) if now < *until && stored.version == expected => {
@@ -155,7 +168,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn refresh_lookup(&self, _tag: &str, rt_hash: &str) -> Result<Option<String>> {
-        let now = now_ms();
+        let now = self.now();
         let m = self.lock();
         Ok(m.refresh
             .get(rt_hash)
@@ -170,7 +183,7 @@ impl SessionStore for MemoryStore {
         hash: &str,
         ttl: Duration,
     ) -> Result<()> {
-        let until = now_ms().saturating_add(px(ttl));
+        let until = self.now().saturating_add(px(ttl));
         self.lock()
             .refresh
             .insert(rt_hash.to_owned(), (hash.to_owned(), until));
@@ -203,7 +216,7 @@ impl SessionStore for MemoryStore {
 
     /// Drops expired sessions and refresh links, as Redis expiry would.
     fn purge(&self) {
-        let now = now_ms();
+        let now = self.now();
         let mut m = self.lock();
         m.sessions.retain(|_, (_, until)| now < *until);
         m.refresh.retain(|_, (_, until)| now < *until);
