@@ -202,7 +202,7 @@ impl SessionsBuilder {
             cfg: self.cfg,
             _stop_sweep: stop_tx,
         }));
-        // Given a runtime to run on.
+        // Without a runtime there is nothing to run it on: `sweep()` is then the caller's.
         if let (true, Ok(rt)) = (sweeps, tokio::runtime::Handle::try_current()) {
             rt.spawn(sweep_loop(Arc::downgrade(&sessions.0), stop_rx));
         }

@@ -20,12 +20,13 @@ pub(crate) use local_copy::LocalCopy;
 pub(crate) use memory_store::MemoryStore;
 pub(crate) use redis_store::RedisStore;
 
-/// Where sessions live. A `Sessions` handle holds one, boxed: a session call costs
-/// microseconds, so one allocation per call is nothing next to it.
+/// Where sessions live. A `Sessions` handle holds one boxed, and async-trait boxes each call's
+/// future: a session call costs microseconds of Redis or lock time, next to which an
+/// allocation or two is noise.
 ///
 /// Keys: `tag` is the user's routing tag (one Redis Cluster slot per user), `hash` the SHA-256
 /// of a session id, `rt_hash` that of a refresh token. TTLs are durations from now, given by
-/// the caller, which owns the clock.
+/// the caller, which owns the clock (the memory store reads the same clock for its expiry).
 #[async_trait]
 pub(crate) trait SessionStore: Send + Sync {
     /// The tier, as `Debug` shows it.
