@@ -8,18 +8,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Device, Session, SessionConfig};
+use super::builder::SessionConfig;
+use super::types::{Device, Session};
 use crate::error::{Error, Result};
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch, on the session clock (`SharedClock::now_ms`).
 pub(crate) type Millis = u64;
-
-pub(crate) fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 pub(crate) fn to_time(ms: Millis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)

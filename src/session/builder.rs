@@ -1,0 +1,211 @@
+//! The settings of a session store and their checks: [`SessionsBuilder`], and the
+//! [`SessionConfig`] every rule reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::sessions::{Counters, Inner, Sessions};
+use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
+use super::sweep::sweep_loop;
+use super::window::Window;
+use crate::codec::Codec;
+use crate::config::SharedClock;
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+
+/// The settings of a [`Sessions`] store.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionConfig {
+    pub(crate) idle: Duration,
+    pub(crate) max_lifetime: Duration,
+    pub(crate) touch_interval: Duration,
+    pub(crate) refresh_grace: Duration,
+    pub(crate) staleness: Duration,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) sweep_batch: usize,
+    /// Replicas that must acknowledge each write (Redis `WAIT`), and how long to wait.
+    pub(crate) replicated: Option<(u32, Duration)>,
+}
+
+/// Configures a [`Sessions`] store; get one from [`Tierkit::sessions`](crate::Tierkit::sessions).
+#[must_use = "a builder does nothing until build() is called"]
+#[derive(Debug)]
+pub struct SessionsBuilder {
+    conn: Option<Conn>,
+    codec: Codec,
+    keys: Keys,
+    clock: SharedClock,
+    cfg: SessionConfig,
+}
+
+impl SessionsBuilder {
+    pub(crate) fn new(conn: Option<Conn>, codec: Codec, keys: Keys, clock: SharedClock) -> Self {
+        SessionsBuilder {
+            conn,
+            codec,
+            keys,
+            clock,
+            cfg: SessionConfig {
+                idle: Duration::from_secs(14 * 86_400),
+                max_lifetime: Duration::from_secs(30 * 86_400),
+                touch_interval: Duration::from_secs(60),
+                refresh_grace: Duration::from_secs(10),
+                staleness: Duration::from_secs(30),
+                sweep_interval: Duration::from_secs(60),
+                sweep_batch: 100,
+                replicated: None,
+            },
+        }
+    }
+
+    /// A session ends this long after its last use. Default: 14 days.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.cfg.idle = d;
+        self
+    }
+
+    /// A session ends this long after its creation, however much it is used. Default: 30 days.
+    pub fn max_lifetime(mut self, d: Duration) -> Self {
+        self.cfg.max_lifetime = d;
+        self
+    }
+
+    /// Uses move `last_seen` (and the sliding expiry) at most this often. Default: 60 s.
+    pub fn touch_interval(mut self, d: Duration) -> Self {
+        self.cfg.touch_interval = d;
+        self
+    }
+
+    /// How long a just-replaced refresh token is still accepted. Default: 10 s.
+    pub fn refresh_grace(mut self, d: Duration) -> Self {
+        self.cfg.refresh_grace = d;
+        self
+    }
+
+    /// How old a local copy may be to validate while Redis is down. Default: 30 s.
+    pub fn staleness(mut self, d: Duration) -> Self {
+        self.cfg.staleness = d;
+        self
+    }
+
+    /// How often the background sweep prunes stale index entries, and how many users one pass
+    /// visits. Default: every 60 s, 100 users.
+    pub fn sweep(mut self, every: Duration, users: usize) -> Self {
+        self.cfg.sweep_interval = every;
+        self.cfg.sweep_batch = users;
+        self
+    }
+
+    /// Makes every session write (create, refresh, revoke, touch) wait until `replicas`
+    /// replicas of the primary holding the session acknowledged it (Redis `WAIT`), for up to
+    /// `wait`, which must be shorter than the configured `op_timeout`. A write fewer replicas
+    /// took in time returns [`Error::NotReplicated`]: it is done on the primary, but a failover
+    /// before replication could lose it. Do not retry it blindly: a retried create makes a
+    /// second session, and a refresh already rotated the token (the previous one is still
+    /// accepted within `refresh_grace`). With this set, a session write that returned `Ok`
+    /// survives the promotion of any replica that acknowledged it, with one gap: `WAIT` counts
+    /// the writes of its own connection, so a reconnect between the write and the `WAIT` (the
+    /// write then failed or was cut off anyway) is not covered. Costs one more round trip (plus
+    /// replication) per write; reads are unchanged. Applies to the session's own keys; the
+    /// global analytics counts are not waited for. Default: off (a write is acknowledged once
+    /// the primary has it).
+    ///
+    /// ```no_run
+    /// # fn demo(kit: tierkit::Tierkit) -> tierkit::Result<()> {
+    /// use std::time::Duration;
+    /// let sessions = kit
+    ///     .sessions()
+    ///     .replicated_writes(1, Duration::from_millis(50))
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn replicated_writes(mut self, replicas: u32, wait: Duration) -> Self {
+        self.cfg.replicated = Some((replicas, wait));
+        self
+    }
+
+    /// Validates and builds the store.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero duration, an idle timeout above the maximum lifetime, a
+    /// zero sweep batch, or [`replicated_writes`](Self::replicated_writes) asking for zero
+    /// replicas, no time, or a wait not shorter than `op_timeout`.
+    pub fn build(self) -> Result<Sessions> {
+        let c = &self.cfg;
+        for (field, d) in [
+            ("idle_timeout", c.idle),
+            ("max_lifetime", c.max_lifetime),
+            ("touch_interval", c.touch_interval),
+            ("staleness", c.staleness),
+            ("sweep_interval", c.sweep_interval),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(field, "is zero; give a positive duration"));
+            }
+        }
+        if c.idle > c.max_lifetime {
+            return Err(Error::config(
+                "idle_timeout",
+                format!("{:?} exceeds max_lifetime {:?}", c.idle, c.max_lifetime),
+            ));
+        }
+        if c.sweep_batch == 0 {
+            return Err(Error::config("sweep", "visits zero users; use 1 or more"));
+        }
+        match c.replicated {
+            Some((0, _)) => {
+                return Err(Error::config(
+                    "replicated_writes",
+                    "asks for zero replicas; use 1 or more, or leave it off",
+                ))
+            }
+            Some((_, wait)) if wait.is_zero() => {
+                return Err(Error::config(
+                    "replicated_writes",
+                    "waits zero time; give a positive duration",
+                ))
+            }
+            Some((_, wait)) if self.conn.as_ref().is_some_and(|c| wait >= c.op_timeout()) => {
+                return Err(Error::config(
+                    "replicated_writes",
+                    format!(
+                        "waits {wait:?}, not less than op_timeout {:?}; the wait must fit in one \
+                         Redis call, so raise op_timeout or wait less",
+                        self.conn.as_ref().map(Conn::op_timeout).unwrap_or_default()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        // Embedded stores prune as they are read; the Redis store also sweeps in the background.
+        let sweeps = self.conn.is_some();
+        let store: Box<dyn SessionStore> = match self.conn {
+            // Redis can fail: a local copy validates while it does.
+            Some(conn) => Box::new(LocalCopy::new(
+                RedisStore::new(conn, self.codec, self.keys, self.cfg.replicated),
+                Window::new(self.cfg.staleness, self.clock.clone()),
+            )),
+            None => Box::new(MemoryStore::new(self.clock.clone())),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let sessions = Sessions(Arc::new(Inner {
+            // No session outlives max_lifetime, so neither need its revocation.
+            revoked: Window::new(self.cfg.max_lifetime, self.clock.clone()),
+            pending: std::sync::Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            store,
+            clock: self.clock,
+            cfg: self.cfg,
+            _stop_sweep: stop_tx,
+        }));
+        // Without a runtime there is nothing to run it on: `sweep()` is then the caller's.
+        if let (true, Ok(rt)) = (sweeps, tokio::runtime::Handle::try_current()) {
+            rt.spawn(sweep_loop(Arc::downgrade(&sessions.0), stop_rx));
+        }
+        Ok(sessions)
+    }
+}

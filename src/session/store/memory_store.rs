@@ -1,0 +1,224 @@
+//! Sessions in process memory, for the embedded mode: the same primitives as Redis, with the
+//! same expiry, under one lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{member, px, split_member, SessionStore};
+use crate::config::SharedClock;
+use crate::error::Result;
+use crate::session::record::{Millis, Record};
+
+/// Sessions in process memory, with the same expiry as Redis keys.
+pub(crate) struct MemoryStore {
+    state: Mutex<Mem>,
+    /// Expiry is decided by the session clock, as every other time decision.
+    clock: SharedClock,
+}
+
+#[derive(Default)]
+struct Mem {
+    sessions: HashMap<String, (Record, Millis)>,
+    refresh: HashMap<String, (String, Millis)>,
+    index: HashMap<String, Vec<(Millis, String)>>,
+    users: Vec<String>,
+    counts: BTreeMap<String, i64>,
+}
+
+impl MemoryStore {
+    pub(crate) fn new(clock: SharedClock) -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            clock,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live session; an expired one is dropped on the way, as Redis would have.
+    fn get(&self, hash: &str) -> Option<Record> {
+        let now = self.now();
+        let mut m = self.lock();
+        match m.sessions.get(hash) {
+            Some((rec, until)) if now < *until => Some(rec.clone()),
+            Some(_) => {
+                m.sessions.remove(hash);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn create(
+        &self,
+        _tag: &str,
+        hash: &str,
+        rec: &Record,
+        ttl: Duration,
+        rt_ttl: Duration,
+    ) -> Result<()> {
+        let kind = rec.device.kind.as_str();
+        let now = self.now();
+        let mut m = self.lock();
+        m.sessions
+            .insert(hash.to_owned(), (rec.clone(), now.saturating_add(px(ttl))));
+        m.refresh.insert(
+            rec.refresh.clone(),
+            (hash.to_owned(), now.saturating_add(px(rt_ttl))),
+        );
+        m.index
+            .entry(rec.user_id.clone())
+            .or_default()
+            .push((rec.created, member(hash, kind)));
+        if !m.users.contains(&rec.user_id) {
+            m.users.push(rec.user_id.clone());
+        }
+        *m.counts.entry("active".into()).or_default() += 1;
+        *m.counts.entry(format!("device:{kind}")).or_default() += 1;
+        Ok(())
+    }
+
+    async fn load(&self, _tag: &str, hash: &str) -> Result<Option<Record>> {
+        Ok(self.get(hash))
+    }
+
+    async fn load_many(&self, _tag: &str, hashes: &[&str]) -> Result<Vec<Option<Record>>> {
+        Ok(hashes.iter().map(|h| self.get(h)).collect())
+    }
+
+    async fn cas(
+        &self,
+        _tag: &str,
+        hash: &str,
+        expected: u64,
+        rec: &Record,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let now = self.now();
+        let mut m = self.lock();
+        match m.sessions.get_mut(hash) {
+            Some((stored, until)) if now < *until && stored.version == expected => {
+                *stored = rec.clone();
+                *until = now.saturating_add(px(ttl));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn remove(&self, _tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
+        let mut m = self.lock();
+        m.sessions.remove(hash);
+        let member = member(hash, kind);
+        let mut indexed = false;
+        if let Some(idx) = m.index.get_mut(user) {
+            let before = idx.len();
+            idx.retain(|(_, mem)| *mem != member);
+            indexed = idx.len() < before;
+        }
+        if indexed {
+            *m.counts.entry("active".into()).or_default() -= 1;
+            *m.counts.entry(format!("device:{kind}")).or_default() -= 1;
+        }
+        Ok(indexed)
+    }
+
+    async fn index(&self, _tag: &str, user: &str) -> Result<Vec<String>> {
+        let m = self.lock();
+        let mut idx = m.index.get(user).cloned().unwrap_or_default();
+        idx.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        Ok(idx.into_iter().map(|(_, mem)| mem).collect())
+    }
+
+    async fn prune(&self, _tag: &str, user: &str, members: &[String]) -> Result<u64> {
+        let mut m = self.lock();
+        let gone: HashSet<&String> = members.iter().collect();
+        let mut removed = Vec::new();
+        if let Some(idx) = m.index.get_mut(user) {
+            idx.retain(|(_, mem)| {
+                let keep = !gone.contains(mem);
+                if !keep {
+                    removed.push(mem.clone());
+                }
+                keep
+            });
+        }
+        for mem in &removed {
+            let kind = split_member(mem).1.to_owned();
+            *m.counts.entry("active".into()).or_default() -= 1;
+            *m.counts.entry(format!("device:{kind}")).or_default() -= 1;
+        }
+        Ok(removed.len() as u64)
+    }
+
+    async fn refresh_lookup(&self, _tag: &str, rt_hash: &str) -> Result<Option<String>> {
+        let now = self.now();
+        let m = self.lock();
+        Ok(m.refresh
+            .get(rt_hash)
+            .filter(|(_, until)| now < *until)
+            .map(|(h, _)| h.clone()))
+    }
+
+    async fn refresh_link(
+        &self,
+        _tag: &str,
+        rt_hash: &str,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        let until = self.now().saturating_add(px(ttl));
+        self.lock()
+            .refresh
+            .insert(rt_hash.to_owned(), (hash.to_owned(), until));
+        Ok(())
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, i64>> {
+        Ok(self.lock().counts.clone())
+    }
+
+    async fn users_page(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
+        let m = self.lock();
+        let start = usize::try_from(cursor)
+            .unwrap_or(usize::MAX)
+            .min(m.users.len());
+        let end = start.saturating_add(count).min(m.users.len());
+        let page = m.users[start..end].to_vec();
+        let next = if end >= m.users.len() { 0 } else { end as u64 };
+        Ok((next, page))
+    }
+
+    async fn forget_user(&self, _tag: &str, user: &str) -> Result<()> {
+        let mut m = self.lock();
+        if m.index.get(user).is_none_or(|i| i.is_empty()) {
+            m.index.remove(user);
+            m.users.retain(|u| u != user);
+        }
+        Ok(())
+    }
+
+    /// Drops expired sessions and refresh links, as Redis expiry would.
+    fn purge(&self) {
+        let now = self.now();
+        let mut m = self.lock();
+        m.sessions.retain(|_, (_, until)| now < *until);
+        m.refresh.retain(|_, (_, until)| now < *until);
+    }
+}

@@ -1,0 +1,378 @@
+//! Sessions in Redis: every key of one user carries the user's routing tag as a hash tag, so
+//! each script and multi-key step stays in one cluster slot; the global counts and the sweep's
+//! user list follow each session write, and are owed when their shard does not take them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{member, px, split_member, SessionStore};
+use crate::codec::Codec;
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+use crate::session::record::Record;
+
+/// Sessions in Redis. Every key of one user carries the user's tag as a hash tag, so each
+/// script touches one slot.
+pub(crate) struct RedisStore {
+    conn: Conn,
+    codec: Codec,
+    keys: Keys,
+    /// Count adjustments Redis did not take yet (device kinds of sessions taken off an index):
+    /// a session removal that succeeded is never reported failed over its counts.
+    owed: Mutex<Owed>,
+    /// Replicas that must acknowledge each write, and for how long to wait.
+    replicated: Option<(u32, Duration)>,
+}
+
+/// Count changes and user registrations Redis did not take yet, paid with the next ones.
+#[derive(Debug, Default)]
+struct Owed {
+    /// Device kind and change of its active count.
+    counts: Vec<(String, i64)>,
+    /// Users to register for the sweep.
+    users: Vec<String>,
+}
+
+/// Deletes a session and takes it off its user's index, in one step on the user's slot.
+/// Returns whether the index entry was there: only the caller that removed it adjusts the
+/// counts, so concurrent revocations and prunes never count a session off twice.
+const REMOVE_LUA: &str = "redis.call('DEL', KEYS[1]) return redis.call('ZREM', KEYS[2], ARGV[1])";
+
+static REMOVE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REMOVE_LUA));
+
+/// Writes the record if the stored version is `ARGV[1]`: one key.
+const CAS_LUA: &str = "if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then \
+    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) \
+    redis.call('PEXPIRE', KEYS[1], ARGV[4]) return 1 end return 0";
+
+static CAS: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CAS_LUA));
+
+impl RedisStore {
+    /// Sessions on `conn`, under `keys`; with `replicated`, every session write waits for that
+    /// many replicas for up to that long.
+    pub(crate) fn new(
+        conn: Conn,
+        codec: Codec,
+        keys: Keys,
+        replicated: Option<(u32, Duration)>,
+    ) -> Self {
+        RedisStore {
+            conn,
+            codec,
+            keys,
+            owed: Mutex::default(),
+            replicated,
+        }
+    }
+
+    fn session_key(&self, tag: &str, hash: &str) -> String {
+        self.keys.session(tag, hash)
+    }
+
+    fn index_key(&self, tag: &str, user: &str) -> String {
+        self.keys.session_index(tag, user)
+    }
+
+    fn refresh_key(&self, tag: &str, rt_hash: &str) -> String {
+        self.keys.refresh_token(tag, rt_hash)
+    }
+
+    fn users_key(&self) -> String {
+        self.keys.session_users()
+    }
+
+    fn counts_key(&self) -> String {
+        self.keys.session_counts()
+    }
+
+    /// Adds count changes and user registrations to `pipe`.
+    fn add_globals(&self, pipe: &mut redis::Pipeline, counts: &[(String, i64)], users: &[&str]) {
+        let mut per_kind: HashMap<&str, i64> = HashMap::new();
+        for (kind, n) in counts {
+            *per_kind.entry(kind.as_str()).or_default() += n;
+        }
+        let total: i64 = per_kind.values().sum();
+        if total != 0 {
+            pipe.cmd("HINCRBY")
+                .arg(self.counts_key())
+                .arg("active")
+                .arg(total)
+                .ignore();
+        }
+        for (kind, n) in per_kind.into_iter().filter(|(_, n)| *n != 0) {
+            pipe.cmd("HINCRBY")
+                .arg(self.counts_key())
+                .arg(format!("device:{kind}"))
+                .arg(n)
+                .ignore();
+        }
+        if !users.is_empty() {
+            pipe.cmd("SADD").arg(self.users_key()).arg(users).ignore();
+        }
+    }
+
+    /// Applies count changes and user registrations, with whatever is owed. What was surely
+    /// not sent (Redis known down, connection refused) stays owed and is paid with the next
+    /// call; what failed after it may have reached Redis (a timeout, a dropped connection) is
+    /// not sent again, since a hung server applies it once it resumes: the counts are never
+    /// counted twice, at the price of missing a change lost with a crashed server.
+    async fn settle(&self, counts: Vec<(String, i64)>, users: Vec<String>) {
+        let mut owed = std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+        owed.counts.extend(counts);
+        owed.users.extend(users);
+        if owed.counts.is_empty() && owed.users.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        let users: Vec<&str> = owed.users.iter().map(String::as_str).collect();
+        self.add_globals(&mut pipe, &owed.counts, &users);
+        if pipe.is_empty() {
+            return;
+        }
+        let unsent = match self.conn.pipeline::<()>(&pipe).await {
+            Ok(()) => false,
+            Err(Error::Unavailable) => true,
+            Err(Error::Redis(e)) => e.is_connection_refusal(),
+            Err(_) => false,
+        };
+        if unsent {
+            let mut now = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            now.counts.extend(owed.counts);
+            now.users.extend(owed.users);
+        }
+    }
+
+    /// With replicated writes on, waits until enough replicas of the primary holding `key`
+    /// took what this connection wrote there.
+    async fn replicated(&self, key: &str) -> Result<()> {
+        let Some((required, wait)) = self.replicated else {
+            return Ok(());
+        };
+        let acknowledged = self.conn.wait_replicas(key, required, wait).await?;
+        if acknowledged < required {
+            return Err(Error::NotReplicated {
+                acknowledged,
+                required,
+            });
+        }
+        Ok(())
+    }
+
+    fn decode(&self, blob: Option<Vec<u8>>) -> Result<Option<Record>> {
+        blob.map(|b| self.codec.decode::<Record>(&b)).transpose()
+    }
+
+    /// Counts sessions off; what Redis does not take now is owed and paid with the next
+    /// change.
+    async fn count_off(&self, kinds: &[&str]) {
+        let counts = kinds.iter().map(|k| ((*k).to_owned(), -1)).collect();
+        self.settle(counts, Vec::new()).await;
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn create(
+        &self,
+        tag: &str,
+        hash: &str,
+        rec: &Record,
+        ttl: Duration,
+        rt_ttl: Duration,
+    ) -> Result<()> {
+        let kind = rec.device.kind.as_str();
+        let blob = self.codec.encode(rec)?;
+        let key = self.session_key(tag, hash);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&key)
+            .arg("v")
+            .arg(rec.version)
+            .arg("d")
+            .arg(blob)
+            .ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(px(ttl)).ignore();
+        pipe.cmd("SET")
+            .arg(self.refresh_key(tag, &rec.refresh))
+            .arg(hash)
+            .arg("PX")
+            .arg(px(rt_ttl))
+            .ignore();
+        // No TTL on the index: its entries must outlive their sessions so that pruning (lazy,
+        // or the sweep) can take them off the counts; Redis drops the set once it is empty.
+        let index = self.index_key(tag, &rec.user_id);
+        pipe.cmd("ZADD")
+            .arg(&index)
+            .arg(rec.created)
+            .arg(member(hash, kind))
+            .ignore();
+        if self.conn.is_cluster() {
+            // The global keys live on other shards: losing one of them must not fail every
+            // login, so they follow the session's own write (never counting a session that
+            // was not written) and are owed if their shard does not take them.
+            self.conn.pipeline::<()>(&pipe).await?;
+            self.settle(vec![(kind.to_owned(), 1)], vec![rec.user_id.clone()])
+                .await;
+        } else {
+            self.add_globals(&mut pipe, &[(kind.to_owned(), 1)], &[&rec.user_id]);
+            self.conn.pipeline::<()>(&pipe).await?;
+        }
+        self.replicated(&key).await
+    }
+
+    async fn load(&self, tag: &str, hash: &str) -> Result<Option<Record>> {
+        let blob: Option<Vec<u8>> = self
+            .conn
+            .query(redis::cmd("HGET").arg(self.session_key(tag, hash)).arg("d"))
+            .await?;
+        self.decode(blob)
+    }
+
+    async fn load_many(&self, tag: &str, hashes: &[&str]) -> Result<Vec<Option<Record>>> {
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for h in hashes {
+            pipe.cmd("HGET").arg(self.session_key(tag, h)).arg("d");
+        }
+        let blobs: Vec<Option<Vec<u8>>> = self.conn.pipeline(&pipe).await?;
+        // A record that no longer decodes is a session that cannot be honoured: absent.
+        Ok(blobs
+            .into_iter()
+            .map(|b| self.decode(b).ok().flatten())
+            .collect())
+    }
+
+    async fn cas(
+        &self,
+        tag: &str,
+        hash: &str,
+        expected: u64,
+        rec: &Record,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let blob = self.codec.encode(rec)?;
+        let key = self.session_key(tag, hash);
+        let mut inv = CAS.key(&key);
+        inv.arg(expected).arg(rec.version).arg(blob).arg(px(ttl));
+        let written = self.conn.invoke::<i64>(&inv).await? == 1;
+        if written {
+            self.replicated(&key).await?;
+        }
+        Ok(written)
+    }
+
+    async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
+        let key = self.session_key(tag, hash);
+        let mut inv = REMOVE.key(&key);
+        inv.key(self.index_key(tag, user)).arg(member(hash, kind));
+        let removed: i64 = self.conn.invoke(&inv).await?;
+        if removed == 1 {
+            self.count_off(&[kind]).await;
+        }
+        self.replicated(&key).await?;
+        Ok(removed == 1)
+    }
+
+    async fn index(&self, tag: &str, user: &str) -> Result<Vec<String>> {
+        self.conn
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.index_key(tag, user))
+                    .arg(0)
+                    .arg(-1)
+                    .arg("REV"),
+            )
+            .await
+    }
+
+    async fn prune(&self, tag: &str, user: &str, members: &[String]) -> Result<u64> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let index = self.index_key(tag, user);
+        let mut pipe = redis::pipe();
+        for m in members {
+            pipe.cmd("ZREM").arg(&index).arg(m);
+        }
+        let removed: Vec<i64> = self.conn.pipeline(&pipe).await?;
+        // Only what this call took off the index is counted off.
+        let kinds: Vec<&str> = members
+            .iter()
+            .zip(&removed)
+            .filter(|(_, r)| **r == 1)
+            .map(|(m, _)| split_member(m).1)
+            .collect();
+        self.count_off(&kinds).await;
+        Ok(kinds.len() as u64)
+    }
+
+    async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>> {
+        self.conn
+            .query(redis::cmd("GET").arg(self.refresh_key(tag, rt_hash)))
+            .await
+    }
+
+    async fn refresh_link(
+        &self,
+        tag: &str,
+        rt_hash: &str,
+        hash: &str,
+        ttl: Duration,
+    ) -> Result<()> {
+        self.conn
+            .query(
+                redis::cmd("SET")
+                    .arg(self.refresh_key(tag, rt_hash))
+                    .arg(hash)
+                    .arg("PX")
+                    .arg(px(ttl)),
+            )
+            .await
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, i64>> {
+        self.count_off(&[]).await;
+        let all: HashMap<String, i64> = self
+            .conn
+            .query(redis::cmd("HGETALL").arg(self.counts_key()))
+            .await?;
+        Ok(all.into_iter().collect())
+    }
+
+    async fn users_page(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)> {
+        self.conn
+            .query(
+                redis::cmd("SSCAN")
+                    .arg(self.users_key())
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(count),
+            )
+            .await
+    }
+
+    async fn forget_user(&self, tag: &str, user: &str) -> Result<()> {
+        let left: u64 = self
+            .conn
+            .query(redis::cmd("ZCARD").arg(self.index_key(tag, user)))
+            .await?;
+        if left == 0 {
+            self.conn
+                .query::<()>(redis::cmd("SREM").arg(self.users_key()).arg(user))
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,252 @@
+//! The values the session API hands in and out: what a login knows ([`NewSession`]), a
+//! session as a service sees it ([`Session`]), the secrets handed to the client once
+//! ([`Secret`]), and the answers of validation, refresh and analytics.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of device a session was created on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum DeviceKind {
+    /// A desktop or laptop browser or app.
+    Desktop,
+    /// A phone.
+    Mobile,
+    /// A tablet.
+    Tablet,
+    /// Anything else.
+    #[default]
+    Other,
+}
+
+impl DeviceKind {
+    /// The lowercase name, as used in counts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Desktop => "desktop",
+            DeviceKind::Mobile => "mobile",
+            DeviceKind::Tablet => "tablet",
+            DeviceKind::Other => "other",
+        }
+    }
+}
+
+/// The device a session was created on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Its kind.
+    pub kind: DeviceKind,
+    /// A display name, e.g. "Firefox on Linux".
+    pub name: String,
+}
+
+/// What a login knows about the new session.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::session::{DeviceKind, NewSession};
+///
+/// let new = NewSession::new("user-42")
+///     .user_agent("Mozilla/5.0 (X11; Linux x86_64)")
+///     .ip("203.0.113.7")
+///     .device(DeviceKind::Desktop, "Firefox on Linux")
+///     .access_token("eyJhbGciOi...")
+///     .meta("tenant", "acme");
+/// # let _ = new;
+/// ```
+#[derive(Clone, Default)]
+#[must_use]
+pub struct NewSession {
+    pub(super) user_id: String,
+    pub(super) user_agent: String,
+    pub(super) ip: String,
+    pub(super) device: Device,
+    pub(super) access_token: Option<String>,
+    pub(super) metadata: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for NewSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewSession")
+            .field("user_id", &self.user_id)
+            .field("user_agent", &self.user_agent)
+            .field("ip", &self.ip)
+            .field("device", &self.device)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+impl NewSession {
+    /// A session for `user_id`.
+    pub fn new(user_id: impl Into<String>) -> Self {
+        NewSession {
+            user_id: user_id.into(),
+            ..NewSession::default()
+        }
+    }
+
+    /// The client's user agent.
+    pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
+        self.user_agent = ua.into();
+        self
+    }
+
+    /// The client's IP address.
+    pub fn ip(mut self, ip: impl Into<String>) -> Self {
+        self.ip = ip.into();
+        self
+    }
+
+    /// The device.
+    pub fn device(mut self, kind: DeviceKind, name: impl Into<String>) -> Self {
+        self.device = Device {
+            kind,
+            name: name.into(),
+        };
+        self
+    }
+
+    /// An access token (e.g. a JWT) to bind to the session: only its hash is kept, and
+    /// [`Sessions::validate_access`](super::Sessions::validate_access) checks it.
+    pub fn access_token(mut self, token: impl Into<String>) -> Self {
+        self.access_token = Some(token.into());
+        self
+    }
+
+    /// Application metadata.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A session as a service sees it. Holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Session {
+    /// A public handle (the SHA-256 of the session id): safe to show, and what
+    /// [`Sessions::revoke_handle`](super::Sessions::revoke_handle) takes to log out one device
+    /// from a list.
+    pub handle: String,
+    /// The user.
+    pub user_id: String,
+    /// The device.
+    pub device: Device,
+    /// The user agent at login.
+    pub user_agent: String,
+    /// The IP address at login.
+    pub ip: String,
+    /// Application metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// When it was created.
+    pub created_at: SystemTime,
+    /// When it was last used (to within `touch_interval`).
+    pub last_seen: SystemTime,
+    /// When it ends if not used again.
+    pub expires_at: SystemTime,
+}
+
+/// A secret handed to the client once: the session id or a refresh token. `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub(super) String);
+
+impl Secret {
+    /// The secret itself, to send to the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A new session.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Created {
+    /// The session id for the client (cookie or header).
+    pub session_id: Secret,
+    /// The first refresh token.
+    pub refresh_token: Secret,
+    /// The session.
+    pub session: Session,
+}
+
+/// The answer of [`Sessions::validate`](super::Sessions::validate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Validation {
+    /// A live session.
+    Valid(Session),
+    /// Unknown, expired or revoked.
+    Invalid,
+    /// Redis is down and this instance has no recent copy: fall back to stateless checks.
+    Unavailable,
+}
+
+impl Validation {
+    /// The session, when valid.
+    pub fn session(&self) -> Option<&Session> {
+        match self {
+            Validation::Valid(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The answer of [`Sessions::refresh`](super::Sessions::refresh).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Refresh {
+    /// The presented token is retired; use this one from now on.
+    Rotated {
+        /// The new refresh token.
+        refresh_token: Secret,
+        /// The session.
+        session: Box<Session>,
+    },
+    /// Unknown token, or its session ended.
+    Invalid,
+    /// A retired token was presented again: the session is revoked (token theft is the
+    /// likely cause).
+    Reused,
+}
+
+/// Session analytics. Activity counters are this instance's since it started; the active
+/// counts are global (kept in Redis, or in memory when embedded) and catch up with sessions
+/// that simply expired when a list or the sweep finds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct SessionStats {
+    /// Sessions created here.
+    pub created: u64,
+    /// Successful validations here (local copies included).
+    pub validated: u64,
+    /// Validations answered from the local copy while Redis was down.
+    pub validated_locally: u64,
+    /// Refresh rotations here.
+    pub refreshed: u64,
+    /// Sessions revoked here (reuse detection included).
+    pub revoked: u64,
+    /// Expired sessions found here (by validation, listing or sweep).
+    pub expired: u64,
+    /// Active sessions, all users.
+    pub active: i64,
+    /// Active sessions per device kind.
+    pub by_device: BTreeMap<String, i64>,
+}
