@@ -156,9 +156,27 @@ pub struct Session {
     pub expires_at: SystemTime,
 }
 
-/// A secret handed to the client once: the session id or a refresh token. `Debug` never
-/// shows it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret handed to the client once: the session id or a refresh token.
+///
+/// `Debug` never shows it; `==` compares in constant time (no early exit at the first
+/// differing byte, so timing tells nothing about how much of a guess was right); and its
+/// memory is wiped when it drops (each clone's too). What a service copies out of
+/// [`expose`](Self::expose) is the service's to look after.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tierkit::Result<()> {
+/// let sessions = tierkit::Tierkit::embedded().sessions().build()?;
+/// let created = sessions.create(tierkit::session::NewSession::new("user-42")).await?;
+/// let id = created.session_id.clone();
+/// assert!(id == created.session_id);
+/// assert!(created.session_id != created.refresh_token);
+/// assert_eq!(format!("{id:?}"), "Secret(<redacted>)");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
 pub struct Secret(pub(super) String);
 
 impl Secret {
@@ -167,6 +185,23 @@ impl Secret {
         &self.0
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        // Secrets of one kind have one length, so only the bytes could leak, and they do not.
+        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for Secret {}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Secret {}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -249,4 +284,21 @@ pub struct SessionStats {
     pub active: i64,
     /// Active sessions per device kind.
     pub by_device: BTreeMap<String, i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_are_wiped_on_drop() {
+        let a = Secret("s1.abcdef".to_owned());
+        assert!(a == a.clone());
+        assert!(a != Secret("s1.abcdeg".to_owned()));
+        assert!(a != Secret("s1.abcde".to_owned()));
+        assert!(a != Secret(String::new()));
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        wiped_on_drop(&a);
+        assert!(!format!("{a:?}").contains("abc"));
+    }
 }
