@@ -18,6 +18,17 @@
 //! A report never waits longer than the op timeout: Redis state and latency come from the
 //! health monitor's last probe, and the key count and memory from one pipelined call that is
 //! skipped while Redis is down.
+//!
+//! ## Public and detailed forms
+//!
+//! [`Tierkit::health_report`](crate::Tierkit::health_report) gives the *detailed* form: it
+//! carries `redis.lastError` (an error text that may name hosts, ports and certificate
+//! problems) and, on a cluster, `redis.unreachable` (each silent primary's address and slots).
+//! That is for operators and internal endpoints. [`HealthReport::public`] gives the *public*
+//! form for an endpoint anyone can reach (a load balancer's check, a status page): the same
+//! JSON with those two fields left out, and nothing else changed (statuses, latency, state,
+//! key counts, memory, hit ratios, per-namespace counters, the limiter's tier, session
+//! counts).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -44,7 +55,9 @@ pub enum Status {
     Disabled,
 }
 
-/// The whole report; serialize it as the `/health` body.
+/// The whole report; serialize it as the `/health` body: [`public`](Self::public) for an
+/// endpoint reachable from outside, as it is for one only operators reach (see the
+/// [module docs](self) for what the public form leaves out).
 ///
 /// # Examples
 ///
@@ -53,7 +66,7 @@ pub enum Status {
 /// # async fn main() -> tierkit::Result<()> {
 /// let kit = tierkit::Tierkit::embedded();
 /// let report = kit.health_report().await;
-/// let json = serde_json::to_value(&report).unwrap();
+/// let json = serde_json::to_value(&report.public()).unwrap();
 /// assert_eq!(json["status"], "healthy");
 /// assert_eq!(json["redis"]["status"], "disabled");
 /// # Ok(()) }
@@ -90,11 +103,12 @@ pub struct RedisReport {
     pub forced: bool,
     /// Seconds in the current state.
     pub for_secs: Option<u64>,
-    /// The last failure, while not healthy.
+    /// The last failure, while not healthy. Left out of the [public](HealthReport::public)
+    /// form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// On a Redis Cluster, the primaries the probe cannot reach and the slots they serve;
-    /// left out when empty.
+    /// left out when empty, and from the [public](HealthReport::public) form.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<UnreachableShard>,
 }
@@ -148,6 +162,28 @@ fn megabytes(bytes: u64) -> String {
 }
 
 impl HealthReport {
+    /// The public form of this report, for an endpoint anyone can reach: the same report
+    /// without `redis.lastError` and `redis.unreachable`, which name hosts, ports, slots and
+    /// the text of errors. Every other field, and the JSON shape, stays as it is.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(kit: tierkit::Tierkit) {
+    /// // Internal port: everything. Public port: status, latency and counts only.
+    /// let detailed = kit.health_report().await;
+    /// let public = detailed.clone().public();
+    /// assert!(public.redis.last_error.is_none() && public.redis.unreachable.is_empty());
+    /// assert_eq!(public.status, detailed.status);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn public(mut self) -> HealthReport {
+        self.redis.last_error = None;
+        self.redis.unreachable = Vec::new();
+        self
+    }
+
     /// The report from the parts' own figures: `health` is `None` when embedded.
     pub(crate) async fn collect(
         health: Option<&Health>,
@@ -221,6 +257,47 @@ impl HealthReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_public_form_leaves_out_error_text_and_nodes_only() {
+        let detailed = HealthReport {
+            status: Status::Degraded,
+            redis: RedisReport {
+                status: Status::Degraded,
+                latency: Some(3),
+                state: Some(HealthState::Degraded),
+                forced: false,
+                for_secs: Some(7),
+                last_error: Some("10.0.0.7:7002: connection refused".to_owned()),
+                unreachable: vec![UnreachableShard {
+                    node: "10.0.0.7:7002".to_owned(),
+                    slots: vec![0..=5460],
+                    error: "connection refused".to_owned(),
+                }],
+            },
+            cache: CacheReport {
+                total_keys: Some(12),
+                memory_usage: Some(megabytes(1_500_000)),
+                l1_entries: 4,
+                l1_bytes: 400,
+                coherent: true,
+                hit_ratio: 0.5,
+                namespaces: BTreeMap::new(),
+            },
+            rate_limiter: RateLimiterReport { tier: Tier::Redis },
+            sessions: Some(SessionStats::default()),
+        };
+        let full = serde_json::to_value(&detailed).unwrap();
+        let public = serde_json::to_value(detailed.public()).unwrap();
+        assert!(full.to_string().contains("10.0.0.7"));
+        assert!(!public.to_string().contains("10.0.0.7"), "{public}");
+        assert!(!public.to_string().contains("refused"), "{public}");
+        let mut expected = full.clone();
+        let redis = expected["redis"].as_object_mut().unwrap();
+        redis.remove("lastError");
+        redis.remove("unreachable");
+        assert_eq!(public, expected);
+    }
 
     #[test]
     fn memory_is_shown_in_megabytes() {

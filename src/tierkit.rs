@@ -245,13 +245,29 @@ impl Tierkit {
         )
     }
 
-    /// The health report a service serves at `/health` (see [`report`](crate::report) for its
-    /// shape and status rules). Never waits longer than the op timeout.
+    /// The health report (see [`report`](crate::report) for its shape and status rules), in
+    /// its detailed form: with the last error's text and, on a cluster, the unreachable
+    /// primaries and their slots. Serve it where only operators reach; on an endpoint anyone
+    /// can reach, serve [`HealthReport::public`] of it, which leaves those two fields out.
+    /// Never waits longer than the op timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let internal = serde_json::to_value(kit.health_report().await).unwrap();
+    /// let public = serde_json::to_value(kit.health_report().await.public()).unwrap();
+    /// assert_eq!(internal["status"], public["status"]);
+    /// # }
+    /// ```
     pub async fn health_report(&self) -> HealthReport {
         HealthReport::collect(self.health(), &self.0.cache, None).await
     }
 
-    /// [`health_report`](Self::health_report) with the session counts of `sessions`.
+    /// [`health_report`](Self::health_report) with the session counts of `sessions`; detailed
+    /// too, with [`HealthReport::public`] for endpoints anyone can reach.
     pub async fn health_report_with(&self, sessions: &Sessions) -> HealthReport {
         HealthReport::collect(self.health(), &self.0.cache, Some(sessions)).await
     }
