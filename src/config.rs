@@ -12,6 +12,7 @@ use crate::keys::Keys;
 mod builder;
 pub mod clock;
 mod env;
+mod tls;
 
 pub use builder::ConfigBuilder;
 pub(crate) use clock::SharedClock;
@@ -59,6 +60,8 @@ pub struct Config {
     pub(crate) codec: Codec,
     pub(crate) l1_capacity: u64,
     pub(crate) l1_eviction_counts: bool,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: tls::Tls,
 }
 
 /// Where Redis is: one server, or the seed nodes of a Redis Cluster (from which the whole
@@ -84,6 +87,13 @@ impl Target {
             Target::Single(info) => Some(info),
             Target::Cluster(nodes) => nodes.first(),
         }
+    }
+
+    /// Whether Redis is reached over TLS (`rediss://`). Cluster seeds never mix TLS and plain
+    /// addresses (the builder refuses that), so the first node speaks for all.
+    pub(crate) fn is_tls(&self) -> bool {
+        self.first()
+            .is_some_and(|info| matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }))
     }
 }
 
@@ -115,6 +125,8 @@ impl Default for Config {
             codec: Codec::default(),
             l1_capacity: DEFAULT_L1_CAPACITY,
             l1_eviction_counts: true,
+            #[cfg(feature = "tls")]
+            tls: tls::Tls::default(),
         }
     }
 }
@@ -150,6 +162,20 @@ impl Config {
     /// [`ConfigBuilder::redis_cluster`] or `REDIS_CLUSTER_NODES`).
     pub fn is_cluster(&self) -> bool {
         matches!(self.redis, Some(Target::Cluster(_)))
+    }
+
+    /// Whether Redis is reached over TLS: a `rediss://` URL or `rediss://` cluster seed nodes
+    /// (which need the `tls` feature). TLS settings ([`ConfigBuilder::tls_ca_file`] and the
+    /// others) apply then, to every connection tierkit opens.
+    ///
+    /// ```
+    /// let plain = tierkit::Config::builder().redis_url("redis://127.0.0.1:6379").build()?;
+    /// assert!(!plain.is_tls());
+    /// assert!(!tierkit::Config::default().is_tls());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn is_tls(&self) -> bool {
+        self.redis.as_ref().is_some_and(Target::is_tls)
     }
 
     /// The key prefix every Redis key starts with. Default: `tierkit`.
@@ -217,6 +243,11 @@ impl fmt::Debug for Config {
                 }
             }
         };
+        d.field("tls", &self.is_tls());
+        #[cfg(feature = "tls")]
+        if self.is_tls() {
+            d.field("tls_settings", &self.tls);
+        }
         d.field("prefix", &self.keys.prefix())
             .field("op_timeout", &self.op_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -399,6 +430,93 @@ mod tests {
         for (b, field) in cases {
             assert_eq!(field_of(b.build().unwrap_err()), field);
         }
+    }
+
+    #[test]
+    fn credentials_without_a_scheme_are_refused_unquoted() {
+        for (vars, field) in [
+            (
+                vec![("REDIS_HOST", ":hunter2@cache.internal")],
+                "REDIS_HOST",
+            ),
+            (
+                vec![("REDIS_HOST", "svc:hunter2@cache.internal")],
+                "REDIS_HOST",
+            ),
+            (vec![("REDIS_HOST", "redis://:hunter2@cache")], "REDIS_HOST"),
+            (
+                vec![("REDIS_URL", "svc:hunter2@cache.internal:6379")],
+                "REDIS_URL",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "h:1,:hunter2@h:2")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "svc:hunter2@h")],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                vec![("REDIS_CLUSTER_NODES", "redis://:hunter2@h:1/2")],
+                "REDIS_CLUSTER_NODES",
+            ),
+        ] {
+            let err = from(&vars).unwrap_err();
+            let msg = err.to_string();
+            assert!(!msg.contains("hunter2"), "{msg}");
+            assert_eq!(field_of(err), field, "{msg}");
+        }
+        for builder in [
+            Config::builder().redis_host(":hunter2@h", 6379),
+            Config::builder().redis_cluster(["svc:hunter2@h:1"]),
+            Config::builder().redis_url("hunter2@h"),
+        ] {
+            let msg = builder.build().unwrap_err().to_string();
+            assert!(
+                !msg.contains("hunter2") && msg.contains("credentials"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_variables_are_checked_in_every_build() {
+        let err = from(&[
+            ("REDIS_URL", "redis://h"),
+            ("REDIS_TLS_CERT", "/etc/client.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(field_of(err), "REDIS_TLS_CERT");
+        let err = from(&[("REDIS_URL", "redis://h"), ("REDIS_TLS_INSECURE", "maybe")]).unwrap_err();
+        assert_eq!(field_of(err), "REDIS_TLS_INSECURE");
+        // Off is the default: accepted whatever the build and the target.
+        assert!(from(&[("REDIS_URL", "redis://h"), ("REDIS_TLS_INSECURE", "false")]).is_ok());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_says_to_enable_it() {
+        let refusals = [
+            from(&[("REDIS_URL", "rediss://h:6380")]),
+            from(&[("REDIS_CLUSTER_NODES", "rediss://h:7000")]),
+            from(&[("REDIS_URL", "redis://h"), ("REDIS_TLS_CA", "/etc/ca.pem")]),
+            from(&[("REDIS_URL", "redis://h"), ("REDIS_TLS_INSECURE", "true")]),
+            Config::builder().redis_url("REDISS://h:6380").build(),
+            Config::builder().tls_ca_file("/etc/ca.pem").build(),
+            Config::builder()
+                .tls_client_auth("/etc/c.pem", "/etc/c.key")
+                .build(),
+            Config::builder().tls_insecure_skip_verify(true).build(),
+        ];
+        for result in refusals {
+            let msg = result.unwrap_err().to_string();
+            assert!(msg.contains("`tls` feature"), "{msg}");
+        }
+        assert!(Config::builder()
+            .redis_url("redis://h")
+            .tls_insecure_skip_verify(false)
+            .build()
+            .is_ok());
     }
 
     #[test]

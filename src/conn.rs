@@ -26,6 +26,14 @@
 //! names the nodes and their slots; calls keep going to the primaries that answer, and those
 //! for keys on a lost primary fail after `op_timeout` until its replica takes over. Only the
 //! probe moves a cluster to `Down` (no primary answers): one failed call speaks for one shard.
+//!
+//! ## TLS
+//!
+//! With a `rediss://` target (feature `tls`) every connection tierkit opens speaks TLS with
+//! the same settings: the shared connection, the cluster client and each node it discovers,
+//! the probe's and `SCAN`/`DBSIZE`/`INFO`'s per-node connections, and the backplane's
+//! subscription. A server whose certificate does not verify is never reached: health stays
+//! `Down` and [`HealthStatus::last_error`](crate::health::HealthStatus::last_error) says why.
 
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -41,6 +49,8 @@ use crate::health::Health;
 
 mod cluster;
 mod pubsub;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub(crate) use pubsub::{Event, Subscription};
 
@@ -88,6 +98,10 @@ impl Conn {
     pub(crate) fn start(config: &Config, target: &Target) -> Result<Self> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::NoRuntime);
+        }
+        #[cfg(feature = "tls")]
+        if target.is_tls() {
+            tls::prepare(config);
         }
         let link = match target {
             Target::Single(info) => {

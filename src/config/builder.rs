@@ -46,12 +46,16 @@ impl fmt::Debug for ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    fn fail(&mut self, err: Error) {
+    pub(super) fn fail(&mut self, err: Error) {
         self.error.get_or_insert(err);
     }
 
-    /// Use the Redis server at `url` (`redis://[user][:password@]host[:port][/db]`, or `rediss://`
-    /// for TLS when redis-rs is built with TLS). Default: none (embedded mode).
+    /// Use the Redis server at `url`: `redis://[user][:password@]host[:port][/db]`, or
+    /// `rediss://...` for TLS (the `tls` feature; see [`tls_ca_file`](Self::tls_ca_file) and
+    /// the other TLS settings). A URL ending in `#insecure` is refused: skipping certificate
+    /// verification is set by name, with
+    /// [`tls_insecure_skip_verify`](Self::tls_insecure_skip_verify). Default: none (embedded
+    /// mode).
     pub fn redis_url(mut self, url: impl AsRef<str>) -> Self {
         match parse_url(url.as_ref(), "redis_url") {
             Ok(info) => self.config.redis = Some(Target::Single(Box::new(info))),
@@ -89,14 +93,20 @@ impl ConfigBuilder {
         self
     }
 
-    /// Use Redis at `host:port` over TCP. Default: none (embedded mode).
+    /// Use Redis at `host:port` over TCP. The host is a name or IP only: one carrying
+    /// credentials (`user:pw@host`) or a URL is refused without being repeated in the error
+    /// (give the password with [`redis_password`](Self::redis_password), or use
+    /// [`redis_url`](Self::redis_url), `rediss://` for TLS). Default: none (embedded mode).
+    ///
+    /// ```
+    /// let err = tierkit::Config::builder().redis_host(":hunter2@cache.internal", 6379).build();
+    /// let msg = err.unwrap_err().to_string();
+    /// assert!(msg.contains("redis_host") && !msg.contains("hunter2"));
+    /// ```
     pub fn redis_host(mut self, host: impl Into<String>, port: u16) -> Self {
         let host = host.into();
-        if host.trim().is_empty() {
-            self.fail(Error::config(
-                "redis_host",
-                "is empty; give a host name or IP",
-            ));
+        if let Err(e) = check_host("redis_host", &host) {
+            self.fail(e);
             return self;
         }
         let settings = self
@@ -336,17 +346,83 @@ impl ConfigBuilder {
                 return Err(Error::config(field, "is zero; use 1 or more"));
             }
         }
+        // TLS settings meet the target last: setters may come in any order.
+        #[cfg(feature = "tls")]
+        let c = {
+            let mut c = c;
+            c.tls.apply(c.redis.as_mut())?;
+            c
+        };
         Ok(c)
     }
 }
 
 pub(super) fn parse_url(url: &str, field: &str) -> Result<ConnectionInfo> {
-    url.trim().into_connection_info().map_err(|e| {
+    let url = url.trim();
+    refuse_credentials_without_scheme(field, url)?;
+    #[cfg(not(feature = "tls"))]
+    if is_tls_url(url) {
+        return Err(Error::config(
+            field,
+            format!(
+                "is a TLS URL (rediss://), which {}",
+                super::tls::NEEDS_FEATURE
+            ),
+        ));
+    }
+    let info = url.into_connection_info().map_err(|e| {
         Error::config(
             field,
-            format!("is not a valid Redis URL ({e}); expected redis://[user][:password@]host[:port][/db]"),
+            format!("is not a valid Redis URL ({e}); expected redis://[user][:password@]host[:port][/db] or rediss:// for TLS"),
         )
+    })?;
+    if matches!(info.addr(), ConnectionAddr::TcpTls { insecure: true, .. }) {
+        return Err(Error::config(
+            field,
+            "ends in #insecure; skipping certificate verification is set only by name, for \
+             development only: tls_insecure_skip_verify(true) or REDIS_TLS_INSECURE=true",
+        ));
+    }
+    Ok(info)
+}
+
+/// Whether `url`'s scheme asks for TLS.
+#[cfg(not(feature = "tls"))]
+fn is_tls_url(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
     })
+}
+
+/// A host or address without a scheme cannot carry credentials: a `user:password@` in front
+/// would be taken for part of the host name and end up in error messages and logs. Refused
+/// without quoting the value.
+pub(super) fn refuse_credentials_without_scheme(field: &str, value: &str) -> Result<()> {
+    if !value.contains("://") && value.contains('@') {
+        return Err(Error::config(
+            field,
+            "holds credentials (user:password@ before the host) but no URL scheme; give the \
+             password with redis_password or REDIS_PASSWORD, or write a whole URL \
+             (redis://user:password@host:port); the value is not repeated here",
+        ));
+    }
+    Ok(())
+}
+
+/// A host name given on its own: not empty, not a URL, no credentials. The value is never
+/// quoted, since a mistaken one may hold a password.
+pub(super) fn check_host(field: &str, host: &str) -> Result<()> {
+    if host.trim().is_empty() {
+        return Err(Error::config(field, "is empty; give a host name or IP"));
+    }
+    if host.contains("://") {
+        return Err(Error::config(
+            field,
+            "is a URL, not a host name; give it as redis_url or REDIS_URL (the value is not \
+             repeated here)",
+        ));
+    }
+    refuse_credentials_without_scheme(field, host)
 }
 
 /// Seed nodes of a cluster: each `host:port` or a URL; at least one; one set of credentials
@@ -359,6 +435,7 @@ where
     let mut parsed = Vec::new();
     for node in nodes {
         let node = node.as_ref().trim();
+        refuse_credentials_without_scheme(field, node)?;
         let info = if node.contains("://") {
             parse_url(node, field)?
         } else {
@@ -374,10 +451,22 @@ where
                 })?;
             tcp_info(field, host.to_owned(), port, RedisConnectionInfo::default())?
         };
+        // Named by address only: a URL may carry a password.
         if info.redis_settings().db() != 0 {
             return Err(Error::config(
                 field,
-                format!("{node:?} names a database; a Redis Cluster has only database 0"),
+                format!(
+                    "the node at {} names a database; a Redis Cluster has only database 0",
+                    info.addr()
+                ),
+            ));
+        }
+        let tls = |i: &ConnectionInfo| matches!(i.addr(), ConnectionAddr::TcpTls { .. });
+        if parsed.first().is_some_and(|first| tls(first) != tls(&info)) {
+            return Err(Error::config(
+                field,
+                "mixes rediss:// and plain nodes; a cluster is reached over TLS or not at all, \
+                 so write every node as rediss://host:port for TLS",
             ));
         }
         if let Some(first) = parsed.first().map(ConnectionInfo::redis_settings) {

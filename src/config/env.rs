@@ -1,10 +1,12 @@
 //! `Config::from_env`: the environment variables tierkit reads, on top of a builder.
 
+use std::path::Path;
 use std::time::Duration;
 
 use redis::RedisConnectionInfo;
 
-use super::builder::{parse_nodes, parse_url, tcp_info};
+use super::builder::{check_host, parse_nodes, parse_url, tcp_info};
+use super::tls::parse_bool;
 use super::{ConfigBuilder, Target};
 use crate::error::{Error, Result};
 
@@ -17,18 +19,24 @@ impl ConfigBuilder {
     /// | `REDIS_URL` | Redis URL; wins over the `REDIS_HOST` group |
     /// | `REDIS_HOST`, `REDIS_PORT` (6379), `REDIS_DB` (0) | Redis by parts |
     /// | `REDIS_USERNAME`, `REDIS_PASSWORD` | ACL user and password, for every node (override the URL's) |
+    /// | `REDIS_TLS_CA` | path of the PEM CA file the server's certificate must chain to ([`tls_ca_file`](Self::tls_ca_file)); default: the system's trust store |
+    /// | `REDIS_TLS_CERT`, `REDIS_TLS_KEY` | paths of the PEM client certificate and key for mutual TLS, both or neither ([`tls_client_auth`](Self::tls_client_auth)) |
+    /// | `REDIS_TLS_INSECURE` | `true` skips verifying the server's certificate: **development only** ([`tls_insecure_skip_verify`](Self::tls_insecure_skip_verify)) |
     /// | `TIERKIT_PREFIX` | key prefix |
     /// | `TIERKIT_OP_TIMEOUT_MS` | per-operation timeout in milliseconds |
     ///
     /// Empty values count as unset. With none of `REDIS_CLUSTER_NODES`, `REDIS_URL` and
     /// `REDIS_HOST` the builder stays
-    /// as it was (embedded unless a Redis target was set in code).
+    /// as it was (embedded unless a Redis target was set in code). The `REDIS_TLS_*` variables
+    /// need a `rediss://` target (`REDIS_URL`, or `REDIS_CLUSTER_NODES` written as `rediss://`
+    /// URLs) and the `tls` feature. `REDIS_HOST` is a host name only: one carrying credentials
+    /// (`:pw@host`) or a URL is refused, without repeating it.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] naming the variable, e.g. a `REDIS_PORT` that is not a port number, or
     /// `REDIS_PASSWORD` set without a Redis target, or `REDIS_CLUSTER_NODES` set together with
-    /// `REDIS_URL`.
+    /// `REDIS_URL`, or a `REDIS_TLS_CA` file that cannot be read or holds no certificate.
     pub fn env(self) -> Result<Self> {
         self.env_from(|name| std::env::var(name).ok())
     }
@@ -81,6 +89,7 @@ impl ConfigBuilder {
                     })?;
                 settings = settings.set_db(db);
             }
+            check_host("REDIS_HOST", &host)?;
             self.config.redis = Some(Target::Single(Box::new(tcp_info(
                 "REDIS_HOST",
                 host.trim().to_owned(),
@@ -103,6 +112,36 @@ impl ConfigBuilder {
         }
         if let Some(pw) = var("REDIS_PASSWORD") {
             self = self.redis_password(pw);
+        }
+        if let Some(ca) = var("REDIS_TLS_CA") {
+            self = self.set_tls_ca("REDIS_TLS_CA", Path::new(ca.trim()));
+        }
+        match (var("REDIS_TLS_CERT"), var("REDIS_TLS_KEY")) {
+            (Some(cert), Some(key)) => {
+                self = self.set_tls_client(
+                    "REDIS_TLS_CERT",
+                    "REDIS_TLS_KEY",
+                    Path::new(cert.trim()),
+                    Path::new(key.trim()),
+                );
+            }
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "REDIS_TLS_CERT",
+                    "is set without REDIS_TLS_KEY; mutual TLS needs the certificate and its key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "REDIS_TLS_KEY",
+                    "is set without REDIS_TLS_CERT; mutual TLS needs the certificate and its key",
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(insecure) = var("REDIS_TLS_INSECURE") {
+            let skip = parse_bool("REDIS_TLS_INSECURE", &insecure)?;
+            self = self.set_tls_insecure("REDIS_TLS_INSECURE", skip);
         }
         if let Some(err) = self.error.take() {
             return Err(err);

@@ -76,7 +76,14 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Builds the connection without connecting: redis-rs connects in the background.
     pub(crate) fn start(config: &Config, seeds: &[ConnectionInfo]) -> Result<Self> {
-        let client = ClusterClientBuilder::new(seeds.to_vec())
+        let builder = ClusterClientBuilder::new(seeds.to_vec());
+        #[cfg(feature = "tls")]
+        let builder = if seeds.first().is_some_and(|s| tcp_tls(s)) {
+            super::tls::cluster(builder, config)
+        } else {
+            builder
+        };
+        let client = builder
             .connection_timeout(config.connect_timeout)
             // Our op_timeout bounds every call (retries included); redis-rs's own per-attempt
             // bound only needs to keep a hung node from holding an attempt forever.
@@ -254,6 +261,11 @@ impl Cluster {
         // Only ever replaced whole; a poisoned value is still a valid topology.
         self.shards.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+#[cfg(feature = "tls")]
+fn tcp_tls(info: &ConnectionInfo) -> bool {
+    matches!(info.addr(), ConnectionAddr::TcpTls { .. })
 }
 
 fn tcp_addr(info: &ConnectionInfo) -> Option<String> {
