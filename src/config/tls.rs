@@ -37,9 +37,9 @@ impl ConfigBuilder {
     /// ```
     ///
     /// ```
-    /// // A CA for a server reached without TLS is refused, naming the setting.
+    /// // A file that cannot be read is refused when given (as is any TLS setting in a build
+    /// // without the `tls` feature), naming the setting.
     /// let err = tierkit::Config::builder()
-    ///     .redis_url("redis://127.0.0.1:6379")
     ///     .tls_ca_file("/nonexistent/ca.pem")
     ///     .build()
     ///     .unwrap_err();
@@ -550,7 +550,9 @@ mod tests {
                     .is_some_and(|c| c.client_tls.is_some())
         );
 
-        let cases: Vec<(Vec<(&str, String)>, &str, &str)> = vec![
+        // The variables, the one named in the error, and what the error says.
+        type Case<'a> = (Vec<(&'a str, String)>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 vec![url.clone(), ("REDIS_TLS_CA", "/nonexistent/ca.pem".into())],
                 "REDIS_TLS_CA",

@@ -78,7 +78,7 @@ impl Cluster {
     pub(crate) fn start(config: &Config, seeds: &[ConnectionInfo]) -> Result<Self> {
         let builder = ClusterClientBuilder::new(seeds.to_vec());
         #[cfg(feature = "tls")]
-        let builder = if seeds.first().is_some_and(|s| tcp_tls(s)) {
+        let builder = if seeds.first().is_some_and(tcp_tls) {
             super::tls::cluster(builder, config)
         } else {
             builder
