@@ -1,4 +1,5 @@
-//! The health report: its JSON shape, its status rules, and its time bound.
+//! The health report: its JSON shape, its status rules, its time bound, and its public form
+//! (the detailed one without the error text).
 
 mod support;
 
@@ -31,7 +32,10 @@ async fn the_report_has_the_shape_services_serve_and_follows_redis() {
         .await
         .unwrap();
 
-    let json = serde_json::to_value(kit.health_report_with(&sessions).await).unwrap();
+    let report = kit.health_report_with(&sessions).await;
+    let json = serde_json::to_value(&report).unwrap();
+    // Healthy: nothing to leave out, so the public form is the whole report.
+    assert_eq!(serde_json::to_value(report.public()).unwrap(), json);
     assert_eq!(json["status"], "healthy");
     assert_eq!(json["redis"]["status"], "healthy");
     assert!(json["redis"]["latency"].as_u64().is_some(), "{json}");
@@ -59,17 +63,30 @@ async fn the_report_has_the_shape_services_serve_and_follows_redis() {
             .await
     );
     let started = Instant::now();
-    let json = serde_json::to_value(kit.health_report_with(&sessions).await).unwrap();
+    let report = kit.health_report_with(&sessions).await;
     assert!(
         started.elapsed() < Duration::from_millis(20),
         "{:?}",
         started.elapsed()
     );
+    let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["status"], "degraded", "{json}");
     assert_eq!(json["redis"]["status"], "unhealthy");
     assert_eq!(json["rateLimiter"]["tier"], "local");
     assert!(json["cache"]["totalKeys"].is_null());
     assert!(json["redis"]["lastError"].is_string());
+    // The public form of the same report: no error text, everything else as it was.
+    let public = serde_json::to_value(report.public()).unwrap();
+    assert!(public["redis"].get("lastError").is_none(), "{public}");
+    let mut expected = json.clone();
+    expected["redis"]
+        .as_object_mut()
+        .unwrap()
+        .remove("lastError");
+    assert_eq!(public, expected);
+    assert_eq!(public["redis"]["status"], "unhealthy");
+    assert_eq!(public["redis"]["state"], "down");
+    assert_eq!(public["sessions"]["active"], json["sessions"]["active"]);
 
     server.resume();
     assert!(
