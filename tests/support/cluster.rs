@@ -5,13 +5,17 @@
 //!
 //! [`RedisCluster::shared`] hands every test of a binary the same cluster while any holds it,
 //! so the suites do not start 6 processes per test; tests keep apart by key prefix.
+//!
+//! [`RedisCluster::start_tls`] starts a smaller one (3 primaries, no replicas) whose nodes
+//! speak only TLS, to clients and to each other (`--tls-cluster yes`); its seeds are
+//! `rediss://` URLs.
 
 use std::process::Command;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::server::{free_port, RedisServer};
+use super::server::{free_port, RedisServer, ServerTls};
 
 /// How long `cluster-node-timeout` is for clusters that tests break: a primary silent this
 /// long is failed over.
@@ -49,8 +53,31 @@ impl RedisCluster {
         Self::start_with_timeout(NODE_TIMEOUT_MS, extra)
     }
 
+    /// 3 primaries (no replicas) speaking only TLS with `tls`'s certificates, to clients and
+    /// on the cluster bus; joined with `redis-cli --tls --cluster create`.
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_tls(tls: &ServerTls) -> RedisCluster {
+        let timeout = NODE_TIMEOUT_MS.to_string();
+        let extra = [
+            "--cluster-node-timeout",
+            timeout.as_str(),
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+        ];
+        Self::launch_with(&extra, Some(tls), 0)
+    }
+
     fn launch(extra: &[&str]) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..6)
+        Self::launch_with(extra, None, 1)
+    }
+
+    /// Three primaries with `replicas` replicas each.
+    fn launch_with(extra: &[&str], tls: Option<&ServerTls>, replicas: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 let bus = free_port().to_string();
                 let mut args = vec![
@@ -68,10 +95,16 @@ impl RedisCluster {
                     "no",
                 ];
                 args.extend_from_slice(extra);
-                RedisServer::start_with(&args)
+                match tls {
+                    Some(tls) => RedisServer::start_tls(tls, &args),
+                    None => RedisServer::start_with(&args),
+                }
             })
             .collect();
         let mut create = Command::new("redis-cli");
+        if let Some(tls) = tls {
+            create.args(tls.cli_args());
+        }
         if let Some(pw) = extra
             .windows(2)
             .find(|w| w[0] == "--requirepass")
@@ -83,7 +116,7 @@ impl RedisCluster {
         for node in &nodes {
             create.arg(node.addr());
         }
-        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
         let out = create
             .output()
             .unwrap_or_else(|e| panic!("run redis-cli --cluster create: {e}"));
@@ -113,9 +146,16 @@ impl RedisCluster {
         cluster
     }
 
-    /// `host:port` of every node, primaries and replicas: the seeds a client may use.
+    /// `host:port` of every node, primaries and replicas: the seeds a client may use
+    /// (`rediss://host:port` for a cluster started with [`start_tls`](Self::start_tls)).
     pub fn seeds(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::addr).collect()
+        self.nodes
+            .iter()
+            .map(|node| match node.tls() {
+                Some(_) => node.url(),
+                None => node.addr(),
+            })
+            .collect()
     }
 
     /// Every node, in start order.

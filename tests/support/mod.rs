@@ -3,20 +3,25 @@
 //!
 //! - [`RedisServer`]: a private `redis-server` child process on a free loopback port
 //!   that can be crashed, hung and restarted to make faults.
+//! - [`Pki`] (feature `tls`) and [`ServerTls`]: certificates made at test time, and servers
+//!   and clusters that speak only TLS ([`RedisServer::start_tls`], [`RedisCluster::start_tls`]).
 //! - [`TcpProxy`]: a std-thread TCP forwarder for network faults (latency, partition,
 //!   dropped and refused connections) between tierkit and a server.
 //! - [`Backend`] and [`per_backend!`]: one suite body run against the embedded tier, a
 //!   server and a cluster, with one readiness rule ([`ready`]).
 //! - [`init_tracing`] and [`eventually`]: small helpers for tests.
 
-// Each test target compiles this module on its own and uses only part of it.
-#![allow(dead_code, unused_imports)]
+// Each test target compiles this module on its own and uses only part of it. loadgen includes
+// it too, and knows no `tls` feature.
+#![allow(dead_code, unused_imports, unexpected_cfgs)]
 
 pub mod backend;
 pub mod cluster;
 pub mod http;
 pub mod proxy;
 pub mod server;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -27,7 +32,9 @@ pub(crate) use backend::per_backend;
 pub use backend::{ready, Backend};
 pub use cluster::RedisCluster;
 pub use proxy::TcpProxy;
-pub use server::RedisServer;
+pub use server::{RedisServer, ServerTls};
+#[cfg(feature = "tls")]
+pub use tls::Pki;
 
 /// Installs a `tracing` subscriber that writes through the test harness's captured
 /// output, filtered by `RUST_LOG` (default: `warn`). Safe to call from every test.

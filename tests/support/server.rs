@@ -6,6 +6,10 @@
 //! Faults: [`RedisServer::stop`] (a crash: SIGKILL), [`RedisServer::hang`] (SIGSTOP),
 //! [`RedisServer::restart`] (same port, same args, same dir). Drop kills the process,
 //! and prints the server log if the test is panicking.
+//!
+//! [`RedisServer::start_tls`] starts one that speaks only TLS on its port (`--port 0
+//! --tls-port N`), with certificates from [`Pki`](super::tls::Pki); its [`url`](RedisServer::url)
+//! is then `rediss://` and its [`client`](RedisServer::client) speaks TLS.
 
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind as IoErrorKind;
@@ -33,11 +37,86 @@ const RESTART_BIND_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_FILE: &str = "redis.log";
 const STDIO_FILE: &str = "stdio.log";
 
+/// How a test server speaks TLS: its certificate and key, the CA it checks clients with, a
+/// client certificate and key for the harness's own connections, and whether the server
+/// requires client certificates (`--tls-auth-clients yes`). Made by
+/// [`Pki::server`](super::tls::Pki::server) (feature `tls`).
+#[derive(Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub auth_clients: bool,
+    /// Keeps the files' directory alive as long as the settings are.
+    pub keep: Option<std::sync::Arc<tempfile::TempDir>>,
+}
+
+impl ServerTls {
+    /// `redis-server` arguments: no plain port, TLS on `port`.
+    pub fn server_args(&self, port: u16) -> Vec<String> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&self.cert),
+            "--tls-key-file".into(),
+            path(&self.key),
+            "--tls-ca-cert-file".into(),
+            path(&self.ca),
+            "--tls-auth-clients".into(),
+            if self.auth_clients { "yes" } else { "no" }.into(),
+        ]
+    }
+
+    /// `redis-cli` arguments to reach such a server.
+    pub fn cli_args(&self) -> Vec<String> {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut args = vec!["--tls".into(), "--cacert".into(), path(&self.ca)];
+        if self.auth_clients {
+            args.extend([
+                "--cert".into(),
+                path(&self.client_cert),
+                "--key".into(),
+                path(&self.client_key),
+            ]);
+        }
+        args
+    }
+
+    /// A client for the harness's own use (readiness, inspection): trusts the CA and, when
+    /// the server requires one, presents the client certificate.
+    #[cfg(feature = "tls")]
+    pub fn client(&self, info: redis::ConnectionInfo) -> redis::Client {
+        let read = |p: &Path| fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let certs = redis::TlsCertificates {
+            client_tls: self.auth_clients.then(|| redis::ClientTlsConfig {
+                client_cert: read(&self.client_cert),
+                client_key: read(&self.client_key),
+            }),
+            root_cert: Some(read(&self.ca)),
+        };
+        redis::Client::build_with_tls(info, certs).expect("a TLS client for a test server")
+    }
+
+    /// Without tierkit's `tls` feature (and in loadgen) the harness speaks no TLS.
+    #[cfg(not(feature = "tls"))]
+    pub fn client(&self, _info: redis::ConnectionInfo) -> redis::Client {
+        panic!("a TLS test server needs tierkit's `tls` feature (cargo test --features tls)")
+    }
+}
+
 /// A running `redis-server` owned by a test. Killed (and waited for) on drop.
 pub struct RedisServer {
     bin: PathBuf,
     args: Vec<String>,
     port: u16,
+    /// Set for a server that speaks only TLS (boxed: most servers have none).
+    tls: Option<Box<ServerTls>>,
     child: Option<Child>,
     hung: bool,
     // Declared last so the process is gone before its dir is removed.
@@ -75,14 +154,29 @@ impl RedisServer {
     /// Like [`start_with`](Self::start_with) with an explicit binary path
     /// (ignores `$REDIS_SERVER_BIN`).
     pub fn start_with_bin(bin: impl AsRef<Path>, args: &[&str]) -> RedisServer {
+        Self::start_inner(bin.as_ref(), args, None)
+    }
+
+    /// Like [`start_with`](Self::start_with), speaking only TLS on its port with `tls`'s
+    /// certificates (`--port 0 --tls-port N`); `args` may add e.g. `--tls-cluster yes`.
+    pub fn start_tls(tls: &ServerTls, args: &[&str]) -> RedisServer {
+        let bin = std::env::var_os(REDIS_SERVER_BIN_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("redis-server"));
+        Self::start_inner(&bin, args, Some(Box::new(tls.clone())))
+    }
+
+    fn start_inner(bin: &Path, args: &[&str], tls: Option<Box<ServerTls>>) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("tierkit-redis-")
             .tempdir()
             .expect("create a temp dir for redis-server");
         let mut server = RedisServer {
-            bin: bin.as_ref().to_path_buf(),
+            bin: bin.to_path_buf(),
             args: args.iter().map(|a| a.to_string()).collect(),
             port: 0,
+            tls,
             child: None,
             hung: false,
             dir,
@@ -114,9 +208,20 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `"redis://127.0.0.1:PORT"` (no password, even with `--requirepass`).
+    /// `"redis://127.0.0.1:PORT"` (no password, even with `--requirepass`); `rediss://` for a
+    /// server started with [`start_tls`](Self::start_tls).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS settings of a server started with [`start_tls`](Self::start_tls).
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_deref()
     }
 
     /// The server's process id.
@@ -216,9 +321,15 @@ impl RedisServer {
     }
 
     /// A client for this server; authenticates with the `--requirepass` argument if
-    /// one was given.
+    /// one was given, and speaks TLS (trusting the test CA, with the client certificate when
+    /// the server requires one) to a server started with [`start_tls`](Self::start_tls).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.connection_info()).expect("valid redis connection info")
+        match &self.tls {
+            Some(tls) => tls.client(self.connection_info()),
+            None => {
+                redis::Client::open(self.connection_info()).expect("valid redis connection info")
+            }
+        }
     }
 
     /// A multiplexed async connection to this server, for tests and benches that look at or
@@ -270,8 +381,16 @@ impl RedisServer {
         if let Some(password) = self.password() {
             settings = settings.set_password(password);
         }
-        ConnectionAddr::Tcp("127.0.0.1".into(), self.port)
-            .into_connection_info()
+        let addr = match self.tls {
+            Some(_) => ConnectionAddr::TcpTls {
+                host: "127.0.0.1".into(),
+                port: self.port,
+                insecure: false,
+                tls_params: None,
+            },
+            None => ConnectionAddr::Tcp("127.0.0.1".into(), self.port),
+        };
+        addr.into_connection_info()
             .expect("valid redis connection info")
             .set_redis_settings(settings)
     }
@@ -292,9 +411,11 @@ impl RedisServer {
         let stderr = stdio.try_clone().expect("clone the stdio log handle");
 
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
+        match &self.tls {
+            Some(tls) => cmd.args(tls.server_args(self.port)),
+            None => cmd.arg("--port").arg(self.port.to_string()),
+        };
+        cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(dir)
