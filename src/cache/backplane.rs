@@ -19,7 +19,7 @@ use crate::conn::{Event, Subscription};
 
 /// What changed, by namespace name (ids are per process).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Op {
+pub(super) enum Op {
     Keys {
         ns: String,
         keys: Vec<String>,
@@ -42,7 +42,7 @@ pub(crate) enum Op {
 
 impl Op {
     /// The namespace the op is about.
-    pub(crate) fn namespace(&self) -> &str {
+    pub(super) fn namespace(&self) -> &str {
         match self {
             Op::Keys { ns, .. }
             | Op::Tag { ns, .. }
@@ -52,7 +52,7 @@ impl Op {
     }
 
     /// The keys the op names one by one (none for patterns and clears).
-    pub(crate) fn keys(&self) -> &[String] {
+    pub(super) fn keys(&self) -> &[String] {
         match self {
             Op::Keys { keys, .. } | Op::Tag { keys, .. } => keys,
             Op::Pattern { .. } | Op::Clear { .. } => &[],
@@ -76,7 +76,7 @@ struct MessageRef<'a> {
 }
 
 /// The payload announcing `op` from the instance `origin`.
-pub(crate) fn message(origin: u64, op: &Op) -> Vec<u8> {
+pub(super) fn message(origin: u64, op: &Op) -> Vec<u8> {
     // A message of strings always encodes; an empty payload is ignored by receivers.
     Codec::new()
         .encode(&MessageRef { origin, op })
@@ -104,7 +104,7 @@ impl CacheCore {
 
 /// Applies other instances' messages until `stop` fires (the last handle dropped). On every
 /// (re)subscription the L1 is forgotten: messages may have been missed while not subscribed.
-pub(crate) async fn listen(
+pub(super) async fn listen(
     core: Weak<CacheCore>,
     mut subscription: Subscription,
     mut stop: oneshot::Receiver<()>,

@@ -26,14 +26,14 @@ struct Registry {
 /// What one [`Tierkit`](crate::Tierkit) shares between its namespaces: the L1, the L2 (Redis,
 /// or none), the codec, the key schema and the backplane.
 pub(crate) struct CacheCore {
-    pub(crate) l1: L1,
-    pub(crate) l2: Tier,
-    pub(crate) codec: Codec,
-    pub(crate) keys: Keys,
+    pub(super) l1: L1,
+    pub(super) l2: Tier,
+    pub(super) codec: Codec,
+    pub(super) keys: Keys,
     /// Tags this instance's backplane messages so it skips its own.
-    pub(crate) origin: u64,
+    pub(super) origin: u64,
     /// Whether the backplane is subscribed (always false in embedded mode).
-    pub(crate) coherent: watch::Sender<bool>,
+    pub(super) coherent: watch::Sender<bool>,
     registry: Arc<RwLock<Registry>>,
     _stop_backplane: Option<oneshot::Sender<()>>,
 }
@@ -101,7 +101,7 @@ impl CacheCore {
 
     /// Registers a namespace, or returns the one already declared under that name when it has
     /// the same type and settings.
-    pub(crate) fn register(&self, candidate: NsShared) -> Result<Arc<NsShared>> {
+    pub(super) fn register(&self, candidate: NsShared) -> Result<Arc<NsShared>> {
         let mut reg = self.registry.write().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = reg.by_name.get(&candidate.name) {
             return if existing.same_declaration(&candidate) {
@@ -127,7 +127,7 @@ impl CacheCore {
         Ok(shared)
     }
 
-    pub(crate) fn namespaces(&self) -> Vec<Arc<NsShared>> {
+    pub(super) fn namespaces(&self) -> Vec<Arc<NsShared>> {
         read(&self.registry).by_id.clone()
     }
 
@@ -136,7 +136,7 @@ impl CacheCore {
     }
 
     /// Stops serving every L1 entry of every namespace, at once and without a clean-up pass.
-    pub(crate) fn forget_all(&self) {
+    pub(super) fn forget_all(&self) {
         for ns in read(&self.registry).by_id.iter() {
             ns.fresh.forget_l1();
         }

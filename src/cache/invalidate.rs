@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 impl CacheCore {
     /// Evicts the L1 entries an operation touched, here or (from the backplane) elsewhere.
-    pub(crate) async fn apply(&self, ns: &NsShared, op: &Op) {
+    pub(super) async fn apply(&self, ns: &NsShared, op: &Op) {
         let id = ns.id;
         // Bump before evicting: a read racing this sees either the bump or the eviction.
         match op {

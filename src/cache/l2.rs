@@ -9,6 +9,7 @@
 //! An L2 call is a Redis round trip (tens of microseconds), so the trait is `dyn` with boxed
 //! futures; the L1 hit path never reaches here.
 
+// Shadows the `redis` crate in this file only, which sends nothing to Redis itself.
 mod redis;
 
 use std::fmt;
@@ -26,7 +27,7 @@ use crate::keys::Keys;
 
 /// A namespace's place in the key schema: what an L2 needs to name its keys.
 #[derive(Debug)]
-pub(crate) struct Keyspace {
+pub(super) struct Keyspace {
     /// `{prefix}:c:{name}:v{version}:`
     entries: String,
     /// `{prefix}:c:{name}:t{version}:`
@@ -36,7 +37,7 @@ pub(crate) struct Keyspace {
 }
 
 impl Keyspace {
-    pub(crate) fn new(keys: &Keys, name: &str, version: u32) -> Keyspace {
+    pub(super) fn new(keys: &Keys, name: &str, version: u32) -> Keyspace {
         Keyspace {
             entries: keys.cache_entries(name, version),
             tags: keys.cache_tags(name, version),
@@ -45,7 +46,7 @@ impl Keyspace {
     }
 
     /// The Redis key of the caller's `key`.
-    pub(crate) fn entry(&self, key: &str) -> String {
+    pub(super) fn entry(&self, key: &str) -> String {
         let mut k = String::with_capacity(self.entries.len() + key.len());
         k.push_str(&self.entries);
         k.push_str(key);
@@ -59,18 +60,18 @@ impl Keyspace {
 }
 
 /// One entry to store: its key, stored bytes, TTL and tags.
-pub(crate) struct Entry<'a> {
-    pub(crate) key: &'a str,
-    pub(crate) bytes: &'a [u8],
-    pub(crate) ttl: Duration,
-    pub(crate) tags: &'a [Box<str>],
+pub(super) struct Entry<'a> {
+    pub(super) key: &'a str,
+    pub(super) bytes: &'a [u8],
+    pub(super) ttl: Duration,
+    pub(super) tags: &'a [Box<str>],
 }
 
 /// A shared second tier. Every call either reaches the tier or fails with the error that says
 /// why (counted by the caller, never shown to a reader); every change carries the backplane
 /// [`Op`] that tells other instances to evict their L1 copies, sent in the same round trip.
 #[async_trait]
-pub(crate) trait L2: Send + Sync + fmt::Debug {
+pub(super) trait L2: Send + Sync + fmt::Debug {
     /// Whether this tier keeps values. When it does not, values are only measured for the L1,
     /// never encoded, and the L1 is the deepest tier a key can be in.
     fn stores_values(&self) -> bool;
@@ -123,7 +124,7 @@ pub(crate) trait L2: Send + Sync + fmt::Debug {
 /// The embedded tier: nothing stored, every read a miss, every change done (the L1, the only
 /// tier, has already taken it).
 #[derive(Debug)]
-pub(crate) struct NoL2;
+pub(super) struct NoL2;
 
 #[async_trait]
 impl L2 for NoL2 {
@@ -174,7 +175,7 @@ impl L2 for NoL2 {
 }
 
 /// The L2 of one instance and the health that decides, per call, whether to use it.
-pub(crate) struct Tier {
+pub(super) struct Tier {
     l2: Box<dyn L2>,
     /// Redis's health; `None` for the embedded tier, which is always there.
     health: Option<Health>,
@@ -191,7 +192,7 @@ impl fmt::Debug for Tier {
 
 impl Tier {
     /// Redis through `conn`, publishing changes on `channel` as `origin`.
-    pub(crate) fn redis(conn: Conn, channel: String, origin: u64) -> Tier {
+    pub(super) fn redis(conn: Conn, channel: String, origin: u64) -> Tier {
         Tier {
             health: Some(conn.health().clone()),
             l2: Box::new(redis::RedisL2::new(conn, channel, origin)),
@@ -199,7 +200,7 @@ impl Tier {
     }
 
     /// No L2: the embedded tier.
-    pub(crate) fn none() -> Tier {
+    pub(super) fn none() -> Tier {
         Tier {
             l2: Box::new(NoL2),
             health: None,
@@ -212,7 +213,7 @@ impl Tier {
 
     /// The L2 for this call: the configured one, or, while health says Redis is down,
     /// [`Error::Unavailable`] at once, so no call waits for a timeout during an outage.
-    pub(crate) fn pick(&self) -> Result<&dyn L2> {
+    pub(super) fn pick(&self) -> Result<&dyn L2> {
         if self.is_down() {
             // Counted as the connection counts a call it refuses while Down.
             crate::metrics::redis_call(crate::metrics::stopwatch(), Some(&Error::Unavailable));
@@ -222,20 +223,20 @@ impl Tier {
     }
 
     /// What the configured L2 is, whatever its health: see [`L2::stores_values`].
-    pub(crate) fn stores_values(&self) -> bool {
+    pub(super) fn stores_values(&self) -> bool {
         self.l2.stores_values()
     }
 
     /// The server's figures. Not picked: the connection refuses its own calls while Down,
     /// and a report asks whatever the health.
-    pub(crate) async fn figures(&self) -> ServerFigures {
+    pub(super) async fn figures(&self) -> ServerFigures {
         self.l2.figures().await
     }
 }
 
 /// Counts a failed L2 call: skipped while Redis was down, an error otherwise. Redis errors
 /// never reach a reader.
-pub(crate) fn count_failure(counters: &Counters, err: &Error) {
+pub(super) fn count_failure(counters: &Counters, err: &Error) {
     match err {
         Error::Unavailable => bump(&counters.l2_skipped),
         _ => bump(&counters.l2_errors),

@@ -20,23 +20,23 @@ use super::stats::{CacheStats, Counters};
 use crate::error::Result;
 
 /// What a namespace is, shared by every handle to it.
-pub(crate) struct NsShared {
+pub(super) struct NsShared {
     /// Assigned at registration; part of every L1 key.
-    pub(crate) id: u32,
-    pub(crate) name: String,
+    pub(super) id: u32,
+    pub(super) name: String,
     pub(super) version: u32,
     pub(super) type_id: TypeId,
     pub(super) ttl: Duration,
     pub(super) l1_ttl: Duration,
     pub(super) jitter: f64,
-    pub(crate) counters: Counters,
+    pub(super) counters: Counters,
     /// A read that raced a change does not keep its result.
-    pub(crate) fresh: Freshness,
+    pub(super) fresh: Freshness,
     pub(super) keyspace: Keyspace,
 }
 
 impl NsShared {
-    pub(crate) fn same_declaration(&self, other: &NsShared) -> bool {
+    pub(super) fn same_declaration(&self, other: &NsShared) -> bool {
         self.type_id == other.type_id
             && self.version == other.version
             && self.ttl == other.ttl

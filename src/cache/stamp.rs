@@ -15,12 +15,12 @@ const STRIPES: usize = 1024;
 
 /// What a namespace's keys were like at one moment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Stamp(u64, u64);
+pub(super) struct Stamp(u64, u64);
 
 /// Change counters: `epoch` for whole-namespace changes (tags, patterns, clears), a stripe per
 /// key hash for single keys.
 #[derive(Debug)]
-pub(crate) struct Freshness {
+pub(super) struct Freshness {
     epoch: AtomicU64,
     stripes: Box<[AtomicU64]>,
     /// L1 entries made under an older generation are not served: dropping the whole L1 is
@@ -41,29 +41,29 @@ impl Default for Freshness {
 
 impl Freshness {
     /// Marks every key of the namespace as changed.
-    pub(crate) fn bump_all(&self) {
+    pub(super) fn bump_all(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Marks `key` (and the few keys sharing its stripe) as changed.
-    pub(crate) fn bump_key(&self, key: &str) {
+    pub(super) fn bump_key(&self, key: &str) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
     }
 
     /// Stops serving every L1 entry made so far (and marks every key changed, so no load in
     /// flight keeps its result). The entries leave L1 when next read, replaced or evicted.
-    pub(crate) fn forget_l1(&self) {
+    pub(super) fn forget_l1(&self) {
         self.bump_all();
         self.l1_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The L1 generation new entries are made under, and hits must match.
     #[inline]
-    pub(crate) fn generation(&self) -> u64 {
+    pub(super) fn generation(&self) -> u64 {
         self.l1_generation.load(Ordering::Acquire)
     }
 
-    pub(crate) fn stamp(&self, key: &str) -> Stamp {
+    pub(super) fn stamp(&self, key: &str) -> Stamp {
         Stamp(
             self.epoch.load(Ordering::Acquire),
             self.stripe(key).load(Ordering::Acquire),
@@ -71,7 +71,7 @@ impl Freshness {
     }
 
     /// Whether `key` may have changed since `stamp` was taken.
-    pub(crate) fn changed_since(&self, key: &str, stamp: Stamp) -> bool {
+    pub(super) fn changed_since(&self, key: &str, stamp: Stamp) -> bool {
         self.stamp(key) != stamp
     }
 

@@ -32,7 +32,7 @@ static TAKE_SET: LazyLock<redis::Script> = LazyLock::new(|| {
 
 /// Redis through one [`Conn`], publishing changes on the backplane channel.
 #[derive(Debug)]
-pub(crate) struct RedisL2 {
+pub(super) struct RedisL2 {
     conn: Conn,
     channel: String,
     /// Tags this instance's backplane messages so it skips its own.
@@ -40,7 +40,7 @@ pub(crate) struct RedisL2 {
 }
 
 impl RedisL2 {
-    pub(crate) fn new(conn: Conn, channel: String, origin: u64) -> RedisL2 {
+    pub(super) fn new(conn: Conn, channel: String, origin: u64) -> RedisL2 {
         RedisL2 {
             conn,
             channel,
