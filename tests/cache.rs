@@ -1,6 +1,8 @@
-//! The two-tier cache. `suite!` runs the behaviour every backend shares against the embedded
-//! (L1-only) cache and against a real redis-server; the Redis-only behaviour (L2, versioning,
-//! coherence, degradation) follows.
+//! The two-tier cache. The behaviour every backend shares is written once, as plain
+//! `async fn x(b: Backend)` bodies that `per_backend!` runs against the embedded (L1-only)
+//! cache, a real redis-server and the shared cluster. The Redis-only behaviour (L2, versioning,
+//! coherence, degradation) follows as plain tests on [`Backend::redis`]. Every instance is
+//! made ready by the one rule of `support::ready` (Redis `Up`, backplane subscribed).
 
 mod support;
 
@@ -9,9 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{
-    connected, connected_with, eventually, fast_cluster_config, RedisCluster, RedisServer, TcpProxy,
-};
+use support::{eventually, ready, Backend, RedisServer, TcpProxy};
 use tierkit::cache::{Reach, SetOptions, Source};
 use tierkit::health::HealthState;
 use tierkit::{Config, Error, Tierkit};
@@ -29,403 +29,347 @@ fn event(id: u64) -> Event {
     }
 }
 
-/// A tierkit instance and, for the Redis backend, the server it talks to.
-struct Fixture {
-    kit: Tierkit,
-    server: Option<RedisServer>,
-    /// Held so the shared cluster outlives the test.
-    _cluster: Option<std::sync::Arc<RedisCluster>>,
-}
-
-/// Starts an instance on `url` and waits until Redis is up and the backplane subscribed.
-/// An instance on `url` once Redis is up and its backplane subscribed.
-async fn coherent(url: &str) -> Tierkit {
-    let kit = connected(url).await;
-    ready(&kit).await;
-    kit
-}
-
-/// An instance with `config` once Redis is up and its backplane subscribed.
-async fn coherent_with(config: Config) -> Tierkit {
-    let kit = connected_with(config).await;
-    ready(&kit).await;
-    kit
-}
-
-async fn ready(kit: &Tierkit) {
-    let health = kit.health().unwrap();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await,
-        "{:?}",
-        health.status()
-    );
-    let coherent = eventually(Duration::from_secs(5), || async {
-        kit.cache_info().await.coherent
-    })
-    .await;
-    assert!(coherent.is_some(), "backplane never subscribed");
-}
-
-impl Fixture {
-    async fn embedded() -> Fixture {
-        Fixture {
-            kit: Tierkit::embedded(),
-            server: None,
-            _cluster: None,
-        }
-    }
-
-    async fn redis() -> Fixture {
-        let server = RedisServer::start();
-        let kit = coherent(&server.url()).await;
-        Fixture {
-            kit,
-            server: Some(server),
-            _cluster: None,
-        }
-    }
-
-    /// On the shared 3+3 cluster, under a prefix of its own.
-    async fn cluster() -> Fixture {
-        let cluster = RedisCluster::shared();
-        let kit = coherent_with(fast_cluster_config(&cluster)).await;
-        Fixture {
-            kit,
-            server: None,
-            _cluster: Some(cluster),
-        }
-    }
-}
-
 fn loader_ok(v: Event) -> impl FnOnce() -> std::future::Ready<Result<Event, std::io::Error>> {
     move || std::future::ready(Ok(v))
 }
 
-/// The behaviour both backends share, written once.
-macro_rules! suite {
-    ($module:ident, $backend:ident) => {
-        mod $module {
-            use super::*;
+/// The server of a [`Backend::redis`], to stop, hang or restart.
+fn redis_of(backend: &mut Backend) -> &mut RedisServer {
+    backend.server_mut().expect("a Redis backend")
+}
 
-            #[tokio::test]
-            async fn get_or_set_fills_then_hits_l1() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                let hit = events.get_or_set("1", loader_ok(event(1))).await.unwrap();
-                assert_eq!(hit.source(), Source::Loader);
-                assert_eq!(*hit, event(1));
-                let again = events
-                    .get_or_set("1", || async {
-                        Err::<Event, _>(std::io::Error::other("not called"))
-                    })
-                    .await
-                    .unwrap();
-                assert_eq!(again.source(), Source::L1);
-                let s = events.stats();
-                assert_eq!((s.l1_hits, s.misses, s.loader_calls), (1, 1, 1));
-                assert!((s.hit_ratio() - 0.5).abs() < 1e-9);
-            }
+// ---- Every backend ----------------------------------------------------------------------
 
-            #[tokio::test]
-            async fn set_get_invalidate() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                assert!(events.get("1").await.is_none());
-                assert_eq!(events.set("1", event(1)).await.unwrap(), Reach::AllTiers);
-                let hit = events.get("1").await.unwrap();
-                assert_eq!((hit.source(), &*hit), (Source::L1, &event(1)));
-                events.set("1", event(11)).await.unwrap();
-                assert_eq!(*events.get("1").await.unwrap(), event(11));
-                events.invalidate("1").await.unwrap();
-                assert!(events.get("1").await.is_none());
-                assert_eq!(events.stats().misses, 2);
-            }
+/// The generated `embedded`, `redis` and `cluster` modules live here, clear of the `redis`
+/// crate.
+mod every_backend {
+    use super::*;
 
-            #[tokio::test]
-            async fn many_at_once() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
+    crate::support::per_backend!([embedded, redis, cluster] [
+        get_or_set_fills_then_hits_l1,
+        set_get_invalidate,
+        many_at_once,
+        tags_patterns_and_clear,
+        thousand_concurrent_callers_one_loader_call,
+        loader_error_reaches_every_waiter_and_is_not_cached,
+        warming_loads_with_bounded_concurrency_and_skips_what_is_there,
+        l1_is_bounded_in_bytes,
+        bad_input_is_a_clear_error_and_touches_nothing,
+        unrelated_writes_do_not_discard_a_load,
+    ]);
+}
+
+async fn get_or_set_fills_then_hits_l1(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    let hit = events.get_or_set("1", loader_ok(event(1))).await.unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    assert_eq!(*hit, event(1));
+    let again = events
+        .get_or_set("1", || async {
+            Err::<Event, _>(std::io::Error::other("not called"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.source(), Source::L1);
+    let s = events.stats();
+    assert_eq!((s.l1_hits, s.misses, s.loader_calls), (1, 1, 1));
+    assert!((s.hit_ratio() - 0.5).abs() < 1e-9);
+}
+
+async fn set_get_invalidate(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    assert!(events.get("1").await.is_none());
+    assert_eq!(events.set("1", event(1)).await.unwrap(), Reach::AllTiers);
+    let hit = events.get("1").await.unwrap();
+    assert_eq!((hit.source(), &*hit), (Source::L1, &event(1)));
+    events.set("1", event(11)).await.unwrap();
+    assert_eq!(*events.get("1").await.unwrap(), event(11));
+    events.invalidate("1").await.unwrap();
+    assert!(events.get("1").await.is_none());
+    assert_eq!(events.stats().misses, 2);
+}
+
+async fn many_at_once(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    events
+        .set_many((0..10).map(|i| (i.to_string(), event(i))))
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    let got = events.get_many(&keys).await;
+    assert_eq!(got.len(), 12);
+    for (i, hit) in got.iter().enumerate() {
+        match hit {
+            Some(hit) => assert_eq!(**hit, event(i as u64)),
+            None => assert!(i >= 10, "key {i} missing"),
+        }
+    }
+}
+
+async fn tags_patterns_and_clear(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    let other = kit.namespace::<Event>("other").build().unwrap();
+    for i in 0..6u64 {
+        let tag = if i % 2 == 0 { "even" } else { "odd" };
+        events
+            .set_with(&format!("user:{i}"), event(i), SetOptions::new().tag(tag))
+            .await
+            .unwrap();
+        other.set(&format!("user:{i}"), event(i)).await.unwrap();
+    }
+    events.set("user:*", event(100)).await.unwrap();
+    events.set("team:1", event(200)).await.unwrap();
+
+    events.invalidate_tag("even").await.unwrap();
+    for i in 0..6u64 {
+        let present = events.get(&format!("user:{i}")).await.is_some();
+        assert_eq!(present, i % 2 == 1, "user:{i}");
+    }
+
+    // An escaped star matches only the literal key "user:*".
+    events.invalidate_pattern(r"user:\*").await.unwrap();
+    assert!(events.get("user:*").await.is_none());
+    assert!(events.get("user:1").await.is_some());
+
+    // Brackets are literal: no character class reaches user:1.
+    events.invalidate_pattern("user:[1]").await.unwrap();
+    assert!(events.get("user:1").await.is_some());
+
+    events.invalidate_pattern("user:?").await.unwrap();
+    assert!(events.get("user:1").await.is_none());
+    assert!(events.get("team:1").await.is_some());
+    // The other namespace is untouched.
+    assert!(other.get("user:1").await.is_some());
+
+    events.clear().await.unwrap();
+    assert!(events.get("team:1").await.is_none());
+    assert!(other.get("user:3").await.is_some());
+}
+
+async fn thousand_concurrent_callers_one_loader_call(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let events = events.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
                 events
-                    .set_many((0..10).map(|i| (i.to_string(), event(i))))
-                    .await
-                    .unwrap();
-                let keys: Vec<String> = (0..12).map(|i| i.to_string()).collect();
-                let got = events.get_many(&keys).await;
-                assert_eq!(got.len(), 12);
-                for (i, hit) in got.iter().enumerate() {
-                    match hit {
-                        Some(hit) => assert_eq!(**hit, event(i as u64)),
-                        None => assert!(i >= 10, "key {i} missing"),
-                    }
-                }
-            }
-
-            #[tokio::test]
-            async fn tags_patterns_and_clear() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                let other = f.kit.namespace::<Event>("other").build().unwrap();
-                for i in 0..6u64 {
-                    let tag = if i % 2 == 0 { "even" } else { "odd" };
-                    events
-                        .set_with(&format!("user:{i}"), event(i), SetOptions::new().tag(tag))
-                        .await
-                        .unwrap();
-                    other.set(&format!("user:{i}"), event(i)).await.unwrap();
-                }
-                events.set("user:*", event(100)).await.unwrap();
-                events.set("team:1", event(200)).await.unwrap();
-
-                events.invalidate_tag("even").await.unwrap();
-                for i in 0..6u64 {
-                    let present = events.get(&format!("user:{i}")).await.is_some();
-                    assert_eq!(present, i % 2 == 1, "user:{i}");
-                }
-
-                // An escaped star matches only the literal key "user:*".
-                events.invalidate_pattern(r"user:\*").await.unwrap();
-                assert!(events.get("user:*").await.is_none());
-                assert!(events.get("user:1").await.is_some());
-
-                // Brackets are literal: no character class reaches user:1.
-                events.invalidate_pattern("user:[1]").await.unwrap();
-                assert!(events.get("user:1").await.is_some());
-
-                events.invalidate_pattern("user:?").await.unwrap();
-                assert!(events.get("user:1").await.is_none());
-                assert!(events.get("team:1").await.is_some());
-                // The other namespace is untouched.
-                assert!(other.get("user:1").await.is_some());
-
-                events.clear().await.unwrap();
-                assert!(events.get("team:1").await.is_none());
-                assert!(other.get("user:3").await.is_some());
-            }
-
-            #[tokio::test]
-            async fn thousand_concurrent_callers_one_loader_call() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                let calls = Arc::new(AtomicUsize::new(0));
-                let tasks: Vec<_> = (0..1000)
-                    .map(|_| {
-                        let events = events.clone();
-                        let calls = calls.clone();
-                        tokio::spawn(async move {
-                            events
-                                .get_or_set("cold", || async move {
-                                    calls.fetch_add(1, Ordering::SeqCst);
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    Ok::<_, std::io::Error>(event(7))
-                                })
-                                .await
-                        })
+                    .get_or_set("cold", || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, std::io::Error>(event(7))
                     })
-                    .collect();
-                for t in tasks {
-                    assert_eq!(*t.await.unwrap().unwrap(), event(7));
-                }
-                assert_eq!(calls.load(Ordering::SeqCst), 1);
-                assert_eq!(events.stats().loader_calls, 1);
-            }
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(*t.await.unwrap().unwrap(), event(7));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(events.stats().loader_calls, 1);
+}
 
-            #[tokio::test]
-            async fn loader_error_reaches_every_waiter_and_is_not_cached() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                let calls = Arc::new(AtomicUsize::new(0));
-                let tasks: Vec<_> = (0..100)
-                    .map(|_| {
-                        let events = events.clone();
-                        let calls = calls.clone();
-                        tokio::spawn(async move {
-                            events
-                                .get_or_set("bad", || async move {
-                                    calls.fetch_add(1, Ordering::SeqCst);
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    Err::<Event, _>(std::io::Error::other("db down"))
-                                })
-                                .await
-                        })
+async fn loader_error_reaches_every_waiter_and_is_not_cached(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let events = events.clone();
+            let calls = calls.clone();
+            tokio::spawn(async move {
+                events
+                    .get_or_set("bad", || async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Err::<Event, _>(std::io::Error::other("db down"))
                     })
-                    .collect();
-                for t in tasks {
-                    let err = t.await.unwrap().unwrap_err();
-                    assert!(matches!(err, Error::Loader(_)), "{err:?}");
-                    assert!(err.to_string().contains("db down"));
-                }
-                assert_eq!(calls.load(Ordering::SeqCst), 1);
-                let hit = events.get_or_set("bad", loader_ok(event(8))).await.unwrap();
-                assert_eq!(hit.source(), Source::Loader);
-                assert_eq!(events.stats().loader_errors, 1);
-            }
-
-            #[tokio::test]
-            async fn warming_loads_with_bounded_concurrency_and_skips_what_is_there() {
-                let f = Fixture::$backend().await;
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                events.set("7", event(7)).await.unwrap();
-                let running = Arc::new(AtomicUsize::new(0));
-                let peak = Arc::new(AtomicUsize::new(0));
-                let reports = std::sync::Mutex::new(Vec::new());
-                let loader = |k: String| {
-                    let (running, peak) = (running.clone(), peak.clone());
-                    async move {
-                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                        peak.fetch_max(now, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        running.fetch_sub(1, Ordering::SeqCst);
-                        match k.parse::<u64>() {
-                            Ok(13) => Err(std::io::Error::other("no such event")),
-                            Ok(id) => Ok(event(id)),
-                            Err(e) => Err(std::io::Error::other(e)),
-                        }
-                    }
-                };
-                let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
-                let done = events
-                    .warm(keys.clone(), 4, loader, |p| reports.lock().unwrap().push(p))
                     .await
-                    .unwrap();
-                assert_eq!(
-                    (done.total, done.loaded, done.skipped, done.failed),
-                    (100, 98, 1, 1)
-                );
-                assert!(
-                    peak.load(Ordering::SeqCst) <= 4,
-                    "{}",
-                    peak.load(Ordering::SeqCst)
-                );
-                let reports = reports.into_inner().unwrap();
-                assert_eq!(reports.len(), 100);
-                assert_eq!(reports.last().copied(), Some(done));
-                assert_eq!(*events.get("42").await.unwrap(), event(42));
-                // A second pass finds everything in place but the one that failed.
-                let again = events
-                    .warm(
-                        keys,
-                        4,
-                        |k| async move { Ok::<_, std::io::Error>(event(k.parse().unwrap_or(0))) },
-                        |_| {},
-                    )
-                    .await
-                    .unwrap();
-                assert_eq!((again.skipped, again.loaded), (99, 1));
-                assert!(events
-                    .warm(
-                        ["x"],
-                        0,
-                        |_| async { Ok::<_, std::io::Error>(event(0)) },
-                        |_| {}
-                    )
-                    .await
-                    .is_err());
-            }
+            })
+        })
+        .collect();
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Loader(_)), "{err:?}");
+        assert!(err.to_string().contains("db down"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let hit = events.get_or_set("bad", loader_ok(event(8))).await.unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    assert_eq!(events.stats().loader_errors, 1);
+}
 
-            #[tokio::test]
-            async fn l1_is_bounded_in_bytes() {
-                let f = Fixture::$backend().await;
-                let url = f.server.as_ref().map(|s| s.url());
-                let mut b = Config::builder().l1_capacity(256 * 1024);
-                if let Some(url) = &url {
-                    b = b.redis_url(url);
-                }
-                let kit = Tierkit::new(b.build().unwrap()).unwrap();
-                let blobs = kit.namespace::<Vec<u64>>("blobs").build().unwrap();
-                // Random numbers do not compress: each entry weighs about 8 KiB.
-                for i in 0..200u64 {
-                    let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();
-                    blobs.set(&i.to_string(), v).await.unwrap();
-                }
-                let info = kit.cache_info().await;
-                assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
-                assert!(info.l1_entries < 40, "{}", info.l1_entries);
-                assert!(info.total.evictions > 100, "{:?}", info.total);
-
-                // Without eviction counts the bound holds the same; only the count is gone.
-                let mut b = Config::builder()
-                    .l1_capacity(256 * 1024)
-                    .l1_eviction_counts(false);
-                if let Some(url) = &url {
-                    b = b.redis_url(url);
-                }
-                let uncounted = Tierkit::new(b.build().unwrap()).unwrap();
-                let blobs = uncounted.namespace::<Vec<u64>>("blobs").build().unwrap();
-                for i in 0..200u64 {
-                    let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();
-                    blobs.set(&i.to_string(), v).await.unwrap();
-                }
-                let info = uncounted.cache_info().await;
-                assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
-                assert_eq!(info.total.evictions, 0);
-            }
-
-            #[tokio::test]
-            async fn bad_input_is_a_clear_error_and_touches_nothing() {
-                let f = Fixture::$backend().await;
-                for (name, field) in [("", "namespace"), ("a:b", "namespace"), ("a*", "namespace")]
-                {
-                    match f.kit.namespace::<Event>(name).build().unwrap_err() {
-                        Error::Config { field: got, .. } => assert_eq!(got, field),
-                        other => panic!("{other:?}"),
-                    }
-                }
-                let err = f
-                    .kit
-                    .namespace::<Event>("e")
-                    .l1_ttl(Duration::from_secs(7200))
-                    .build();
-                assert!(err.unwrap_err().to_string().contains("l1_ttl"));
-                let err = f.kit.namespace::<Event>("e").jitter(1.5).build();
-                assert!(err.unwrap_err().to_string().contains("jitter"));
-
-                let events = f.kit.namespace::<Event>("events").build().unwrap();
-                // Same name, other type: refused rather than reading one type as another.
-                assert!(f.kit.namespace::<String>("events").build().is_err());
-                let err = events
-                    .set_with("k", event(1), SetOptions::new().ttl(Duration::ZERO))
-                    .await
-                    .unwrap_err();
-                assert!(
-                    matches!(&err, Error::InvalidInput { what, .. } if what == "ttl"),
-                    "{err:?}"
-                );
-                assert!(matches!(
-                    events.invalidate_pattern("oops\\").await,
-                    Err(Error::InvalidInput { .. })
-                ));
-                assert!(matches!(
-                    events.invalidate_tag("").await,
-                    Err(Error::InvalidInput { .. })
-                ));
-                assert!(events.get("k").await.is_none());
-
-                let small = Tierkit::new(
-                    Config::builder()
-                        .codec(
-                            tierkit::Codec::builder()
-                                .max_value_size(64)
-                                .build()
-                                .unwrap(),
-                        )
-                        .build()
-                        .unwrap(),
-                )
-                .unwrap();
-                let big = small.namespace::<String>("big").build().unwrap();
-                let err = big.set("k", "x".repeat(1000)).await.unwrap_err();
-                assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
-                assert!(big.get("k").await.is_none());
+async fn warming_loads_with_bounded_concurrency_and_skips_what_is_there(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    events.set("7", event(7)).await.unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let reports = std::sync::Mutex::new(Vec::new());
+    let loader = |k: String| {
+        let (running, peak) = (running.clone(), peak.clone());
+        async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            running.fetch_sub(1, Ordering::SeqCst);
+            match k.parse::<u64>() {
+                Ok(13) => Err(std::io::Error::other("no such event")),
+                Ok(id) => Ok(event(id)),
+                Err(e) => Err(std::io::Error::other(e)),
             }
         }
     };
+    let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let done = events
+        .warm(keys.clone(), 4, loader, |p| reports.lock().unwrap().push(p))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.total, done.loaded, done.skipped, done.failed),
+        (100, 98, 1, 1)
+    );
+    assert!(
+        peak.load(Ordering::SeqCst) <= 4,
+        "{}",
+        peak.load(Ordering::SeqCst)
+    );
+    let reports = reports.into_inner().unwrap();
+    assert_eq!(reports.len(), 100);
+    assert_eq!(reports.last().copied(), Some(done));
+    assert_eq!(*events.get("42").await.unwrap(), event(42));
+    // A second pass finds everything in place but the one that failed.
+    let again = events
+        .warm(
+            keys,
+            4,
+            |k| async move { Ok::<_, std::io::Error>(event(k.parse().unwrap_or(0))) },
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.skipped, again.loaded), (99, 1));
+    assert!(events
+        .warm(
+            ["x"],
+            0,
+            |_| async { Ok::<_, std::io::Error>(event(0)) },
+            |_| {}
+        )
+        .await
+        .is_err());
 }
 
-suite!(on_embedded, embedded);
-suite!(on_redis, redis);
-suite!(on_cluster, cluster);
+async fn l1_is_bounded_in_bytes(b: Backend) {
+    let kit = b.kit_with(b.builder().l1_capacity(256 * 1024)).await;
+    let blobs = kit.namespace::<Vec<u64>>("blobs").build().unwrap();
+    // Random numbers do not compress: each entry weighs about 8 KiB.
+    for i in 0..200u64 {
+        let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();
+        blobs.set(&i.to_string(), v).await.unwrap();
+    }
+    let info = kit.cache_info().await;
+    assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
+    assert!(info.l1_entries < 40, "{}", info.l1_entries);
+    assert!(info.total.evictions > 100, "{:?}", info.total);
+
+    // Without eviction counts the bound holds the same; only the count is gone.
+    let uncounted = b
+        .kit_with(
+            b.builder()
+                .l1_capacity(256 * 1024)
+                .l1_eviction_counts(false),
+        )
+        .await;
+    let blobs = uncounted.namespace::<Vec<u64>>("blobs").build().unwrap();
+    for i in 0..200u64 {
+        let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();
+        blobs.set(&i.to_string(), v).await.unwrap();
+    }
+    let info = uncounted.cache_info().await;
+    assert!(info.l1_bytes <= 256 * 1024, "{}", info.l1_bytes);
+    assert_eq!(info.total.evictions, 0);
+}
+
+async fn bad_input_is_a_clear_error_and_touches_nothing(b: Backend) {
+    let kit = b.kit().await;
+    for (name, field) in [("", "namespace"), ("a:b", "namespace"), ("a*", "namespace")] {
+        match kit.namespace::<Event>(name).build().unwrap_err() {
+            Error::Config { field: got, .. } => assert_eq!(got, field),
+            other => panic!("{other:?}"),
+        }
+    }
+    let err = kit
+        .namespace::<Event>("e")
+        .l1_ttl(Duration::from_secs(7200))
+        .build();
+    assert!(err.unwrap_err().to_string().contains("l1_ttl"));
+    let err = kit.namespace::<Event>("e").jitter(1.5).build();
+    assert!(err.unwrap_err().to_string().contains("jitter"));
+
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    // Same name, other type: refused rather than reading one type as another.
+    assert!(kit.namespace::<String>("events").build().is_err());
+    let err = events
+        .set_with("k", event(1), SetOptions::new().ttl(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidInput { what, .. } if what == "ttl"),
+        "{err:?}"
+    );
+    assert!(matches!(
+        events.invalidate_pattern("oops\\").await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        events.invalidate_tag("").await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(events.get("k").await.is_none());
+
+    let small = b
+        .kit_with(
+            b.builder().codec(
+                tierkit::Codec::builder()
+                    .max_value_size(64)
+                    .build()
+                    .unwrap(),
+            ),
+        )
+        .await;
+    let big = small.namespace::<String>("big").build().unwrap();
+    let err = big.set("k", "x".repeat(1000)).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+    assert!(big.get("k").await.is_none());
+}
+
+async fn unrelated_writes_do_not_discard_a_load(b: Backend) {
+    let kit = b.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
+    let loading = tokio::spawn({
+        let events = events.clone();
+        async move {
+            events
+                .get_or_set("a", || async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, std::io::Error>(event(1))
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    events.set("b", event(2)).await.unwrap();
+    loading.await.unwrap().unwrap();
+    assert_eq!(events.get("a").await.unwrap().source(), Source::L1);
+}
 
 // ---- Redis only -------------------------------------------------------------------------
 
@@ -446,10 +390,10 @@ async fn command_calls(server: &RedisServer, command: &str) -> u64 {
 
 #[tokio::test]
 async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
-    let f = Fixture::redis().await;
-    let server = f.server.as_ref().unwrap();
-    let events = f
-        .kit
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let server = backend.server().unwrap();
+    let events = kit
         .namespace::<Event>("events")
         .ttl(Duration::from_secs(600))
         .build()
@@ -464,7 +408,7 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let stored: Event = f.kit.codec().decode(&bytes).unwrap();
+    let stored: Event = kit.codec().decode(&bytes).unwrap();
     assert_eq!(stored, event(1));
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
@@ -474,7 +418,7 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
     assert!((590_000..=600_000).contains(&pttl), "{pttl}");
 
     // A second instance has its own L1: its first read comes from L2, the next from L1.
-    let b = coherent(&server.url()).await;
+    let b = backend.kit().await;
     let events_b = b
         .namespace::<Event>("events")
         .ttl(Duration::from_secs(600))
@@ -491,9 +435,10 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
 
 #[tokio::test]
 async fn an_l1_hit_makes_no_redis_call_and_does_not_decode() {
-    let f = Fixture::redis().await;
-    let server = f.server.as_ref().unwrap();
-    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let server = backend.server().unwrap();
+    let events = kit.namespace::<Event>("events").build().unwrap();
     events.set("1", event(1)).await.unwrap();
     // Corrupt the L2 copy behind tierkit's back: an L1 hit must not notice.
     let mut c = server.async_connection().await;
@@ -513,10 +458,10 @@ async fn an_l1_hit_makes_no_redis_call_and_does_not_decode() {
 
 #[tokio::test]
 async fn ttl_override_and_jitter() {
-    let f = Fixture::redis().await;
-    let server = f.server.as_ref().unwrap();
-    let events = f
-        .kit
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let server = backend.server().unwrap();
+    let events = kit
         .namespace::<Event>("events")
         .ttl(Duration::from_secs(1000))
         .jitter(0.5)
@@ -559,9 +504,10 @@ async fn ttl_override_and_jitter() {
 
 #[tokio::test]
 async fn get_many_is_one_round_trip() {
-    let server = RedisServer::start();
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
     let proxy = TcpProxy::start(&server.addr());
-    let a = coherent(&server.url()).await;
+    let a = backend.kit().await;
     let events = a.namespace::<Event>("events").build().unwrap();
     events
         .set_many((0..100u64).map(|i| (i.to_string(), event(i))))
@@ -596,14 +542,9 @@ async fn get_many_is_one_round_trip() {
 
 #[tokio::test]
 async fn bumping_the_version_makes_old_entries_unreachable() {
-    let f = Fixture::redis().await;
-    let server = f.server.as_ref().unwrap();
-    let v1 = f
-        .kit
-        .namespace::<Event>("events")
-        .version(1)
-        .build()
-        .unwrap();
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let v1 = kit.namespace::<Event>("events").version(1).build().unwrap();
     v1.set("1", event(1)).await.unwrap();
 
     // The next deploy changes the type and bumps the version.
@@ -613,7 +554,7 @@ async fn bumping_the_version_makes_old_entries_unreachable() {
         title: String,
         venue: String,
     }
-    let b = coherent(&server.url()).await;
+    let b = backend.kit().await;
     let v2 = b.namespace::<EventV2>("events").version(2).build().unwrap();
     assert!(v2.get("1").await.is_none());
     assert_eq!(v2.stats().decode_failures, 0);
@@ -634,12 +575,13 @@ async fn bumping_the_version_makes_old_entries_unreachable() {
 
 #[tokio::test]
 async fn bytes_that_no_longer_decode_are_a_counted_miss_and_get_overwritten() {
-    let f = Fixture::redis().await;
-    let server = f.server.as_ref().unwrap();
-    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let server = backend.server().unwrap();
+    let events = kit.namespace::<Event>("events").build().unwrap();
     let mut c = server.async_connection().await;
     // Same version, incompatible bytes: a forgotten version bump, or another writer.
-    let foreign = f.kit.codec().encode(&"not an event").unwrap();
+    let foreign = kit.codec().encode(&"not an event").unwrap();
     let _: () = redis::cmd("SET")
         .arg(events.redis_key("1"))
         .arg(foreign)
@@ -663,7 +605,7 @@ async fn bytes_that_no_longer_decode_are_a_counted_miss_and_get_overwritten() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(f.kit.codec().decode::<Event>(&bytes).unwrap(), event(2));
+    assert_eq!(kit.codec().decode::<Event>(&bytes).unwrap(), event(2));
 }
 
 /// Polls `b` until `key` reads as `want` (None = absent); returns how long that took.
@@ -684,9 +626,9 @@ async fn seen(ns: &tierkit::cache::Namespace<Event>, key: &str, want: Option<Eve
 
 #[tokio::test]
 async fn updates_on_one_instance_reach_the_other_within_100ms() {
-    let server = RedisServer::start();
-    let a = coherent(&server.url()).await;
-    let b = coherent(&server.url()).await;
+    let backend = Backend::redis();
+    let a = backend.kit().await;
+    let b = backend.kit().await;
     let ea = a.namespace::<Event>("events").build().unwrap();
     let eb = b.namespace::<Event>("events").build().unwrap();
     ea.set("1", event(1)).await.unwrap();
@@ -723,8 +665,9 @@ async fn updates_on_one_instance_reach_the_other_within_100ms() {
 
 #[tokio::test]
 async fn a_dropped_backplane_connection_drops_l1_on_resubscribe() {
-    let server = RedisServer::start();
-    let b = coherent(&server.url()).await;
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
+    let b = backend.kit().await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     eb.set("1", event(1)).await.unwrap();
     assert_eq!(eb.get("1").await.unwrap().source(), Source::L1);
@@ -748,12 +691,12 @@ async fn a_dropped_backplane_connection_drops_l1_on_resubscribe() {
 
 #[tokio::test]
 async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
-    let mut server = RedisServer::start();
-    let kit = coherent(&server.url()).await;
+    let mut backend = Backend::redis();
+    let kit = backend.kit().await;
     let events = kit.namespace::<Event>("events").build().unwrap();
     events.set("warm", event(1)).await.unwrap();
 
-    server.stop();
+    redis_of(&mut backend).stop();
     assert!(
         kit.health()
             .unwrap()
@@ -787,18 +730,18 @@ async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
     let s = events.stats();
     assert!(s.l2_skipped >= 400, "{s:?}");
 
-    server.restart();
+    redis_of(&mut backend).restart();
     ready(&kit).await;
     events.set("back", event(5)).await.unwrap();
-    let b = coherent(&server.url()).await;
+    let b = backend.kit().await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     assert_eq!(eb.get("back").await.unwrap().source(), Source::L2);
 }
 
 #[tokio::test]
 async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_latency() {
-    let mut server = RedisServer::start();
-    let kit = coherent(&server.url()).await;
+    let mut backend = Backend::redis();
+    let kit = backend.kit().await;
     let events = kit.namespace::<Event>("events").build().unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let health = kit.health().unwrap().clone();
@@ -840,24 +783,24 @@ async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_l
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    server.hang();
+    redis_of(&mut backend).hang();
     assert!(
         health
             .wait_for(HealthState::Down, Duration::from_secs(2))
             .await
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    server.resume();
+    redis_of(&mut backend).resume();
     ready(&kit).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    server.stop();
+    redis_of(&mut backend).stop();
     assert!(
         health
             .wait_for(HealthState::Down, Duration::from_secs(2))
             .await
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    server.restart();
+    redis_of(&mut backend).restart();
     ready(&kit).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, Ordering::Relaxed);
@@ -875,16 +818,17 @@ async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_l
     assert!(reads > 100, "{reads}");
     // Back up: the L2 is used again.
     events.set("after", event(1)).await.unwrap();
-    let b = coherent(&server.url()).await;
+    let b = backend.kit().await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     assert_eq!(eb.get("after").await.unwrap().source(), Source::L2);
 }
 
 #[tokio::test]
 async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
-    let f = Fixture::redis().await;
-    let server = f.server.as_ref().unwrap();
-    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let server = backend.server().unwrap();
+    let events = kit.namespace::<Event>("events").build().unwrap();
     let slow = |v: Event| {
         move || async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -907,7 +851,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(f.kit.codec().decode::<Event>(&bytes).unwrap(), event(2));
+    assert_eq!(kit.codec().decode::<Event>(&bytes).unwrap(), event(2));
 
     // An invalidation during the load: the loaded value is kept in neither tier.
     let loading = tokio::spawn({
@@ -920,7 +864,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
     assert!(events.get("gone").await.is_none());
 
     // Another instance's write during the load is not overwritten either (SET NX).
-    let b = coherent(&server.url()).await;
+    let b = backend.kit().await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     let loading = tokio::spawn({
         let events = events.clone();
@@ -934,14 +878,15 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(f.kit.codec().decode::<Event>(&bytes).unwrap(), event(5));
+    assert_eq!(kit.codec().decode::<Event>(&bytes).unwrap(), event(5));
     assert_eq!(*events.get("shared").await.unwrap(), event(5));
 }
 
 #[tokio::test]
 async fn an_l2_read_racing_a_write_does_not_leave_the_old_value_in_l1() {
-    let server = RedisServer::start();
-    let a = coherent(&server.url()).await;
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
+    let a = backend.kit().await;
     a.namespace::<Event>("events")
         .build()
         .unwrap()
@@ -978,35 +923,15 @@ async fn an_l2_read_racing_a_write_does_not_leave_the_old_value_in_l1() {
 }
 
 #[tokio::test]
-async fn unrelated_writes_do_not_discard_a_load() {
-    let f = Fixture::redis().await;
-    let events = f.kit.namespace::<Event>("events").build().unwrap();
-    let loading = tokio::spawn({
-        let events = events.clone();
-        async move {
-            events
-                .get_or_set("a", || async {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok::<_, std::io::Error>(event(1))
-                })
-                .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    events.set("b", event(2)).await.unwrap();
-    loading.await.unwrap().unwrap();
-    assert_eq!(events.get("a").await.unwrap().source(), Source::L1);
-}
-
-#[tokio::test]
 async fn patterns_match_characters_not_bytes_in_redis_too() {
-    let f = Fixture::redis().await;
-    let events = f.kit.namespace::<Event>("events").build().unwrap();
+    let backend = Backend::redis();
+    let kit = backend.kit().await;
+    let events = kit.namespace::<Event>("events").build().unwrap();
     events.set("user:é", event(1)).await.unwrap();
     events.set("user:ab", event(2)).await.unwrap();
     let (reach, removed) = events.invalidate_pattern("user:?").await.unwrap();
     assert_eq!((reach, removed), (Reach::AllTiers, 1));
-    let b = coherent(&f.server.as_ref().unwrap().url()).await;
+    let b = backend.kit().await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     assert!(eb.get("user:é").await.is_none());
     assert!(eb.get("user:ab").await.is_some());
@@ -1014,7 +939,8 @@ async fn patterns_match_characters_not_bytes_in_redis_too() {
 
 #[tokio::test]
 async fn a_slow_redis_is_degraded_but_still_used() {
-    let server = RedisServer::start();
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
     let proxy = TcpProxy::start(&server.addr());
     let kit = Tierkit::new(
         Config::builder()
@@ -1047,11 +973,11 @@ async fn a_slow_redis_is_degraded_but_still_used() {
 
 #[tokio::test]
 async fn after_an_outage_each_instance_forgets_its_l1() {
-    let mut server = RedisServer::start();
-    let b = coherent(&server.url()).await;
+    let mut backend = Backend::redis();
+    let b = backend.kit().await;
     let eb = b.namespace::<Event>("events").build().unwrap();
     eb.set("k", event(1)).await.unwrap();
-    server.stop();
+    redis_of(&mut backend).stop();
     assert!(
         b.health()
             .unwrap()
@@ -1060,7 +986,7 @@ async fn after_an_outage_each_instance_forgets_its_l1() {
     );
     // During the outage L1 keeps serving.
     assert_eq!(eb.get("k").await.unwrap().source(), Source::L1);
-    server.restart();
+    redis_of(&mut backend).restart();
     ready(&b).await;
     // Back up, nothing in L1 is trusted: the restarted server has no such key, so: a miss.
     assert!(eb.get("k").await.is_none());

@@ -1,7 +1,9 @@
-//! Cross-instance L1 coherence over Redis pub/sub.
+//! Cross-instance L1 coherence over Redis pub/sub: what a message says, how it is encoded, and
+//! the listener that applies other instances' messages.
 //!
-//! Every write and invalidation publishes what it changed on one channel per key prefix; every
-//! instance evicts the matching L1 entries. Messages are at most once: when the subscription
+//! Every write and invalidation publishes what it changed on one channel per key prefix (the
+//! Redis L2 appends the `PUBLISH` to the change's own pipeline); every instance evicts the
+//! matching L1 entries. Messages are at most once: when the subscription
 //! drops (or health goes `Down`, which makes the subscription suspect), the instance forgets
 //! its whole L1 on resubscribing, since it may have missed messages meanwhile. The
 //! subscription itself (reconnects, node failover, liveness) is `conn`'s.
@@ -11,12 +13,13 @@ use std::sync::Weak;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::CacheCore;
+use super::base::CacheCore;
+use crate::codec::Codec;
 use crate::conn::{Event, Subscription};
 
 /// What changed, by namespace name (ids are per process).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Op {
+pub(super) enum Op {
     Keys {
         ns: String,
         keys: Vec<String>,
@@ -37,16 +40,71 @@ pub(crate) enum Op {
     },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Message {
+impl Op {
+    /// The namespace the op is about.
+    pub(super) fn namespace(&self) -> &str {
+        match self {
+            Op::Keys { ns, .. }
+            | Op::Tag { ns, .. }
+            | Op::Pattern { ns, .. }
+            | Op::Clear { ns } => ns,
+        }
+    }
+
+    /// The keys the op names one by one (none for patterns and clears).
+    pub(super) fn keys(&self) -> &[String] {
+        match self {
+            Op::Keys { keys, .. } | Op::Tag { keys, .. } => keys,
+            Op::Pattern { .. } | Op::Clear { .. } => &[],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
     /// The publishing instance, so it skips its own messages.
-    pub(crate) origin: u64,
-    pub(crate) op: Op,
+    origin: u64,
+    op: Op,
+}
+
+/// [`Message`] as sent: the op borrowed, so announcing a change copies none of its keys. Same
+/// fields in the same order, so it encodes exactly as a `Message`.
+#[derive(Serialize)]
+struct MessageRef<'a> {
+    origin: u64,
+    op: &'a Op,
+}
+
+/// The payload announcing `op` from the instance `origin`.
+pub(super) fn message(origin: u64, op: &Op) -> Vec<u8> {
+    // A message of strings always encodes; an empty payload is ignored by receivers.
+    Codec::new()
+        .encode(&MessageRef { origin, op })
+        .unwrap_or_default()
+}
+
+impl CacheCore {
+    /// Applies another instance's message; skips this instance's own and unreadable ones.
+    async fn on_message(&self, payload: &[u8]) {
+        let msg: Message = match Codec::new().decode(payload) {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::debug!(error = %e, "tierkit: ignoring an unreadable backplane message");
+                return;
+            }
+        };
+        if msg.origin == self.origin {
+            return;
+        }
+        if let Some(ns) = self.by_name(msg.op.namespace()) {
+            self.apply(&ns, &msg.op).await;
+        }
+    }
 }
 
 /// Applies other instances' messages until `stop` fires (the last handle dropped). On every
 /// (re)subscription the L1 is forgotten: messages may have been missed while not subscribed.
-pub(crate) async fn listen(
+pub(super) async fn listen(
     core: Weak<CacheCore>,
     mut subscription: Subscription,
     mut stop: oneshot::Receiver<()>,
@@ -80,5 +138,25 @@ pub(crate) async fn listen(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_sent_reads_back_as_sent() {
+        let op = Op::Tag {
+            ns: "events".into(),
+            tag: "t".into(),
+            keys: vec!["a".into(), "b".into()],
+        };
+        let msg: Message = Codec::new().decode(&message(7, &op)).unwrap();
+        assert_eq!((msg.origin, &msg.op), (7, &op));
+        assert_eq!(msg.op.keys(), ["a", "b"]);
+        assert_eq!(msg.op.namespace(), "events");
+        let clear = Op::Clear { ns: "x".into() };
+        assert!(clear.keys().is_empty());
     }
 }

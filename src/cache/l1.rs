@@ -1,4 +1,5 @@
-//! The in-process tier: one moka cache shared by every namespace, bounded in bytes.
+//! The in-process tier: one moka cache shared by every namespace, bounded in bytes, each entry
+//! expiring after its own TTL on moka's clock.
 
 use std::any::Any;
 use std::hash::{Hash, Hasher};
@@ -71,6 +72,12 @@ impl L1Value {
     }
 }
 
+/// An entry weighs what it takes to store: the encoded (and maybe compressed) envelope.
+pub(crate) fn weight_of(bytes: &[u8]) -> u32 {
+    u32::try_from(bytes.len()).unwrap_or(u32::MAX)
+}
+
+/// Expiry after each entry's own TTL, timed by moka (its `Instant`s, not tierkit's clock).
 struct PerEntryTtl;
 
 impl Expiry<L1Key, L1Value> for PerEntryTtl {

@@ -1,0 +1,177 @@
+//! Declaring a namespace: its settings, their defaults, and the checks that make a bad
+//! declaration an error at start-up rather than a surprise at the first write.
+
+use std::any::TypeId;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::base::CacheCore;
+use super::l2::Keyspace;
+use super::namespace::{Namespace, NsShared};
+use super::stamp::Freshness;
+use super::stats::Counters;
+use crate::error::{Error, Result};
+
+const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// Declares a namespace; get one from [`Tierkit::namespace`](crate::Tierkit::namespace).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let kit = tierkit::Tierkit::embedded();
+/// let events = kit
+///     .namespace::<Vec<String>>("events")
+///     .ttl(Duration::from_secs(30 * 60))
+///     .l1_ttl(Duration::from_secs(60))
+///     .version(2)
+///     .jitter(0.1)
+///     .build()?;
+/// # let _ = events;
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+#[must_use = "a builder does nothing until build() is called"]
+pub struct NamespaceBuilder<V> {
+    core: Arc<CacheCore>,
+    name: String,
+    ttl: Duration,
+    l1_ttl: Option<Duration>,
+    version: u32,
+    jitter: f64,
+    _type: PhantomData<fn() -> V>,
+}
+
+impl<V> std::fmt::Debug for NamespaceBuilder<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamespaceBuilder")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .field("l1_ttl", &self.l1_ttl)
+            .field("version", &self.version)
+            .field("jitter", &self.jitter)
+            .finish()
+    }
+}
+
+impl<V> NamespaceBuilder<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    pub(crate) fn new(core: Arc<CacheCore>, name: String) -> Self {
+        NamespaceBuilder {
+            core,
+            name,
+            ttl: DEFAULT_TTL,
+            l1_ttl: None,
+            version: 1,
+            jitter: 0.0,
+            _type: PhantomData,
+        }
+    }
+
+    /// How long an entry lives in Redis. Default: 1 hour.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long an entry lives in the L1, at most the TTL. A shorter L1 TTL bounds how stale
+    /// an L1 copy can get when the backplane is down. Default: the TTL.
+    pub fn l1_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_ttl = Some(ttl);
+        self
+    }
+
+    /// The schema version of `V`. Bump it when a deploy changes the type: old entries become
+    /// unreachable instead of being read as the new type. Default: 1.
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// Shortens each entry's TTL by a random fraction up to `fraction` (0 to 1, exclusive), so
+    /// entries written together do not expire together. Default: 0 (no jitter).
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// Validates and declares the namespace. Declaring the same name again with the same type
+    /// and settings gives a handle to the same namespace.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), a zero TTL,
+    /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, or a name already declared with
+    /// another type or settings.
+    pub fn build(self) -> Result<Namespace<V>> {
+        crate::keys::validate_name("namespace", &self.name)?;
+        if let Some(problem) = ttl_problem(self.ttl) {
+            return Err(Error::config("ttl", problem));
+        }
+        let l1_ttl = self.l1_ttl.unwrap_or(self.ttl);
+        if l1_ttl.is_zero() || l1_ttl > self.ttl {
+            return Err(Error::config(
+                "l1_ttl",
+                format!(
+                    "{l1_ttl:?} must be positive and at most the TTL {:?}",
+                    self.ttl
+                ),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(Error::config(
+                "jitter",
+                format!(
+                    "{} is outside [0, 1); e.g. 0.1 shortens TTLs by up to 10%",
+                    self.jitter
+                ),
+            ));
+        }
+        let core = &self.core;
+        let shared = core.register(NsShared {
+            id: 0,
+            keyspace: Keyspace::new(&core.keys, &self.name, self.version),
+            name: self.name,
+            version: self.version,
+            type_id: TypeId::of::<V>(),
+            ttl: self.ttl,
+            l1_ttl,
+            jitter: self.jitter,
+            counters: Counters::default(),
+            fresh: Freshness::default(),
+        })?;
+        Ok(Namespace {
+            l1: core.l1.clone(),
+            ns: shared,
+            core: self.core,
+            _type: PhantomData,
+        })
+    }
+}
+
+/// Redis takes TTLs in milliseconds up to `i64::MAX`; the problem, if `ttl` is outside.
+pub(super) fn ttl_problem(ttl: Duration) -> Option<String> {
+    const MAX: Duration = Duration::from_millis(i64::MAX as u64);
+    (ttl < Duration::from_millis(1) || ttl > MAX)
+        .then(|| format!("{ttl:?} is outside 1 ms ..= {MAX:?}; give a TTL Redis accepts"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_redis_refuses_are_named() {
+        assert!(ttl_problem(Duration::ZERO).is_some());
+        assert!(ttl_problem(Duration::from_micros(999)).is_some());
+        assert!(ttl_problem(Duration::from_millis(1)).is_none());
+        assert!(ttl_problem(Duration::MAX).is_some());
+    }
+}

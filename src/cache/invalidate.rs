@@ -1,0 +1,170 @@
+//! The invalidator: removing entries by key, tag, pattern or namespace. This instance's L1
+//! goes first, then L2 together with the backplane message that makes every other instance
+//! evict its L1 copies the same way ([`CacheCore::apply`], run here and on receipt).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::backplane::Op;
+use super::base::CacheCore;
+use super::l1::{self, KeyRef};
+use super::l2::count_failure;
+use super::namespace::{Namespace, NsShared, Reach};
+use super::pattern::Pattern;
+use crate::error::{Error, Result};
+
+impl CacheCore {
+    /// Evicts the L1 entries an operation touched, here or (from the backplane) elsewhere.
+    pub(super) async fn apply(&self, ns: &NsShared, op: &Op) {
+        let id = ns.id;
+        // Bump before evicting: a read racing this sees either the bump or the eviction.
+        match op {
+            Op::Keys { keys, .. } => {
+                for key in keys {
+                    ns.fresh.bump_key(key);
+                    self.l1.invalidate(&KeyRef { ns: id, key }).await;
+                }
+            }
+            Op::Tag { tag, keys, .. } => {
+                ns.fresh.bump_all();
+                for key in keys {
+                    self.l1.invalidate(&KeyRef { ns: id, key }).await;
+                }
+                let tag = tag.clone();
+                self.evict_if(move |k, v| k.ns == id && v.has_tag(&tag));
+            }
+            Op::Pattern { pattern, .. } => {
+                ns.fresh.bump_all();
+                match Pattern::parse(pattern) {
+                    Ok(p) => self.evict_if(move |k, _| k.ns == id && p.matches(&k.key)),
+                    // A pattern no instance could have sent; drop the namespace to be safe.
+                    Err(_) => self.evict_if(move |k, _| k.ns == id),
+                }
+            }
+            Op::Clear { .. } => {
+                ns.fresh.bump_all();
+                self.evict_if(move |k, _| k.ns == id);
+            }
+        }
+    }
+
+    fn evict_if(&self, pred: impl Fn(&l1::L1Key, &l1::L1Value) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.l1.invalidate_entries_if(pred) {
+            // Cannot happen: the L1 is built with support_invalidation_closures. Dropping all of
+            // L1 keeps the promise that invalidated entries are never served.
+            tracing::error!(error = %e, "tierkit: L1 predicate invalidation failed; dropping L1");
+            self.l1.invalidate_all();
+        }
+    }
+}
+
+impl<V> Namespace<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Removes `key` from L1, Redis and the other instances' L1.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for input checks. Redis failures give
+    /// [`Reach::L1Only`].
+    pub async fn invalidate(&self, key: &str) -> Result<Reach> {
+        let op = Op::Keys {
+            ns: self.ns.name.clone(),
+            keys: vec![key.to_owned()],
+        };
+        self.core.apply(&self.ns, &op).await;
+        let sent = async { self.l2()?.remove(&self.ns.keyspace, &op).await }.await;
+        Ok(self.reach(sent))
+    }
+
+    /// Removes every entry written with `tag` (see [`SetOptions::tag`](super::SetOptions::tag)),
+    /// in every tier and instance.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for an empty tag. Redis failures give [`Reach::L1Only`].
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<Reach> {
+        if tag.is_empty() {
+            return Err(Error::invalid(
+                "tag",
+                "is empty; tags need at least one character",
+            ));
+        }
+        let core = &self.core;
+        // Entries this instance wrote with the tag, whether or not Redis is reachable.
+        let local = Op::Tag {
+            ns: self.ns.name.clone(),
+            tag: tag.to_owned(),
+            keys: Vec::new(),
+        };
+        core.apply(&self.ns, &local).await;
+        if !core.l2.stores_values() {
+            // Every L1 entry was written here and knows its tags: the local pass was all.
+            return Ok(Reach::AllTiers);
+        }
+        let l2 = match self.l2() {
+            Ok(l2) => l2,
+            Err(e) => return Ok(self.reach(Err(e))),
+        };
+        let keys = match l2.take_tag(&self.ns.keyspace, tag).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                count_failure(&self.ns.counters, &e);
+                return Ok(Reach::L1Only);
+            }
+        };
+        // Entries read from L2 (here or elsewhere) do not know their tags: evict them by key.
+        let op = Op::Tag {
+            ns: self.ns.name.clone(),
+            tag: tag.to_owned(),
+            keys,
+        };
+        core.apply(&self.ns, &op).await;
+        let sent = l2.remove(&self.ns.keyspace, &op).await;
+        Ok(self.reach(sent))
+    }
+
+    /// Removes every entry whose key matches `pattern`, in every tier and instance, and returns
+    /// how many Redis entries were removed.
+    ///
+    /// The pattern is a glob over this namespace's keys only: `*` matches any run of
+    /// characters, `?` one character, `\` makes the next character literal, and everything
+    /// else (`[`, `]`, ...) is literal. Redis is walked with `SCAN` in batches, never `KEYS`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a pattern ending in a lone `\`. When Redis fails part way, the
+    /// entries removed so far stay removed and [`Reach::L1Only`] comes back with the count.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<(Reach, u64)> {
+        let parsed = Pattern::parse(pattern)?;
+        let op = Op::Pattern {
+            ns: self.ns.name.clone(),
+            pattern: parsed.source().to_owned(),
+        };
+        self.core.apply(&self.ns, &op).await;
+        Ok(self.remove_matching(Some(&parsed), op).await)
+    }
+
+    /// Removes every entry of this namespace, of every version, in every tier and instance,
+    /// and returns how many Redis keys were removed.
+    ///
+    /// # Errors
+    ///
+    /// None today; Redis failures give [`Reach::L1Only`] with the count removed so far.
+    pub async fn clear(&self) -> Result<(Reach, u64)> {
+        let op = Op::Clear {
+            ns: self.ns.name.clone(),
+        };
+        self.core.apply(&self.ns, &op).await;
+        Ok(self.remove_matching(None, op).await)
+    }
+
+    async fn remove_matching(&self, pattern: Option<&Pattern>, op: Op) -> (Reach, u64) {
+        let (removed, sent) = match self.l2() {
+            Ok(l2) => l2.remove_matching(&self.ns.keyspace, pattern, &op).await,
+            Err(e) => (0, Err(e)),
+        };
+        (self.reach(sent), removed)
+    }
+}

@@ -1,0 +1,153 @@
+//! The write path: `set`, `set_with`, `set_many`. A write is checked and encoded before
+//! anything changes, goes to L1, then to L2 with its tags and the backplane message in one
+//! round trip.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::backplane::Op;
+use super::builder::ttl_problem;
+use super::l1::{weight_of, L1Key};
+use super::l2::Entry;
+use super::namespace::{Namespace, Reach, SetOptions};
+use super::stats::add;
+use crate::error::{Error, Result};
+
+/// A checked, encoded write, ready for both tiers.
+struct Prepared<V> {
+    key: String,
+    value: Arc<V>,
+    /// `None` when the L2 stores no values: nothing goes to Redis.
+    bytes: Option<Vec<u8>>,
+    weight: u32,
+    ttl: Duration,
+    tags: Option<Arc<[Box<str>]>>,
+}
+
+impl<V> Namespace<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Writes `value` to L1 and Redis (write-through) and evicts other instances' L1 copies.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] or [`Error::Encode`] when the value cannot be stored; nothing is
+    /// written then. Redis failures are not errors: see [`Reach`].
+    pub async fn set(&self, key: &str, value: V) -> Result<Reach> {
+        self.set_with(key, value, SetOptions::default()).await
+    }
+
+    /// [`set`](Self::set) with a TTL override and tags.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set), and [`Error::InvalidInput`] for a TTL under 1 ms or an empty tag.
+    pub async fn set_with(&self, key: &str, value: V, opts: SetOptions) -> Result<Reach> {
+        let batch = self.prepare(key, value, &opts)?;
+        self.write(vec![batch]).await
+    }
+
+    /// Writes many entries in one Redis round trip.
+    ///
+    /// # Errors
+    ///
+    /// As [`set`](Self::set); when any value cannot be stored, nothing is written.
+    pub async fn set_many<K: AsRef<str>>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Reach> {
+        let opts = SetOptions::default();
+        let batch = entries
+            .into_iter()
+            .map(|(k, v)| self.prepare(k.as_ref(), v, &opts))
+            .collect::<Result<Vec<_>>>()?;
+        self.write(batch).await
+    }
+
+    fn prepare(&self, key: &str, value: V, opts: &SetOptions) -> Result<Prepared<V>> {
+        let ttl = opts.ttl.unwrap_or(self.ns.ttl);
+        if let Some(problem) = ttl_problem(ttl) {
+            return Err(Error::invalid("ttl", problem));
+        }
+        if opts.tags.iter().any(String::is_empty) {
+            return Err(Error::invalid(
+                "tag",
+                "is empty; tags need at least one character",
+            ));
+        }
+        let (bytes, weight) = self.encode(&value)?;
+        let tags: Option<Arc<[Box<str>]>> =
+            (!opts.tags.is_empty()).then(|| opts.tags.iter().map(|t| t.as_str().into()).collect());
+        Ok(Prepared {
+            key: key.to_owned(),
+            value: Arc::new(value),
+            bytes,
+            weight,
+            ttl: self.jittered(ttl),
+            tags,
+        })
+    }
+
+    /// The stored bytes of `value` and its L1 weight. With no L2 that stores values, the value
+    /// is only measured (no buffer, no compression) for its weight and size limit.
+    pub(super) fn encode(&self, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
+        if !self.core.l2.stores_values() {
+            let len = self.core.codec.measure(value)?;
+            return Ok((None, u32::try_from(len).unwrap_or(u32::MAX)));
+        }
+        let started = Instant::now();
+        let (bytes, info) = self.core.codec.encode_with_info(value)?;
+        let counters = &self.ns.counters;
+        add(&counters.encode_nanos, started.elapsed().as_nanos() as u64);
+        add(&counters.encoded_bytes, info.body_len as u64);
+        add(&counters.stored_bytes, info.stored_len as u64);
+        let weight = weight_of(&bytes);
+        Ok((Some(bytes), weight))
+    }
+
+    /// `ttl` shortened by the namespace's jitter.
+    pub(super) fn jittered(&self, ttl: Duration) -> Duration {
+        if self.ns.jitter == 0.0 {
+            return ttl;
+        }
+        let cut = ttl.mul_f64(self.ns.jitter * fastrand::f64());
+        ttl.saturating_sub(cut).max(Duration::from_millis(1))
+    }
+
+    /// L1 first, entry by entry (each key marked changed, so no read or load in flight keeps
+    /// an older value), then L2 and the backplane in one round trip.
+    async fn write(&self, batch: Vec<Prepared<V>>) -> Result<Reach> {
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut stored = Vec::with_capacity(batch.len());
+        for p in batch {
+            self.ns.fresh.bump_key(&p.key);
+            let value = self.l1_value(p.value, p.weight, p.ttl, p.tags.clone());
+            self.l1.insert(L1Key::new(self.ns.id, &p.key), value).await;
+            keys.push(p.key);
+            stored.push((p.bytes, p.ttl, p.tags));
+        }
+        let op = Op::Keys {
+            ns: self.ns.name.clone(),
+            keys,
+        };
+        let entries: Vec<Entry<'_>> = op
+            .keys()
+            .iter()
+            .zip(&stored)
+            .filter_map(|(key, (bytes, ttl, tags))| {
+                Some(Entry {
+                    key,
+                    bytes: bytes.as_deref()?,
+                    ttl: *ttl,
+                    tags: tags.as_deref().unwrap_or_default(),
+                })
+            })
+            .collect();
+        let sent = async { self.l2()?.write(&self.ns.keyspace, &entries, &op).await }.await;
+        Ok(self.reach(sent))
+    }
+}
