@@ -1,6 +1,8 @@
 //! The in-process tier of the limiter: a keyed governor (GCRA) holding this instance's share of
 //! the quota, over a bounded key space.
 
+use std::convert::Infallible;
+use std::future::{ready, Future};
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -11,7 +13,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::RateLimiter;
 use rustc_hash::FxBuildHasher;
 
-use super::{Decision, Tier};
+use super::decider::Decider;
+use super::{Decision, Quota, Tier};
 
 // Buckets are already hashes: a cheap multiplicative hasher is all the map needs.
 type Keyed = RateLimiter<
@@ -26,9 +29,10 @@ type Keyed = RateLimiter<
 /// whole store, so it is rare.
 const PRUNE_EVERY: u64 = 1 << 16;
 
-pub(crate) struct Local {
+pub(super) struct Local {
     limiter: Keyed,
-    clock: DefaultClock,
+    /// The quota's limit, which decisions report.
+    limit: u32,
     /// The share of the quota this tier enforces.
     share: NonZeroU32,
     /// The GCRA burst: half the share.
@@ -50,7 +54,8 @@ impl Local {
     /// where the share is a promise to the other instances). Otherwise plain GCRA with the
     /// whole share as burst (embedded mode): a client can reach up to twice the share across
     /// a window boundary, as with governor itself.
-    pub(crate) fn new(share: NonZeroU32, window: Duration, buckets: u64, strict: bool) -> Self {
+    pub(super) fn new(quota: Quota, share: NonZeroU32, buckets: u64, strict: bool) -> Self {
+        let window = quota.window();
         // GCRA allows its burst plus one unit per period in any window: a burst of half the
         // share, refilled over two windows, never lets more than the share through in any
         // window (a steady client gets half the share per window while Redis is down).
@@ -69,17 +74,16 @@ impl Local {
         } else {
             (window / refill).max(Duration::from_nanos(1))
         };
-        let quota = governor::Quota::with_period(period)
+        let gcra = governor::Quota::with_period(period)
             .unwrap_or_else(|| governor::Quota::per_second(burst))
             .allow_burst(burst);
-        let clock = DefaultClock::default();
         Local {
             limiter: RateLimiter::new(
-                quota,
+                gcra,
                 DefaultKeyedStateStore::with_hasher(FxBuildHasher),
-                clock.clone(),
+                DefaultClock::default(),
             ),
-            clock,
+            limit: quota.limit(),
             share,
             burst: burst.get(),
             period,
@@ -88,16 +92,25 @@ impl Local {
         }
     }
 
-    pub(crate) fn share(&self) -> u32 {
+    pub(super) fn share(&self) -> u32 {
         self.share.get()
     }
 
     /// Live buckets in the state store.
-    pub(crate) fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.limiter.len()
     }
 
-    pub(crate) fn decide(&self, key: &str, n: NonZeroU32, limit: u32) -> Decision {
+    /// The bucket `key` shares its budget in. Fx, not SipHash: crafted collisions only make
+    /// keys share a (stricter) budget, and the map holds at most `buckets` entries, so there
+    /// is nothing to flood. The high bits of the product pick the bucket (Lemire's
+    /// multiply-shift): no division, and Fx's high bits are its well-mixed ones.
+    fn bucket(&self, key: &str) -> u64 {
+        let hash = FxBuildHasher.hash_one(key);
+        ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64
+    }
+
+    fn decide_now(&self, key: &str, n: NonZeroU32) -> Decision {
         // Counted per thread (one count for every limiter on it): a shared atomic would cost a
         // locked add on every check for an event that only has to happen now and then.
         let due = CHECKS.with(|c| {
@@ -110,14 +123,9 @@ impl Local {
             // the next inserts grow (rehash) it again, a sixth of a check's time in a profile.
             self.limiter.retain_recent();
         }
-        // Fx, not SipHash: crafted collisions only make keys share a (stricter) budget, and the
-        // map holds at most `buckets` entries, so there is nothing to flood.
-        // The high bits of the product pick the bucket (Lemire's multiply-shift): no division,
-        // and Fx's high bits are its well-mixed ones.
-        let hash = FxBuildHasher.hash_one(key);
-        let bucket = ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64;
+        let limit = self.limit;
         let burst = self.burst;
-        match self.limiter.check_key_n(&bucket, n) {
+        match self.limiter.check_key_n(&self.bucket(key), n) {
             Ok(Ok(snapshot)) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 Decision {
@@ -131,7 +139,7 @@ impl Local {
                 }
             }
             Ok(Err(not_until)) => {
-                let wait = not_until.wait_time_from(self.clock.now());
+                let wait = not_until.wait_time_from(self.limiter.clock().now());
                 Decision {
                     allowed: false,
                     limit,
@@ -153,5 +161,19 @@ impl Local {
                 decided_at: None,
             },
         }
+    }
+}
+
+impl Decider for Local {
+    /// The local tier always answers.
+    type Error = Infallible;
+
+    #[inline]
+    fn decide(
+        &self,
+        key: &str,
+        n: NonZeroU32,
+    ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
+        ready(Ok(self.decide_now(key, n)))
     }
 }
