@@ -32,6 +32,13 @@
 //!   ([`LimiterBuilder::local_max_keys`]) and drops idle ones, so a flood of distinct keys
 //!   cannot grow memory without bound.
 //!
+//! ## Time
+//!
+//! The local tier and the block windows read the configured clock
+//! ([`ConfigBuilder::clock`](crate::ConfigBuilder::clock)), so a test moves them with a
+//! [`ManualClock`](crate::clock::ManualClock) instead of sleeping. The Redis window runs on the
+//! server's clock.
+//!
 //! ## Redis keys
 //!
 //! `{prefix}:rl:{limiter}:{key}`: a sorted set (log) or a hash (counter), expiring on its own
@@ -51,8 +58,9 @@ mod limiter;
 mod decider;
 mod local;
 mod scripts;
-// In-process memory: block windows.
+// In-process time and memory: governor's clock, block windows.
 mod block;
+mod clock;
 
 pub use builder::LimiterBuilder;
 pub use decision::{Decision, Tier};

@@ -21,8 +21,6 @@ use crate::keys::Keys;
 pub struct LimiterBuilder {
     conn: Option<Conn>,
     keys: Keys,
-    /// Held for the local tier's time decisions.
-    #[allow(dead_code)]
     clock: SharedClock,
     name: String,
     quota: Quota,
@@ -133,7 +131,7 @@ impl LimiterBuilder {
         let quota = self.quota;
         let blocks = self
             .block_for
-            .map(|ttl| Blocks::new(ttl, self.local_max_keys));
+            .map(|ttl| Blocks::new(ttl, self.local_max_keys, self.clock.clone()));
         let picker = match self.conn {
             // Embedded mode has no one to share with: the whole quota, as plain GCRA.
             None => Picker::embedded(Local::new(
@@ -141,11 +139,12 @@ impl LimiterBuilder {
                 NonZeroU32::new(quota.limit()).unwrap_or(NonZeroU32::MIN),
                 self.local_max_keys,
                 false,
+                &self.clock,
             )),
             Some(conn) => {
                 let share =
                     NonZeroU32::new(quota.limit() / instances.get()).unwrap_or(NonZeroU32::MIN);
-                let local = Local::new(quota, share, self.local_max_keys, true);
+                let local = Local::new(quota, share, self.local_max_keys, true, &self.clock);
                 let health = conn.health().clone();
                 let redis = RedisWindow::new(
                     conn,

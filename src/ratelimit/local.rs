@@ -1,5 +1,5 @@
 //! The in-process tier of the limiter: a keyed governor (GCRA) holding this instance's share of
-//! the quota, over a bounded key space.
+//! the quota, over a bounded key space, timed by the configured clock.
 
 use std::convert::Infallible;
 use std::future::{ready, Future};
@@ -7,20 +7,22 @@ use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::RateLimiter;
 use rustc_hash::FxBuildHasher;
 
+use super::clock::LocalClock;
 use super::decider::Decider;
 use super::{Decision, Quota, Tier};
+use crate::config::SharedClock;
 
 // Buckets are already hashes: a cheap multiplicative hasher is all the map needs.
 type Keyed = RateLimiter<
     u64,
     DefaultKeyedStateStore<u64, FxBuildHasher>,
-    DefaultClock,
+    LocalClock,
     StateInformationMiddleware,
 >;
 
@@ -54,7 +56,13 @@ impl Local {
     /// where the share is a promise to the other instances). Otherwise plain GCRA with the
     /// whole share as burst (embedded mode): a client can reach up to twice the share across
     /// a window boundary, as with governor itself.
-    pub(super) fn new(quota: Quota, share: NonZeroU32, buckets: u64, strict: bool) -> Self {
+    pub(super) fn new(
+        quota: Quota,
+        share: NonZeroU32,
+        buckets: u64,
+        strict: bool,
+        clock: &SharedClock,
+    ) -> Self {
         let window = quota.window();
         // GCRA allows its burst plus one unit per period in any window: a burst of half the
         // share, refilled over two windows, never lets more than the share through in any
@@ -81,7 +89,7 @@ impl Local {
             limiter: RateLimiter::new(
                 gcra,
                 DefaultKeyedStateStore::with_hasher(FxBuildHasher),
-                DefaultClock::default(),
+                LocalClock::new(clock),
             ),
             limit: quota.limit(),
             share,
@@ -175,5 +183,88 @@ impl Decider for Local {
         n: NonZeroU32,
     ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
         ready(Ok(self.decide_now(key, n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn local(limit: u32, window_ms: u64, strict: bool, clock: &ManualClock) -> Local {
+        let quota = Quota::new(limit, Duration::from_millis(window_ms)).unwrap();
+        let share = NonZeroU32::new(limit).unwrap();
+        Local::new(
+            quota,
+            share,
+            1_000,
+            strict,
+            &SharedClock::new(clock.clone()),
+        )
+    }
+
+    fn allowed(local: &Local, key: &str, times: u32) -> u32 {
+        (0..times)
+            .map(|_| u32::from(local.decide_now(key, NonZeroU32::MIN).allowed))
+            .sum()
+    }
+
+    #[test]
+    fn strict_shares_burst_half_and_refill_the_rest_over_two_windows() {
+        let clock = ManualClock::new();
+        let local = local(10, 1_000, true, &clock);
+        assert_eq!(allowed(&local, "k", 20), 5);
+        // One unit per 200 ms: the other half of the share over the window.
+        clock.advance(Duration::from_millis(199));
+        assert_eq!(allowed(&local, "k", 20), 0);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(allowed(&local, "k", 20), 1);
+        clock.advance(Duration::from_millis(800));
+        assert_eq!(allowed(&local, "k", 20), 4);
+    }
+
+    #[test]
+    fn embedded_bursts_the_whole_share_and_refills_it_over_one_window() {
+        let clock = ManualClock::new();
+        let local = local(10, 1_000, false, &clock);
+        let first = local.decide_now("k", NonZeroU32::MIN);
+        assert_eq!(
+            (first.remaining, first.reset_after),
+            (9, Duration::from_millis(100))
+        );
+        assert_eq!(allowed(&local, "k", 20), 9);
+        let refused = local.decide_now("k", NonZeroU32::MIN);
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(100)));
+        clock.advance(Duration::from_millis(1_000));
+        assert_eq!(allowed(&local, "k", 20), 10);
+    }
+
+    #[test]
+    fn more_units_than_the_burst_are_never_allowed() {
+        let clock = ManualClock::new();
+        let local = local(10, 1_000, true, &clock);
+        let d = local.decide_now("k", NonZeroU32::new(6).unwrap());
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Some(Duration::from_secs(1)));
+        // It spent nothing.
+        assert_eq!(allowed(&local, "k", 20), 5);
+    }
+
+    #[test]
+    fn a_bucket_is_picked_within_the_bound() {
+        let clock = ManualClock::new();
+        for buckets in [1, 2, 7, 1_000] {
+            let quota = Quota::new(1, Duration::from_secs(1)).unwrap();
+            let l = Local::new(
+                quota,
+                NonZeroU32::MIN,
+                buckets,
+                false,
+                &SharedClock::new(clock.clone()),
+            );
+            for i in 0..1_000 {
+                assert!(l.bucket(&format!("key{i}")) < buckets);
+            }
+        }
     }
 }
