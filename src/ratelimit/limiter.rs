@@ -1,6 +1,7 @@
 //! The handle: a [`Limiter`] checks the arguments, answers blocked keys from memory, asks the
 //! tier the picker chooses, and counts the decision.
 
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -108,8 +109,11 @@ impl Limiter {
     }
 
     /// Decides one request for `key`.
-    pub async fn check(&self, key: &str) -> Decision {
-        self.decide(key, NonZeroU32::MIN).await
+    //
+    // `decide`'s own future, not an `async fn` around it: one layer less to copy the decision
+    // through on the local path, which is benchmarked at tens of nanoseconds.
+    pub fn check<'a>(&'a self, key: &'a str) -> impl Future<Output = Decision> + Send + 'a {
+        self.decide(key, NonZeroU32::MIN)
     }
 
     /// Decides a request of `n` units for `key`.
@@ -129,28 +133,28 @@ impl Limiter {
         Ok(self.decide(key, units).await)
     }
 
+    // Blocks, the tier and the count in one async fn: each async layer on the local path moves
+    // the decision once more, and a local decision is benchmarked at tens of nanoseconds.
     async fn decide(&self, key: &str, n: NonZeroU32) -> Decision {
-        let decision = self.decide_unrecorded(key, n).await;
+        let inner = &self.0;
+        let decision = match inner.blocks.as_ref().and_then(|b| b.left(key)) {
+            Some(left) => Decision::blocked(inner.quota.limit(), left),
+            None => {
+                let Ok(decision) = inner.picker.decide(key, n).await;
+                if !decision.allowed {
+                    if let Some(blocks) = &inner.blocks {
+                        blocks.block(key);
+                    }
+                }
+                decision
+            }
+        };
         let decider = match decision.tier {
             Tier::Redis => metrics::Decider::Redis,
             Tier::Local => metrics::Decider::Local,
             Tier::Blocked => metrics::Decider::Blocked,
         };
-        self.0.metrics.record(decider, decision.allowed);
-        decision
-    }
-
-    async fn decide_unrecorded(&self, key: &str, n: NonZeroU32) -> Decision {
-        let inner = &self.0;
-        if let Some(left) = inner.blocks.as_ref().and_then(|b| b.left(key)) {
-            return Decision::blocked(inner.quota.limit(), left);
-        }
-        let Ok(decision) = inner.picker.decide(key, n).await;
-        if !decision.allowed {
-            if let Some(blocks) = &inner.blocks {
-                blocks.block(key);
-            }
-        }
+        inner.metrics.record(decider, decision.allowed);
         decision
     }
 }

@@ -2,7 +2,6 @@
 //! the quota, over a bounded key space, timed by the configured clock.
 
 use std::convert::Infallible;
-use std::future::{ready, Future};
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -176,13 +175,10 @@ impl Decider for Local {
     /// The local tier always answers.
     type Error = Infallible;
 
-    #[inline]
-    fn decide(
-        &self,
-        key: &str,
-        n: NonZeroU32,
-    ) -> impl Future<Output = Result<Decision, Infallible>> + Send {
-        ready(Ok(self.decide_now(key, n)))
+    // Decided when polled: a few instructions cheaper per check than `ready(..)`, which moves
+    // the decision through an `Option` (callgrind on the local-decision bench).
+    async fn decide(&self, key: &str, n: NonZeroU32) -> Result<Decision, Infallible> {
+        Ok(self.decide_now(key, n))
     }
 }
 
