@@ -1,21 +1,65 @@
-//! The rate limiter against real redis-server processes: exactness against a reference model,
-//! the counter's bound, takeover by governor on kill and hang, blocking, clock drift. `suite!`
-//! runs the shared behaviour on a single server and on a 3+3 Redis Cluster.
+//! The rate limiter, each behaviour written once and run per backend (`per_backend!`):
+//!
+//! - `decisions`: the fields of a decision, weighted requests and `retry_after`, on every
+//!   backend (embedded, a server, a cluster);
+//! - `redis_window`: the Redis algorithms, the log's exactness against a reference model and
+//!   the counter's bound, on a server and a cluster;
+//! - `local_tier`: the local tier's guarantees (the local share in any window, the whole quota
+//!   when embedded, bounded buckets, `fail_open`, blocks), on embedded and on Redis with health
+//!   forced Down, over randomized histories on a manual clock;
+//!
+//! then the faults only a real server makes (kill, hang), and what a blocked key saves Redis.
+//!
+//! The local tier and block windows run on the configured clock, so these tests advance a
+//! `ManualClock` instead of sleeping; Redis's windows run on the server's clock, in real time.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{connected, connected_with, fast_cluster_config, RedisCluster, RedisServer};
+use support::{fast_builder, per_backend, Backend};
+use tierkit::clock::{Clock, ManualClock};
 use tierkit::health::HealthState;
-use tierkit::ratelimit::{Algorithm, Decision, Quota, Tier};
+use tierkit::ratelimit::{Algorithm, Decision, Limiter, Quota, Tier};
 use tierkit::{Error, Tierkit};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
 
 fn quota(limit: u32, window: Duration) -> Quota {
     Quota::new(limit, window).unwrap()
+}
+
+fn micros(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+}
+
+/// The tier that decides on `b` while Redis is up.
+fn deciding_tier(b: &Backend) -> Tier {
+    if b.is_embedded() {
+        Tier::Local
+    } else {
+        Tier::Redis
+    }
+}
+
+/// Lets `d` pass for whoever decides on `b`: the manual clock moves the local tier, real time
+/// moves Redis's windows (the server's clock).
+async fn pass(b: &Backend, clock: &ManualClock, d: Duration) {
+    if b.is_embedded() {
+        clock.advance(d);
+    } else {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// How many of `calls` checks of `key` are allowed.
+async fn allowed_of(limiter: &Limiter, key: &str, calls: u32) -> u32 {
+    let mut allowed = 0;
+    for _ in 0..calls {
+        allowed += limiter.check(key).await.allowed as u32;
+    }
+    allowed
 }
 
 #[tokio::test]
@@ -37,6 +81,7 @@ async fn invalid_quotas_and_units_are_refused_with_clear_errors() {
         .block_for(Duration::ZERO)
         .build()
         .is_err());
+    assert!(kit.limiter("api", q).local_max_keys(0).build().is_err());
     let api = kit.limiter("api", q).build().unwrap();
     for n in [0, 6] {
         match api.check_n("k", n).await.unwrap_err() {
@@ -48,24 +93,607 @@ async fn invalid_quotas_and_units_are_refused_with_clear_errors() {
     assert_eq!(api.check_n("k", 5).await.unwrap().remaining, 0);
 }
 
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
+/// What a decision says, on every backend.
+///
+/// (`::redis::cmd` below: `per_backend!` declares a module named `redis` in here.)
+mod decisions {
+    use super::*;
+
+    per_backend!([embedded, redis, cluster] [
+        decisions_carry_every_field_and_weighted_requests_count_n,
+        waiting_retry_after_is_enough_for_both_algorithms,
+        a_large_weighted_request_is_one_cheap_decision,
+    ]);
+
+    async fn decisions_carry_every_field_and_weighted_requests_count_n(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = b.kit_with(b.builder().clock(clock.clone())).await;
+        let api = kit
+            .limiter("api", quota(10, Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        let d = api.check("user:1").await;
+        assert!(d.allowed);
+        assert_eq!((d.limit, d.remaining, d.tier), (10, 9, deciding_tier(&b)));
+        assert_eq!(d.retry_after, None);
+        if b.is_embedded() {
+            // GCRA: one unit comes back every window / limit.
+            assert_eq!(d.reset_after, Duration::from_secs(6));
+            assert_eq!(d.decided_at, None);
+        } else {
+            assert!(
+                d.reset_after > Duration::from_secs(59) && d.reset_after <= Duration::from_secs(60)
+            );
+            assert!(d.decided_at.is_some());
+        }
+        let d = api.check_n("user:1", 9).await.unwrap();
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 0);
+        let d = api.check_n("user:1", 2).await.unwrap();
+        assert!(!d.allowed);
+        let retry = d.retry_after.unwrap();
+        if b.is_embedded() {
+            assert_eq!(retry, Duration::from_secs(12), "two units back");
+        } else {
+            assert!(
+                retry > Duration::from_secs(59) && retry <= Duration::from_secs(60),
+                "{retry:?}"
+            );
+        }
+        // Another key has its own budget.
+        assert!(api.check("user:2").await.allowed);
+
+        if !b.is_embedded() {
+            // Keys live under the limiter's name and expire on their own.
+            let pttl: i64 = b.query(&kit, ::redis::cmd("PTTL"), "rl:api:user:1");
+            assert!(pttl > 59_000 && pttl <= 60_000, "{pttl}");
+        }
+    }
+
+    async fn waiting_retry_after_is_enough_for_both_algorithms(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = b.kit_with(b.builder().clock(clock.clone())).await;
+        for algorithm in [Algorithm::SlidingLog, Algorithm::SlidingCounter] {
+            let api = kit
+                .limiter(
+                    format!("retry{}", algorithm as u8),
+                    quota(3, Duration::from_millis(300)),
+                )
+                .algorithm(algorithm)
+                .build()
+                .unwrap();
+            for round in 0..3 {
+                let mut refused = None;
+                for _ in 0..10 {
+                    let d = api.check("k").await;
+                    assert_eq!(d.tier, deciding_tier(&b));
+                    if !d.allowed {
+                        refused = Some(d);
+                        break;
+                    }
+                }
+                let retry = refused.expect("the limit is reached").retry_after.unwrap();
+                assert!(
+                    retry <= Duration::from_millis(600),
+                    "{algorithm:?}: {retry:?}"
+                );
+                pass(&b, &clock, retry + Duration::from_millis(5)).await;
+                let d = api.check("k").await;
+                assert!(
+                    d.allowed,
+                    "{algorithm:?} round {round}: still refused after {retry:?}: {d:?}"
+                );
+            }
+        }
+    }
+
+    async fn a_large_weighted_request_is_one_cheap_decision(b: Backend) {
+        let kit = b.kit().await;
+        let api = kit
+            .limiter("bulk", quota(5_000, Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        let d = api.check_n("k", 5_000).await.unwrap();
+        assert_eq!(
+            (d.allowed, d.tier, d.remaining),
+            (true, deciding_tier(&b), 0)
+        );
+        if !b.is_embedded() {
+            // One script call with every unit in the log.
+            let size: u64 = b.query(&kit, ::redis::cmd("ZCARD"), "rl:bulk:k");
+            assert_eq!(size, 5_000);
+        }
+        assert!(!api.check("k").await.allowed);
+    }
+}
+
+/// How Redis counts, on a server and on a cluster.
+mod redis_window {
+    use super::*;
+
+    per_backend!([redis, cluster] [
+        the_log_records_only_admitted_requests,
+        the_sliding_log_matches_the_reference_model_across_skewed_instances,
+        the_sliding_counter_stays_within_its_documented_bound,
+    ]);
+
+    async fn the_log_records_only_admitted_requests(b: Backend) {
+        let kit = b.kit().await;
+        let api = kit
+            .limiter("api", quota(10, Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        assert_eq!(allowed_of(&api, "greedy", 500).await, 10);
+        let size: u64 = b.query(&kit, ::redis::cmd("ZCARD"), "rl:api:greedy");
+        assert_eq!(size, 10, "a client ignoring refusals must not grow the key");
+    }
+
+    async fn the_sliding_log_matches_the_reference_model_across_skewed_instances(b: Backend) {
+        let window = Duration::from_millis(300);
+        let w = window.as_micros() as i64;
+        for seed in 1..=3u64 {
+            let limit = 4 + seed as u32 * 2;
+            let seen = stress(&b, Algorithm::SlidingLog, limit, window, seed).await;
+            let (mut allowed, mut refused) = (0, 0);
+            for s in &seen {
+                let before = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
+                if s.allowed {
+                    allowed += 1;
+                    // Never more than `limit` in any window ending at an admission.
+                    assert!(before <= limit, "seed {seed}: {before} > {limit} at {s:?}");
+                } else {
+                    refused += 1;
+                    // Never a refusal the model allows (ties in one microsecond count as before).
+                    assert!(
+                        before + s.n > limit,
+                        "seed {seed}: refused {s:?} with {before} admitted"
+                    );
+                }
+            }
+            assert!(
+                allowed > 20 && refused > 20,
+                "seed {seed}: a weak schedule ({allowed}/{refused})"
+            );
+        }
+    }
+
+    async fn the_sliding_counter_stays_within_its_documented_bound(b: Backend) {
+        let window = Duration::from_millis(300);
+        let w = window.as_micros() as i64;
+        for seed in 1..=2u64 {
+            let limit = 10;
+            let seen = stress(&b, Algorithm::SlidingCounter, limit, window, 10 + seed).await;
+            for s in seen.iter().filter(|s| s.allowed) {
+                // Any sliding window: at most 2 x limit.
+                let sliding = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
+                assert!(
+                    sliding <= 2 * limit,
+                    "seed {seed}: {sliding} in a sliding window"
+                );
+                // The fixed window (aligned on the server clock) holding it: at most limit.
+                let start = s.at_us - s.at_us.rem_euclid(w);
+                let fixed = admitted_in(&seen, s.key, start - 1, start + w - 1);
+                assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
+            }
+            assert!(seen.iter().filter(|s| s.allowed).count() > 20);
+        }
+    }
+
+    /// One decision as recorded by the stress driver.
+    #[derive(Clone, Debug)]
+    struct Seen {
+        key: usize,
+        n: u32,
+        at_us: i64,
+        allowed: bool,
+    }
+
+    /// Drives a random schedule through three limiters (each on its own tierkit instance, with
+    /// an application clock skewed by minutes) sharing one Redis.
+    async fn stress(
+        backend: &Backend,
+        algorithm: Algorithm,
+        limit: u32,
+        window: Duration,
+        seed: u64,
+    ) -> Vec<Seen> {
+        let skews_min = [-7i64, 0, 5];
+        let mut limiters = Vec::new();
+        for (i, skew) in skews_min.iter().enumerate() {
+            let kit = backend.kit().await;
+            let skew = *skew;
+            let limiter = kit
+                .limiter(format!("stress{seed}"), quota(limit, window))
+                .algorithm(algorithm)
+                .instances(3)
+                .app_clock(move || {
+                    let now = SystemTime::now();
+                    let by = Duration::from_secs(skew.unsigned_abs() * 60);
+                    if skew < 0 {
+                        now - by
+                    } else {
+                        now + by
+                    }
+                })
+                .build()
+                .unwrap();
+            limiters.push((i, kit, limiter));
+        }
+        let tasks: Vec<_> = limiters
+            .into_iter()
+            .map(|(i, kit, limiter)| {
+                tokio::spawn(async move {
+                    let mut rng = fastrand::Rng::with_seed(seed * 31 + i as u64);
+                    let mut seen = Vec::new();
+                    let started = Instant::now();
+                    while started.elapsed() < window * 4 {
+                        let key = rng.usize(0..2);
+                        let n = rng.u32(1..=3.min(limit));
+                        let d: Decision = limiter.check_n(&format!("k{key}"), n).await.unwrap();
+                        assert_eq!(d.tier, Tier::Redis, "Redis must decide here");
+                        seen.push(Seen {
+                            key,
+                            n,
+                            at_us: micros(d.decided_at.unwrap()),
+                            allowed: d.allowed,
+                        });
+                        if rng.u8(0..4) == 0 {
+                            tokio::time::sleep(Duration::from_millis(rng.u64(0..8))).await;
+                        }
+                    }
+                    let drift = limiter.clock_drift_ms().unwrap();
+                    drop(kit);
+                    (seen, drift)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let (seen, drift) = t.await.unwrap();
+            // Each instance sees its own skew against the Redis clock.
+            let expected = skews_min[i] * 60_000;
+            assert!(
+                (drift - expected).abs() < 2_000,
+                "instance {i}: drift {drift} ms, skew {expected} ms"
+            );
+            all.extend(seen);
+        }
+        all.sort_by_key(|s| s.at_us);
+        all
+    }
+
+    /// Units admitted for `key` in the window `(from_exclusive, to_inclusive]`.
+    fn admitted_in(seen: &[Seen], key: usize, from_exclusive: i64, to_inclusive: i64) -> u32 {
+        seen.iter()
+            .filter(|s| {
+                s.allowed && s.key == key && s.at_us > from_exclusive && s.at_us <= to_inclusive
+            })
+            .map(|s| s.n)
+            .sum()
+    }
+}
+
+/// What the local tier guarantees: on embedded (the whole quota), and on Redis backends with
+/// health forced Down (this instance's share), on a manual clock.
+mod local_tier {
+    use super::*;
+
+    per_backend!([embedded, redis, cluster] [
+        random_histories_never_exceed_the_local_share,
+        the_local_tier_serves_its_share_and_bounds_its_keys,
+        fail_open_allows_everything_only_when_asked,
+        blocked_keys_are_refused_until_the_block_ends_on_the_clock,
+    ]);
+
+    /// A ready instance on `b` whose in-process time is `clock`, with Redis (if any) forced
+    /// Down, so the local tier decides.
+    async fn local_kit(b: &Backend, clock: &ManualClock) -> Tierkit {
+        let kit = b.kit_with(b.builder().clock(clock.clone())).await;
+        if let Some(health) = kit.health() {
+            health.force(HealthState::Down);
+        }
+        kit
+    }
+
+    /// Seeds of the randomized histories: `TIERKIT_SEEDS=n` runs `n` of them (default 16);
+    /// `TIERKIT_SEED=s` replays the one a failure names.
+    fn seeds() -> Vec<u64> {
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        match (var("TIERKIT_SEED"), var("TIERKIT_SEEDS")) {
+            (Some(seed), _) => vec![seed],
+            (None, n) => (1..=n.unwrap_or(16)).collect(),
+        }
+    }
+
+    /// One decision of a local-tier history.
+    #[derive(Clone, Debug)]
+    struct Step {
+        key: usize,
+        n: u32,
+        at: Duration,
+        allowed: bool,
+    }
+
+    /// The local tier's promise over a history, per key: at most `cap` units admitted in any
+    /// closed window of length `window`, and at most `burst` at any one instant.
+    fn check_history(
+        history: &[Step],
+        window: Duration,
+        cap: u32,
+        burst: u32,
+    ) -> Result<(), String> {
+        let admitted: Vec<&Step> = history.iter().filter(|s| s.allowed).collect();
+        for (i, first) in admitted.iter().enumerate() {
+            // The clock only moves forward, so the history is in time order.
+            let rest = || admitted[i..].iter().filter(|s| s.key == first.key);
+            let in_window: u32 = rest()
+                .take_while(|s| s.at <= first.at + window)
+                .map(|s| s.n)
+                .sum();
+            if in_window > cap {
+                return Err(format!(
+                    "{in_window} units in the window from {first:?}, cap {cap}"
+                ));
+            }
+            let at_once: u32 = rest().take_while(|s| s.at == first.at).map(|s| s.n).sum();
+            if at_once > burst {
+                return Err(format!(
+                    "{at_once} units at once from {first:?}, burst {burst}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Random keys, weights and clock moves (zero, a millisecond, just under a window, a window,
+    /// anything in between), with probes that hold the tier to its word: a refused request is
+    /// refused 1 ms before its `retry_after` and allowed at it; an allowed one's `remaining`
+    /// units are allowed at once, and one more is not. Then the whole history is checked.
+    async fn random_histories_never_exceed_the_local_share(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = local_kit(&b, &clock).await;
+        for seed in seeds() {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let limit = rng.u32(1..=24);
+            let instances = rng.u32(1..=4);
+            let window = Duration::from_millis(rng.u64(1..=5_000));
+            // Now and then so few buckets that keys share them (stricter, never laxer).
+            let buckets = if rng.u8(0..4) == 0 {
+                rng.u64(1..=3)
+            } else {
+                100_000
+            };
+            let api = kit
+                .limiter(format!("history{seed}"), quota(limit, window))
+                .instances(instances)
+                .local_max_keys(buckets)
+                .build()
+                .unwrap();
+            let share = api.local_share();
+            // Embedded: the whole quota as a burst, refilled over the window, so at most twice
+            // the limit in a window. Redis down: half the share as a burst, the rest over two
+            // windows, so never more than the share in any window.
+            let (cap, burst) = if b.is_embedded() {
+                assert_eq!(share, limit, "seed {seed}: embedded has the whole quota");
+                (2 * limit, limit)
+            } else {
+                assert_eq!(share, (limit / instances).max(1), "seed {seed}");
+                (share, share.div_ceil(2))
+            };
+            let context = format!("seed {seed} (limit {limit}, share {share}, {window:?})");
+            let mut history = Vec::new();
+            let decide = |key: usize, n: u32| {
+                let api = api.clone();
+                let at = clock.elapsed();
+                async move {
+                    let d = api.check_n(&format!("k{key}"), n).await.unwrap();
+                    (
+                        d,
+                        Step {
+                            key,
+                            n,
+                            at,
+                            allowed: false,
+                        },
+                    )
+                }
+            };
+
+            // A fresh key gets the whole burst at once, and no more.
+            for i in 0..=burst {
+                let (d, mut step) = decide(0, 1).await;
+                assert_eq!(
+                    d.allowed,
+                    i < burst,
+                    "{context}: unit {i} of a fresh key: {d:?}"
+                );
+                step.allowed = d.allowed;
+                history.push(step);
+            }
+            for op in 0..300 {
+                match rng.u8(0..10) {
+                    0 => clock.advance(Duration::ZERO),
+                    1 => clock.advance(Duration::from_millis(1)),
+                    2 => clock.advance(window.saturating_sub(Duration::from_millis(1))),
+                    3 => clock.advance(window),
+                    4 => clock.advance(Duration::from_millis(
+                        rng.u64(0..=window.as_millis() as u64),
+                    )),
+                    _ => {
+                        let key = rng.usize(0..4);
+                        // Now and then more than the burst, which the local tier never allows.
+                        let n = rng.u32(1..=(burst + 1).min(limit));
+                        let (d, mut step) = decide(key, n).await;
+                        let context = format!("{context}, op {op}: {n} for k{key}: {d:?}");
+                        assert_eq!((d.tier, d.limit), (Tier::Local, limit), "{context}");
+                        step.allowed = d.allowed;
+                        history.push(step);
+                        if d.allowed {
+                            assert!(d.retry_after.is_none() && d.remaining < burst, "{context}");
+                            if d.remaining > 0 && rng.bool() {
+                                let (all, mut step) = decide(key, d.remaining).await;
+                                assert!(all.allowed && all.remaining == 0, "{context}: {all:?}");
+                                step.allowed = true;
+                                history.push(step);
+                                let (more, step) = decide(key, 1).await;
+                                assert!(!more.allowed, "{context}: {more:?}");
+                                history.push(step);
+                            }
+                            continue;
+                        }
+                        let retry = d.retry_after.expect("a refusal says when to retry");
+                        if n > burst {
+                            assert_eq!(retry, window, "{context}");
+                            continue;
+                        }
+                        assert!(!retry.is_zero() && retry <= window * 2, "{context}");
+                        if rng.bool() {
+                            clock.advance(retry.saturating_sub(Duration::from_millis(1)));
+                            let (early, step) = decide(key, n).await;
+                            assert!(!early.allowed, "{context}: early {early:?}");
+                            history.push(step);
+                            clock.advance(Duration::from_millis(1));
+                            let (on_time, mut step) = decide(key, n).await;
+                            assert!(on_time.allowed, "{context}: on time {on_time:?}");
+                            step.allowed = true;
+                            history.push(step);
+                        }
+                    }
+                }
+            }
+            if let Err(broken) = check_history(&history, window, cap, burst) {
+                panic!("{context}: {broken}");
+            }
+            let admitted = history.iter().filter(|s| s.allowed).count();
+            assert!(
+                admitted > burst as usize,
+                "{context}: a weak history ({admitted})"
+            );
+            assert!(
+                api.local_keys() as u64 <= buckets,
+                "{context}: {}",
+                api.local_keys()
+            );
+        }
+    }
+
+    async fn the_local_tier_serves_its_share_and_bounds_its_keys(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = local_kit(&b, &clock).await;
+        let api = kit
+            .limiter("api", quota(5, Duration::from_secs(60)))
+            .instances(3)
+            .local_max_keys(100)
+            .build()
+            .unwrap();
+        if b.is_embedded() {
+            assert_eq!(api.local_share(), 5, "embedded: nobody to share with");
+        } else {
+            assert_eq!(api.local_share(), 1, "5 / 3 instances");
+        }
+        let mut got = 0;
+        for _ in 0..20 {
+            let d = api.check("k").await;
+            assert_eq!(d.tier, Tier::Local);
+            got += d.allowed as u32;
+        }
+        // Embedded: the whole quota at once. Down: half the share at once (at least one).
+        assert_eq!(got, if b.is_embedded() { 5 } else { 1 });
+        // A flood of distinct keys stays within the bucket bound.
+        for i in 0..10_000 {
+            api.check(&format!("flood{i}")).await;
+        }
+        assert!(api.local_keys() <= 100, "{}", api.local_keys());
+
+        // Back up: Redis decides again, with its own (fresh) window.
+        if let Some(health) = kit.health() {
+            health.unforce();
+            assert_eq!(api.tier(), Tier::Redis);
+            let d = api.check("k").await;
+            assert_eq!((d.allowed, d.tier), (true, Tier::Redis));
+        }
+    }
+
+    async fn fail_open_allows_everything_only_when_asked(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = local_kit(&b, &clock).await;
+        let open = kit
+            .limiter("open", quota(2, Duration::from_secs(60)))
+            .fail_open(true)
+            .build()
+            .unwrap();
+        let closed = kit
+            .limiter("closed", quota(2, Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        if b.is_embedded() {
+            // No Redis to be down: the whole quota, whatever fail_open says.
+            assert_eq!(allowed_of(&open, "k", 50).await, 2);
+            assert_eq!(allowed_of(&closed, "k", 50).await, 2);
+            return;
+        }
+        for _ in 0..50 {
+            let d = open.check("k").await;
+            assert!(d.allowed && d.tier == Tier::Local, "{d:?}");
+        }
+        // The strict local share of 2: a burst of 1 now, the other unit over the window.
+        assert_eq!(allowed_of(&closed, "k", 50).await, 1);
+    }
+
+    async fn blocked_keys_are_refused_until_the_block_ends_on_the_clock(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = local_kit(&b, &clock).await;
+        let block = Duration::from_millis(500);
+        let api = kit
+            .limiter("api", quota(2, Duration::from_millis(200)))
+            .block_for(block)
+            .build()
+            .unwrap();
+        // Embedded: a burst of the whole quota; Down: half the share.
+        let burst = if b.is_embedded() { 2 } else { 1 };
+        for _ in 0..burst {
+            assert!(api.check("k").await.allowed);
+        }
+        let d = api.check("k").await;
+        assert_eq!((d.allowed, d.tier), (false, Tier::Local));
+        for _ in 0..20 {
+            let d = api.check("k").await;
+            assert_eq!((d.allowed, d.tier), (false, Tier::Blocked));
+            assert_eq!(d.retry_after, Some(block), "the clock has not moved");
+        }
+        // Other keys are unaffected.
+        assert_eq!(api.check("other").await.tier, Tier::Local);
+        clock.advance(block - Duration::from_millis(1));
+        let d = api.check("k").await;
+        assert_eq!((d.allowed, d.tier), (false, Tier::Blocked));
+        assert_eq!(d.retry_after, Some(Duration::from_millis(1)));
+        clock.advance(Duration::from_millis(1));
+        let d = api.check("k").await;
+        assert_eq!((d.allowed, d.tier), (true, Tier::Local));
+    }
 }
 
 #[tokio::test]
 async fn governor_takes_over_on_kill_within_the_local_share_and_redis_takes_back() {
-    let mut server = RedisServer::start();
-    let kit = connected(&server.url()).await;
+    let mut b = Backend::redis();
+    // The local tier's time stands still: its decisions are exact.
+    let clock = ManualClock::new();
+    let kit = b.kit_with(b.builder().clock(clock.clone())).await;
     let api = kit
         .limiter("api", quota(30, Duration::from_secs(60)))
         .instances(3)
+        .build()
+        .unwrap();
+    let open = kit
+        .limiter("open", quota(30, Duration::from_secs(60)))
+        .fail_open(true)
         .build()
         .unwrap();
     assert_eq!(api.local_share(), 10);
     for _ in 0..5 {
         assert_eq!(api.check("user").await.tier, Tier::Redis);
     }
-    server.stop();
+    b.server_mut().unwrap().stop();
     let mut allowed_during = 0;
     let mut slowest = Duration::ZERO;
     for _ in 0..200 {
@@ -82,8 +710,8 @@ async fn governor_takes_over_on_kill_within_the_local_share_and_redis_takes_back
         "{slowest:?}"
     );
     // Half the local share as a burst (the other half refills over two windows, so no window
-    // ever sees more than the share), plus at most one unit refilled during the run.
-    assert!((5..=6).contains(&allowed_during), "{allowed_during}");
+    // ever sees more than the share); the clock did not move, so nothing refilled.
+    assert_eq!(allowed_during, 5);
     // The failed calls and probes take health Down: from then on no call is even tried.
     assert!(
         kit.health()
@@ -92,8 +720,13 @@ async fn governor_takes_over_on_kill_within_the_local_share_and_redis_takes_back
             .await
     );
     assert_eq!(api.tier(), Tier::Local);
+    // Observed Down (not forced): fail_open allows everything.
+    for _ in 0..50 {
+        let d = open.check("user").await;
+        assert!(d.allowed && d.tier == Tier::Local, "{d:?}");
+    }
 
-    server.restart();
+    b.server_mut().unwrap().restart();
     assert!(
         kit.health()
             .unwrap()
@@ -110,8 +743,8 @@ async fn governor_takes_over_on_kill_within_the_local_share_and_redis_takes_back
 
 #[tokio::test]
 async fn a_hung_server_never_holds_a_decision_past_the_op_timeout() {
-    let mut server = RedisServer::start();
-    let kit = connected(&server.url()).await;
+    let mut b = Backend::redis();
+    let kit = b.kit().await;
     let api = kit
         .limiter("api", quota(1000, Duration::from_secs(60)))
         .build()
@@ -135,11 +768,12 @@ async fn a_hung_server_never_holds_a_decision_past_the_op_timeout() {
             })
         })
         .collect();
+    // Real time throughout: the workers must meet Redis answering, hung and back.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    server.hang();
+    b.server_mut().unwrap().hang();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.tier(), Tier::Local);
-    server.resume();
+    b.server_mut().unwrap().resume();
     assert!(
         kit.health()
             .unwrap()
@@ -162,53 +796,20 @@ async fn a_hung_server_never_holds_a_decision_past_the_op_timeout() {
 }
 
 #[tokio::test]
-async fn fail_open_allows_everything_only_when_asked() {
-    let mut server = RedisServer::start();
-    let kit = connected(&server.url()).await;
-    let open = kit
-        .limiter("open", quota(2, Duration::from_secs(60)))
-        .fail_open(true)
-        .build()
-        .unwrap();
-    let closed = kit
-        .limiter("closed", quota(2, Duration::from_secs(60)))
-        .build()
-        .unwrap();
-    server.stop();
-    assert!(
-        kit.health()
-            .unwrap()
-            .wait_for(HealthState::Down, Duration::from_secs(2))
-            .await
-    );
-    for _ in 0..50 {
-        let d = open.check("k").await;
-        assert!(d.allowed && d.tier == Tier::Local);
-    }
-    // The strict local share of 2: a burst of 1 now, the other unit over the window.
-    let allowed: u32 = futures_sum(&closed).await;
-    assert_eq!(allowed, 1);
-}
-
-async fn futures_sum(limiter: &tierkit::ratelimit::Limiter) -> u32 {
-    let mut allowed = 0;
-    for _ in 0..50 {
-        allowed += limiter.check("k").await.allowed as u32;
-    }
-    allowed
-}
-
-#[tokio::test]
 async fn blocked_keys_are_answered_from_memory_until_the_block_ends() {
-    let server = RedisServer::start();
-    let kit = connected(&server.url()).await;
+    let b = Backend::redis();
+    let clock = ManualClock::new();
+    let kit = b.kit_with(b.builder().clock(clock.clone())).await;
+    let window = Duration::from_millis(200);
+    let block = Duration::from_millis(500);
     let api = kit
-        .limiter("api", quota(2, Duration::from_millis(200)))
-        .block_for(Duration::from_millis(500))
+        .limiter("api", quota(2, window))
+        .block_for(block)
         .build()
         .unwrap();
     assert!(api.check("k").await.allowed);
     assert!(api.check("k").await.allowed);
+    let admitted = Instant::now();
     let d = api.check("k").await;
     assert_eq!((d.allowed, d.tier), (false, Tier::Redis));
 
@@ -219,6 +820,7 @@ async fn blocked_keys_are_answered_from_memory_until_the_block_ends() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
+    let server = b.server().unwrap();
     let mut c = server.async_connection().await;
     let before: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -228,8 +830,15 @@ async fn blocked_keys_are_answered_from_memory_until_the_block_ends() {
     for _ in 0..20 {
         let d = api.check("k").await;
         assert_eq!((d.allowed, d.tier), (false, Tier::Blocked));
-        assert!(d.retry_after.unwrap() <= Duration::from_millis(500));
+        assert_eq!(
+            d.retry_after,
+            Some(block),
+            "the block runs on the manual clock"
+        );
     }
+    clock.advance(block - Duration::from_millis(1));
+    let d = api.check("k").await;
+    assert_eq!((d.allowed, d.tier), (false, Tier::Blocked));
     let after: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut c)
@@ -243,53 +852,38 @@ async fn blocked_keys_are_answered_from_memory_until_the_block_ends() {
     // Other keys are unaffected.
     assert_eq!(api.check("other").await.tier, Tier::Redis);
 
-    tokio::time::sleep(Duration::from_millis(550)).await;
+    // The block ends on the manual clock; Redis's window ends in real time.
+    clock.advance(Duration::from_millis(1));
+    tokio::time::sleep((window + Duration::from_millis(20)).saturating_sub(admitted.elapsed()))
+        .await;
     let d = api.check("k").await;
     assert_eq!((d.allowed, d.tier), (true, Tier::Redis));
 }
 
 #[tokio::test]
-async fn embedded_mode_serves_the_whole_quota_and_bounds_its_keys() {
-    let kit = Tierkit::embedded();
-    let api = kit
-        .limiter("api", quota(5, Duration::from_secs(60)))
-        .instances(3)
-        .local_max_keys(100)
-        .build()
-        .unwrap();
-    assert_eq!(api.local_share(), 5, "embedded: nobody to share with");
-    let mut got = 0;
-    for _ in 0..20 {
-        let d = api.check("k").await;
-        assert_eq!(d.tier, Tier::Local);
-        got += d.allowed as u32;
-    }
-    assert_eq!(got, 5);
-    // A flood of distinct keys stays within the bucket bound.
-    for i in 0..10_000 {
-        api.check(&format!("flood{i}")).await;
-    }
-    assert!(api.local_keys() <= 100, "{}", api.local_keys());
-}
-
-#[tokio::test]
 async fn the_local_tier_never_allows_more_than_its_share_in_any_window() {
     // Redis configured but never reachable: the fallback decides from the start.
-    let kit = Tierkit::new(support::fast_config("redis://127.0.0.1:1")).unwrap();
+    let clock = ManualClock::new();
+    let config = fast_builder()
+        .redis_url("redis://127.0.0.1:1")
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let kit = Tierkit::new(config).unwrap();
     let window = Duration::from_millis(400);
     let api = kit.limiter("api", quota(10, window)).build().unwrap();
-    let started = Instant::now();
+    let started = clock.elapsed();
     let mut allowed_at = Vec::new();
-    while started.elapsed() < window * 5 {
+    while clock.elapsed() - started < window * 5 {
         if api.check("k").await.allowed {
-            allowed_at.push(started.elapsed());
+            allowed_at.push(clock.elapsed() - started);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        clock.advance(Duration::from_millis(5));
     }
     for (i, t) in allowed_at.iter().enumerate() {
         let in_window = allowed_at[i..]
             .iter()
-            .take_while(|u| **u < *t + window)
+            .take_while(|u| **u <= *t + window)
             .count();
         assert!(
             in_window <= 10,
@@ -299,320 +893,3 @@ async fn the_local_tier_never_allows_more_than_its_share_in_any_window() {
     // A steady client still gets through: at least half the share per window.
     assert!(allowed_at.len() >= 5 * 5, "{}", allowed_at.len());
 }
-
-/// Where a shared test runs: its own redis-server, or the shared cluster under a prefix of
-/// its own (every instance a test makes shares that prefix, as a service's instances do).
-enum Backend {
-    Server(RedisServer),
-    Cluster {
-        cluster: Arc<RedisCluster>,
-        config: Box<tierkit::Config>,
-    },
-}
-
-impl Backend {
-    fn redis() -> Backend {
-        Backend::Server(RedisServer::start())
-    }
-
-    fn cluster() -> Backend {
-        let cluster = RedisCluster::shared();
-        let config = fast_cluster_config(&cluster);
-        Backend::Cluster {
-            cluster,
-            config: Box::new(config),
-        }
-    }
-
-    /// One more tierkit instance on this backend, once Redis is up.
-    async fn kit(&self) -> Tierkit {
-        match self {
-            Backend::Server(server) => connected(&server.url()).await,
-            Backend::Cluster { config, .. } => connected_with((**config).clone()).await,
-        }
-    }
-
-    /// `cmd` on `{prefix}:{key}`, sent to the node holding it.
-    fn query<T: redis::FromRedisValue>(&self, kit: &Tierkit, mut cmd: redis::Cmd, key: &str) -> T {
-        let key = format!("{}:{key}", kit.config().prefix());
-        let node = match self {
-            Backend::Server(server) => server,
-            Backend::Cluster { cluster, .. } => {
-                &cluster.nodes()[cluster.primary_of(&key).expect("a primary serves the key")]
-            }
-        };
-        let mut con = node.client().get_connection().unwrap();
-        cmd.arg(&key).query(&mut con).unwrap()
-    }
-}
-
-/// One decision as recorded by the stress driver.
-#[derive(Clone, Debug)]
-struct Seen {
-    key: usize,
-    n: u32,
-    at_us: i64,
-    allowed: bool,
-}
-
-/// Drives a random schedule through `instances` limiters (each on its own tierkit instance,
-/// with an application clock skewed by minutes) sharing one Redis.
-async fn stress(
-    backend: &Backend,
-    algorithm: Algorithm,
-    limit: u32,
-    window: Duration,
-    seed: u64,
-) -> Vec<Seen> {
-    let skews_min = [-7i64, 0, 5];
-    let mut limiters = Vec::new();
-    for (i, skew) in skews_min.iter().enumerate() {
-        let kit = backend.kit().await;
-        let skew = *skew;
-        let limiter = kit
-            .limiter(format!("stress{seed}"), quota(limit, window))
-            .algorithm(algorithm)
-            .instances(3)
-            .app_clock(move || {
-                let now = SystemTime::now();
-                let by = Duration::from_secs(skew.unsigned_abs() * 60);
-                if skew < 0 {
-                    now - by
-                } else {
-                    now + by
-                }
-            })
-            .build()
-            .unwrap();
-        limiters.push((i, kit, limiter));
-    }
-    let tasks: Vec<_> = limiters
-        .into_iter()
-        .map(|(i, kit, limiter)| {
-            tokio::spawn(async move {
-                let mut rng = fastrand::Rng::with_seed(seed * 31 + i as u64);
-                let mut seen = Vec::new();
-                let started = Instant::now();
-                while started.elapsed() < window * 4 {
-                    let key = rng.usize(0..2);
-                    let n = rng.u32(1..=3.min(limit));
-                    let d: Decision = limiter.check_n(&format!("k{key}"), n).await.unwrap();
-                    assert_eq!(d.tier, Tier::Redis, "Redis must decide here");
-                    seen.push(Seen {
-                        key,
-                        n,
-                        at_us: micros(d.decided_at.unwrap()),
-                        allowed: d.allowed,
-                    });
-                    if rng.u8(0..4) == 0 {
-                        tokio::time::sleep(Duration::from_millis(rng.u64(0..8))).await;
-                    }
-                }
-                let drift = limiter.clock_drift_ms().unwrap();
-                drop(kit);
-                (seen, drift)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for (i, t) in tasks.into_iter().enumerate() {
-        let (seen, drift) = t.await.unwrap();
-        // Each instance sees its own skew against the Redis clock.
-        let expected = skews_min[i] * 60_000;
-        assert!(
-            (drift - expected).abs() < 2_000,
-            "instance {i}: drift {drift} ms, skew {expected} ms"
-        );
-        all.extend(seen);
-    }
-    all.sort_by_key(|s| s.at_us);
-    all
-}
-
-/// Units admitted for `key` in the window `(t - w, t]`.
-fn admitted_in(seen: &[Seen], key: usize, from_exclusive: i64, to_inclusive: i64) -> u32 {
-    seen.iter()
-        .filter(|s| {
-            s.allowed && s.key == key && s.at_us > from_exclusive && s.at_us <= to_inclusive
-        })
-        .map(|s| s.n)
-        .sum()
-}
-
-/// The limiter's behaviour on Redis, written once for a single server and for a cluster.
-macro_rules! suite {
-    ($module:ident, $backend:ident) => {
-        mod $module {
-            use super::*;
-
-            #[tokio::test]
-            async fn redis_decisions_carry_every_field_and_weighted_requests_count_n() {
-                let backend = Backend::$backend();
-                let kit = backend.kit().await;
-                let api = kit
-                    .limiter("api", quota(10, Duration::from_secs(60)))
-                    .build()
-                    .unwrap();
-                let d = api.check("user:1").await;
-                assert!(d.allowed);
-                assert_eq!((d.limit, d.remaining, d.tier), (10, 9, Tier::Redis));
-                assert!(
-                    d.reset_after > Duration::from_secs(59)
-                        && d.reset_after <= Duration::from_secs(60)
-                );
-                assert_eq!(d.retry_after, None);
-                assert!(d.decided_at.is_some());
-                let d = api.check_n("user:1", 9).await.unwrap();
-                assert!(d.allowed);
-                assert_eq!(d.remaining, 0);
-                let d = api.check_n("user:1", 2).await.unwrap();
-                assert!(!d.allowed);
-                let retry = d.retry_after.unwrap();
-                assert!(
-                    retry > Duration::from_secs(59) && retry <= Duration::from_secs(60),
-                    "{retry:?}"
-                );
-                // Another key has its own budget.
-                assert!(api.check("user:2").await.allowed);
-
-                // Keys live under the limiter's name and expire on their own.
-                let pttl: i64 = backend.query(&kit, redis::cmd("PTTL"), "rl:api:user:1");
-                assert!(pttl > 59_000 && pttl <= 60_000, "{pttl}");
-            }
-
-            #[tokio::test]
-            async fn the_log_records_only_admitted_requests() {
-                let backend = Backend::$backend();
-                let kit = backend.kit().await;
-                let api = kit
-                    .limiter("api", quota(10, Duration::from_secs(60)))
-                    .build()
-                    .unwrap();
-                let mut allowed = 0;
-                for _ in 0..500 {
-                    allowed += api.check("greedy").await.allowed as u32;
-                }
-                assert_eq!(allowed, 10);
-                let size: u64 = backend.query(&kit, redis::cmd("ZCARD"), "rl:api:greedy");
-                assert_eq!(size, 10, "a client ignoring refusals must not grow the key");
-            }
-
-            #[tokio::test]
-            async fn the_sliding_log_matches_the_reference_model_across_skewed_instances() {
-                let backend = Backend::$backend();
-                let window = Duration::from_millis(300);
-                let w = window.as_micros() as i64;
-                for seed in 1..=3u64 {
-                    let limit = 4 + seed as u32 * 2;
-                    let seen = stress(&backend, Algorithm::SlidingLog, limit, window, seed).await;
-                    let (mut allowed, mut refused) = (0, 0);
-                    for s in &seen {
-                        let before = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
-                        if s.allowed {
-                            allowed += 1;
-                            // Never more than `limit` in any window ending at an admission.
-                            assert!(before <= limit, "seed {seed}: {before} > {limit} at {s:?}");
-                        } else {
-                            refused += 1;
-                            // Never a refusal the model allows (ties in one microsecond count as before).
-                            assert!(
-                                before + s.n > limit,
-                                "seed {seed}: refused {s:?} with {before} admitted"
-                            );
-                        }
-                    }
-                    assert!(
-                        allowed > 20 && refused > 20,
-                        "seed {seed}: a weak schedule ({allowed}/{refused})"
-                    );
-                }
-            }
-
-            #[tokio::test]
-            async fn the_sliding_counter_stays_within_its_documented_bound() {
-                let backend = Backend::$backend();
-                let window = Duration::from_millis(300);
-                let w = window.as_micros() as i64;
-                for seed in 1..=2u64 {
-                    let limit = 10;
-                    let seen = stress(
-                        &backend,
-                        Algorithm::SlidingCounter,
-                        limit,
-                        window,
-                        10 + seed,
-                    )
-                    .await;
-                    for s in seen.iter().filter(|s| s.allowed) {
-                        // Any sliding window: at most 2 x limit.
-                        let sliding = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
-                        assert!(
-                            sliding <= 2 * limit,
-                            "seed {seed}: {sliding} in a sliding window"
-                        );
-                        // The fixed window (aligned on the server clock) holding it: at most limit.
-                        let start = s.at_us - s.at_us.rem_euclid(w);
-                        let fixed = admitted_in(&seen, s.key, start - 1, start + w - 1);
-                        assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
-                    }
-                    assert!(seen.iter().filter(|s| s.allowed).count() > 20);
-                }
-            }
-
-            #[tokio::test]
-            async fn waiting_retry_after_is_enough_for_both_algorithms() {
-                let backend = Backend::$backend();
-                let kit = backend.kit().await;
-                for algorithm in [Algorithm::SlidingLog, Algorithm::SlidingCounter] {
-                    let api = kit
-                        .limiter(
-                            format!("retry{}", algorithm as u8),
-                            quota(3, Duration::from_millis(300)),
-                        )
-                        .algorithm(algorithm)
-                        .build()
-                        .unwrap();
-                    for round in 0..3 {
-                        let mut refused = None;
-                        for _ in 0..10 {
-                            let d = api.check("k").await;
-                            if !d.allowed {
-                                refused = Some(d);
-                                break;
-                            }
-                        }
-                        let retry = refused.expect("the limit is reached").retry_after.unwrap();
-                        assert!(
-                            retry <= Duration::from_millis(600),
-                            "{algorithm:?}: {retry:?}"
-                        );
-                        tokio::time::sleep(retry + Duration::from_millis(5)).await;
-                        let d = api.check("k").await;
-                        assert!(
-                            d.allowed,
-                            "{algorithm:?} round {round}: still refused after {retry:?}: {d:?}"
-                        );
-                    }
-                }
-            }
-
-            #[tokio::test]
-            async fn a_large_weighted_request_is_one_cheap_script_call() {
-                let backend = Backend::$backend();
-                let kit = backend.kit().await;
-                let api = kit
-                    .limiter("bulk", quota(5_000, Duration::from_secs(60)))
-                    .build()
-                    .unwrap();
-                let d = api.check_n("k", 5_000).await.unwrap();
-                assert_eq!((d.allowed, d.tier, d.remaining), (true, Tier::Redis, 0));
-                let size: u64 = backend.query(&kit, redis::cmd("ZCARD"), "rl:bulk:k");
-                assert_eq!(size, 5_000);
-                assert!(!api.check("k").await.allowed);
-            }
-        }
-    };
-}
-
-suite!(on_redis, redis);
-suite!(on_cluster, cluster);

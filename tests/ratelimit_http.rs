@@ -1,6 +1,7 @@
 //! The rate limiter's tower layer through a real axum HTTP server on loopback, driven by
 //! hand-written HTTP/1.1 over a `TcpStream`: headers, 429s, user and IP keys, trusted proxies.
-//! Limiters are backed by a private redis-server, and once by embedded mode.
+//! Each test runs once embedded and once on a private redis-server (`per_backend!`): the layer
+//! answers the same whichever tier decides.
 
 #![cfg(feature = "tower")]
 
@@ -17,25 +18,29 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Router};
 use support::http::Reply;
-use support::RedisServer;
+use support::{per_backend, Backend};
 use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
 use tierkit::ratelimit::{Decision, Limiter, Quota};
-use tierkit::{Config, Tierkit};
+use tierkit::Tierkit;
 use tokio::net::TcpListener;
 
 const LIMIT: u32 = 3;
 const WINDOW: Duration = Duration::from_secs(60);
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-async fn connected(server: &RedisServer) -> Tierkit {
-    let config = Config::builder()
-        .redis_url(server.url())
-        .probe_interval(Duration::from_millis(100))
-        .probe_timeout(Duration::from_millis(80))
-        .op_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    support::connected_with(config).await
+per_backend!([embedded, redis] [
+    users_have_own_budgets_with_ietf_headers_and_429_retry_after,
+    forwarded_for_counts_only_from_trusted_proxies,
+    legacy_headers_appear_only_when_enabled,
+]);
+
+/// What the handler echoes of the tier that decides on `b`.
+fn ok_body(b: &Backend) -> &'static str {
+    if b.is_embedded() {
+        "ok Local"
+    } else {
+        "ok Redis"
+    }
 }
 
 fn limiter(kit: &Tierkit, name: &str) -> Limiter {
@@ -138,16 +143,14 @@ async fn exhaust(app: &App, headers: &[(&str, &str)]) -> Reply {
     r
 }
 
-#[tokio::test]
-async fn users_have_own_budgets_with_ietf_headers_and_429_retry_after() {
-    let server = RedisServer::start();
-    let kit = connected(&server).await;
+async fn users_have_own_budgets_with_ietf_headers_and_429_retry_after(b: Backend) {
+    let kit = b.kit().await;
     let app = serve(RateLimitLayer::new(limiter(&kit, "http-users"))).await;
     let alice = [("x-user", "alice")];
 
     let first = fetch(app.addr, &alice).await;
     assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(first.body, "ok Redis"); // the handler saw the Decision; Redis decided
+    assert_eq!(first.body, ok_body(&b)); // the handler saw the Decision and who decided
     first.assert_ratelimit(2);
     assert!(first.header("x-ratelimit-limit").is_none(), "{first:?}");
     assert!(first.header("retry-after").is_none(), "{first:?}");
@@ -178,10 +181,8 @@ async fn users_have_own_budgets_with_ietf_headers_and_429_retry_after() {
     assert_eq!(fetch(app.addr, &alice).await.status, 429);
 }
 
-#[tokio::test]
-async fn forwarded_for_counts_only_from_trusted_proxies() {
-    let server = RedisServer::start();
-    let kit = connected(&server).await;
+async fn forwarded_for_counts_only_from_trusted_proxies(b: Backend) {
+    let kit = b.kit().await;
 
     // 127.0.0.1 is a trusted proxy: each forwarded client has its own budget.
     let behind_proxy =
@@ -225,10 +226,8 @@ async fn forwarded_for_counts_only_from_trusted_proxies() {
     assert_eq!(exposed.calls.load(Ordering::SeqCst), 3);
 }
 
-#[tokio::test]
-async fn legacy_headers_appear_only_when_enabled() {
-    let server = RedisServer::start();
-    let kit = connected(&server).await;
+async fn legacy_headers_appear_only_when_enabled(b: Backend) {
+    let kit = b.kit().await;
     let app = serve(RateLimitLayer::new(limiter(&kit, "http-legacy")).legacy_headers(true)).await;
     let user = [("x-user", "carol")];
 

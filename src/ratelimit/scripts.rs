@@ -1,12 +1,69 @@
 //! The Redis tier of the limiter: one Lua script per algorithm, one key per call, timed by the
 //! server's `TIME` so application clocks never matter.
 
-use std::sync::LazyLock;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::decider::Decider;
 use super::{Algorithm, Decision, Quota, Tier};
 use crate::conn::Conn;
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+/// The application clock, read only to measure drift against the Redis clock.
+pub(super) type AppClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// The sliding window in Redis, for one limiter's keys.
+pub(super) struct RedisWindow {
+    conn: Conn,
+    /// `{prefix}:rl:{limiter}:`, to which a key is appended.
+    key_prefix: String,
+    quota: Quota,
+    algorithm: Algorithm,
+    app_clock: AppClock,
+    /// Last measured application-minus-Redis clock difference; `i64::MIN` until measured.
+    drift_ms: AtomicI64,
+}
+
+impl RedisWindow {
+    pub(super) fn new(
+        conn: Conn,
+        key_prefix: String,
+        quota: Quota,
+        algorithm: Algorithm,
+        app_clock: AppClock,
+    ) -> Self {
+        RedisWindow {
+            conn,
+            key_prefix,
+            quota,
+            algorithm,
+            app_clock,
+            drift_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// How far the application clock was ahead of the Redis clock at the last decision Redis
+    /// made, in milliseconds; `None` before one.
+    pub(super) fn drift_ms(&self) -> Option<i64> {
+        let v = self.drift_ms.load(Ordering::Relaxed);
+        (v != i64::MIN).then_some(v)
+    }
+}
+
+impl Decider for RedisWindow {
+    type Error = Error;
+
+    async fn decide(&self, key: &str, n: NonZeroU32) -> Result<Decision> {
+        let redis_key = format!("{}{key}", self.key_prefix);
+        let decision = decide(&self.conn, self.algorithm, &redis_key, self.quota, n.get()).await?;
+        if let Some(ms) = drift_ms((self.app_clock)(), &decision) {
+            self.drift_ms.store(ms, Ordering::Relaxed);
+        }
+        Ok(decision)
+    }
+}
 
 /// Exact sliding-window log. A sorted set of the admitted requests' server times (µs); a
 /// refused request records nothing, so a key holds at most `limit` members however hard a
@@ -15,7 +72,7 @@ use crate::error::Result;
 ///
 /// ARGV: window (µs), limit, n, nonce. Returns {allowed, remaining, reset µs, retry µs,
 /// server seconds, server µs}.
-pub(crate) const LOG_LUA: &str = r"
+pub(super) const LOG_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[1])
@@ -58,7 +115,7 @@ static LOG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LOG_LU
 /// the share of it still inside the sliding window. O(1) memory per key.
 ///
 /// ARGV: window (µs), limit, n. Returns as `LOG`.
-pub(crate) const COUNTER_LUA: &str = r"
+pub(super) const COUNTER_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[1])
@@ -113,24 +170,24 @@ return {allowed, remaining, reset, math.max(retry, 1), tonumber(t[1]), tonumber(
 static COUNTER: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(COUNTER_LUA));
 
 /// Decides in Redis.
-pub(crate) async fn decide(
+async fn decide(
     conn: &Conn,
     algorithm: Algorithm,
     key: &str,
     quota: Quota,
     n: u32,
 ) -> Result<Decision> {
-    let window_us = u64::try_from(quota.window.as_micros()).unwrap_or(u64::MAX);
+    let window_us = u64::try_from(quota.window().as_micros()).unwrap_or(u64::MAX);
     let reply: (i64, i64, i64, i64, u64, u64) = match algorithm {
         Algorithm::SlidingLog => {
             let nonce = fastrand::u64(..);
             let mut inv = LOG.key(key);
-            inv.arg(window_us).arg(quota.limit).arg(n).arg(nonce);
+            inv.arg(window_us).arg(quota.limit()).arg(n).arg(nonce);
             conn.invoke(&inv).await?
         }
         Algorithm::SlidingCounter => {
             let mut inv = COUNTER.key(key);
-            inv.arg(window_us).arg(quota.limit).arg(n);
+            inv.arg(window_us).arg(quota.limit()).arg(n);
             conn.invoke(&inv).await?
         }
     };
@@ -138,7 +195,7 @@ pub(crate) async fn decide(
     let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     Ok(Decision {
         allowed: allowed == 1,
-        limit: quota.limit,
+        limit: quota.limit(),
         remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
         reset_after: us(reset_us),
         retry_after: (allowed != 1).then(|| us(retry_us)),
@@ -150,7 +207,7 @@ pub(crate) async fn decide(
 }
 
 /// The application clock's lead over the server clock that decided, in milliseconds.
-pub(crate) fn drift_ms(app_now: SystemTime, decision: &Decision) -> Option<i64> {
+fn drift_ms(app_now: SystemTime, decision: &Decision) -> Option<i64> {
     let server = decision.decided_at?;
     Some(match app_now.duration_since(server) {
         Ok(ahead) => i64::try_from(ahead.as_millis()).unwrap_or(i64::MAX),

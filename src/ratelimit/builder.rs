@@ -1,0 +1,173 @@
+//! Declaring a limiter: [`LimiterBuilder`] collects the settings, checks them, and assembles
+//! the tiers a [`Limiter`] holds.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::block::Blocks;
+use super::decider::Picker;
+use super::limiter::Limiter;
+use super::local::Local;
+use super::scripts::{AppClock, RedisWindow};
+use super::{Algorithm, Quota};
+use crate::config::SharedClock;
+use crate::conn::Conn;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+
+/// Declares a limiter; get one from [`Tierkit::limiter`](crate::Tierkit::limiter).
+#[must_use = "a builder does nothing until build() is called"]
+pub struct LimiterBuilder {
+    conn: Option<Conn>,
+    keys: Keys,
+    clock: SharedClock,
+    name: String,
+    quota: Quota,
+    algorithm: Algorithm,
+    instances: u32,
+    fail_open: bool,
+    block_for: Option<Duration>,
+    local_max_keys: u64,
+    app_clock: AppClock,
+}
+
+impl std::fmt::Debug for LimiterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimiterBuilder")
+            .field("name", &self.name)
+            .field("quota", &self.quota)
+            .field("algorithm", &self.algorithm)
+            .field("instances", &self.instances)
+            .field("fail_open", &self.fail_open)
+            .field("block_for", &self.block_for)
+            .field("local_max_keys", &self.local_max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimiterBuilder {
+    pub(crate) fn new(
+        conn: Option<Conn>,
+        keys: Keys,
+        clock: SharedClock,
+        name: String,
+        quota: Quota,
+    ) -> Self {
+        LimiterBuilder {
+            conn,
+            keys,
+            clock,
+            name,
+            quota,
+            algorithm: Algorithm::default(),
+            instances: 1,
+            fail_open: false,
+            block_for: None,
+            local_max_keys: 100_000,
+            app_clock: Arc::new(SystemTime::now),
+        }
+    }
+
+    /// How Redis counts. Default: [`Algorithm::SlidingLog`].
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// How many instances share the quota; while Redis is down each allows
+    /// `limit / instances` (at least 1). Default: 1.
+    pub fn instances(mut self, n: u32) -> Self {
+        self.instances = n;
+        self
+    }
+
+    /// While Redis is down, allow everything instead of enforcing the local share. Embedded
+    /// mode has no Redis to be down and enforces the whole quota either way. Default: false.
+    pub fn fail_open(mut self, yes: bool) -> Self {
+        self.fail_open = yes;
+        self
+    }
+
+    /// Refuse a key that exceeded its limit for this long, from process memory without asking
+    /// Redis. Default: no blocking.
+    pub fn block_for(mut self, duration: Duration) -> Self {
+        self.block_for = Some(duration);
+        self
+    }
+
+    /// Buckets of the local tier's key space (its memory bound). Default: 100 000.
+    pub fn local_max_keys(mut self, n: u64) -> Self {
+        self.local_max_keys = n;
+        self
+    }
+
+    /// The application clock, used only to report drift against the Redis clock (decisions
+    /// never use it). Default: `SystemTime::now`.
+    pub fn app_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.app_clock = Arc::new(clock);
+        self
+    }
+
+    /// Validates and builds the limiter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), zero
+    /// instances, a zero block duration, or zero local keys.
+    pub fn build(self) -> Result<Limiter> {
+        crate::keys::validate_name("limiter", &self.name)?;
+        let instances = NonZeroU32::new(self.instances)
+            .ok_or_else(|| Error::config("instances", "is zero; give the expected count"))?;
+        if self.block_for.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(
+                "block_for",
+                "is zero; omit it for no blocking",
+            ));
+        }
+        if self.local_max_keys == 0 {
+            return Err(Error::config("local_max_keys", "is zero; use 1 or more"));
+        }
+        let quota = self.quota;
+        let blocks = self
+            .block_for
+            .map(|ttl| Blocks::new(ttl, self.local_max_keys, self.clock.clone()));
+        let picker = match self.conn {
+            // Embedded mode has no one to share with: the whole quota, as plain GCRA.
+            None => Picker::embedded(Local::new(
+                quota,
+                NonZeroU32::new(quota.limit()).unwrap_or(NonZeroU32::MIN),
+                self.local_max_keys,
+                false,
+                &self.clock,
+            )),
+            Some(conn) => {
+                let share =
+                    NonZeroU32::new(quota.limit() / instances.get()).unwrap_or(NonZeroU32::MIN);
+                let local = Local::new(quota, share, self.local_max_keys, true, &self.clock);
+                let health = conn.health().clone();
+                let redis = RedisWindow::new(
+                    conn,
+                    self.keys.limiter(&self.name),
+                    quota,
+                    self.algorithm,
+                    self.app_clock,
+                );
+                Picker::tiered(
+                    self.name.clone(),
+                    health,
+                    redis,
+                    local,
+                    self.fail_open.then_some(quota),
+                )
+            }
+        };
+        Ok(Limiter::new(
+            self.name,
+            quota,
+            self.algorithm,
+            picker,
+            blocks,
+        ))
+    }
+}

@@ -1,0 +1,86 @@
+//! What a limiter enforces: the [`Quota`] (a limit per window) and the [`Algorithm`] Redis
+//! counts it with.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::scripts;
+use crate::error::{Error, Result};
+
+/// A limit per window.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tierkit::ratelimit::Quota;
+///
+/// let quota = Quota::new(100, Duration::from_secs(15 * 60))?;
+/// assert_eq!(quota.limit(), 100);
+/// assert!(Quota::new(0, Duration::from_secs(1)).is_err());
+/// assert!(Quota::new(10, Duration::ZERO).is_err());
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    limit: u32,
+    window: Duration,
+}
+
+impl Quota {
+    /// `limit` requests (units) per sliding `window`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a zero limit, or a window under 1 ms or over 30 days.
+    pub fn new(limit: u32, window: Duration) -> Result<Quota> {
+        if limit == 0 {
+            return Err(Error::config(
+                "quota.limit",
+                "is zero; allow at least 1 per window",
+            ));
+        }
+        if window < Duration::from_millis(1) || window > Duration::from_secs(30 * 86_400) {
+            return Err(Error::config(
+                "quota.window",
+                format!("{window:?} is outside 1 ms ..= 30 days"),
+            ));
+        }
+        Ok(Quota { limit, window })
+    }
+
+    /// The limit per window.
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+/// How Redis counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Exact sliding-window log: memory per key up to `limit` entries.
+    #[default]
+    SlidingLog,
+    /// Sliding-window counter: two counters per key, for large limits; see the module docs
+    /// for its bound.
+    SlidingCounter,
+}
+
+impl Algorithm {
+    /// The Lua source Redis runs for this algorithm (one key; `ARGV`: window in µs, limit,
+    /// units, and for the log a nonce), for review or to run it by hand.
+    pub fn lua(self) -> &'static str {
+        match self {
+            Algorithm::SlidingLog => scripts::LOG_LUA,
+            Algorithm::SlidingCounter => scripts::COUNTER_LUA,
+        }
+    }
+}
