@@ -291,6 +291,23 @@ impl Codec {
         (written <= room && out.len() == ZSTD_HEADER_LEN + written).then_some(out)
     }
 
+    /// The length of the uncompressed body `bytes` carry, read from the envelope header
+    /// without decoding: what the value weighs once decoded, whether or not it was compressed.
+    /// `None` for bytes that are not an envelope of this format.
+    pub(crate) fn body_len(bytes: &[u8]) -> Option<usize> {
+        let (&[m0, m1, version, flags], rest) = bytes.split_first_chunk::<RAW_HEADER_LEN>()?;
+        if [m0, m1] != MAGIC || version == 0 || version > VERSION {
+            return None;
+        }
+        match Compression::try_from(flags).ok()? {
+            Compression::None => Some(rest.len()),
+            Compression::Zstd => {
+                let (declared, _) = rest.split_first_chunk::<4>()?;
+                usize::try_from(u32::from_le_bytes(*declared)).ok()
+            }
+        }
+    }
+
     /// Decodes a stored envelope back into a value.
     ///
     /// # Errors
@@ -586,6 +603,21 @@ impl CodecBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_length_is_read_from_the_header_on_both_paths() {
+        let codec = Codec::new();
+        let small = "short".to_string();
+        let (bytes, info) = codec.encode_with_info(&small).unwrap();
+        assert!(!info.compressed);
+        assert_eq!(Codec::body_len(&bytes), Some(info.body_len));
+        let big = "a".repeat(1 << 20);
+        let (bytes, info) = codec.encode_with_info(&big).unwrap();
+        assert!(info.compressed && bytes.len() < info.body_len / 100);
+        assert_eq!(Codec::body_len(&bytes), Some(info.body_len));
+        assert_eq!(Codec::body_len(b"not ours"), None);
+        assert_eq!(Codec::body_len(b"TK"), None);
+    }
 
     #[test]
     fn measure_is_the_uncompressed_envelope_and_keeps_the_size_limit() {

@@ -72,9 +72,11 @@ impl L1Value {
     }
 }
 
-/// An entry weighs what it takes to store: the encoded (and maybe compressed) envelope.
-pub(crate) fn weight_of(bytes: &[u8]) -> u32 {
-    u32::try_from(bytes.len()).unwrap_or(u32::MAX)
+/// An entry weighs its decoded body (the uncompressed bincode length), not its stored
+/// envelope: a value that compresses 1000:1 still takes its whole size in process memory, so
+/// `l1_capacity` bounds memory, not Redis bytes.
+pub(crate) fn weight(body_len: usize) -> u32 {
+    u32::try_from(body_len).unwrap_or(u32::MAX)
 }
 
 /// Expiry after each entry's own TTL, timed by moka (its `Instant`s, not tierkit's clock).

@@ -59,6 +59,22 @@ impl Keyspace {
     }
 }
 
+/// What an L2 holds at a key.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Stored {
+    /// Nothing.
+    Absent,
+    /// Bytes, and how long the tier keeps them (`None`: no expiry), read in the same round
+    /// trip so an L1 copy never outlives its L2 entry.
+    Value {
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+    },
+    /// Something a string read cannot return (another writer's hash, set, ...): a miss that
+    /// the next fill overwrites.
+    Foreign,
+}
+
 /// One entry to store: its key, stored bytes, TTL and tags.
 pub(super) struct Entry<'a> {
     pub(super) key: &'a str,
@@ -76,11 +92,11 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
     /// never encoded, and the L1 is the deepest tier a key can be in.
     fn stores_values(&self) -> bool;
 
-    /// The stored bytes of `key`.
-    async fn get(&self, space: &Keyspace, key: &str) -> Result<Option<Vec<u8>>>;
+    /// What is stored at `key`, with its remaining TTL.
+    async fn get(&self, space: &Keyspace, key: &str) -> Result<Stored>;
 
-    /// The stored bytes of each of `keys`, in one round trip; in the order of `keys`.
-    async fn get_many(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>>;
+    /// What is stored at each of `keys`, in one round trip; in the order of `keys`.
+    async fn get_many(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>>;
 
     /// Which of `keys` are stored, in one round trip; in the order of `keys`.
     async fn contains(&self, space: &Keyspace, keys: &[String]) -> Result<Vec<bool>>;
@@ -132,12 +148,12 @@ impl L2 for NoL2 {
         false
     }
 
-    async fn get(&self, _: &Keyspace, _: &str) -> Result<Option<Vec<u8>>> {
-        Ok(None)
+    async fn get(&self, _: &Keyspace, _: &str) -> Result<Stored> {
+        Ok(Stored::Absent)
     }
 
-    async fn get_many(&self, _: &Keyspace, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
-        Ok(vec![None; keys.len()])
+    async fn get_many(&self, _: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
+        Ok(keys.iter().map(|_| Stored::Absent).collect())
     }
 
     async fn contains(&self, _: &Keyspace, keys: &[String]) -> Result<Vec<bool>> {

@@ -100,9 +100,9 @@ where
     {
         let counters = &self.ns.counters;
         let overwrite = match self.l2_read(key).await {
-            L2Read::Hit(value, weight) => {
+            L2Read::Hit(value, weight, ttl) => {
                 *source = Source::L2;
-                return Ok(self.l1_value(Arc::new(value), weight, self.ns.l1_ttl, None));
+                return Ok(self.l1_value(Arc::new(value), weight, ttl, None));
             }
             L2Read::Absent => Some(false),
             L2Read::Undecodable => Some(true),

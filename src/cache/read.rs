@@ -8,17 +8,20 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::l1::{weight_of, KeyRef, L1Key, L1Value};
-use super::l2::count_failure;
+use super::l1::{weight, KeyRef, L1Key, L1Value};
+use super::l2::{count_failure, Stored};
 use super::namespace::{Hit, Namespace, Source};
 use super::stamp::Stamp;
 use super::stats::bump;
 
 /// What an L2 read found.
 pub(super) enum L2Read<V> {
-    Hit(V, u32),
+    /// The value, its L1 weight, and how long an L1 copy of it may live: the namespace's L1
+    /// TTL, cut to what the L2 entry has left, so no copy outlives its entry.
+    Hit(V, u32, Duration),
     Absent,
-    /// Bytes that do not decode as `V`: a miss that the next write must overwrite.
+    /// Bytes that do not decode as `V`, or a key of another type: a miss that the next write
+    /// must overwrite.
     Undecodable,
     /// Redis failed, timed out or is down.
     Unreachable,
@@ -58,9 +61,9 @@ where
         }
         let stamp = self.ns.fresh.stamp(key);
         match self.l2_read(key).await {
-            L2Read::Hit(value, weight) => {
+            L2Read::Hit(value, weight, ttl) => {
                 let value = Arc::new(value);
-                self.fill_l1(key, value.clone(), weight, stamp).await;
+                self.fill_l1(key, value.clone(), weight, ttl, stamp).await;
                 Some(Hit {
                     value,
                     source: Source::L2,
@@ -76,34 +79,57 @@ where
     /// Reads `key` from L2, counting hits, errors and decode failures. A miss is counted by
     /// the caller.
     pub(super) async fn l2_read(&self, key: &str) -> L2Read<V> {
-        let counters = &self.ns.counters;
         let found = async { self.l2()?.get(&self.ns.keyspace, key).await }.await;
         match found {
-            Ok(Some(bytes)) => match self.core.codec.decode::<V>(&bytes) {
-                Ok(value) => {
-                    bump(&counters.l2_hits);
-                    L2Read::Hit(value, weight_of(&bytes))
-                }
-                Err(e) => {
-                    bump(&counters.decode_failures);
-                    tracing::debug!(namespace = %self.ns.name, error = %e,
-                        "tierkit: stored value does not decode; treating as a miss");
-                    L2Read::Undecodable
-                }
-            },
-            Ok(None) => L2Read::Absent,
+            Ok(stored) => self.decode_stored(stored),
             Err(e) => {
-                count_failure(counters, &e);
+                count_failure(&self.ns.counters, &e);
                 L2Read::Unreachable
             }
         }
     }
 
-    /// Keeps a value read from L2 in L1, for the namespace's L1 TTL, unless the key changed
-    /// since `stamp` was taken (before the read). Checked after the insert: a change that
-    /// lands in between is then either seen here or overwrites this value itself.
-    pub(super) async fn fill_l1(&self, key: &str, value: Arc<V>, weight: u32, stamp: Stamp) {
-        let value = self.l1_value(value, weight, self.ns.l1_ttl, None);
+    /// Decodes what L2 holds at a key, counting hits and decode failures.
+    fn decode_stored(&self, stored: Stored) -> L2Read<V> {
+        let counters = &self.ns.counters;
+        let (bytes, ttl) = match stored {
+            Stored::Absent => return L2Read::Absent,
+            Stored::Foreign => {
+                bump(&counters.decode_failures);
+                tracing::debug!(namespace = %self.ns.name,
+                    "tierkit: a key of another type holds this entry's place; treating as a miss");
+                return L2Read::Undecodable;
+            }
+            Stored::Value { bytes, ttl } => (bytes, ttl),
+        };
+        match self.core.codec.decode::<V>(&bytes) {
+            Ok(value) => {
+                bump(&counters.l2_hits);
+                let body_len = crate::codec::Codec::body_len(&bytes).unwrap_or(bytes.len());
+                let l1_ttl = ttl.map_or(self.ns.l1_ttl, |left| left.min(self.ns.l1_ttl));
+                L2Read::Hit(value, weight(body_len), l1_ttl)
+            }
+            Err(e) => {
+                bump(&counters.decode_failures);
+                tracing::debug!(namespace = %self.ns.name, error = %e,
+                    "tierkit: stored value does not decode; treating as a miss");
+                L2Read::Undecodable
+            }
+        }
+    }
+
+    /// Keeps a value read from L2 in L1 for `ttl` (see [`L2Read::Hit`]), unless the key
+    /// changed since `stamp` was taken (before the read). Checked after the insert: a change
+    /// that lands in between is then either seen here or overwrites this value itself.
+    pub(super) async fn fill_l1(
+        &self,
+        key: &str,
+        value: Arc<V>,
+        weight: u32,
+        ttl: Duration,
+        stamp: Stamp,
+    ) {
+        let value = self.l1_value(value, weight, ttl, None);
         self.l1.insert(L1Key::new(self.ns.id, key), value).await;
         if self.ns.fresh.changed_since(key, stamp) {
             self.l1
@@ -158,25 +184,17 @@ where
         // A short answer leaves the rest as misses.
         let mut fetched = fetched.into_iter();
         for ((i, key), stamp) in missing.into_iter().zip(wanted).zip(stamps) {
-            let decoded = fetched.next().flatten().and_then(|bytes| {
-                self.core
-                    .codec
-                    .decode::<V>(&bytes)
-                    .map(|v| (v, weight_of(&bytes)))
-                    .map_err(|_| bump(&counters.decode_failures))
-                    .ok()
-            });
-            match decoded {
-                Some((value, weight)) => {
-                    bump(&counters.l2_hits);
+            let read = self.decode_stored(fetched.next().unwrap_or(Stored::Absent));
+            match read {
+                L2Read::Hit(value, weight, ttl) => {
                     let value = Arc::new(value);
-                    self.fill_l1(key, value.clone(), weight, stamp).await;
+                    self.fill_l1(key, value.clone(), weight, ttl, stamp).await;
                     out[i] = Some(Hit {
                         value,
                         source: Source::L2,
                     });
                 }
-                None => bump(&counters.misses),
+                _ => bump(&counters.misses),
             }
         }
         out

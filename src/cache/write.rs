@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::backplane::Op;
 use super::builder::ttl_problem;
-use super::l1::{weight_of, L1Key};
+use super::l1::{weight, L1Key};
 use super::l2::Entry;
 use super::namespace::{Namespace, Reach, SetOptions};
 use super::stats::add;
@@ -97,7 +97,7 @@ where
     pub(super) fn encode(&self, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
         if !self.core.l2.stores_values() {
             let len = self.core.codec.measure(value)?;
-            return Ok((None, u32::try_from(len).unwrap_or(u32::MAX)));
+            return Ok((None, weight(len)));
         }
         let started = Instant::now();
         let (bytes, info) = self.core.codec.encode_with_info(value)?;
@@ -105,8 +105,7 @@ where
         add(&counters.encode_nanos, started.elapsed().as_nanos() as u64);
         add(&counters.encoded_bytes, info.body_len as u64);
         add(&counters.stored_bytes, info.stored_len as u64);
-        let weight = weight_of(&bytes);
-        Ok((Some(bytes), weight))
+        Ok((Some(bytes), weight(info.body_len)))
     }
 
     /// `ttl` shortened by the namespace's jitter.

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Entry, Keyspace, L2};
+use super::{Entry, Keyspace, Stored, L2};
 use crate::cache::backplane::{self, Op};
 use crate::cache::pattern::Pattern;
 use crate::conn::{Conn, ServerFigures};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Keys per `SCAN` page and per `UNLINK` pipeline.
 const SCAN_COUNT: usize = 1000;
@@ -58,6 +58,31 @@ impl RedisL2 {
     }
 }
 
+/// One key's `GET` and `PTTL` replies as what is stored there.
+fn stored(
+    value: redis::RedisResult<redis::Value>,
+    pttl: redis::RedisResult<redis::Value>,
+) -> Result<Stored> {
+    let bytes = match value {
+        Ok(redis::Value::Nil) => return Ok(Stored::Absent),
+        Ok(value) => {
+            redis::from_redis_value::<Vec<u8>>(value).map_err(|e| Error::Redis(e.into()))?
+        }
+        Err(e) if e.code() == Some("WRONGTYPE") => return Ok(Stored::Foreign),
+        Err(e) => return Err(Error::Redis(e)),
+    };
+    // -1: no expiry; -2: gone between the two commands (they run back to back, so only an
+    // expiry at that instant), read as absent.
+    let pttl: i64 =
+        redis::from_redis_value(pttl.map_err(Error::Redis)?).map_err(|e| Error::Redis(e.into()))?;
+    let ttl = match pttl {
+        -2 => return Ok(Stored::Absent),
+        ms if ms >= 0 => Some(Duration::from_millis(ms.unsigned_abs())),
+        _ => None,
+    };
+    Ok(Stored::Value { bytes, ttl })
+}
+
 /// Redis takes TTLs in whole milliseconds, at least one.
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -69,18 +94,27 @@ impl L2 for RedisL2 {
         true
     }
 
-    async fn get(&self, space: &Keyspace, key: &str) -> Result<Option<Vec<u8>>> {
-        self.conn
-            .query(redis::cmd("GET").arg(space.entry(key)))
-            .await
+    async fn get(&self, space: &Keyspace, key: &str) -> Result<Stored> {
+        let mut found = self.get_many(space, &[key]).await?;
+        Ok(found.pop().unwrap_or(Stored::Absent))
     }
 
-    async fn get_many(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+    /// `GET` and `PTTL` of each key in one round trip. Error replies are taken one by one, so
+    /// a key of another type (`WRONGTYPE`) is [`Stored::Foreign`] instead of failing them all.
+    async fn get_many(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.cmd("GET").arg(space.entry(key));
+            let entry = space.entry(key);
+            pipe.cmd("GET").arg(&entry).cmd("PTTL").arg(entry);
         }
-        self.conn.pipeline(&pipe).await
+        pipe.ignore_errors();
+        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        while let (Some(value), Some(pttl)) = (replies.next(), replies.next()) {
+            out.push(stored(value, pttl)?);
+        }
+        Ok(out)
     }
 
     async fn contains(&self, space: &Keyspace, keys: &[String]) -> Result<Vec<bool>> {
