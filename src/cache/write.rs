@@ -119,15 +119,14 @@ where
 
     /// L1 first, entry by entry (each key marked changed, so no read or load in flight keeps
     /// an older value), then L2 and the backplane in one round trip.
-    async fn write(&self, batch: Vec<Prepared<V>>) -> Result<Reach> {
+    async fn write(&self, mut batch: Vec<Prepared<V>>) -> Result<Reach> {
         let mut keys = Vec::with_capacity(batch.len());
-        let mut stored = Vec::with_capacity(batch.len());
-        for p in batch {
+        for p in &mut batch {
             self.ns.fresh.bump_key(&p.key);
-            let value = self.l1_value(p.value, p.weight, p.ttl, p.tags.clone());
+            let value = self.l1_value(p.value.clone(), p.weight, p.ttl, p.tags.clone());
             self.l1.insert(L1Key::new(self.ns.id, &p.key), value).await;
-            keys.push(p.key);
-            stored.push((p.bytes, p.ttl, p.tags));
+            // Moved, not copied: from here on the op holds the keys and the entries borrow them.
+            keys.push(std::mem::take(&mut p.key));
         }
         let op = Op::Keys {
             ns: self.ns.name.clone(),
@@ -136,13 +135,13 @@ where
         let entries: Vec<Entry<'_>> = op
             .keys()
             .iter()
-            .zip(&stored)
-            .filter_map(|(key, (bytes, ttl, tags))| {
+            .zip(&batch)
+            .filter_map(|(key, p)| {
                 Some(Entry {
                     key,
-                    bytes: bytes.as_deref()?,
-                    ttl: *ttl,
-                    tags: tags.as_deref().unwrap_or_default(),
+                    bytes: p.bytes.as_deref()?,
+                    ttl: p.ttl,
+                    tags: p.tags.as_deref().unwrap_or_default(),
                 })
             })
             .collect();
