@@ -536,9 +536,10 @@ async fn my_sessions(
 // ---------------------------------------------------------------------------------------------
 
 /// `GET /health`: the report as JSON; `503` only when unhealthy, so a load balancer keeps a
-/// degraded instance (still serving from its in-process tier) in rotation.
+/// degraded instance (still serving from its in-process tier) in rotation. The public form:
+/// error text and node addresses are for internal endpoints only.
 async fn health(State(state): State<AppState>) -> Response {
-    let report = state.kit.health_report_with(&state.sessions).await;
+    let report = state.kit.health_report_with(&state.sessions).await.public();
     let status = match report.status {
         Status::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,

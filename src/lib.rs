@@ -67,6 +67,7 @@
 //! |---|---|
 //! | `tower` | [`ratelimit::layer`]: a tower `Layer` answering 429 with `Retry-After` and `RateLimit` headers |
 //! | `metrics` | metrics through the `metrics` facade |
+//! | `tls` | `rediss://` to Redis over rustls (no OpenSSL): CA file, mutual TLS, a development-only switch to skip verification |
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
