@@ -1,6 +1,6 @@
 //! tierkit on a real Redis Cluster (3 primaries + 3 replicas on loopback, made by the harness
-//! with `redis-cli --cluster create`). The cache and session suites also run on the cluster
-//! (`on_cluster` in `tests/cache.rs` and `tests/session.rs`); this file holds what only a
+//! with `redis-cli --cluster create`). The cache, session and limiter suites also run on the
+//! cluster (the `cluster` backend of `per_backend!` in their own files); this file holds what only a
 //! cluster has: keys spread over primaries, per-node scans, scripts reloaded per node, a lost
 //! primary, and a failover under load.
 
