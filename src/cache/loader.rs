@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::l1::{KeyRef, L1Key, L1Value};
+use super::l1::{L1Key, L1Value};
 use super::l2::count_failure;
 use super::namespace::{Hit, Namespace, Source};
 use super::read::L2Read;
@@ -71,12 +71,7 @@ where
         if self.ns.fresh.changed_since(key, stamp) {
             // A write or invalidation landed while this value was loading: hand it to the
             // caller, but keep what may already be stale in neither tier.
-            self.l1
-                .invalidate(&KeyRef {
-                    ns: self.ns.id,
-                    key,
-                })
-                .await;
+            self.drop_l1(key).await;
         } else if let Some(write) = pending {
             // After the waiters are released: they need not wait for Redis to take the value.
             self.fill_l2(key, write).await;

@@ -132,13 +132,18 @@ where
         let value = self.l1_value(value, weight, ttl, None);
         self.l1.insert(L1Key::new(self.ns.id, key), value).await;
         if self.ns.fresh.changed_since(key, stamp) {
-            self.l1
-                .invalidate(&KeyRef {
-                    ns: self.ns.id,
-                    key,
-                })
-                .await;
+            self.drop_l1(key).await;
         }
+    }
+
+    /// Takes `key`'s entry, whatever it holds, out of this namespace's L1.
+    pub(super) async fn drop_l1(&self, key: &str) {
+        self.l1
+            .invalidate(&KeyRef {
+                ns: self.ns.id,
+                key,
+            })
+            .await;
     }
 
     /// An L1 entry for `value`, living `ttl` but never longer than the namespace's L1 TTL.
