@@ -304,7 +304,17 @@ mod redis_window {
         let skews_min = [-7i64, 0, 5];
         let mut limiters = Vec::new();
         for (i, skew) in skews_min.iter().enumerate() {
-            let kit = backend.kit().await;
+            // Three instances of many tasks on 2 shared cores: a generous call bound and probe,
+            // so Redis decides every call (what is checked is the window, not the timeouts).
+            let kit = backend
+                .kit_with(
+                    backend
+                        .builder()
+                        .op_timeout(Duration::from_secs(1))
+                        .probe_interval(Duration::from_millis(500))
+                        .probe_timeout(Duration::from_millis(400)),
+                )
+                .await;
             let skew = *skew;
             let limiter = kit
                 .limiter(format!("stress{seed}"), quota(limit, window))
