@@ -60,12 +60,17 @@
 mod backplane;
 mod base;
 mod builder;
+mod epochs;
+mod flight;
+mod frame;
 mod info;
 mod invalidate;
 mod l1;
 mod l2;
+mod lease;
 mod loader;
 mod namespace;
+mod owed;
 mod pattern;
 mod read;
 mod stamp;

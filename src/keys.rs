@@ -4,7 +4,9 @@
 //! | key | holds |
 //! |---|---|
 //! | `{prefix}:c:{namespace}:v{version}:{key}` | a cache entry |
-//! | `{prefix}:c:{namespace}:t{version}:{tag}` | the keys written with a tag |
+//! | `{prefix}:c:{namespace}:e{version}` | the namespace's epoch (entries of other epochs are cleared) |
+//! | `{prefix}:c:{namespace}:g{version}:{tag}` | a tag's epoch (entries of other epochs are invalidated) |
+//! | `{prefix}:c:{namespace}:l{version}:{key}` | the lease of the one instance loading a key |
 //! | `{prefix}:c:backplane` | the pub/sub channel of the cache's coherence backplane |
 //! | `{prefix}:s:{{tag}}:sess:{hash}` | a session |
 //! | `{prefix}:s:{{tag}}:idx:{user}` | a user's sessions |
@@ -103,12 +105,22 @@ impl Keys {
         format!("{}:c:{namespace}:v{version}:", self.prefix)
     }
 
-    /// `{prefix}:c:{namespace}:t{version}:`, followed by a tag.
-    pub(crate) fn cache_tags(&self, namespace: &str, version: u32) -> String {
-        format!("{}:c:{namespace}:t{version}:", self.prefix)
+    /// `{prefix}:c:{namespace}:e{version}`: the namespace's epoch.
+    pub(crate) fn cache_epoch(&self, namespace: &str, version: u32) -> String {
+        format!("{}:c:{namespace}:e{version}", self.prefix)
     }
 
-    /// A `SCAN` glob over every key of a namespace, all versions and tag sets included.
+    /// `{prefix}:c:{namespace}:g{version}:`, followed by a tag: that tag's epoch.
+    pub(crate) fn cache_tag_epochs(&self, namespace: &str, version: u32) -> String {
+        format!("{}:c:{namespace}:g{version}:", self.prefix)
+    }
+
+    /// `{prefix}:c:{namespace}:l{version}:`, followed by a key: the lease of its loader.
+    pub(crate) fn cache_leases(&self, namespace: &str, version: u32) -> String {
+        format!("{}:c:{namespace}:l{version}:", self.prefix)
+    }
+
+    /// A `SCAN` glob over every key of a namespace, all versions, epochs and leases included.
     pub(crate) fn cache_namespace_glob(&self, namespace: &str) -> String {
         format!("{}:c:{namespace}:*", self.prefix)
     }
@@ -190,7 +202,9 @@ mod tests {
         for (k, p) in [(&a, "a"), (&ac, "a.c")] {
             for key in [
                 k.cache_entries("x", 1),
-                k.cache_tags("x", 1),
+                k.cache_epoch("x", 1),
+                k.cache_tag_epochs("x", 1),
+                k.cache_leases("x", 1),
                 k.cache_namespace_glob("x"),
                 k.backplane_channel(),
                 k.limiter("x"),

@@ -119,6 +119,8 @@ pub(super) async fn listen(
         let Some(core) = core.upgrade() else { return };
         match event {
             Event::Subscribed => {
+                // Changes owed while Redis or the subscription was away go out first.
+                core.owed_wake.notify_one();
                 core.forget_all();
                 core.coherent.send_replace(true);
                 if lost_logged {

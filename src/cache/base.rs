@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 
 use super::l1::{self, L1};
 use super::l2::Tier;
 use super::namespace::NsShared;
-use super::{backplane, stats};
+use super::{backplane, owed, stats};
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::conn::Conn;
@@ -34,8 +34,11 @@ pub(crate) struct CacheCore {
     pub(super) origin: u64,
     /// Whether the backplane is subscribed (always false in embedded mode).
     pub(super) coherent: watch::Sender<bool>,
+    /// Wakes the replay of owed changes ([`owed`](super::owed)).
+    pub(super) owed_wake: Arc<Notify>,
     registry: Arc<RwLock<Registry>>,
-    _stop_backplane: Option<oneshot::Sender<()>>,
+    /// Stops the backplane listener and the replayer when the core goes.
+    _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl std::fmt::Debug for CacheCore {
@@ -71,7 +74,15 @@ impl CacheCore {
             }
             None => (Tier::none(), None),
         };
-        let (stop, stop_rx) = subscription.as_ref().map(|_| oneshot::channel()).unzip();
+        let owed_wake = Arc::new(Notify::new());
+        let (mut stop, mut stop_rx) = (Vec::new(), Vec::new());
+        if subscription.is_some() {
+            for _ in 0..2 {
+                let (tx, rx) = oneshot::channel();
+                stop.push(tx);
+                stop_rx.push(rx);
+            }
+        }
         let core = Arc::new(CacheCore {
             l1,
             l2,
@@ -79,15 +90,16 @@ impl CacheCore {
             keys: config.keys.clone(),
             origin,
             coherent: watch::Sender::new(false),
+            owed_wake: owed_wake.clone(),
             registry,
-            _stop_backplane: stop,
+            _stop: stop,
         });
-        if let (Some(subscription), Some(stop_rx)) = (subscription, stop_rx) {
-            tokio::spawn(backplane::listen(
-                Arc::downgrade(&core),
-                subscription,
-                stop_rx,
-            ));
+        if let (Some(subscription), Some(listen_stop), Some(replay_stop)) =
+            (subscription, stop_rx.pop(), stop_rx.pop())
+        {
+            let weak = Arc::downgrade(&core);
+            tokio::spawn(backplane::listen(weak.clone(), subscription, listen_stop));
+            tokio::spawn(owed::settle_debts(weak, owed_wake, replay_stop));
         }
         core
     }
@@ -135,10 +147,12 @@ impl CacheCore {
         read(&self.registry).by_name.get(name).cloned()
     }
 
-    /// Stops serving every L1 entry of every namespace, at once and without a clean-up pass.
+    /// Stops serving every L1 entry of every namespace, at once and without a clean-up pass,
+    /// and forgets every epoch: messages that changed them may have been missed.
     pub(super) fn forget_all(&self) {
         for ns in read(&self.registry).by_id.iter() {
             ns.fresh.forget_l1();
+            ns.epochs.forget_all();
         }
     }
 }

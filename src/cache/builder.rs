@@ -10,8 +10,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::base::CacheCore;
+use super::epochs::Epochs;
+use super::flight::Flights;
 use super::l2::Keyspace;
 use super::namespace::{Namespace, NsShared};
+use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::Counters;
 use crate::error::{Error, Result};
@@ -44,6 +47,7 @@ pub struct NamespaceBuilder<V> {
     l1_ttl: Option<Duration>,
     version: u32,
     jitter: f64,
+    lease: Option<Duration>,
     _type: PhantomData<fn() -> V>,
 }
 
@@ -55,6 +59,7 @@ impl<V> std::fmt::Debug for NamespaceBuilder<V> {
             .field("l1_ttl", &self.l1_ttl)
             .field("version", &self.version)
             .field("jitter", &self.jitter)
+            .field("single_flight", &self.lease)
             .finish()
     }
 }
@@ -71,6 +76,7 @@ where
             l1_ttl: None,
             version: 1,
             jitter: 0.0,
+            lease: None,
             _type: PhantomData,
         }
     }
@@ -102,13 +108,41 @@ where
         self
     }
 
+    /// Loads a cold key on one instance at a time, across every instance sharing the Redis:
+    /// the first to miss takes a lease on the key in Redis (for `lease`) and runs the loader;
+    /// the others poll Redis for its value instead of running theirs, and load themselves only
+    /// when the lease ends without one (a holder that died or failed blocks no one longer than
+    /// `lease`). Worth it for loaders that are expensive or not deterministic; it costs a
+    /// round trip on every cold load. Without Redis, or while it is down, loads are per
+    /// process as always. Default: off. `lease` is 1 ms to 1 hour, and should exceed a
+    /// load's usual time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let reports = kit
+    ///     .namespace::<String>("reports")
+    ///     .single_flight(Duration::from_secs(5))
+    ///     .build()?;
+    /// # let _ = reports;
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn single_flight(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
     /// Validates and declares the namespace. Declaring the same name again with the same type
     /// and settings gives a handle to the same namespace.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), a zero TTL,
-    /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, or a name already declared with
+    /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, a single-flight lease outside 1 ms
+    /// to 1 hour, or a name already declared with
     /// another type or settings.
     pub fn build(self) -> Result<Namespace<V>> {
         crate::keys::validate_name("namespace", &self.name)?;
@@ -134,6 +168,14 @@ where
                 ),
             ));
         }
+        if let Some(lease) = self.lease {
+            if lease < Duration::from_millis(1) || lease > Duration::from_secs(3600) {
+                return Err(Error::config(
+                    "single_flight",
+                    format!("a lease of {lease:?} is outside 1 ms to 1 hour"),
+                ));
+            }
+        }
         let core = &self.core;
         let shared = core.register(NsShared {
             id: 0,
@@ -146,6 +188,10 @@ where
             jitter: self.jitter,
             counters: Counters::default(),
             fresh: Freshness::default(),
+            epochs: Epochs::default(),
+            owed: Owed::default(),
+            flights: Flights::default(),
+            lease: self.lease,
         })?;
         Ok(Namespace {
             l1: core.l1.clone(),

@@ -7,8 +7,9 @@ use serde::Serialize;
 
 use super::backplane::Op;
 use super::base::CacheCore;
+use super::frame::{self, Kind};
 use super::l1::{self, KeyRef};
-use super::l2::count_failure;
+use super::l2::{count_failure, Entry, EpochOf};
 use super::namespace::{Namespace, NsShared, Reach};
 use super::pattern::Pattern;
 use crate::error::{Error, Result};
@@ -27,6 +28,7 @@ impl CacheCore {
             }
             Op::Tag { tag, keys, .. } => {
                 ns.fresh.bump_all();
+                ns.epochs.forget(EpochOf::Tag(tag));
                 for key in keys {
                     self.l1.invalidate(&KeyRef { ns: id, key }).await;
                 }
@@ -43,6 +45,7 @@ impl CacheCore {
             }
             Op::Clear { .. } => {
                 ns.fresh.bump_all();
+                ns.epochs.forget(EpochOf::Namespace);
                 self.evict_if(move |k, _| k.ns == id);
             }
         }
@@ -62,28 +65,51 @@ impl<V> Namespace<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Removes `key` from L1, Redis and the other instances' L1.
+    /// Removes `key` from L1, Redis and the other instances' L1. In Redis the entry becomes a
+    /// tombstone for the namespace's TTL, so a load that read the key before cannot fill it
+    /// after.
     ///
     /// # Errors
     ///
     /// None today; the `Result` leaves room for input checks. Redis failures give
-    /// [`Reach::L1Only`].
+    /// [`Reach::L1Only`], and the invalidation is replayed once Redis answers.
     pub async fn invalidate(&self, key: &str) -> Result<Reach> {
         let op = Op::Keys {
             ns: self.ns.name.clone(),
             keys: vec![key.to_owned()],
         };
         self.core.apply(&self.ns, &op).await;
-        let sent = async { self.l2()?.remove(&self.ns.keyspace, &op).await }.await;
+        if !self.core.l2.stores_values() {
+            return Ok(Reach::AllTiers);
+        }
+        let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
+        let entry = [Entry {
+            key,
+            frame: &tombstone,
+            ttl: self.ns.ttl,
+            expect: None,
+        }];
+        let sent = async {
+            self.l2()?
+                .write(&self.ns.keyspace, &entry, &[], Some(&op))
+                .await
+                .map(drop)
+        }
+        .await;
+        if sent.is_err() {
+            self.ns.owed.owe_keys([key]);
+        }
         Ok(self.reach(sent))
     }
 
     /// Removes every entry written with `tag` (see [`SetOptions::tag`](super::SetOptions::tag)),
-    /// in every tier and instance.
+    /// in every tier and instance: one round trip that drops the tag's epoch, whatever the
+    /// number of entries, and holds even for entries whose other keys Redis evicted.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInput`] for an empty tag. Redis failures give [`Reach::L1Only`].
+    /// [`Error::InvalidInput`] for an empty tag. Redis failures give [`Reach::L1Only`], and
+    /// the invalidation is replayed once Redis answers.
     pub async fn invalidate_tag(&self, tag: &str) -> Result<Reach> {
         if tag.is_empty() {
             return Err(Error::invalid(
@@ -91,37 +117,24 @@ where
                 "is empty; tags need at least one character",
             ));
         }
-        let core = &self.core;
-        // Entries this instance wrote with the tag, whether or not Redis is reachable.
-        let local = Op::Tag {
+        let op = Op::Tag {
             ns: self.ns.name.clone(),
             tag: tag.to_owned(),
             keys: Vec::new(),
         };
-        core.apply(&self.ns, &local).await;
-        if !core.l2.stores_values() {
-            // Every L1 entry was written here and knows its tags: the local pass was all.
+        self.core.apply(&self.ns, &op).await;
+        if !self.core.l2.stores_values() {
             return Ok(Reach::AllTiers);
         }
-        let l2 = match self.l2() {
-            Ok(l2) => l2,
-            Err(e) => return Ok(self.reach(Err(e))),
-        };
-        let keys = match l2.take_tag(&self.ns.keyspace, tag).await {
-            Ok(keys) => keys,
-            Err(e) => {
-                count_failure(&self.ns.counters, &e);
-                return Ok(Reach::L1Only);
-            }
-        };
-        // Entries read from L2 (here or elsewhere) do not know their tags: evict them by key.
-        let op = Op::Tag {
-            ns: self.ns.name.clone(),
-            tag: tag.to_owned(),
-            keys,
-        };
-        core.apply(&self.ns, &op).await;
-        let sent = l2.remove(&self.ns.keyspace, &op).await;
+        let sent = async {
+            self.l2()?
+                .drop_epochs(&self.ns.keyspace, false, &[tag], Some(&op))
+                .await
+        }
+        .await;
+        if sent.is_err() {
+            self.ns.owed.owe_tag(tag);
+        }
         Ok(self.reach(sent))
     }
 
@@ -130,12 +143,14 @@ where
     ///
     /// The pattern is a glob over this namespace's keys only: `*` matches any run of
     /// characters, `?` one character, `\` makes the next character literal, and everything
-    /// else (`[`, `]`, ...) is literal. Redis is walked with `SCAN` in batches, never `KEYS`.
+    /// else (`[`, `]`, ...) is literal. Redis is walked with `SCAN` in batches, never `KEYS`,
+    /// and each match becomes a tombstone.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidInput`] for a pattern ending in a lone `\`. When Redis fails part way, the
-    /// entries removed so far stay removed and [`Reach::L1Only`] comes back with the count.
+    /// entries removed so far stay removed and [`Reach::L1Only`] comes back with the count;
+    /// the whole namespace is then invalidated once Redis answers.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<(Reach, u64)> {
         let parsed = Pattern::parse(pattern)?;
         let op = Op::Pattern {
@@ -143,28 +158,53 @@ where
             pattern: parsed.source().to_owned(),
         };
         self.core.apply(&self.ns, &op).await;
-        Ok(self.remove_matching(Some(&parsed), op).await)
+        let (removed, sent) = match self.l2() {
+            Ok(l2) => {
+                l2.remove_matching(&self.ns.keyspace, Some(&parsed), self.ns.ttl, &op)
+                    .await
+            }
+            Err(e) => (0, Err(e)),
+        };
+        if sent.is_err() && self.core.l2.stores_values() {
+            self.ns.owed.owe_everything();
+        }
+        Ok((self.reach(sent), removed))
     }
 
     /// Removes every entry of this namespace, of every version, in every tier and instance,
-    /// and returns how many Redis keys were removed.
+    /// and returns how many Redis keys were removed. The namespace's epoch goes first, in one
+    /// round trip: from then on no entry of it is served, even one the removal that follows
+    /// does not reach.
     ///
     /// # Errors
     ///
-    /// None today; Redis failures give [`Reach::L1Only`] with the count removed so far.
+    /// None today; Redis failures give [`Reach::L1Only`] with the count removed so far, and
+    /// the clear is replayed once Redis answers.
     pub async fn clear(&self) -> Result<(Reach, u64)> {
         let op = Op::Clear {
             ns: self.ns.name.clone(),
         };
         self.core.apply(&self.ns, &op).await;
-        Ok(self.remove_matching(None, op).await)
-    }
-
-    async fn remove_matching(&self, pattern: Option<&Pattern>, op: Op) -> (Reach, u64) {
-        let (removed, sent) = match self.l2() {
-            Ok(l2) => l2.remove_matching(&self.ns.keyspace, pattern, &op).await,
-            Err(e) => (0, Err(e)),
+        if !self.core.l2.stores_values() {
+            return Ok((Reach::AllTiers, 0));
+        }
+        let l2 = match self.l2() {
+            Ok(l2) => l2,
+            Err(e) => {
+                self.ns.owed.owe_everything();
+                return Ok((self.reach(Err(e)), 0));
+            }
         };
-        (self.reach(sent), removed)
+        let space = &self.ns.keyspace;
+        if let Err(e) = l2.drop_epochs(space, true, &[], Some(&op)).await {
+            self.ns.owed.owe_everything();
+            return Ok((self.reach(Err(e)), 0));
+        }
+        // The clear has taken effect; the rest frees memory, and a failure is only counted.
+        let (removed, swept) = l2.remove_matching(space, None, self.ns.ttl, &op).await;
+        if let Err(e) = swept {
+            count_failure(&self.ns.counters, &e);
+        }
+        Ok((Reach::AllTiers, removed))
     }
 }

@@ -58,10 +58,13 @@ pub(crate) struct L1Value {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     /// The namespace's L1 generation when the entry was made; an older one is not served.
     pub(crate) generation: u64,
-    /// Encoded size in bytes, so the L1 is bounded by what values weigh, not by their count.
+    /// Decoded size in bytes, so the L1 is bounded by what values weigh, not by their count.
     pub(crate) weight: u32,
     pub(crate) ttl: Duration,
     pub(crate) tags: Option<Arc<[Box<str>]>>,
+    /// The entry's version in Redis, or `LOCAL` for what this instance wrote or loaded:
+    /// a copy never replaces a newer one.
+    pub(crate) version: u64,
 }
 
 impl L1Value {

@@ -1,7 +1,8 @@
 //! The second tier behind one trait, and the one rule that picks it per call.
 //!
-//! [`L2`] is what the cache asks of a shared tier: bytes by key, writes with their tags,
-//! removals, and the backplane message that goes with each change. Two tiers implement it:
+//! [`L2`] is what the cache asks of a shared tier: framed bytes by key with the epochs that
+//! say whether to trust them, conditional writes, epochs to drop, loading leases, and the
+//! backplane message that goes with each change. Two tiers implement it:
 //! [`RedisL2`](redis::RedisL2), and [`NoL2`] for embedded mode, where nothing is stored, reads
 //! miss and writes reach every tier there is (the L1). [`Tier::pick`] chooses per call from
 //! Redis's health, so no read, write, invalidation or warm-up branches on the connection.
@@ -30,8 +31,12 @@ use crate::keys::Keys;
 pub(super) struct Keyspace {
     /// `{prefix}:c:{name}:v{version}:`
     entries: String,
-    /// `{prefix}:c:{name}:t{version}:`
-    tags: String,
+    /// `{prefix}:c:{name}:e{version}`
+    epoch: String,
+    /// `{prefix}:c:{name}:g{version}:`
+    tag_epochs: String,
+    /// `{prefix}:c:{name}:l{version}:`
+    leases: String,
     /// `{prefix}:c:{name}:*`: every key of the namespace, all versions.
     all_versions: String,
 }
@@ -40,7 +45,9 @@ impl Keyspace {
     pub(super) fn new(keys: &Keys, name: &str, version: u32) -> Keyspace {
         Keyspace {
             entries: keys.cache_entries(name, version),
-            tags: keys.cache_tags(name, version),
+            epoch: keys.cache_epoch(name, version),
+            tag_epochs: keys.cache_tag_epochs(name, version),
+            leases: keys.cache_leases(name, version),
             all_versions: keys.cache_namespace_glob(name),
         }
     }
@@ -53,9 +60,17 @@ impl Keyspace {
         k
     }
 
-    /// The Redis key of the set of keys written with `tag`.
-    fn tag(&self, tag: &str) -> String {
-        format!("{}{tag}", self.tags)
+    /// The Redis key of an epoch.
+    fn epoch(&self, of: EpochOf<'_>) -> String {
+        match of {
+            EpochOf::Namespace => self.epoch.clone(),
+            EpochOf::Tag(tag) => format!("{}{tag}", self.tag_epochs),
+        }
+    }
+
+    /// The Redis key of the lease on loading `key`.
+    fn lease(&self, key: &str) -> String {
+        format!("{}{key}", self.leases)
     }
 }
 
@@ -75,12 +90,55 @@ pub(super) enum Stored {
     Foreign,
 }
 
-/// One entry to store: its key, stored bytes, TTL and tags.
+/// What a read found: each key's entry, and the namespace's epoch read in the same round trip
+/// (`None`: absent, so no entry can be trusted).
+#[derive(Debug)]
+pub(super) struct Snapshot {
+    pub(super) stored: Vec<Stored>,
+    pub(super) epoch: Option<u64>,
+}
+
+/// Which epoch: the namespace's, or a tag's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum EpochOf<'a> {
+    Namespace,
+    Tag(&'a str),
+}
+
+/// An epoch a write was framed under, checked in the write's own round trip; tag epochs are
+/// kept alive at least `ttl` (zero: the namespace's, which never expires).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct EpochUse<'a> {
+    pub(super) of: EpochOf<'a>,
+    pub(super) epoch: u64,
+    pub(super) ttl: Duration,
+}
+
+/// One entry to store: its key, its [frame](super::frame), its TTL, and, for a fill, the
+/// version it must replace (see [`Expect`]).
 pub(super) struct Entry<'a> {
     pub(super) key: &'a str,
-    pub(super) bytes: &'a [u8],
+    pub(super) frame: &'a [u8],
     pub(super) ttl: Duration,
-    pub(super) tags: &'a [Box<str>],
+    pub(super) expect: Option<&'a Expect>,
+}
+
+/// What a fill must find at its key to land: what the read before the load saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Expect {
+    Absent,
+    /// A frame of this version (a value, a tombstone, or one that did not decode).
+    Version(u64),
+    /// Anything that is not a frame: another type, another program's bytes.
+    Foreign,
+}
+
+/// What a write did: per entry, whether it landed (a fill may not), and per epoch use, the
+/// epoch the server holds now (`None`: absent).
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    pub(super) landed: Vec<bool>,
+    pub(super) epochs: Vec<Option<u64>>,
 }
 
 /// A shared second tier. Every call either reaches the tier or fails with the error that says
@@ -92,46 +150,61 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
     /// never encoded, and the L1 is the deepest tier a key can be in.
     fn stores_values(&self) -> bool;
 
-    /// What is stored at `key`, with its remaining TTL.
-    async fn get(&self, space: &Keyspace, key: &str) -> Result<Stored>;
+    /// What is stored at each of `keys` with its remaining TTL, and the namespace's epoch, in
+    /// one round trip; in the order of `keys`.
+    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Snapshot>;
 
-    /// What is stored at each of `keys`, in one round trip; in the order of `keys`.
-    async fn get_many(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>>;
+    /// The current epoch of each of `tags` (`None`: absent), in one round trip.
+    async fn tag_epochs(&self, space: &Keyspace, tags: &[&str]) -> Result<Vec<Option<u64>>>;
 
-    /// Which of `keys` are stored, in one round trip; in the order of `keys`.
+    /// The current value of each epoch, made (at random) where it is absent.
+    async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>>;
+
+    /// Which of `keys` hold a value (not a tombstone), in one round trip.
     async fn contains(&self, space: &Keyspace, keys: &[String]) -> Result<Vec<bool>>;
 
-    /// Stores a loaded value; unless `overwrite`, only where the key is absent, so a load never
-    /// replaces what another writer stored meanwhile. No backplane message: nothing changed
-    /// that another instance may hold.
-    async fn fill(
+    /// Stores `entries` (each version set by the server above the one it replaces; a fill
+    /// only where its [`Expect`] holds), checks `epochs`, and publishes `op`, in one round trip.
+    async fn write(
         &self,
         space: &Keyspace,
-        key: &str,
-        bytes: Vec<u8>,
-        ttl: Duration,
-        overwrite: bool,
+        entries: &[Entry<'_>],
+        epochs: &[EpochUse<'_>],
+        op: Option<&Op>,
+    ) -> Result<Written>;
+
+    /// Deletes the namespace's epoch (`namespace`) and those of `tags`, which invalidates
+    /// every entry framed under them, and publishes `op`, in one round trip.
+    async fn drop_epochs(
+        &self,
+        space: &Keyspace,
+        namespace: bool,
+        tags: &[&str],
+        op: Option<&Op>,
     ) -> Result<()>;
 
-    /// Stores `entries` with their tags and publishes `op`, in one round trip.
-    async fn write(&self, space: &Keyspace, entries: &[Entry<'_>], op: &Op) -> Result<()>;
-
-    /// Removes the keys `op` names and publishes it, in one round trip.
-    async fn remove(&self, space: &Keyspace, op: &Op) -> Result<()>;
-
-    /// The keys written with `tag`, taken and forgotten in one step, so a key tagged meanwhile
-    /// is either in this answer or in a fresh set, never lost.
-    async fn take_tag(&self, space: &Keyspace, tag: &str) -> Result<Vec<String>>;
-
-    /// Removes every key matching `pattern` (every key of every version of the namespace for
-    /// `None`), then publishes `op`. Returns how many keys were removed, and the error that
-    /// stopped it part way, if one did: what was removed stays removed.
+    /// Tombstones (for `tombstone_ttl`) every entry matching `pattern`, or removes every key of
+    /// every version of the namespace for `None`, then publishes `op`. Returns how many entries it reached, and the
+    /// error that stopped it part way, if one did: what was reached stays so.
     async fn remove_matching(
         &self,
         space: &Keyspace,
         pattern: Option<&Pattern>,
+        tombstone_ttl: Duration,
         op: &Op,
     ) -> (u64, Result<()>);
+
+    /// Takes the lease on loading `key` for `lease` when no one holds it: `true` when taken.
+    async fn take_lease(
+        &self,
+        space: &Keyspace,
+        key: &str,
+        token: u64,
+        lease: Duration,
+    ) -> Result<bool>;
+
+    /// Gives the lease back, if `token` still holds it.
+    async fn end_lease(&self, space: &Keyspace, key: &str, token: u64) -> Result<()>;
 
     /// The server's key count and memory, when it answers.
     async fn figures(&self) -> ServerFigures;
@@ -148,41 +221,58 @@ impl L2 for NoL2 {
         false
     }
 
-    async fn get(&self, _: &Keyspace, _: &str) -> Result<Stored> {
-        Ok(Stored::Absent)
+    async fn read(&self, _: &Keyspace, keys: &[&str]) -> Result<Snapshot> {
+        Ok(Snapshot {
+            stored: keys.iter().map(|_| Stored::Absent).collect(),
+            epoch: None,
+        })
     }
 
-    async fn get_many(&self, _: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
-        Ok(keys.iter().map(|_| Stored::Absent).collect())
+    async fn tag_epochs(&self, _: &Keyspace, tags: &[&str]) -> Result<Vec<Option<u64>>> {
+        Ok(vec![None; tags.len()])
+    }
+
+    async fn make_epochs(&self, _: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>> {
+        Ok(vec![0; wanted.len()])
     }
 
     async fn contains(&self, _: &Keyspace, keys: &[String]) -> Result<Vec<bool>> {
         Ok(vec![false; keys.len()])
     }
 
-    async fn fill(&self, _: &Keyspace, _: &str, _: Vec<u8>, _: Duration, _: bool) -> Result<()> {
-        Ok(())
+    async fn write(
+        &self,
+        _: &Keyspace,
+        entries: &[Entry<'_>],
+        epochs: &[EpochUse<'_>],
+        _: Option<&Op>,
+    ) -> Result<Written> {
+        Ok(Written {
+            landed: vec![true; entries.len()],
+            epochs: epochs.iter().map(|e| Some(e.epoch)).collect(),
+        })
     }
 
-    async fn write(&self, _: &Keyspace, _: &[Entry<'_>], _: &Op) -> Result<()> {
+    async fn drop_epochs(&self, _: &Keyspace, _: bool, _: &[&str], _: Option<&Op>) -> Result<()> {
         Ok(())
-    }
-
-    async fn remove(&self, _: &Keyspace, _: &Op) -> Result<()> {
-        Ok(())
-    }
-
-    async fn take_tag(&self, _: &Keyspace, _: &str) -> Result<Vec<String>> {
-        Ok(Vec::new())
     }
 
     async fn remove_matching(
         &self,
         _: &Keyspace,
         _: Option<&Pattern>,
+        _: Duration,
         _: &Op,
     ) -> (u64, Result<()>) {
         (0, Ok(()))
+    }
+
+    async fn take_lease(&self, _: &Keyspace, _: &str, _: u64, _: Duration) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn end_lease(&self, _: &Keyspace, _: &str, _: u64) -> Result<()> {
+        Ok(())
     }
 
     async fn figures(&self) -> ServerFigures {

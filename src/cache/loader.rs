@@ -1,6 +1,9 @@
 //! The value initializer: `get_or_set`, where an L1 miss becomes one load per key per process
-//! (moka's entry API coalesces the callers), the load asks L2 and then the loader, and a loaded
-//! value is written to L2 only after the waiters are released, and only if no change raced it.
+//! ([`flight`](super::flight)), or per key across instances with
+//! [`single_flight`](super::NamespaceBuilder::single_flight). A load asks L2, then the loader;
+//! a loaded value enters L1 at once and Redis after the waiters are released, and only if the
+//! key still holds what the load's read saw there: a load never replaces a write or an
+//! invalidation that landed while it ran, on any instance.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,21 +12,31 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::l1::{L1Key, L1Value};
-use super::l2::count_failure;
+use super::flight::{self, Seat};
+use super::frame::{self, Kind};
+use super::l2::{count_failure, Entry, EpochOf, EpochUse, Expect};
+use super::lease::Waited;
 use super::namespace::{Hit, Namespace, Source};
-use super::read::L2Read;
+use super::read::{L2Read, LOCAL};
+use super::stamp::Stamp;
 use super::stats::bump;
 use crate::error::{Error, Result};
 
-/// A Redis write a load decided on, done after the waiters of the load are released.
-struct PendingWrite {
-    bytes: Vec<u8>,
+/// A Redis fill a load decided on, done after the waiters of the load are released, and the
+/// lease to give back after it.
+type Pending = Option<(Fill, Option<u64>)>;
+
+/// A Redis fill.
+struct Fill {
+    frame: Vec<u8>,
     ttl: Duration,
-    /// Overwrite undecodable bytes; otherwise only fill an absent key, so a load never
-    /// overwrites a value another instance wrote meanwhile.
-    overwrite: bool,
+    /// What the key must still hold for the fill to land: what the load's read saw.
+    expect: Expect,
 }
+
+/// What a read before a load leaves to the load: what a fill must find, and the namespace
+/// epoch to frame it under. `None` when Redis is not to be filled.
+pub(super) type FillBasis = Option<(Expect, u64)>;
 
 impl<V> Namespace<V>
 where
@@ -32,8 +45,9 @@ where
     /// Reads `key` through both tiers and, when neither has it, runs `loader` and writes its
     /// value to both (cache-aside).
     ///
-    /// Concurrent calls for one missing key run one load per process: the others wait for it
-    /// and share its value, or its error.
+    /// Concurrent calls for one missing key run one load per process (per every instance with
+    /// [`single_flight`](super::NamespaceBuilder::single_flight)): the others wait for it and
+    /// share its value, or its error.
     ///
     /// # Errors
     ///
@@ -49,104 +63,191 @@ where
         if let Some(hit) = self.l1_hit(key).await {
             return Ok(hit);
         }
-        let stamp = self.ns.fresh.stamp(key);
-        let mut source = Source::L1;
-        let mut pending = None;
-        let entry = self
-            .l1
-            .entry(L1Key::new(self.ns.id, key))
-            .or_try_insert_with(self.load(key, loader, &mut source, &mut pending))
-            .await;
-        let entry = entry.map_err(Error::from_shared)?;
-        let fresh = entry.is_fresh();
-        let value = Arc::downcast::<V>(entry.into_value().value)
-            .map_err(|_| Error::Internal("an L1 entry of this namespace holds another type"))?;
-        if !fresh {
-            bump(&self.ns.counters.l1_hits);
-            return Ok(Hit {
-                value,
-                source: Source::L1,
-            });
+        let mut loader = Some(loader);
+        loop {
+            let lead = match self.ns.flights.join(key) {
+                Seat::Lead(lead) => lead,
+                Seat::Wait(wait) => match flight::outcome(wait).await {
+                    Some(outcome) => return self.shared(outcome),
+                    // The leader's call was dropped: lead (or wait for) the next load.
+                    None => continue,
+                },
+            };
+            // A load that finished while this call queued for the lead left its value in L1.
+            if let Some(hit) = self.l1_hit(key).await {
+                lead.finish(Ok((hit.value.clone(), hit.source)));
+                return Ok(hit);
+            }
+            let Some(loader) = loader.take() else {
+                return Err(Error::Internal("a load led twice by one call"));
+            };
+            let stamp = self.ns.fresh.stamp(key);
+            let (loaded, fill) = match self.load(key, loader, stamp).await {
+                Ok(done) => done,
+                Err(e) => {
+                    let e = Arc::new(e);
+                    lead.finish(Err(e.clone()));
+                    return Err(Error::from_shared(e));
+                }
+            };
+            lead.finish(Ok((loaded.value.clone(), loaded.source)));
+            if let Some((fill, lease)) = fill {
+                // After the waiters are released: they need not wait for Redis to take it.
+                self.fill_l2(key, fill).await;
+                self.end_lease(key, lease).await;
+            }
+            return Ok(loaded);
         }
-        if self.ns.fresh.changed_since(key, stamp) {
-            // A write or invalidation landed while this value was loading: hand it to the
-            // caller, but keep what may already be stale in neither tier.
-            self.drop_l1(key).await;
-        } else if let Some(write) = pending {
-            // After the waiters are released: they need not wait for Redis to take the value.
-            self.fill_l2(key, write).await;
-        }
-        Ok(Hit { value, source })
     }
 
-    /// The single-flight load: L2, then the loader. Decides the L2 write, if any, into
-    /// `pending`.
-    async fn load<F, Fut, E>(
-        &self,
-        key: &str,
-        loader: F,
-        source: &mut Source,
-        pending: &mut Option<PendingWrite>,
-    ) -> Result<L1Value>
+    /// A waiter's share of a load: the value as an L1 hit, or the load's error.
+    fn shared(&self, outcome: flight::Outcome) -> Result<Hit<V>> {
+        let (value, _) = outcome.map_err(Error::from_shared)?;
+        let value = Arc::downcast::<V>(value)
+            .map_err(|_| Error::Internal("a load of this namespace gave another type"))?;
+        bump(&self.ns.counters.l1_hits);
+        Ok(Hit {
+            value,
+            source: Source::L1,
+        })
+    }
+
+    /// The lead's load: L2, then (after waiting for another instance's load, with a lease)
+    /// the loader. Returns the value, in L1 unless a change raced it, and the fill to do.
+    async fn load<F, Fut, E>(&self, key: &str, loader: F, stamp: Stamp) -> Result<(Hit<V>, Pending)>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let counters = &self.ns.counters;
-        let overwrite = match self.l2_read(key).await {
-            L2Read::Hit(value, weight, ttl) => {
-                *source = Source::L2;
-                return Ok(self.l1_value(Arc::new(value), weight, ttl, None));
+        let mut basis = match self.l2_read(key).await {
+            L2Read::Hit {
+                value,
+                weight,
+                ttl,
+                version,
+                tags,
+            } => {
+                let value = Arc::new(value);
+                let entry = self.l1_value(value.clone(), weight, ttl, tags, version);
+                return Ok((
+                    self.keep_l1(key, value, entry, stamp, Source::L2).await,
+                    None,
+                ));
             }
-            L2Read::Absent => Some(false),
-            L2Read::Undecodable => Some(true),
+            L2Read::Miss { expect, epoch } => self.fill_basis(expect, epoch).await,
             L2Read::Unreachable => None,
         };
+        let mut lease = None;
+        if let (Some(_), Some(ttl)) = (&basis, self.ns.lease) {
+            match self.await_other_load(key, ttl, stamp, basis).await {
+                Waited::Loaded(hit) => return Ok((hit, None)),
+                Waited::Lead { token, basis: b } => {
+                    lease = token;
+                    basis = b;
+                }
+            }
+        }
         bump(&counters.misses);
         bump(&counters.loader_calls);
         let started = Instant::now();
         let span = tracing::debug_span!("tierkit.loader", namespace = %self.ns.name);
         let loaded = tracing::Instrument::instrument(loader(), span).await;
         crate::metrics::loader(&self.ns.name, started.elapsed());
-        let value = loaded.map_err(|e| {
+        let loaded = loaded.map_err(|e| {
             bump(&counters.loader_errors);
             Error::Loader(Arc::from(e.into()))
-        })?;
-        *source = Source::Loader;
-        let (bytes, weight) = self.encode(&value)?;
-        let ttl = self.jittered(self.ns.ttl);
-        match (bytes, overwrite) {
-            (Some(bytes), Some(overwrite)) => {
-                *pending = Some(PendingWrite {
-                    bytes,
-                    ttl,
-                    overwrite,
-                })
+        });
+        let value = match loaded {
+            Ok(value) => value,
+            Err(e) => {
+                self.end_lease(key, lease).await;
+                return Err(e);
             }
-            // The read just failed: a write now would most likely wait out another timeout.
-            (Some(_), None) => bump(&counters.l2_skipped),
+        };
+        let (bytes, weight) = match self.encode(&value) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                self.end_lease(key, lease).await;
+                return Err(e);
+            }
+        };
+        let ttl = self.jittered(self.ns.ttl);
+        let value = Arc::new(value);
+        let entry = self.l1_value(value.clone(), weight, ttl, None, LOCAL);
+        let hit = self.keep_l1(key, value, entry, stamp, Source::Loader).await;
+        let fill = match (bytes, basis) {
+            // A change raced the load: what it loaded may be stale already.
+            _ if self.ns.fresh.changed_since(key, stamp) => None,
+            (Some(bytes), Some((expect, epoch))) => Some(Fill {
+                frame: frame::encode(Kind::Value, epoch, &[], &bytes),
+                ttl,
+                expect,
+            }),
+            // The read failed: a write now would most likely wait out another timeout.
+            (Some(_), None) => {
+                bump(&counters.l2_skipped);
+                None
+            }
             // No L2 that stores values: nothing to write.
-            (None, _) => {}
+            (None, _) => None,
+        };
+        if fill.is_none() {
+            self.end_lease(key, lease).await;
+            return Ok((hit, None));
         }
-        Ok(self.l1_value(Arc::new(value), weight, ttl, None))
+        // A lease is given back after the fill, so the waiters find the value, not a free lease.
+        Ok((hit, fill.map(|f| (f, lease))))
     }
 
-    async fn fill_l2(&self, key: &str, write: PendingWrite) {
-        let filled = async {
-            self.l2()?
-                .fill(
-                    &self.ns.keyspace,
-                    key,
-                    write.bytes,
-                    write.ttl,
-                    write.overwrite,
-                )
-                .await
+    /// What a fill after a load must find and frame under, from the read before the load. The
+    /// namespace's epoch is made now when absent, before the loader runs: a clear during the
+    /// load then still invalidates the fill.
+    pub(super) async fn fill_basis(&self, expect: Expect, epoch: Option<u64>) -> FillBasis {
+        if !self.core.l2.stores_values() {
+            return None;
+        }
+        if let Some(epoch) = epoch {
+            return Some((expect, epoch));
+        }
+        let made = async {
+            let wanted = [EpochUse {
+                of: EpochOf::Namespace,
+                epoch: 0,
+                ttl: Duration::ZERO,
+            }];
+            let asked = self.ns.epochs.asking();
+            let made = self.l2()?.make_epochs(&self.ns.keyspace, &wanted).await?;
+            let epoch = made.first().copied();
+            self.ns.epochs.learn(asked, EpochOf::Namespace, epoch);
+            epoch.ok_or(Error::Internal("no epoch made"))
         }
         .await;
-        if let Err(e) = filled {
-            count_failure(&self.ns.counters, &e);
+        match made {
+            Ok(epoch) => Some((expect, epoch)),
+            Err(e) => {
+                count_failure(&self.ns.counters, &e);
+                None
+            }
+        }
+    }
+
+    async fn fill_l2(&self, key: &str, fill: Fill) {
+        let entry = [Entry {
+            key,
+            frame: &fill.frame,
+            ttl: fill.ttl,
+            expect: Some(&fill.expect),
+        }];
+        let filled = async { self.l2()?.write(&self.ns.keyspace, &entry, &[], None).await }.await;
+        match filled {
+            Ok(written) if written.landed.first() == Some(&false) => {
+                tracing::debug!(namespace = %self.ns.name,
+                    "tierkit: a change landed while loading; the loaded value stays out of Redis");
+            }
+            Ok(_) => {}
+            Err(e) => count_failure(&self.ns.counters, &e),
         }
     }
 }

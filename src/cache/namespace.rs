@@ -13,8 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::base::CacheCore;
+use super::epochs::Epochs;
+use super::flight::Flights;
 use super::l1::L1;
 use super::l2::{count_failure, Keyspace, L2};
+use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::{CacheStats, Counters};
 use crate::error::Result;
@@ -33,6 +36,15 @@ pub(super) struct NsShared {
     /// A read that raced a change does not keep its result.
     pub(super) fresh: Freshness,
     pub(super) keyspace: Keyspace,
+    /// The namespace's and its tags' epochs as last seen.
+    pub(super) epochs: Epochs,
+    /// Changes Redis has not taken yet.
+    pub(super) owed: Owed,
+    /// The loads in flight in this process, one per key.
+    pub(super) flights: Flights,
+    /// With [`NamespaceBuilder::single_flight`](super::NamespaceBuilder::single_flight): how
+    /// long one instance may load a cold key while the others wait for it.
+    pub(super) lease: Option<Duration>,
 }
 
 impl NsShared {
@@ -42,6 +54,7 @@ impl NsShared {
             && self.ttl == other.ttl
             && self.l1_ttl == other.l1_ttl
             && self.jitter == other.jitter
+            && self.lease == other.lease
     }
 }
 
@@ -235,6 +248,32 @@ where
     /// The Redis key of `key` in this namespace.
     pub fn redis_key(&self, key: &str) -> String {
         self.ns.keyspace.entry(key)
+    }
+
+    /// Decodes what Redis holds at one of this namespace's keys ([`redis_key`](Self::redis_key)):
+    /// for tools and tests that read Redis directly. Entries are framed (a version, the epochs
+    /// they were written under, their tags) around the [`Codec`](crate::Codec) envelope; this
+    /// checks no epoch, so it also decodes entries a clear or tag invalidation has retired.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`](crate::Error::Decode): [`DecodeError::Foreign`](crate::DecodeError::Foreign)
+    /// for bytes that are not an entry (or a tombstone, left by an invalidation), otherwise what
+    /// the codec found wrong with the value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let kit = tierkit::Tierkit::embedded();
+    /// let names = kit.namespace::<String>("names").build()?;
+    /// assert!(names.decode_entry(b"not an entry").is_err());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn decode_entry(&self, bytes: &[u8]) -> Result<V> {
+        match super::frame::parse(bytes) {
+            Some(f) if f.kind == super::frame::Kind::Value => self.core.codec.decode(f.body),
+            _ => Err(crate::error::DecodeError::Foreign.into()),
+        }
     }
 
     /// The L2 for this call ([`Tier::pick`](super::l2::Tier::pick)).

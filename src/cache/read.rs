@@ -1,28 +1,42 @@
-//! The read path: an L1 hit (the hot path), then L2, and keeping what L2 answered in L1
-//! unless a change raced the read.
+//! The read path: an L1 hit (the hot path), then L2, whose frames are trusted only under the
+//! current epochs, and keeping what L2 answered in L1 unless it is older than what L1 holds or
+//! a change raced the read.
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::future::ready;
 use std::sync::Arc;
 use std::time::Duration;
 
+use moka::ops::compute::{CompResult, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::frame::{self, Kind};
 use super::l1::{weight, KeyRef, L1Key, L1Value};
-use super::l2::{count_failure, Stored};
+use super::l2::{count_failure, EpochOf, Expect, Stored};
 use super::namespace::{Hit, Namespace, Source};
 use super::stamp::Stamp;
 use super::stats::bump;
 
+/// The version of an L1 entry this instance wrote or loaded itself: newer than any copy read
+/// from L2 until a change evicts it.
+pub(super) const LOCAL: u64 = u64::MAX;
+
 /// What an L2 read found.
 pub(super) enum L2Read<V> {
-    /// The value, its L1 weight, and how long an L1 copy of it may live: the namespace's L1
-    /// TTL, cut to what the L2 entry has left, so no copy outlives its entry.
-    Hit(V, u32, Duration),
-    Absent,
-    /// Bytes that do not decode as `V`, or a key of another type: a miss that the next write
-    /// must overwrite.
-    Undecodable,
+    /// A value to serve, with its L1 weight, how long an L1 copy may live (the namespace's L1
+    /// TTL cut to what the L2 entry has left), its version and tags.
+    Hit {
+        value: V,
+        weight: u32,
+        ttl: Duration,
+        version: u64,
+        tags: Option<Arc<[Box<str>]>>,
+    },
+    /// Nothing to serve. A fill after a load must still find `expect` to land, and is framed
+    /// under `epoch`, the namespace's epoch when the read was made (`None`: absent).
+    Miss { expect: Expect, epoch: Option<u64> },
     /// Redis failed, timed out or is down.
     Unreachable,
 }
@@ -60,14 +74,23 @@ where
             return Some(hit);
         }
         let stamp = self.ns.fresh.stamp(key);
-        match self.l2_read(key).await {
-            L2Read::Hit(value, weight, ttl) => {
+        let read = self.l2_read(key).await;
+        self.serve(key, read, stamp).await
+    }
+
+    /// A read's answer: a hit kept in L1 (or the newer copy L1 already holds), or a counted miss.
+    async fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp) -> Option<Hit<V>> {
+        match read {
+            L2Read::Hit {
+                value,
+                weight,
+                ttl,
+                version,
+                tags,
+            } => {
                 let value = Arc::new(value);
-                self.fill_l1(key, value.clone(), weight, ttl, stamp).await;
-                Some(Hit {
-                    value,
-                    source: Source::L2,
-                })
+                let entry = self.l1_value(value.clone(), weight, ttl, tags, version);
+                Some(self.keep_l1(key, value, entry, stamp, Source::L2).await)
             }
             _ => {
                 bump(&self.ns.counters.misses);
@@ -79,61 +102,191 @@ where
     /// Reads `key` from L2, counting hits, errors and decode failures. A miss is counted by
     /// the caller.
     pub(super) async fn l2_read(&self, key: &str) -> L2Read<V> {
-        let found = async { self.l2()?.get(&self.ns.keyspace, key).await }.await;
-        match found {
-            Ok(stored) => self.decode_stored(stored),
-            Err(e) => {
-                count_failure(&self.ns.counters, &e);
-                L2Read::Unreachable
-            }
-        }
+        self.l2_read_many(&[key])
+            .await
+            .pop()
+            .unwrap_or(L2Read::Unreachable)
     }
 
-    /// Decodes what L2 holds at a key, counting hits and decode failures.
-    fn decode_stored(&self, stored: Stored) -> L2Read<V> {
-        let counters = &self.ns.counters;
-        let (bytes, ttl) = match stored {
-            Stored::Absent => return L2Read::Absent,
-            Stored::Foreign => {
-                bump(&counters.decode_failures);
-                tracing::debug!(namespace = %self.ns.name,
-                    "tierkit: a key of another type holds this entry's place; treating as a miss");
-                return L2Read::Undecodable;
-            }
-            Stored::Value { bytes, ttl } => (bytes, ttl),
+    /// Reads `keys` from L2 in one round trip (two when tagged entries name tags whose epochs
+    /// this instance does not know yet).
+    async fn l2_read_many(&self, keys: &[&str]) -> Vec<L2Read<V>> {
+        let unreachable = |e| {
+            count_failure(&self.ns.counters, &e);
+            keys.iter().map(|_| L2Read::Unreachable).collect()
         };
-        match self.core.codec.decode::<V>(&bytes) {
-            Ok(value) => {
-                bump(&counters.l2_hits);
-                let body_len = crate::codec::Codec::body_len(&bytes).unwrap_or(bytes.len());
-                let l1_ttl = ttl.map_or(self.ns.l1_ttl, |left| left.min(self.ns.l1_ttl));
-                L2Read::Hit(value, weight(body_len), l1_ttl)
-            }
-            Err(e) => {
-                bump(&counters.decode_failures);
-                tracing::debug!(namespace = %self.ns.name, error = %e,
-                    "tierkit: stored value does not decode; treating as a miss");
-                L2Read::Undecodable
+        if self.ns.owed.is_owing() {
+            // Changes this instance made are not in Redis yet: what Redis holds may be what
+            // they replaced, until the replay lands.
+            return unreachable(crate::error::Error::Unavailable);
+        }
+        let l2 = match self.l2() {
+            Ok(l2) => l2,
+            Err(e) => return unreachable(e),
+        };
+        let (space, epochs) = (&self.ns.keyspace, &self.ns.epochs);
+        let asked = epochs.asking();
+        let snapshot = match l2.read(space, keys).await {
+            Ok(snapshot) => snapshot,
+            Err(e) => return unreachable(e),
+        };
+        epochs.learn(asked, EpochOf::Namespace, snapshot.epoch);
+        let ns_epoch = snapshot.epoch;
+        let frames: Vec<_> = snapshot
+            .stored
+            .iter()
+            .map(|stored| match stored {
+                Stored::Value { bytes, .. } => frame::parse(bytes),
+                _ => None,
+            })
+            .collect();
+        // Tags of entries that would otherwise be served, whose epochs are not known here.
+        let mut unknown: Vec<&str> = frames
+            .iter()
+            .flatten()
+            .filter(|f| f.kind == Kind::Value && Some(f.ns_epoch) == ns_epoch)
+            .flat_map(|f| f.tags.iter().map(|(tag, _)| *tag))
+            .filter(|tag| epochs.get(EpochOf::Tag(tag)).is_none())
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        let mut fetched: HashMap<&str, Option<u64>> = HashMap::new();
+        if !unknown.is_empty() {
+            let asked = epochs.asking();
+            match l2.tag_epochs(space, &unknown).await {
+                Ok(found) => {
+                    for (tag, epoch) in unknown.iter().zip(found) {
+                        epochs.learn(asked, EpochOf::Tag(tag), epoch);
+                        fetched.insert(tag, epoch);
+                    }
+                }
+                Err(e) => return unreachable(e),
             }
         }
+        let current = |tag: &str| match fetched.get(tag) {
+            Some(epoch) => *epoch,
+            None => epochs.get(EpochOf::Tag(tag)),
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for (stored, parsed) in snapshot.stored.iter().zip(&frames) {
+            let read = match (stored, parsed) {
+                (Stored::Absent, _) => L2Read::Miss {
+                    expect: Expect::Absent,
+                    epoch: ns_epoch,
+                },
+                (Stored::Foreign, _) => self.undecodable(Expect::Foreign, ns_epoch),
+                (Stored::Value { bytes, .. }, None) => {
+                    let expect = frame::version_of(bytes).map_or(Expect::Foreign, Expect::Version);
+                    self.undecodable(expect, ns_epoch)
+                }
+                (Stored::Value { ttl, .. }, Some(f)) => {
+                    let trusted = f.kind == Kind::Value
+                        && Some(f.ns_epoch) == ns_epoch
+                        && f.tags.iter().all(|(tag, e)| current(tag) == Some(*e));
+                    if !trusted {
+                        L2Read::Miss {
+                            expect: Expect::Version(f.version),
+                            epoch: ns_epoch,
+                        }
+                    } else {
+                        match self.core.codec.decode::<V>(f.body) {
+                            Ok(value) => {
+                                bump(&self.ns.counters.l2_hits);
+                                let body_len =
+                                    crate::codec::Codec::body_len(f.body).unwrap_or(f.body.len());
+                                let tags = (!f.tags.is_empty())
+                                    .then(|| f.tags.iter().map(|(t, _)| (*t).into()).collect());
+                                L2Read::Hit {
+                                    value,
+                                    weight: weight(body_len),
+                                    ttl: ttl
+                                        .map_or(self.ns.l1_ttl, |left| left.min(self.ns.l1_ttl)),
+                                    version: f.version,
+                                    tags,
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(namespace = %self.ns.name, error = %e,
+                                    "tierkit: stored value does not decode; treating as a miss");
+                                self.undecodable(Expect::Version(f.version), ns_epoch)
+                            }
+                        }
+                    }
+                }
+            };
+            out.push(read);
+        }
+        out
     }
 
-    /// Keeps a value read from L2 in L1 for `ttl` (see [`L2Read::Hit`]), unless the key
-    /// changed since `stamp` was taken (before the read). Checked after the insert: a change
-    /// that lands in between is then either seen here or overwrites this value itself.
-    pub(super) async fn fill_l1(
+    /// Bytes that are not a value of this namespace: a counted miss that the next fill replaces.
+    fn undecodable(&self, expect: Expect, epoch: Option<u64>) -> L2Read<V> {
+        bump(&self.ns.counters.decode_failures);
+        tracing::debug!(namespace = %self.ns.name,
+            "tierkit: an entry's place holds something that is not a value of this namespace");
+        L2Read::Miss { expect, epoch }
+    }
+
+    /// Keeps `entry` in L1 unless L1 holds a copy at least as new, or `key` changed since
+    /// `stamp` (taken before the read or load): an older value never replaces a newer one,
+    /// so reads on this instance never go back in a key's history. Returns what to serve: the
+    /// newer copy L1 holds, or `entry`'s value (with `source`).
+    pub(super) async fn keep_l1(
         &self,
         key: &str,
         value: Arc<V>,
-        weight: u32,
-        ttl: Duration,
+        entry: L1Value,
         stamp: Stamp,
-    ) {
-        let value = self.l1_value(value, weight, ttl, None);
-        self.l1.insert(L1Key::new(self.ns.id, key), value).await;
-        if self.ns.fresh.changed_since(key, stamp) {
-            self.drop_l1(key).await;
+        source: Source,
+    ) -> Hit<V> {
+        let generation = entry.generation;
+        let version = entry.version;
+        let fresh = &self.ns.fresh;
+        let result = self
+            .l1
+            .entry(L1Key::new(self.ns.id, key))
+            .and_compute_with(|held| {
+                let op = match held {
+                    Some(held)
+                        if held.value().generation == generation
+                            && held.value().version >= version =>
+                    {
+                        Op::Nop
+                    }
+                    _ if fresh.changed_since(key, stamp) => Op::Nop,
+                    _ => Op::Put(entry),
+                };
+                ready(op)
+            })
+            .await;
+        match result {
+            // L1 holds a newer copy, or one put there after a change that raced this read.
+            CompResult::Unchanged(held) if held.value().generation == generation => {
+                if let Ok(held) = Arc::downcast::<V>(held.into_value().value) {
+                    return Hit {
+                        value: held,
+                        source: Source::L1,
+                    };
+                }
+            }
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_) => {
+                // A change that landed between the check and the put evicted nothing yet.
+                if fresh.changed_since(key, stamp) {
+                    self.drop_l1(key).await;
+                }
+            }
+            _ => {}
         }
+        Hit { value, source }
+    }
+
+    /// Puts an entry this instance wrote or loaded into L1, whatever L1 held: calls that put
+    /// into L1 go through the key's compute lock one at a time.
+    pub(super) async fn put_l1(&self, key: &str, entry: L1Value) {
+        self.l1
+            .entry(L1Key::new(self.ns.id, key))
+            .and_compute_with(|_| ready(Op::Put(entry)))
+            .await;
     }
 
     /// Takes `key`'s entry, whatever it holds, out of this namespace's L1.
@@ -153,6 +306,7 @@ where
         weight: u32,
         ttl: Duration,
         tags: Option<Arc<[Box<str>]>>,
+        version: u64,
     ) -> L1Value {
         L1Value {
             value: value as Arc<dyn Any + Send + Sync>,
@@ -160,13 +314,13 @@ where
             weight,
             ttl: ttl.min(self.ns.l1_ttl),
             tags,
+            version,
         }
     }
 
     /// Reads many keys: L1 first, then every L1 miss from Redis in one round trip. The result
     /// lines up with `keys`.
     pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Option<Hit<V>>> {
-        let counters = &self.ns.counters;
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
@@ -181,26 +335,9 @@ where
         }
         let wanted: Vec<&str> = missing.iter().map(|&i| keys[i].as_ref()).collect();
         let stamps: Vec<Stamp> = wanted.iter().map(|k| self.ns.fresh.stamp(k)).collect();
-        let fetched = async { self.l2()?.get_many(&self.ns.keyspace, &wanted).await }.await;
-        let fetched = fetched.unwrap_or_else(|e| {
-            count_failure(counters, &e);
-            Vec::new()
-        });
-        // A short answer leaves the rest as misses.
-        let mut fetched = fetched.into_iter();
-        for ((i, key), stamp) in missing.into_iter().zip(wanted).zip(stamps) {
-            let read = self.decode_stored(fetched.next().unwrap_or(Stored::Absent));
-            match read {
-                L2Read::Hit(value, weight, ttl) => {
-                    let value = Arc::new(value);
-                    self.fill_l1(key, value.clone(), weight, ttl, stamp).await;
-                    out[i] = Some(Hit {
-                        value,
-                        source: Source::L2,
-                    });
-                }
-                _ => bump(&counters.misses),
-            }
+        let reads = self.l2_read_many(&wanted).await;
+        for (((i, key), stamp), read) in missing.into_iter().zip(wanted).zip(stamps).zip(reads) {
+            out[i] = self.serve(key, read, stamp).await;
         }
         out
     }

@@ -10,9 +10,11 @@ use serde::Serialize;
 
 use super::backplane::Op;
 use super::builder::ttl_problem;
-use super::l1::{weight, L1Key};
-use super::l2::Entry;
+use super::frame::{self, Kind};
+use super::l1::weight;
+use super::l2::{Entry, EpochOf, EpochUse};
 use super::namespace::{Namespace, Reach, SetOptions};
+use super::read::LOCAL;
 use super::stats::add;
 use crate::error::{Error, Result};
 
@@ -118,34 +120,119 @@ where
     }
 
     /// L1 first, entry by entry (each key marked changed, so no read or load in flight keeps
-    /// an older value), then L2 and the backplane in one round trip.
+    /// an older value), then L2 and the backplane in one round trip. What Redis did not take
+    /// is owed ([`owed`](super::owed)).
     async fn write(&self, mut batch: Vec<Prepared<V>>) -> Result<Reach> {
         let mut keys = Vec::with_capacity(batch.len());
         for p in &mut batch {
             self.ns.fresh.bump_key(&p.key);
-            let value = self.l1_value(p.value.clone(), p.weight, p.ttl, p.tags.clone());
-            self.l1.insert(L1Key::new(self.ns.id, &p.key), value).await;
-            // Moved, not copied: from here on the op holds the keys and the entries borrow them.
+            let value = self.l1_value(p.value.clone(), p.weight, p.ttl, p.tags.clone(), LOCAL);
+            self.put_l1(&p.key, value).await;
+            // Moved, not copied: from here on the op holds the keys.
             keys.push(std::mem::take(&mut p.key));
+        }
+        if !self.core.l2.stores_values() {
+            return Ok(Reach::AllTiers);
         }
         let op = Op::Keys {
             ns: self.ns.name.clone(),
             keys,
         };
-        let entries: Vec<Entry<'_>> = op
-            .keys()
-            .iter()
-            .zip(&batch)
-            .filter_map(|(key, p)| {
-                Some(Entry {
-                    key,
-                    bytes: p.bytes.as_deref()?,
-                    ttl: p.ttl,
-                    tags: p.tags.as_deref().unwrap_or_default(),
-                })
-            })
-            .collect();
-        let sent = async { self.l2()?.write(&self.ns.keyspace, &entries, &op).await }.await;
+        let sent = self.write_l2(&op, &batch).await;
+        if sent.is_err() {
+            self.ns.owed.owe_keys(op.keys().iter().map(String::as_str));
+        }
         Ok(self.reach(sent))
+    }
+
+    /// Writes the batch framed under the epochs this instance knows (made first where it knows
+    /// none), checking them in the same round trip. An epoch that changed meanwhile (another
+    /// instance cleared or invalidated) makes the entries unreadable, so the batch is framed
+    /// again under the current ones and written once more; if they change again, the entries
+    /// stay unreadable, as a concurrent invalidation allows.
+    async fn write_l2(&self, op: &Op, batch: &[Prepared<V>]) -> Result<()> {
+        let l2 = self.l2()?;
+        let (space, epochs) = (&self.ns.keyspace, &self.ns.epochs);
+        let mut uses = vec![EpochUse {
+            of: EpochOf::Namespace,
+            epoch: 0,
+            ttl: Duration::ZERO,
+        }];
+        for p in batch {
+            for tag in p.tags.as_deref().unwrap_or_default() {
+                match uses.iter_mut().find(|u| u.of == EpochOf::Tag(tag)) {
+                    Some(u) => u.ttl = u.ttl.max(p.ttl),
+                    None => uses.push(EpochUse {
+                        of: EpochOf::Tag(tag),
+                        epoch: 0,
+                        ttl: p.ttl,
+                    }),
+                }
+            }
+        }
+        for _attempt in 0..2 {
+            let unknown: Vec<usize> = (0..uses.len())
+                .filter(|&i| match epochs.get(uses[i].of) {
+                    Some(e) => {
+                        uses[i].epoch = e;
+                        false
+                    }
+                    None => true,
+                })
+                .collect();
+            if !unknown.is_empty() {
+                let wanted: Vec<EpochUse<'_>> = unknown.iter().map(|&i| uses[i]).collect();
+                let asked = epochs.asking();
+                let made = l2.make_epochs(space, &wanted).await?;
+                for (&i, epoch) in unknown.iter().zip(made) {
+                    uses[i].epoch = epoch;
+                    epochs.learn(asked, uses[i].of, Some(epoch));
+                }
+            }
+            let epoch_of =
+                |of: EpochOf<'_>| uses.iter().find(|u| u.of == of).map_or(0, |u| u.epoch);
+            let frames: Vec<Vec<u8>> = batch
+                .iter()
+                .map(|p| {
+                    let tags: Vec<(&str, u64)> = p
+                        .tags
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|t| (&**t, epoch_of(EpochOf::Tag(t))))
+                        .collect();
+                    let body = p.bytes.as_deref().unwrap_or_default();
+                    frame::encode(Kind::Value, epoch_of(EpochOf::Namespace), &tags, body)
+                })
+                .collect();
+            let entries: Vec<Entry<'_>> = op
+                .keys()
+                .iter()
+                .zip(batch)
+                .zip(&frames)
+                .map(|((key, p), frame)| Entry {
+                    key,
+                    frame,
+                    ttl: p.ttl,
+                    expect: None,
+                })
+                .collect();
+            let asked = epochs.asking();
+            let written = l2.write(space, &entries, &uses, Some(op)).await?;
+            let mut current = true;
+            for (used, now) in uses.iter().zip(&written.epochs) {
+                if *now != Some(used.epoch) {
+                    current = false;
+                    epochs.learn(asked, used.of, *now);
+                    if now.is_none() {
+                        epochs.forget(used.of);
+                    }
+                }
+            }
+            if current {
+                break;
+            }
+        }
+        Ok(())
     }
 }

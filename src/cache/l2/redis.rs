@@ -1,32 +1,74 @@
-//! The Redis L2: entries as `SET ... PX`, tag sets kept alive by a small script, removals by
-//! `UNLINK`, pattern work by `SCAN` on every primary, and the backplane `PUBLISH` appended to
+//! The Redis L2: entries written by a small script that versions them, epochs as plain
+//! strings, pattern work by `SCAN` on every primary, and the backplane `PUBLISH` appended to
 //! the pipeline of the change it announces, so a change is one round trip.
+//!
+//! Scripts go as `EVAL`: they are small, Redis caches them by hash, and `EVAL` in a pipeline
+//! needs no `NOSCRIPT` handling. Each touches one key, so they run unchanged on a cluster.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Entry, Keyspace, Stored, L2};
+use super::{Entry, EpochOf, EpochUse, Expect, Keyspace, Snapshot, Stored, Written, L2};
 use crate::cache::backplane::{self, Op};
+use crate::cache::frame::{self, Kind};
 use crate::cache::pattern::Pattern;
 use crate::conn::{Conn, ServerFigures};
 use crate::error::{Error, Result};
 
-/// Keys per `SCAN` page and per `UNLINK` pipeline.
+/// Keys per `SCAN` page and per removal pipeline.
 const SCAN_COUNT: usize = 1000;
 
-/// Adds a key to a tag set and makes the set live at least as long as the entry: the set must
-/// outlive every entry it lists. (Plain EVAL: the script is tiny, Redis caches it, and EVAL in
-/// a pipeline needs no NOSCRIPT handling. Works on any Redis with Lua, unlike PEXPIRE NX/GT.)
-const TAG_SCRIPT: &str = "redis.call('SADD', KEYS[1], ARGV[1]) \
-    if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then \
-    redis.call('PEXPIRE', KEYS[1], ARGV[2]) end";
+/// Writes a frame (`ARGV[1]`) for `ARGV[2]` ms and stamps its version: the server's `TIME` in
+/// microseconds, and always above the version of the frame it replaces, so versions of a key
+/// only grow whichever instance writes. With `ARGV[3]` (a fill), writes only where the key
+/// still holds what the fill's read saw: `''` absent, `'*'` not a frame, or the 16 version
+/// digits of a frame. Returns the version, or 0 when the fill did not land. Only the head of
+/// the old entry is read (`GETRANGE`), so a large value is never copied into Lua.
+const WRITE: &str = r"
+local head = redis.pcall('GETRANGE', KEYS[1], 0, 19)
+local old = nil
+if type(head) == 'string' and #head == 20 and string.sub(head, 1, 2) == 'TE' then
+  old = string.sub(head, 5, 20)
+end
+if ARGV[3] then
+  local seen
+  if type(head) ~= 'string' then seen = '*'
+  elseif head == '' then seen = ''
+  elseif old then seen = old
+  else seen = '*' end
+  if seen ~= ARGV[3] then return 0 end
+end
+local t = redis.call('TIME')
+local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local o = tonumber(old or '0') or 0
+if o >= v then v = o + 1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SETRANGE', KEYS[1], 4, string.format('%016.0f', v))
+return v";
 
-/// Returns the members of a set and deletes it, atomically, touching one key.
-static TAKE_SET: LazyLock<redis::Script> = LazyLock::new(|| {
+/// The epoch at `KEYS[1]`; made `ARGV[1]` where absent unless that is `''`; for a tag
+/// (`ARGV[2]` ms, not `'0'`), kept alive at least that long, so it outlives every entry framed
+/// under it.
+const EPOCH: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  if ARGV[1] == '' then return false end
+  v = ARGV[1]
+  if ARGV[2] == '0' then redis.call('SET', KEYS[1], v)
+  else redis.call('SET', KEYS[1], v, 'PX', ARGV[2]) end
+elseif ARGV[2] ~= '0' then
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+end
+return v";
+
+/// Gives a lease back only to its holder.
+static END_LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
-        "local m = redis.call('SMEMBERS', KEYS[1]) redis.call('UNLINK', KEYS[1]) return m",
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
+         return 0",
     )
 });
 
@@ -83,9 +125,59 @@ fn stored(
     Ok(Stored::Value { bytes, ttl })
 }
 
+/// An epoch as Redis holds it (decimal text); `None` for absent. Anything else (another
+/// program's value at the key) reads as absent too: it matches no frame, so it costs misses.
+fn epoch(value: redis::RedisResult<redis::Value>) -> Result<Option<u64>> {
+    match value {
+        Ok(redis::Value::Nil) => Ok(None),
+        Ok(value) => Ok(redis::from_redis_value::<String>(value)
+            .ok()
+            .and_then(|s| s.parse().ok())),
+        Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+        Err(e) => Err(Error::Redis(e)),
+    }
+}
+
 /// Redis takes TTLs in whole milliseconds, at least one.
 fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A tag's epoch TTL argument; `0` for the namespace's, which never expires.
+fn epoch_ttl(of: EpochOf<'_>, ttl: Duration) -> u64 {
+    match of {
+        EpochOf::Namespace => 0,
+        EpochOf::Tag(_) => millis(ttl),
+    }
+}
+
+/// A fresh epoch: random, so one made after an eviction never equals one before it. Never 0,
+/// which the embedded tier uses.
+fn fresh_epoch() -> u64 {
+    fastrand::u64(1..)
+}
+
+/// Appends `entry`'s write to `pipe`.
+fn push_write(pipe: &mut redis::Pipeline, space: &Keyspace, entry: &Entry<'_>) {
+    let cmd = pipe
+        .cmd("EVAL")
+        .arg(WRITE)
+        .arg(1)
+        .arg(space.entry(entry.key))
+        .arg(entry.frame)
+        .arg(millis(entry.ttl));
+    match entry.expect {
+        None => {}
+        Some(Expect::Absent) => {
+            cmd.arg("");
+        }
+        Some(Expect::Foreign) => {
+            cmd.arg("*");
+        }
+        Some(Expect::Version(v)) => {
+            cmd.arg(frame::version_digits(*v));
+        }
+    }
 }
 
 #[async_trait]
@@ -94,99 +186,148 @@ impl L2 for RedisL2 {
         true
     }
 
-    async fn get(&self, space: &Keyspace, key: &str) -> Result<Stored> {
-        let mut found = self.get_many(space, &[key]).await?;
-        Ok(found.pop().unwrap_or(Stored::Absent))
-    }
-
-    /// `GET` and `PTTL` of each key in one round trip. Error replies are taken one by one, so
-    /// a key of another type (`WRONGTYPE`) is [`Stored::Foreign`] instead of failing them all.
-    async fn get_many(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
+    /// `GET` and `PTTL` of each key and `GET` of the namespace's epoch, in one round trip.
+    /// Error replies are taken one by one, so a key of another type (`WRONGTYPE`) is
+    /// [`Stored::Foreign`] instead of failing them all.
+    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Snapshot> {
         let mut pipe = redis::pipe();
         for key in keys {
             let entry = space.entry(key);
             pipe.cmd("GET").arg(&entry).cmd("PTTL").arg(entry);
         }
+        pipe.cmd("GET").arg(space.epoch(EpochOf::Namespace));
         pipe.ignore_errors();
-        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        let mut replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        let ns_epoch = match replies.pop() {
+            Some(reply) => epoch(reply)?,
+            None => return Err(Error::Internal("a read pipeline came back empty")),
+        };
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(keys.len());
         while let (Some(value), Some(pttl)) = (replies.next(), replies.next()) {
             out.push(stored(value, pttl)?);
         }
-        Ok(out)
+        Ok(Snapshot {
+            stored: out,
+            epoch: ns_epoch,
+        })
     }
 
+    async fn tag_epochs(&self, space: &Keyspace, tags: &[&str]) -> Result<Vec<Option<u64>>> {
+        let mut pipe = redis::pipe();
+        for tag in tags {
+            pipe.cmd("GET").arg(space.epoch(EpochOf::Tag(tag)));
+        }
+        pipe.ignore_errors();
+        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        replies.into_iter().map(epoch).collect()
+    }
+
+    async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for want in wanted {
+            pipe.cmd("EVAL")
+                .arg(EPOCH)
+                .arg(1)
+                .arg(space.epoch(want.of))
+                .arg(fresh_epoch().to_string())
+                .arg(epoch_ttl(want.of, want.ttl));
+        }
+        let replies: Vec<String> = self.conn.pipeline(&pipe).await?;
+        replies
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| Error::Internal("an epoch key holds something else"))
+            })
+            .collect()
+    }
+
+    /// Reads only each entry's head: a value's frame starts `TE`, format, kind `0`.
     async fn contains(&self, space: &Keyspace, keys: &[String]) -> Result<Vec<bool>> {
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.cmd("EXISTS").arg(space.entry(key));
+            pipe.cmd("GETRANGE").arg(space.entry(key)).arg(0).arg(3);
         }
-        self.conn.pipeline(&pipe).await
+        pipe.ignore_errors();
+        let heads: Vec<redis::RedisResult<Vec<u8>>> = self.conn.pipeline(&pipe).await?;
+        Ok(heads
+            .into_iter()
+            .map(|h| h.is_ok_and(|h| h.starts_with(b"TE") && h.get(3) == Some(&0)))
+            .collect())
     }
 
-    async fn fill(
+    async fn write(
         &self,
         space: &Keyspace,
-        key: &str,
-        bytes: Vec<u8>,
-        ttl: Duration,
-        overwrite: bool,
-    ) -> Result<()> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(space.entry(key))
-            .arg(bytes)
-            .arg("PX")
-            .arg(millis(ttl));
-        if !overwrite {
-            cmd.arg("NX");
-        }
-        // `OK`, or nil when NX found the key: either way the call went through.
-        self.conn.query::<Option<String>>(&cmd).await.map(drop)
-    }
-
-    async fn write(&self, space: &Keyspace, entries: &[Entry<'_>], op: &Op) -> Result<()> {
+        entries: &[Entry<'_>],
+        epochs: &[EpochUse<'_>],
+        op: Option<&Op>,
+    ) -> Result<Written> {
         let mut pipe = redis::pipe();
         for entry in entries {
-            let ms = millis(entry.ttl);
-            pipe.cmd("SET")
-                .arg(space.entry(entry.key))
-                .arg(entry.bytes)
-                .arg("PX")
-                .arg(ms)
+            push_write(&mut pipe, space, entry);
+        }
+        for used in epochs {
+            pipe.cmd("EVAL")
+                .arg(EPOCH)
+                .arg(1)
+                .arg(space.epoch(used.of))
+                .arg("")
+                .arg(epoch_ttl(used.of, used.ttl));
+        }
+        if let Some(op) = op {
+            pipe.cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(backplane::message(self.origin, op))
                 .ignore();
-            for tag in entry.tags {
-                pipe.cmd("EVAL")
-                    .arg(TAG_SCRIPT)
-                    .arg(1)
-                    .arg(space.tag(tag))
-                    .arg(entry.key)
-                    .arg(ms)
-                    .ignore();
-            }
         }
-        self.send_publishing(pipe, op).await
+        let replies: Vec<redis::Value> = self.conn.pipeline(&pipe).await?;
+        let (versions, current) = replies.split_at(entries.len().min(replies.len()));
+        let landed = versions
+            .iter()
+            .map(|v| matches!(v, redis::Value::Int(n) if *n > 0))
+            .collect();
+        let epochs = current
+            .iter()
+            .map(|v| epoch(Ok(v.clone())))
+            .collect::<Result<_>>()?;
+        Ok(Written { landed, epochs })
     }
 
-    async fn remove(&self, space: &Keyspace, op: &Op) -> Result<()> {
+    async fn drop_epochs(
+        &self,
+        space: &Keyspace,
+        namespace: bool,
+        tags: &[&str],
+        op: Option<&Op>,
+    ) -> Result<()> {
         let mut pipe = redis::pipe();
-        for key in op.keys() {
-            pipe.cmd("UNLINK").arg(space.entry(key)).ignore();
+        if namespace {
+            pipe.cmd("UNLINK")
+                .arg(space.epoch(EpochOf::Namespace))
+                .ignore();
         }
-        self.send_publishing(pipe, op).await
+        for tag in tags {
+            pipe.cmd("UNLINK")
+                .arg(space.epoch(EpochOf::Tag(tag)))
+                .ignore();
+        }
+        match op {
+            Some(op) => self.send_publishing(pipe, op).await,
+            None => self.conn.pipeline::<()>(&pipe).await,
+        }
     }
 
-    async fn take_tag(&self, space: &Keyspace, tag: &str) -> Result<Vec<String>> {
-        self.conn.invoke(&TAKE_SET.key(space.tag(tag))).await
-    }
-
-    /// SCANs and UNLINKs batch by batch. With a pattern, the glob is a superset (Redis's `?`
-    /// matches a byte, ours a character) and only keys of this version that the pattern
-    /// matches are removed.
+    /// SCANs batch by batch. With a pattern, the glob is a superset (Redis's `?` matches a
+    /// byte, ours a character) and only entries of this version that the pattern matches are
+    /// tombstoned, so a load that read one before cannot fill it after; without, every key
+    /// is unlinked (the namespace's epoch is gone already).
     async fn remove_matching(
         &self,
         space: &Keyspace,
         pattern: Option<&Pattern>,
+        tombstone_ttl: Duration,
         op: &Op,
     ) -> (u64, Result<()>) {
         let glob = match pattern {
@@ -199,6 +340,7 @@ impl L2 for RedisL2 {
             Ok(nodes) => nodes,
             Err(e) => return (0, Err(e)),
         };
+        let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
         let mut removed = 0;
         for node in &nodes {
             let mut cursor: u64 = 0;
@@ -209,26 +351,40 @@ impl L2 for RedisL2 {
                     .arg(&glob)
                     .arg("COUNT")
                     .arg(SCAN_COUNT);
-                let (next, mut keys): (u64, Vec<Vec<u8>>) = match conn.query_node(node, &scan).await
-                {
+                let (next, keys): (u64, Vec<Vec<u8>>) = match conn.query_node(node, &scan).await {
                     Ok(page) => page,
                     Err(e) => return (removed, Err(e)),
                 };
-                if let Some(pattern) = pattern {
-                    let prefix = space.entries.as_bytes();
-                    keys.retain(|k| {
-                        k.strip_prefix(prefix)
-                            .and_then(|rest| std::str::from_utf8(rest).ok())
-                            .is_some_and(|rest| pattern.matches(rest))
-                    });
+                let mut pipe = redis::pipe();
+                match pattern {
+                    Some(pattern) => {
+                        let prefix = space.entries.as_bytes();
+                        for key in &keys {
+                            let Some(key) = key
+                                .strip_prefix(prefix)
+                                .and_then(|rest| std::str::from_utf8(rest).ok())
+                                .filter(|rest| pattern.matches(rest))
+                            else {
+                                continue;
+                            };
+                            let entry = Entry {
+                                key,
+                                frame: &tombstone,
+                                ttl: tombstone_ttl,
+                                expect: None,
+                            };
+                            push_write(&mut pipe, space, &entry);
+                        }
+                    }
+                    None => {
+                        for key in &keys {
+                            pipe.cmd("UNLINK").arg(key);
+                        }
+                    }
                 }
                 if !keys.is_empty() {
-                    let mut pipe = redis::pipe();
-                    for key in &keys {
-                        pipe.cmd("UNLINK").arg(key);
-                    }
                     match conn.pipeline::<Vec<u64>>(&pipe).await {
-                        Ok(counts) => removed += counts.iter().sum::<u64>(),
+                        Ok(counts) => removed += counts.iter().filter(|&&n| n > 0).count() as u64,
                         Err(e) => return (removed, Err(e)),
                     }
                 }
@@ -239,6 +395,29 @@ impl L2 for RedisL2 {
             }
         }
         (removed, self.send_publishing(redis::pipe(), op).await)
+    }
+
+    async fn take_lease(
+        &self,
+        space: &Keyspace,
+        key: &str,
+        token: u64,
+        lease: Duration,
+    ) -> Result<bool> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(space.lease(key))
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease));
+        Ok(self.conn.query::<Option<String>>(&cmd).await?.is_some())
+    }
+
+    async fn end_lease(&self, space: &Keyspace, key: &str, token: u64) -> Result<()> {
+        self.conn
+            .invoke::<i64>(END_LEASE.key(space.lease(key)).arg(token))
+            .await
+            .map(drop)
     }
 
     async fn figures(&self) -> ServerFigures {

@@ -1,0 +1,115 @@
+//! What one instance knows of a namespace's epochs (see [`frame`](super::frame)): the
+//! namespace's, learnt from every read, and its tags', learnt when first needed. Writes frame
+//! entries under them without asking Redis first, and reads check tagged entries against them.
+//!
+//! Knowledge goes stale only the way an L1 copy does: another instance drops an epoch and its
+//! backplane message has not arrived yet (or was lost, and the resubscription forgets
+//! everything here as it forgets the L1). A write framed under a stale epoch is seen as such in
+//! its own round trip and redone; a read is then at most as stale as the L1.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::l2::EpochOf;
+
+/// More tags than this are forgotten at once: a bound on memory, paid for with one round trip
+/// per tag next time.
+const MAX_TAGS: usize = 4096;
+
+#[derive(Debug, Default)]
+struct Known {
+    namespace: Option<u64>,
+    tags: HashMap<Box<str>, u64>,
+    /// Moves on every forgetting, so an answer that was on the wire meanwhile is not learnt.
+    generation: u64,
+}
+
+/// A namespace's epochs as this instance last saw them.
+#[derive(Debug, Default)]
+pub(super) struct Epochs(Mutex<Known>);
+
+/// When a question to Redis was asked: only answers to questions asked after the last
+/// forgetting are learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Asked(u64);
+
+impl Epochs {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The epoch last seen, if any.
+    pub(super) fn get(&self, of: EpochOf<'_>) -> Option<u64> {
+        let known = self.known();
+        match of {
+            EpochOf::Namespace => known.namespace,
+            EpochOf::Tag(tag) => known.tags.get(tag).copied(),
+        }
+    }
+
+    /// Call before asking Redis; pass to [`learn`](Self::learn) with the answer.
+    pub(super) fn asking(&self) -> Asked {
+        Asked(self.known().generation)
+    }
+
+    /// Keeps what Redis answered (`None`: absent) unless something was forgotten since `asked`.
+    pub(super) fn learn(&self, asked: Asked, of: EpochOf<'_>, epoch: Option<u64>) {
+        let mut known = self.known();
+        if known.generation != asked.0 {
+            return;
+        }
+        match (of, epoch) {
+            (EpochOf::Namespace, epoch) => known.namespace = epoch,
+            (EpochOf::Tag(tag), Some(epoch)) => {
+                if known.tags.len() >= MAX_TAGS && !known.tags.contains_key(tag) {
+                    known.tags.clear();
+                }
+                known.tags.insert(tag.into(), epoch);
+            }
+            (EpochOf::Tag(tag), None) => {
+                known.tags.remove(tag);
+            }
+        }
+    }
+
+    /// Forgets one epoch: it was dropped here or by another instance.
+    pub(super) fn forget(&self, of: EpochOf<'_>) {
+        let mut known = self.known();
+        known.generation += 1;
+        match of {
+            EpochOf::Namespace => known.namespace = None,
+            EpochOf::Tag(tag) => {
+                known.tags.remove(tag);
+            }
+        }
+    }
+
+    /// Forgets every epoch: the backplane may have missed messages.
+    pub(super) fn forget_all(&self) {
+        let mut known = self.known();
+        known.generation += 1;
+        known.namespace = None;
+        known.tags.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_asked_before_a_forgetting_is_not_learnt() {
+        let epochs = Epochs::default();
+        let asked = epochs.asking();
+        epochs.learn(asked, EpochOf::Tag("t"), Some(1));
+        assert_eq!(epochs.get(EpochOf::Tag("t")), Some(1));
+        let stale = epochs.asking();
+        epochs.forget(EpochOf::Tag("t"));
+        epochs.learn(stale, EpochOf::Tag("t"), Some(1));
+        assert_eq!(epochs.get(EpochOf::Tag("t")), None);
+        let asked = epochs.asking();
+        epochs.learn(asked, EpochOf::Namespace, Some(7));
+        epochs.forget_all();
+        assert_eq!(epochs.get(EpochOf::Namespace), None);
+    }
+}

@@ -1,0 +1,106 @@
+//! Cross-instance single flight ([`single_flight`](super::NamespaceBuilder::single_flight)):
+//! before running its loader, an instance takes a lease on the key in Redis; while another
+//! holds it, it polls Redis for that instance's value, and loads itself only once the lease
+//! is free (the holder filled nothing: it failed, or died and its lease ran out) or its own
+//! wait has lasted a lease.
+
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::l2::count_failure;
+use super::loader::FillBasis;
+use super::namespace::{Hit, Namespace, Source};
+use super::read::L2Read;
+use super::stamp::Stamp;
+use std::sync::Arc;
+
+/// The first pause before polling a key another instance is loading, and the longest.
+const POLL_FIRST: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// How waiting for another instance's load ended.
+pub(super) enum Waited<V> {
+    /// Its value, read from Redis.
+    Loaded(Hit<V>),
+    /// This instance loads: with the lease (`token`) when it took it, and what its fill must
+    /// find, from its last read.
+    Lead {
+        token: Option<u64>,
+        basis: FillBasis,
+    },
+}
+
+impl<V> Namespace<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Takes the lease on loading `key`, or waits for the holder's value.
+    pub(super) async fn await_other_load(
+        &self,
+        key: &str,
+        lease: Duration,
+        stamp: Stamp,
+        mut basis: FillBasis,
+    ) -> Waited<V> {
+        let token = fastrand::u64(..);
+        let give_up = Instant::now() + lease;
+        let mut pause = POLL_FIRST;
+        loop {
+            let taken = async {
+                self.l2()?
+                    .take_lease(&self.ns.keyspace, key, token, lease)
+                    .await
+            }
+            .await;
+            match taken {
+                Ok(true) => {
+                    return Waited::Lead {
+                        token: Some(token),
+                        basis,
+                    }
+                }
+                Ok(false) if Instant::now() < give_up => {}
+                Ok(false) => return Waited::Lead { token: None, basis },
+                Err(e) => {
+                    count_failure(&self.ns.counters, &e);
+                    return Waited::Lead { token: None, basis };
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(POLL_MAX);
+            match self.l2_read(key).await {
+                L2Read::Hit {
+                    value,
+                    weight,
+                    ttl,
+                    version,
+                    tags,
+                } => {
+                    let value = Arc::new(value);
+                    let entry = self.l1_value(value.clone(), weight, ttl, tags, version);
+                    let hit = self.keep_l1(key, value, entry, stamp, Source::L2).await;
+                    return Waited::Loaded(hit);
+                }
+                L2Read::Miss { expect, epoch } => basis = self.fill_basis(expect, epoch).await,
+                L2Read::Unreachable => {
+                    return Waited::Lead {
+                        token: None,
+                        basis: None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back the lease this instance took, if it took one.
+    pub(super) async fn end_lease(&self, key: &str, lease: Option<u64>) {
+        let Some(token) = lease else { return };
+        let ended = async { self.l2()?.end_lease(&self.ns.keyspace, key, token).await }.await;
+        if let Err(e) = ended {
+            // The lease runs out on its own.
+            count_failure(&self.ns.counters, &e);
+        }
+    }
+}

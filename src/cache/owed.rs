@@ -1,0 +1,246 @@
+//! Auto-recovery: the changes this instance made that Redis did not take (it was down, the
+//! call failed or timed out, this instance was cut off), remembered and replayed once Redis
+//! answers, before this instance reads from it again.
+//!
+//! Changes are owed per namespace and coalesced per key: a write and an invalidation of one
+//! key are both owed as "this key changed", and replayed as an invalidation (a tombstone and
+//! the backplane message). Replaying the value instead could undo a newer write another
+//! instance made meanwhile, since an owed write has no place in the order Redis saw; an
+//! invalidation cannot make anything stale, and the next read loads the current value. Tags
+//! are owed by name and replayed by dropping their epochs. Past [`MAX_OWED`] keys and tags, or
+//! for a clear or a pattern, the namespace owes everything, replayed by dropping its epoch:
+//! one key, however long the outage.
+//!
+//! While a namespace owes anything, its reads skip Redis (what Redis holds may be what the
+//! owed changes replaced) and its loads fill nothing there.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Notify};
+
+use super::backplane::Op;
+use super::base::CacheCore;
+use super::frame::{self, Kind};
+use super::l2::{Entry, EpochOf};
+use super::namespace::NsShared;
+use crate::error::Result;
+
+/// Keys and tags one namespace may owe one by one before it owes everything.
+pub(super) const MAX_OWED: usize = 10_000;
+
+/// How often an instance that owes changes tries to replay them while nothing else wakes it.
+const RETRY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Default)]
+struct Debts {
+    keys: HashSet<Box<str>>,
+    tags: HashSet<Box<str>>,
+    /// A clear, a pattern, or more than [`MAX_OWED`] keys and tags: the namespace's epoch.
+    everything: bool,
+}
+
+impl Debts {
+    fn is_empty(&self) -> bool {
+        !self.everything && self.keys.is_empty() && self.tags.is_empty()
+    }
+
+    fn merge(&mut self, other: Debts) {
+        self.everything |= other.everything;
+        self.keys.extend(other.keys);
+        self.tags.extend(other.tags);
+        self.bound();
+    }
+
+    fn bound(&mut self) {
+        if self.everything || self.keys.len() + self.tags.len() > MAX_OWED {
+            *self = Debts {
+                everything: true,
+                ..Debts::default()
+            };
+        }
+    }
+}
+
+/// What one namespace owes Redis.
+#[derive(Debug, Default)]
+pub(super) struct Owed {
+    debts: Mutex<Debts>,
+    /// Whether `debts` is non-empty or being replayed: read on every L2 read, so an atomic.
+    owing: AtomicBool,
+}
+
+impl Owed {
+    fn debts(&self) -> std::sync::MutexGuard<'_, Debts> {
+        self.debts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether changes are owed, so Redis may hold what they replaced.
+    #[inline]
+    pub(super) fn is_owing(&self) -> bool {
+        self.owing.load(Ordering::Acquire)
+    }
+
+    fn owe(&self, add: impl FnOnce(&mut Debts)) {
+        let mut debts = self.debts();
+        add(&mut debts);
+        debts.bound();
+        self.owing.store(true, Ordering::Release);
+    }
+
+    /// `keys` changed here but not in Redis.
+    pub(super) fn owe_keys<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        self.owe(|d| d.keys.extend(keys.into_iter().map(Box::from)));
+    }
+
+    /// `tag` was invalidated here but not in Redis.
+    pub(super) fn owe_tag(&self, tag: &str) {
+        self.owe(|d| {
+            d.tags.insert(tag.into());
+        });
+    }
+
+    /// Every entry of the namespace may have changed here but not in Redis.
+    pub(super) fn owe_everything(&self) {
+        self.owe(|d| d.everything = true);
+    }
+
+    fn take(&self) -> Debts {
+        std::mem::take(&mut *self.debts())
+    }
+
+    /// After a replay: paid when it went through and nothing new is owed, else the unpaid part
+    /// is owed again.
+    fn settle(&self, unpaid: Option<Debts>) {
+        let mut debts = self.debts();
+        if let Some(unpaid) = unpaid {
+            debts.merge(unpaid);
+        }
+        if debts.is_empty() {
+            self.owing.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl CacheCore {
+    /// Replays what `ns` owes. On failure what was not paid stays owed.
+    async fn replay(&self, ns: &NsShared) {
+        let debts = ns.owed.take();
+        if debts.is_empty() {
+            ns.owed.settle(None);
+            return;
+        }
+        let unpaid = match self.pay(ns, &debts).await {
+            Ok(()) => None,
+            Err(e) => {
+                tracing::debug!(namespace = %ns.name, error = %e,
+                    "tierkit: replaying owed changes failed; will retry");
+                Some(debts)
+            }
+        };
+        if unpaid.is_none() {
+            tracing::info!(namespace = %ns.name, "tierkit: changes made during the outage replayed");
+        }
+        ns.owed.settle(unpaid);
+    }
+
+    async fn pay(&self, ns: &NsShared, debts: &Debts) -> Result<()> {
+        let l2 = self.l2.pick()?;
+        let space = &ns.keyspace;
+        if debts.everything {
+            ns.epochs.forget_all();
+            let op = Op::Clear {
+                ns: ns.name.clone(),
+            };
+            return l2.drop_epochs(space, true, &[], Some(&op)).await;
+        }
+        for tag in &debts.tags {
+            ns.epochs.forget(EpochOf::Tag(tag));
+            let op = Op::Tag {
+                ns: ns.name.clone(),
+                tag: tag.to_string(),
+                keys: Vec::new(),
+            };
+            l2.drop_epochs(space, false, &[tag], Some(&op)).await?;
+        }
+        if !debts.keys.is_empty() {
+            let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
+            let keys: Vec<String> = debts.keys.iter().map(|k| k.to_string()).collect();
+            let entries: Vec<Entry<'_>> = keys
+                .iter()
+                .map(|key| Entry {
+                    key,
+                    frame: &tombstone,
+                    ttl: ns.ttl,
+                    expect: None,
+                })
+                .collect();
+            let op = Op::Keys {
+                ns: ns.name.clone(),
+                keys: keys.clone(),
+            };
+            l2.write(space, &entries, &[], Some(&op)).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays every namespace's debts.
+    pub(super) async fn replay_all(&self) {
+        for ns in self.namespaces() {
+            if ns.owed.is_owing() {
+                self.replay(&ns).await;
+            }
+        }
+    }
+}
+
+/// Replays owed changes whenever `wake` fires (a change was owed, the backplane resubscribed)
+/// and every [`RETRY`] while any are owed, until `stop` fires.
+pub(super) async fn settle_debts(
+    core: Weak<CacheCore>,
+    wake: Arc<Notify>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+        let Some(core) = core.upgrade() else { return };
+        core.replay_all().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debts_coalesce_and_overflow_into_everything() {
+        let owed = Owed::default();
+        assert!(!owed.is_owing());
+        owed.owe_keys(["a", "a", "b"]);
+        owed.owe_tag("t");
+        assert!(owed.is_owing());
+        let taken = owed.take();
+        assert_eq!((taken.keys.len(), taken.tags.len()), (2, 1));
+        // Owed meanwhile: still owing after the replay is paid.
+        owed.owe_keys(["c"]);
+        owed.settle(None);
+        assert!(owed.is_owing());
+        let taken = owed.take();
+        owed.settle(Some(taken));
+        assert!(owed.is_owing());
+        let _ = owed.take();
+        owed.settle(None);
+        assert!(!owed.is_owing());
+
+        let many: Vec<String> = (0..=MAX_OWED).map(|i| i.to_string()).collect();
+        owed.owe_keys(many.iter().map(String::as_str));
+        let taken = owed.take();
+        assert!(taken.everything && taken.keys.is_empty());
+    }
+}
