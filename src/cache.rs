@@ -10,21 +10,30 @@
 //! |---|---|---|---|
 //! | read | L1, then L2, then the loader | L1, then the loader; no Redis call, no waiting | L2 again |
 //! | write | L1 + L2 + backplane publish | L1 only, counted as `l2_skipped` | L2 again |
-//! | coherence | other instances evict their L1 copy within milliseconds | none | each instance drops its L1 when its backplane resubscribes |
+//! | coherence | other instances evict their L1 copy within milliseconds | none; changes are owed | owed changes replayed as invalidations before L2 is read again; each instance drops its L1 when its backplane resubscribes |
 //!
 //! - An L1 hit is one moka lookup and an `Arc` clone: no decoding, no Redis call.
-//! - Concurrent `get_or_set` calls on one cold key run one load per process; a loader error
+//! - Concurrent `get_or_set` calls on one cold key run one load per process (per every
+//!   instance with [`single_flight`](NamespaceBuilder::single_flight)); a loader error
 //!   reaches every waiting caller and is not cached.
+//! - Reads on one instance never go back in a key's history: entries carry a version Redis
+//!   assigns, and an L1 copy never gives way to an older one.
+//! - A load fills Redis only where the key still holds what its read saw, so it never
+//!   replaces a write or invalidation that landed while it ran, on any instance.
+//! - Clears and tag invalidations drop an epoch that every entry is checked against, so they
+//!   hold whatever Redis evicts. The README's "Coherence" table is the full guarantee.
 //! - Nothing on the read path returns a Redis error: a failed or timed-out L2 call counts in
 //!   `l2_errors` and the read falls back to the loader.
-//! - Stored bytes that no longer decode as the namespace's type (an old schema, another writer)
-//!   are a miss, counted in `decode_failures`, and overwritten by the next write.
+//! - Stored bytes that no longer decode as the namespace's type (an old schema, another writer,
+//!   a key of another type) are a miss, counted in `decode_failures`, and replaced by the next
+//!   fill or write.
 //!
 //! ## Time
 //!
 //! The cache keeps no clock of its own and reads none of tierkit's
 //! [`Clock`](crate::clock::Clock): an entry's L1 lifetime is timed by moka, on moka's own
-//! clock, and its L2 lifetime by Redis (`PX`), on the server's. A manual clock therefore does
+//! clock, and its L2 lifetime by Redis (`PX`), on the server's, as are entry versions (the
+//! server's `TIME`), so instances with skewed clocks still agree on them. A manual clock therefore does
 //! not age cache entries; the loader and encoding timings in the counters are wall-clock
 //! measurements.
 //!
@@ -32,8 +41,10 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `{prefix}:c:{namespace}:v{version}:{key}` | an entry |
-//! | `{prefix}:c:{namespace}:t{version}:{tag}` | the set of keys written with a tag |
+//! | `{prefix}:c:{namespace}:v{version}:{key}` | an entry (framed: version, epochs, tags) or a tombstone |
+//! | `{prefix}:c:{namespace}:e{version}` | the namespace's epoch |
+//! | `{prefix}:c:{namespace}:g{version}:{tag}` | a tag's epoch |
+//! | `{prefix}:c:{namespace}:l{version}:{key}` | a loading lease |
 //! | `{prefix}:c:backplane` | the pub/sub channel of the coherence backplane |
 //!
 //! Every command and script touches one key, so the layout runs unchanged on Redis Cluster.
@@ -44,10 +55,15 @@
 //! |---|---|
 //! | `builder` | [`NamespaceBuilder`]: settings, defaults, validation |
 //! | `namespace` | the [`Namespace`] handle, what its clones share, [`Hit`], [`Source`], [`Reach`], [`SetOptions`] |
-//! | `read` | `get`, `get_many`: the L1 hit, the L2 read, the L1 fill |
-//! | `loader` | `get_or_set`: the single-flight load and the L2 fill after it |
+//! | `read` | `get`, `get_many`: the L1 hit, the L2 read checked against the epochs, the versioned L1 fill |
+//! | `loader` | `get_or_set`: the load and the conditional L2 fill after it |
+//! | `flight` | one load per key per process |
+//! | `lease` | one load per key across instances |
+//! | `frame` | the frame of an entry in Redis: version, epochs, tags |
+//! | `epochs` | the epochs this instance knows |
+//! | `owed` | changes Redis did not take, and their replay |
 //! | `write` | `set`, `set_with`, `set_many`: checks, encoding, jitter |
-//! | `invalidate` | by key, tag, pattern, namespace; the L1 side of every change |
+//! | `invalidate` | by key (tombstone), tag and namespace (epochs), pattern; the L1 side of every change |
 //! | `warm` | `warm` and [`WarmProgress`] |
 //! | `stamp` | freshness: change counters and the L1 generation |
 //! | `l1` | the moka L1 |

@@ -349,6 +349,27 @@ impl Conn {
             None => ServerFigures::default(),
         }
     }
+
+    /// The run id of every node that holds keys, sorted: a new one means a server restarted
+    /// (or a replica took over), and may have come back with older data than it had.
+    pub(crate) async fn server_runs(&self) -> Result<Vec<String>> {
+        let nodes = self.nodes().await?;
+        let per_node = nodes.iter().map(|node| async move {
+            let info: String = self
+                .query_node(node, redis::cmd("INFO").arg("server"))
+                .await?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_owned())
+                .ok_or(Error::Internal("INFO server without a run_id"))
+        });
+        let mut runs = futures_util::future::join_all(per_node)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        runs.sort_unstable();
+        Ok(runs)
+    }
 }
 
 /// A node to send node-local commands to: `None` is the single server.

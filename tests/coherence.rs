@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{eventually, Backend};
-use tierkit::cache::{SetOptions, Source};
+use support::{eventually, Backend, RedisServer};
+use tierkit::cache::{Reach, SetOptions, Source};
 
 /// An entry written with a short TTL override in a long-lived namespace is not served from
 /// another instance's L1 once Redis has dropped it: the L1 copy lives no longer than what the
@@ -153,4 +153,252 @@ async fn a_foreign_value_is_replaced_by_the_next_fill() {
             .unwrap();
         assert_eq!(kind, "string", "{key}");
     }
+}
+
+/// Tags and clears hold under eviction: with a small `maxmemory` and `allkeys-lru`, Redis
+/// evicts entries and epoch keys alike, and still no entry written with an invalidated tag,
+/// nor any entry after a clear, is served by any instance.
+#[tokio::test]
+async fn tags_and_clears_hold_when_redis_evicts() {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "allkeys-lru"]);
+    let writer = support::connected(&server.url()).await;
+    let on_w = writer.namespace::<Vec<u8>>("n").build().unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    const KEYS: usize = 5000;
+    for i in 0..KEYS {
+        // Incompressible, so 5,000 of them overflow 2 MB many times.
+        let value: Vec<u8> = (0..400).map(|_| rng.u8(..)).collect();
+        let opts = SetOptions::new().tag(format!("t{}", i % 3));
+        on_w.set_with(&i.to_string(), value, opts).await.unwrap();
+    }
+    let mut con = server.async_connection().await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let evicted: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(evicted > 0, "nothing was evicted; the test shows nothing");
+
+    let reader = support::connected(&server.url()).await;
+    let on_r = reader.namespace::<Vec<u8>>("n").build().unwrap();
+    let survivors = |ns: tierkit::cache::Namespace<Vec<u8>>, tag: usize| async move {
+        let mut served = 0;
+        for i in (tag..KEYS).step_by(3) {
+            served += usize::from(ns.get(&i.to_string()).await.is_some());
+        }
+        served
+    };
+    // Some t0 entries are still in Redis before the invalidation (else it proves nothing).
+    assert!(survivors(on_r.clone(), 0).await > 0);
+    assert_eq!(on_w.invalidate_tag("t0").await.unwrap(), Reach::AllTiers);
+    // At once on the writer; within the backplane's delivery bound on the reader, whose L1
+    // copies (read from Redis, where their frames named their tags) go by tag.
+    assert_eq!(survivors(on_w.clone(), 0).await, 0, "a t0 entry was served");
+    let gone = eventually(Duration::from_secs(2), || async {
+        survivors(on_r.clone(), 0).await == 0
+    })
+    .await;
+    assert!(gone.is_some(), "a t0 entry was still served by the reader");
+    let fresh = support::connected(&server.url()).await;
+    let on_f = fresh.namespace::<Vec<u8>>("n").build().unwrap();
+    assert_eq!(survivors(on_f.clone(), 0).await, 0);
+    // Other tags' entries stay (in Redis too, unless eviction took their epoch: then a miss).
+    assert!(survivors(on_w.clone(), 1).await > 0, "t1 entries went too");
+
+    assert_eq!(on_w.clear().await.unwrap().0, Reach::AllTiers);
+    for ns in [&on_w, &on_r, &on_f] {
+        let gone = eventually(Duration::from_secs(2), || async {
+            survivors(ns.clone(), 1).await + survivors(ns.clone(), 2).await == 0
+        })
+        .await;
+        assert!(gone.is_some(), "served after a clear");
+    }
+}
+
+/// Changes made while Redis hangs (it keeps its data) are replayed when it is back: neither
+/// the writer nor any other instance serves what they replaced, and the writer never reads
+/// back past its own write.
+#[tokio::test]
+async fn changes_made_during_an_outage_are_replayed() {
+    let mut server = RedisServer::start();
+    let a = support::connected(&server.url()).await;
+    let b = support::connected(&server.url()).await;
+    let on_a = a.namespace::<u64>("n").build().unwrap();
+    let on_b = b.namespace::<u64>("n").build().unwrap();
+    for key in ["k", "gone", "tagged"] {
+        let opts = SetOptions::new().tag("t");
+        assert_eq!(on_a.set_with(key, 1, opts).await.unwrap(), Reach::AllTiers);
+        // B keeps copies in L1.
+        let cached = eventually(Duration::from_secs(1), || async {
+            on_b.get(key).await.map(|h| h.source()) == Some(Source::L1)
+        })
+        .await;
+        assert!(cached.is_some());
+    }
+
+    server.hang();
+    let health = a.health().unwrap().clone();
+    let down = eventually(Duration::from_secs(3), || async {
+        health.state() == tierkit::health::HealthState::Down
+    })
+    .await;
+    assert!(down.is_some(), "A never saw the hang");
+    assert_eq!(on_a.set("k", 2).await.unwrap(), Reach::L1Only);
+    assert_eq!(on_a.invalidate("gone").await.unwrap(), Reach::L1Only);
+    assert_eq!(on_a.invalidate_tag("t").await.unwrap(), Reach::L1Only);
+    assert_eq!(*on_a.get("k").await.unwrap(), 2);
+    server.resume();
+
+    // Within the backplane's bound after recovery, no instance serves a replaced value, and A
+    // never reads "k" below its own write on the way.
+    let c = support::connected(&server.url()).await;
+    let on_c = c.namespace::<u64>("n").build().unwrap();
+    let healed = eventually(Duration::from_secs(5), || async {
+        if let Some(k) = on_a.get("k").await {
+            assert_eq!(*k, 2, "A read back past its own write");
+        }
+        let mut stale = false;
+        for ns in [&on_b, &on_c] {
+            stale |= ns.get("k").await.is_some_and(|v| *v == 1);
+            stale |= ns.get("gone").await.is_some();
+            stale |= ns.get("tagged").await.is_some();
+        }
+        !stale
+    })
+    .await;
+    assert!(
+        healed.is_some(),
+        "a replaced value was still served 5 s after recovery"
+    );
+    // And it stays healed: the replay left tombstones and dropped the tag's epoch in Redis.
+    for ns in [&on_b, &on_c] {
+        assert_ne!(ns.get("k").await.map(|v| *v), Some(1));
+        assert!(ns.get("gone").await.is_none() && ns.get("tagged").await.is_none());
+    }
+}
+
+/// Reads on one instance never go back: while A writes versions 1..N of a key, each of B's
+/// reads returns at least the highest version any of B's reads had returned before it began.
+#[tokio::test]
+async fn reads_on_one_instance_never_go_back() {
+    let backend = Backend::redis();
+    let a = backend.kit().await;
+    let b = backend.kit().await;
+    let on_a = a.namespace::<u64>("n").build().unwrap();
+    let on_b = b.namespace::<u64>("n").build().unwrap();
+    on_a.set("k", 0).await.unwrap();
+    let returned = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (on_b, returned, done) = (on_b.clone(), returned.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0;
+                while !done.load(Ordering::SeqCst) {
+                    let floor = returned.load(Ordering::SeqCst);
+                    if let Some(v) = on_b.get("k").await {
+                        assert!(*v >= floor, "read {} after {floor} had been returned", *v);
+                        returned.fetch_max(*v, Ordering::SeqCst);
+                        reads += 1;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                reads
+            })
+        })
+        .collect();
+    for v in 1..=1500u64 {
+        on_a.set("k", v).await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads > 100, "{reads} reads");
+}
+
+/// With `single_flight`, a cold key read by three instances at once is loaded once, and all
+/// three serve that one value.
+#[tokio::test]
+async fn a_cold_key_is_loaded_once_across_instances() {
+    let backend = Backend::redis();
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut calls = Vec::new();
+    for _ in 0..3 {
+        let kit = backend.kit().await;
+        let ns = kit
+            .namespace::<u64>("n")
+            .single_flight(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let loads = loads.clone();
+        calls.push(tokio::spawn(async move {
+            let hit = ns
+                .get_or_set("cold", || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    // Not deterministic: each load would give another value.
+                    Ok::<_, std::io::Error>(fastrand::u64(..))
+                })
+                .await
+                .unwrap();
+            drop(kit);
+            *hit
+        }));
+    }
+    let mut values = Vec::new();
+    for call in calls {
+        values.push(call.await.unwrap());
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1, "loaded more than once");
+    assert!(values.windows(2).all(|w| w[0] == w[1]), "{values:?}");
+}
+
+/// A holder that dies mid-load blocks the others no longer than its lease: they load
+/// themselves once it runs out.
+#[tokio::test]
+async fn a_dead_loader_blocks_no_one_past_its_lease() {
+    let backend = Backend::redis();
+    let lease = Duration::from_millis(600);
+    let holder = backend.kit().await;
+    let on_h = holder
+        .namespace::<u64>("n")
+        .single_flight(lease)
+        .build()
+        .unwrap();
+    let started = tokio::spawn(async move {
+        on_h.get_or_set("k", || {
+            std::future::pending::<Result<u64, std::io::Error>>()
+        })
+        .await
+    });
+    // The holder has its lease once the load is pending; then it dies.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    started.abort();
+    drop(holder);
+
+    let other = backend.kit().await;
+    let on_o = other
+        .namespace::<u64>("n")
+        .single_flight(lease)
+        .build()
+        .unwrap();
+    let began = std::time::Instant::now();
+    let hit = tokio::time::timeout(
+        lease * 4,
+        on_o.get_or_set("k", || async { Ok::<_, std::io::Error>(7) }),
+    )
+    .await
+    .expect("blocked past the lease")
+    .unwrap();
+    assert_eq!((*hit, hit.source()), (7, Source::Loader));
+    // It waited for the lease rather than loading at once: the lease was really held.
+    assert!(began.elapsed() >= lease / 2, "{:?}", began.elapsed());
 }

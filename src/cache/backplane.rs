@@ -119,9 +119,13 @@ pub(super) async fn listen(
         let Some(core) = core.upgrade() else { return };
         match event {
             Event::Subscribed => {
-                // Changes owed while Redis or the subscription was away go out first.
-                core.owed_wake.notify_one();
+                // A restarted server's data is retired (messages queue meanwhile), and changes
+                // owed while Redis or the subscription was away go out.
+                core.runs_unchecked
+                    .store(true, std::sync::atomic::Ordering::Release);
                 core.forget_all();
+                core.check_runs().await;
+                core.replay_all().await;
                 core.coherent.send_replace(true);
                 if lost_logged {
                     tracing::info!("tierkit: cache backplane resubscribed; L1 dropped");

@@ -2,9 +2,10 @@
 //! backplane's state, and the registry of declared namespaces.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch};
 
 use super::l1::{self, L1};
 use super::l2::Tier;
@@ -34,8 +35,11 @@ pub(crate) struct CacheCore {
     pub(super) origin: u64,
     /// Whether the backplane is subscribed (always false in embedded mode).
     pub(super) coherent: watch::Sender<bool>,
-    /// Wakes the replay of owed changes ([`owed`](super::owed)).
-    pub(super) owed_wake: Arc<Notify>,
+    /// Set on every (re)subscription until the servers' run ids are checked: a restarted
+    /// server may hold older data, so reads skip Redis meanwhile.
+    pub(super) runs_unchecked: AtomicBool,
+    /// The servers' run ids when last checked.
+    pub(super) runs: Mutex<Option<Vec<String>>>,
     registry: Arc<RwLock<Registry>>,
     /// Stops the backplane listener and the replayer when the core goes.
     _stop: Vec<oneshot::Sender<()>>,
@@ -74,7 +78,6 @@ impl CacheCore {
             }
             None => (Tier::none(), None),
         };
-        let owed_wake = Arc::new(Notify::new());
         let (mut stop, mut stop_rx) = (Vec::new(), Vec::new());
         if subscription.is_some() {
             for _ in 0..2 {
@@ -90,7 +93,8 @@ impl CacheCore {
             keys: config.keys.clone(),
             origin,
             coherent: watch::Sender::new(false),
-            owed_wake: owed_wake.clone(),
+            runs_unchecked: AtomicBool::new(false),
+            runs: Mutex::new(None),
             registry,
             _stop: stop,
         });
@@ -99,7 +103,7 @@ impl CacheCore {
         {
             let weak = Arc::downgrade(&core);
             tokio::spawn(backplane::listen(weak.clone(), subscription, listen_stop));
-            tokio::spawn(owed::settle_debts(weak, owed_wake, replay_stop));
+            tokio::spawn(owed::settle_debts(weak, replay_stop));
         }
         core
     }

@@ -12,6 +12,7 @@ use super::l1::{self, KeyRef};
 use super::l2::{count_failure, Entry, EpochOf};
 use super::namespace::{Namespace, NsShared, Reach};
 use super::pattern::Pattern;
+use super::stamp::Change;
 use crate::error::{Error, Result};
 
 impl CacheCore {
@@ -27,7 +28,7 @@ impl CacheCore {
                 }
             }
             Op::Tag { tag, keys, .. } => {
-                ns.fresh.bump_all();
+                ns.fresh.bump_all(Change::Tag(tag.as_str().into()));
                 ns.epochs.forget(EpochOf::Tag(tag));
                 for key in keys {
                     self.l1.invalidate(&KeyRef { ns: id, key }).await;
@@ -35,22 +36,27 @@ impl CacheCore {
                 let tag = tag.clone();
                 self.evict_if(move |k, v| k.ns == id && v.has_tag(&tag));
             }
-            Op::Pattern { pattern, .. } => {
-                ns.fresh.bump_all();
-                match Pattern::parse(pattern) {
-                    Ok(p) => self.evict_if(move |k, _| k.ns == id && p.matches(&k.key)),
-                    // A pattern no instance could have sent; drop the namespace to be safe.
-                    Err(_) => self.evict_if(move |k, _| k.ns == id),
+            Op::Pattern { pattern, .. } => match Pattern::parse(pattern) {
+                Ok(p) => {
+                    ns.fresh.bump_all(Change::Pattern(p.clone()));
+                    self.evict_if(move |k, _| k.ns == id && p.matches(&k.key));
                 }
-            }
+                // A pattern no instance could have sent; drop the namespace to be safe.
+                Err(_) => ns.fresh.forget_l1(),
+            },
             Op::Clear { .. } => {
-                ns.fresh.bump_all();
+                // Every entry made before is no longer served; moka frees them in the
+                // background.
+                ns.fresh.forget_l1();
                 ns.epochs.forget(EpochOf::Namespace);
                 self.evict_if(move |k, _| k.ns == id);
             }
         }
     }
 
+    /// Frees the memory of every L1 entry matching `pred`, in the background. What is served
+    /// does not wait on it: hits check the change log
+    /// ([`Freshness::retired`](super::stamp::Freshness::retired)).
     fn evict_if(&self, pred: impl Fn(&l1::L1Key, &l1::L1Value) -> bool + Send + Sync + 'static) {
         if let Err(e) = self.l1.invalidate_entries_if(pred) {
             // Cannot happen: the L1 is built with support_invalidation_closures. Dropping all of

@@ -58,6 +58,9 @@ pub(crate) struct L1Value {
     pub(crate) value: Arc<dyn Any + Send + Sync>,
     /// The namespace's L1 generation when the entry was made; an older one is not served.
     pub(crate) generation: u64,
+    /// The namespace's count of many-key changes when the entry was made: a hit after a later
+    /// one checks whether it covers the entry.
+    pub(crate) epoch: u64,
     /// Decoded size in bytes, so the L1 is bounded by what values weigh, not by their count.
     pub(crate) weight: u32,
     pub(crate) ttl: Duration,

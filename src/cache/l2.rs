@@ -208,6 +208,9 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
 
     /// The server's key count and memory, when it answers.
     async fn figures(&self) -> ServerFigures;
+
+    /// Which server runs hold the data: see [`Conn::server_runs`].
+    async fn runs(&self) -> Result<Vec<String>>;
 }
 
 /// The embedded tier: nothing stored, every read a miss, every change done (the L1, the only
@@ -278,6 +281,10 @@ impl L2 for NoL2 {
     async fn figures(&self) -> ServerFigures {
         ServerFigures::default()
     }
+
+    async fn runs(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The L2 of one instance and the health that decides, per call, whether to use it.
@@ -331,6 +338,11 @@ impl Tier {
     /// What the configured L2 is, whatever its health: see [`L2::stores_values`].
     pub(super) fn stores_values(&self) -> bool {
         self.l2.stores_values()
+    }
+
+    /// Which server runs hold the data; not picked, like [`figures`](Self::figures).
+    pub(super) async fn runs(&self) -> Result<Vec<String>> {
+        self.l2.runs().await
     }
 
     /// The server's figures. Not picked: the connection refuses its own calls while Down,

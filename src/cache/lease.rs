@@ -11,10 +11,9 @@ use serde::Serialize;
 
 use super::l2::count_failure;
 use super::loader::FillBasis;
-use super::namespace::{Hit, Namespace, Source};
+use super::namespace::{Hit, Namespace};
 use super::read::L2Read;
 use super::stamp::Stamp;
-use std::sync::Arc;
 
 /// The first pause before polling a key another instance is loading, and the longest.
 const POLL_FIRST: Duration = Duration::from_millis(5);
@@ -71,17 +70,8 @@ where
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
             match self.l2_read(key).await {
-                L2Read::Hit {
-                    value,
-                    weight,
-                    ttl,
-                    version,
-                    tags,
-                } => {
-                    let value = Arc::new(value);
-                    let entry = self.l1_value(value.clone(), weight, ttl, tags, version);
-                    let hit = self.keep_l1(key, value, entry, stamp, Source::L2).await;
-                    return Waited::Loaded(hit);
+                L2Read::Hit(found) => {
+                    return Waited::Loaded(self.keep_found(key, found, stamp).await);
                 }
                 L2Read::Miss { expect, epoch } => basis = self.fill_basis(expect, epoch).await,
                 L2Read::Unreachable => {

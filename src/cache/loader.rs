@@ -122,20 +122,7 @@ where
     {
         let counters = &self.ns.counters;
         let mut basis = match self.l2_read(key).await {
-            L2Read::Hit {
-                value,
-                weight,
-                ttl,
-                version,
-                tags,
-            } => {
-                let value = Arc::new(value);
-                let entry = self.l1_value(value.clone(), weight, ttl, tags, version);
-                return Ok((
-                    self.keep_l1(key, value, entry, stamp, Source::L2).await,
-                    None,
-                ));
-            }
+            L2Read::Hit(found) => return Ok((self.keep_found(key, found, stamp).await, None)),
             L2Read::Miss { expect, epoch } => self.fill_basis(expect, epoch).await,
             L2Read::Unreachable => None,
         };

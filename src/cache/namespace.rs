@@ -170,7 +170,9 @@ impl SetOptions {
         self
     }
 
-    /// Adds a tag, for [`Namespace::invalidate_tag`].
+    /// Adds a tag, for [`Namespace::invalidate_tag`]. An entry takes at most 32 tags of 1 to
+    /// 256 bytes each; more is an [`Error::InvalidInput`](crate::Error::InvalidInput) from the
+    /// write.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         self.tags.push(tag.into());
         self

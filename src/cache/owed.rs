@@ -16,10 +16,10 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use super::backplane::Op;
 use super::base::CacheCore;
@@ -186,8 +186,34 @@ impl CacheCore {
         Ok(())
     }
 
+    /// After a (re)subscription: when the servers holding the data are not those seen last
+    /// time (a restart, a failover), they may hold older data than was written and invalidated
+    /// before, so every namespace owes a clear. The first look only learns. Until a look
+    /// succeeds, reads skip Redis (see `runs_unchecked`).
+    pub(super) async fn check_runs(&self) {
+        let Ok(now) = self.l2.runs().await else {
+            // The replayer looks again.
+            return;
+        };
+        let mut seen = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.as_ref().is_some_and(|before| *before != now) {
+            tracing::warn!(
+                "tierkit: Redis restarted or failed over; its data may be older than what was \
+                 written, so every cache namespace is cleared"
+            );
+            for ns in self.namespaces() {
+                ns.owed.owe_everything();
+            }
+        }
+        *seen = Some(now);
+        self.runs_unchecked.store(false, Ordering::Release);
+    }
+
     /// Replays every namespace's debts.
     pub(super) async fn replay_all(&self) {
+        if self.runs_unchecked.load(Ordering::Acquire) {
+            self.check_runs().await;
+        }
         for ns in self.namespaces() {
             if ns.owed.is_owing() {
                 self.replay(&ns).await;
@@ -196,17 +222,13 @@ impl CacheCore {
     }
 }
 
-/// Replays owed changes whenever `wake` fires (a change was owed, the backplane resubscribed)
-/// and every [`RETRY`] while any are owed, until `stop` fires.
-pub(super) async fn settle_debts(
-    core: Weak<CacheCore>,
-    wake: Arc<Notify>,
-    mut stop: oneshot::Receiver<()>,
-) {
+/// Replays owed changes every [`RETRY`], until `stop` fires. (A resubscription replays at
+/// once, before the instance counts as coherent again; this catches the changes owed while the
+/// subscription stayed up.)
+pub(super) async fn settle_debts(core: Weak<CacheCore>, mut stop: oneshot::Receiver<()>) {
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = wake.notified() => {}
             _ = tokio::time::sleep(RETRY) => {}
         }
         let Some(core) = core.upgrade() else { return };

@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::ready;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,20 +26,23 @@ pub(super) const LOCAL: u64 = u64::MAX;
 
 /// What an L2 read found.
 pub(super) enum L2Read<V> {
-    /// A value to serve, with its L1 weight, how long an L1 copy may live (the namespace's L1
-    /// TTL cut to what the L2 entry has left), its version and tags.
-    Hit {
-        value: V,
-        weight: u32,
-        ttl: Duration,
-        version: u64,
-        tags: Option<Arc<[Box<str>]>>,
-    },
+    /// A value to serve.
+    Hit(Found<V>),
     /// Nothing to serve. A fill after a load must still find `expect` to land, and is framed
     /// under `epoch`, the namespace's epoch when the read was made (`None`: absent).
     Miss { expect: Expect, epoch: Option<u64> },
     /// Redis failed, timed out or is down.
     Unreachable,
+}
+
+/// A value read from L2, with its L1 weight, how long an L1 copy may live (the namespace's L1
+/// TTL cut to what the L2 entry has left), its version and tags.
+pub(super) struct Found<V> {
+    value: V,
+    weight: u32,
+    ttl: Duration,
+    version: u64,
+    tags: Option<Arc<[Box<str>]>>,
 }
 
 impl<V> Namespace<V>
@@ -52,8 +56,13 @@ where
             key,
         };
         let found = self.l1.get(&key_ref).await?;
-        if found.generation != self.ns.fresh.generation() {
-            // Made before the L1 was dropped: a miss, and out of the way of the next fill.
+        let fresh = &self.ns.fresh;
+        if found.generation != fresh.generation()
+            || (found.epoch != fresh.epoch()
+                && fresh.retired(key, found.tags.as_deref(), found.epoch))
+        {
+            // Made before the L1 was dropped, or covered by a tag or pattern invalidated since:
+            // a miss, and out of the way of the next fill.
             self.l1.invalidate(&key_ref).await;
             return None;
         }
@@ -81,17 +90,7 @@ where
     /// A read's answer: a hit kept in L1 (or the newer copy L1 already holds), or a counted miss.
     async fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp) -> Option<Hit<V>> {
         match read {
-            L2Read::Hit {
-                value,
-                weight,
-                ttl,
-                version,
-                tags,
-            } => {
-                let value = Arc::new(value);
-                let entry = self.l1_value(value.clone(), weight, ttl, tags, version);
-                Some(self.keep_l1(key, value, entry, stamp, Source::L2).await)
-            }
+            L2Read::Hit(found) => Some(self.keep_found(key, found, stamp).await),
             _ => {
                 bump(&self.ns.counters.misses);
                 None
@@ -115,9 +114,9 @@ where
             count_failure(&self.ns.counters, &e);
             keys.iter().map(|_| L2Read::Unreachable).collect()
         };
-        if self.ns.owed.is_owing() {
-            // Changes this instance made are not in Redis yet: what Redis holds may be what
-            // they replaced, until the replay lands.
+        if self.ns.owed.is_owing() || self.core.runs_unchecked.load(Ordering::Acquire) {
+            // Changes this instance made are not in Redis yet, or Redis came back from a
+            // restart not yet checked: what it holds may be what those changes replaced.
             return unreachable(crate::error::Error::Unavailable);
         }
         let l2 = match self.l2() {
@@ -196,14 +195,14 @@ where
                                     crate::codec::Codec::body_len(f.body).unwrap_or(f.body.len());
                                 let tags = (!f.tags.is_empty())
                                     .then(|| f.tags.iter().map(|(t, _)| (*t).into()).collect());
-                                L2Read::Hit {
+                                L2Read::Hit(Found {
                                     value,
                                     weight: weight(body_len),
                                     ttl: ttl
                                         .map_or(self.ns.l1_ttl, |left| left.min(self.ns.l1_ttl)),
                                     version: f.version,
                                     tags,
-                                }
+                                })
                             }
                             Err(e) => {
                                 tracing::debug!(namespace = %self.ns.name, error = %e,
@@ -225,6 +224,19 @@ where
         tracing::debug!(namespace = %self.ns.name,
             "tierkit: an entry's place holds something that is not a value of this namespace");
         L2Read::Miss { expect, epoch }
+    }
+
+    /// Keeps what L2 answered in L1 ([`keep_l1`](Self::keep_l1)).
+    pub(super) async fn keep_found(&self, key: &str, found: Found<V>, stamp: Stamp) -> Hit<V> {
+        let value = Arc::new(found.value);
+        let entry = self.l1_value(
+            value.clone(),
+            found.weight,
+            found.ttl,
+            found.tags,
+            found.version,
+        );
+        self.keep_l1(key, value, entry, stamp, Source::L2).await
     }
 
     /// Keeps `entry` in L1 unless L1 holds a copy at least as new, or `key` changed since
@@ -311,6 +323,7 @@ where
         L1Value {
             value: value as Arc<dyn Any + Send + Sync>,
             generation: self.ns.fresh.generation(),
+            epoch: self.ns.fresh.epoch(),
             weight,
             ttl: ttl.min(self.ns.l1_ttl),
             tags,

@@ -6,8 +6,29 @@
 //! result into L1: a change in between means the result may already be stale, so it is not
 //! kept. Changes bump before they evict, so a racing reader sees either the bump or the
 //! eviction.
+//!
+//! Changes of many keys at once (a tag, a pattern) are also logged: an L1 hit on an entry made
+//! before the latest of them checks the log, so such a change holds at once for every entry it
+//! covers, whatever moka's predicate eviction (a clean-up that works through the L1 in batches)
+//! has reached.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::pattern::Pattern;
+
+/// Namespace-wide changes remembered for L1 hits; an entry older than all of them is dropped.
+const LOG_LEN: usize = 64;
+
+/// A change of many keys at once.
+#[derive(Debug)]
+pub(super) enum Change {
+    Tag(Box<str>),
+    Pattern(Pattern),
+    /// Every key (a clear, a forgotten L1).
+    All,
+}
 
 /// Change counters per key hash: enough to keep false sharing of a stripe rare, few enough
 /// that a namespace costs 8 KiB.
@@ -27,6 +48,8 @@ pub(super) struct Freshness {
     /// one increment here, instead of moka's `invalidate_all`, whose clean-up of every entry
     /// (100-300 ms for 100k entries) would land inline on one unlucky request.
     l1_generation: AtomicU64,
+    /// The last [`LOG_LEN`] namespace-wide changes, with the epoch each moved to.
+    log: Mutex<VecDeque<(u64, Change)>>,
 }
 
 impl Default for Freshness {
@@ -35,14 +58,42 @@ impl Default for Freshness {
             epoch: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             l1_generation: AtomicU64::new(0),
+            log: Mutex::new(VecDeque::with_capacity(LOG_LEN)),
         }
     }
 }
 
 impl Freshness {
-    /// Marks every key of the namespace as changed.
-    pub(super) fn bump_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+    /// Marks every key of the namespace as changed, and logs which ones `change` covers.
+    pub(super) fn bump_all(&self, change: Change) {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if log.len() == LOG_LEN {
+            log.pop_front();
+        }
+        log.push_back((epoch, change));
+    }
+
+    /// The count of namespace-wide changes so far, which an L1 entry records when made.
+    #[inline]
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whether a namespace-wide change after `made` (an entry's [`epoch`](Self::epoch))
+    /// covers the entry of `key` with `tags`. An entry older than the log is taken as covered.
+    pub(super) fn retired(&self, key: &str, tags: Option<&[Box<str>]>, made: u64) -> bool {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.front().is_none_or(|(first, _)| *first > made + 1) {
+            return true;
+        }
+        log.iter()
+            .filter(|(epoch, _)| *epoch > made)
+            .any(|(_, change)| match change {
+                Change::Tag(tag) => tags.is_some_and(|t| t.iter().any(|t| t == tag)),
+                Change::Pattern(p) => p.matches(key),
+                Change::All => true,
+            })
     }
 
     /// Marks `key` (and the few keys sharing its stripe) as changed.
@@ -53,7 +104,7 @@ impl Freshness {
     /// Stops serving every L1 entry made so far (and marks every key changed, so no load in
     /// flight keeps its result). The entries leave L1 when next read, replaced or evicted.
     pub(super) fn forget_l1(&self) {
-        self.bump_all();
+        self.bump_all(Change::All);
         self.l1_generation.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -104,8 +155,29 @@ mod tests {
     fn a_namespace_change_shows_in_every_stamp() {
         let f = Freshness::default();
         let (sa, sb) = (f.stamp("a"), f.stamp("b"));
-        f.bump_all();
+        f.bump_all(Change::All);
         assert!(f.changed_since("a", sa) && f.changed_since("b", sb));
+    }
+
+    #[test]
+    fn an_entry_is_retired_by_the_changes_after_it_that_cover_it() {
+        let f = Freshness::default();
+        f.bump_all(Change::Tag("other".into()));
+        let made = f.epoch();
+        let tags: Box<[Box<str>]> = Box::new(["t".into()]);
+        assert!(!f.retired("k", Some(&tags), made));
+        f.bump_all(Change::Tag("u".into()));
+        f.bump_all(Change::Pattern(Pattern::parse("x*").unwrap()));
+        assert!(!f.retired("k", Some(&tags), made));
+        assert!(f.retired("xk", Some(&tags), made));
+        f.bump_all(Change::Tag("t".into()));
+        assert!(f.retired("k", Some(&tags), made));
+        assert!(!f.retired("k", None, made + 3));
+        // Older than everything the log remembers: retired.
+        for _ in 0..LOG_LEN {
+            f.bump_all(Change::Tag("u".into()));
+        }
+        assert!(f.retired("k", None, made + 3));
     }
 
     #[test]

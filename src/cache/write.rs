@@ -18,6 +18,11 @@ use super::read::LOCAL;
 use super::stats::add;
 use crate::error::{Error, Result};
 
+/// Tags per entry, and bytes per tag: every read of a tagged entry checks each tag's epoch,
+/// and every entry carries its tags in its frame.
+const MAX_TAGS: usize = 32;
+const MAX_TAG_LEN: usize = 256;
+
 /// A checked, encoded write, ready for both tiers.
 struct Prepared<V> {
     key: String,
@@ -47,7 +52,7 @@ where
     ///
     /// # Errors
     ///
-    /// As [`set`](Self::set), and [`Error::InvalidInput`] for a TTL under 1 ms or an empty tag.
+    /// As [`set`](Self::set), and [`Error::InvalidInput`] for a TTL under 1 ms, an empty tag, a tag over 256 bytes or more than 32 tags.
     pub async fn set_with(&self, key: &str, value: V, opts: SetOptions) -> Result<Reach> {
         let batch = self.prepare(key, value, &opts)?;
         self.write(vec![batch]).await
@@ -79,6 +84,18 @@ where
             return Err(Error::invalid(
                 "tag",
                 "is empty; tags need at least one character",
+            ));
+        }
+        if opts.tags.len() > MAX_TAGS {
+            return Err(Error::invalid(
+                "tags",
+                format!("{} tags on one entry; at most {MAX_TAGS}", opts.tags.len()),
+            ));
+        }
+        if let Some(long) = opts.tags.iter().find(|t| t.len() > MAX_TAG_LEN) {
+            return Err(Error::invalid(
+                "tag",
+                format!("is {} bytes long; at most {MAX_TAG_LEN}", long.len()),
             ));
         }
         let (bytes, weight) = self.encode(&value)?;

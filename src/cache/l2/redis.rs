@@ -423,4 +423,8 @@ impl L2 for RedisL2 {
     async fn figures(&self) -> ServerFigures {
         self.conn.server_figures().await
     }
+
+    async fn runs(&self) -> Result<Vec<String>> {
+        self.conn.server_runs().await
+    }
 }
