@@ -259,8 +259,19 @@ impl Conn {
     /// `op_timeout`.
     pub async fn invoke<T: FromRedisValue>(&self, script: &ScriptInvocation<'_>) -> Result<T> {
         let mut link = self.0.link.connection();
-        self.run(async move { script.invoke_async(&mut link).await })
-            .await
+        self.run(async move {
+            match script.invoke_async(&mut link).await {
+                // Flushed again between redis-rs's load and its retry (a `SCRIPT FLUSH`, a
+                // failover to a node that never saw the script): one more load and call.
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.invoke_async(&mut link).await
+                }
+                other => other,
+            }
+        })
+        .await
     }
 
     async fn run<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T> {
@@ -350,25 +361,36 @@ impl Conn {
         }
     }
 
-    /// The run id of every node that holds keys, sorted: a new one means a server restarted
-    /// (or a replica took over), and may have come back with older data than it had.
-    pub(crate) async fn server_runs(&self) -> Result<Vec<String>> {
+    /// The run id of each node that holds keys and answers, by address (`""` for the single
+    /// server): a new id at an address, or a new address, means a server restarted or a replica
+    /// took over, and may hold older data than was written. Nodes that do not answer are left
+    /// out (their keys cannot be read either); an error only when none answers.
+    pub(crate) async fn server_runs(&self) -> Result<Vec<(String, String)>> {
         let nodes = self.nodes().await?;
         let per_node = nodes.iter().map(|node| async move {
             let info: String = self
                 .query_node(node, redis::cmd("INFO").arg("server"))
                 .await?;
-            info.lines()
+            let id = info
+                .lines()
                 .find_map(|l| l.strip_prefix("run_id:"))
                 .map(|id| id.trim().to_owned())
-                .ok_or(Error::Internal("INFO server without a run_id"))
+                .ok_or(Error::Internal("INFO server without a run_id"))?;
+            Ok::<_, Error>((node.0.clone().unwrap_or_default(), id))
         });
-        let mut runs = futures_util::future::join_all(per_node)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        runs.sort_unstable();
-        Ok(runs)
+        let answers = futures_util::future::join_all(per_node).await;
+        let mut last_error = None;
+        let mut runs = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match answer {
+                Ok(run) => runs.push(run),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (runs.is_empty(), last_error) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(runs),
+        }
     }
 }
 

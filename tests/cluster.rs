@@ -113,11 +113,19 @@ async fn the_cache_spreads_over_every_primary_and_never_meets_crossslot() {
     let (_, removed) = profiles.invalidate_pattern("p1*").await.unwrap();
     let p1 = (0..200).filter(|i| i.to_string().starts_with('1')).count();
     assert_eq!(removed, p1 as u64);
-    let after = profiles_c.get_many(&keys).await;
-    for (i, hit) in after.iter().enumerate() {
-        let kept = i % 2 == 1 && !keys[i].starts_with("p1");
-        assert_eq!(hit.is_some(), kept, "{}", keys[i]);
-    }
+    // C's L1 copies go by the backplane message, within its delivery bound.
+    let patterned = eventually(Duration::from_secs(2), || async {
+        let after = profiles_c.get_many(&keys).await;
+        after
+            .iter()
+            .enumerate()
+            .all(|(i, hit)| hit.is_some() == (i % 2 == 1 && !keys[i].starts_with("p1")))
+    })
+    .await;
+    assert!(
+        patterned.is_some(),
+        "C still serves what the pattern removed"
+    );
     let (_, cleared) = profiles.clear().await.unwrap();
     // Every entry and tombstone, and the `odd` tag's epoch.
     assert_eq!(cleared, 200 + 1);

@@ -38,8 +38,8 @@ pub(crate) struct CacheCore {
     /// Set on every (re)subscription until the servers' run ids are checked: a restarted
     /// server may hold older data, so reads skip Redis meanwhile.
     pub(super) runs_unchecked: AtomicBool,
-    /// The servers' run ids when last checked.
-    pub(super) runs: Mutex<Option<Vec<String>>>,
+    /// Each server's run id, by address, as last seen.
+    pub(super) runs: Mutex<Option<HashMap<String, String>>>,
     registry: Arc<RwLock<Registry>>,
     /// Stops the backplane listener and the replayer when the core goes.
     _stop: Vec<oneshot::Sender<()>>,

@@ -90,14 +90,6 @@ pub(super) enum Stored {
     Foreign,
 }
 
-/// What a read found: each key's entry, and the namespace's epoch read in the same round trip
-/// (`None`: absent, so no entry can be trusted).
-#[derive(Debug)]
-pub(super) struct Snapshot {
-    pub(super) stored: Vec<Stored>,
-    pub(super) epoch: Option<u64>,
-}
-
 /// Which epoch: the namespace's, or a tag's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum EpochOf<'a> {
@@ -105,8 +97,8 @@ pub(super) enum EpochOf<'a> {
     Tag(&'a str),
 }
 
-/// An epoch a write was framed under, checked in the write's own round trip; tag epochs are
-/// kept alive at least `ttl` (zero: the namespace's, which never expires).
+/// An epoch to make where absent; a tag's is kept alive at least `ttl` (zero: the
+/// namespace's, which never expires).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct EpochUse<'a> {
     pub(super) of: EpochOf<'a>,
@@ -133,12 +125,12 @@ pub(super) enum Expect {
     Foreign,
 }
 
-/// What a write did: per entry, whether it landed (a fill may not), and per epoch use, the
-/// epoch the server holds now (`None`: absent).
+/// What a write did: per entry, whether it landed (a fill may not); per tag epoch it kept
+/// alive, the epoch Redis holds now.
 #[derive(Debug, Default)]
 pub(super) struct Written {
     pub(super) landed: Vec<bool>,
-    pub(super) epochs: Vec<Option<u64>>,
+    pub(super) tags: Vec<u64>,
 }
 
 /// A shared second tier. Every call either reaches the tier or fails with the error that says
@@ -150,26 +142,24 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
     /// never encoded, and the L1 is the deepest tier a key can be in.
     fn stores_values(&self) -> bool;
 
-    /// What is stored at each of `keys` with its remaining TTL, and the namespace's epoch, in
-    /// one round trip; in the order of `keys`.
-    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Snapshot>;
+    /// What is stored at each of `keys` with its remaining TTL, in one round trip; in the
+    /// order of `keys`.
+    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>>;
 
-    /// The current epoch of each of `tags` (`None`: absent), in one round trip.
-    async fn tag_epochs(&self, space: &Keyspace, tags: &[&str]) -> Result<Vec<Option<u64>>>;
+    /// The current value of each epoch (`None`: absent), in one round trip.
+    async fn epochs(&self, space: &Keyspace, of: &[EpochOf<'_>]) -> Result<Vec<Option<u64>>>;
 
     /// The current value of each epoch, made (at random) where it is absent.
     async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>>;
 
-    /// Which of `keys` hold a value (not a tombstone), in one round trip.
-    async fn contains(&self, space: &Keyspace, keys: &[String]) -> Result<Vec<bool>>;
-
     /// Stores `entries` (each version set by the server above the one it replaces; a fill
-    /// only where its [`Expect`] holds), checks `epochs`, and publishes `op`, in one round trip.
+    /// only where its [`Expect`] holds), keeps the tag epochs in `alive` alive as long as
+    /// their `ttl` (made anew where absent), and publishes `op`, in one round trip.
     async fn write(
         &self,
         space: &Keyspace,
         entries: &[Entry<'_>],
-        epochs: &[EpochUse<'_>],
+        alive: &[EpochUse<'_>],
         op: Option<&Op>,
     ) -> Result<Written>;
 
@@ -210,7 +200,7 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
     async fn figures(&self) -> ServerFigures;
 
     /// Which server runs hold the data: see [`Conn::server_runs`].
-    async fn runs(&self) -> Result<Vec<String>>;
+    async fn runs(&self) -> Result<Vec<(String, String)>>;
 }
 
 /// The embedded tier: nothing stored, every read a miss, every change done (the L1, the only
@@ -224,35 +214,28 @@ impl L2 for NoL2 {
         false
     }
 
-    async fn read(&self, _: &Keyspace, keys: &[&str]) -> Result<Snapshot> {
-        Ok(Snapshot {
-            stored: keys.iter().map(|_| Stored::Absent).collect(),
-            epoch: None,
-        })
+    async fn read(&self, _: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
+        Ok(keys.iter().map(|_| Stored::Absent).collect())
     }
 
-    async fn tag_epochs(&self, _: &Keyspace, tags: &[&str]) -> Result<Vec<Option<u64>>> {
-        Ok(vec![None; tags.len()])
+    async fn epochs(&self, _: &Keyspace, of: &[EpochOf<'_>]) -> Result<Vec<Option<u64>>> {
+        Ok(vec![None; of.len()])
     }
 
     async fn make_epochs(&self, _: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>> {
         Ok(vec![0; wanted.len()])
     }
 
-    async fn contains(&self, _: &Keyspace, keys: &[String]) -> Result<Vec<bool>> {
-        Ok(vec![false; keys.len()])
-    }
-
     async fn write(
         &self,
         _: &Keyspace,
         entries: &[Entry<'_>],
-        epochs: &[EpochUse<'_>],
+        _: &[EpochUse<'_>],
         _: Option<&Op>,
     ) -> Result<Written> {
         Ok(Written {
             landed: vec![true; entries.len()],
-            epochs: epochs.iter().map(|e| Some(e.epoch)).collect(),
+            tags: Vec::new(),
         })
     }
 
@@ -282,7 +265,7 @@ impl L2 for NoL2 {
         ServerFigures::default()
     }
 
-    async fn runs(&self) -> Result<Vec<String>> {
+    async fn runs(&self) -> Result<Vec<(String, String)>> {
         Ok(Vec::new())
     }
 }
@@ -341,7 +324,7 @@ impl Tier {
     }
 
     /// Which server runs hold the data; not picked, like [`figures`](Self::figures).
-    pub(super) async fn runs(&self) -> Result<Vec<String>> {
+    pub(super) async fn runs(&self) -> Result<Vec<(String, String)>> {
         self.l2.runs().await
     }
 

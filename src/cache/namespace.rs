@@ -288,6 +288,8 @@ where
         match sent {
             Ok(()) => Reach::AllTiers,
             Err(e) => {
+                tracing::debug!(namespace = %self.ns.name, error = %e,
+                    "tierkit: a change reached only this instance's L1; it is owed to Redis");
                 count_failure(&self.ns.counters, &e);
                 Reach::L1Only
             }

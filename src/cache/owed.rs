@@ -14,7 +14,7 @@
 //! While a namespace owes anything, its reads skip Redis (what Redis holds may be what the
 //! owed changes replaced) and its loads fill nothing there.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
@@ -196,16 +196,20 @@ impl CacheCore {
             return;
         };
         let mut seen = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.as_ref().is_some_and(|before| *before != now) {
+        let changed = seen.as_ref().is_some_and(|before| {
+            now.iter()
+                .any(|(addr, id)| before.get(addr).is_none_or(|was| was != id))
+        });
+        if changed {
             tracing::warn!(
-                "tierkit: Redis restarted or failed over; its data may be older than what was \
-                 written, so every cache namespace is cleared"
+                "tierkit: a Redis server restarted or failed over; its data may be older than \
+                 what was written, so every cache namespace is cleared"
             );
             for ns in self.namespaces() {
                 ns.owed.owe_everything();
             }
         }
-        *seen = Some(now);
+        seen.get_or_insert_with(HashMap::new).extend(now);
         self.runs_unchecked.store(false, Ordering::Release);
     }
 
@@ -226,6 +230,7 @@ impl CacheCore {
 /// once, before the instance counts as coherent again; this catches the changes owed while the
 /// subscription stayed up.)
 pub(super) async fn settle_debts(core: Weak<CacheCore>, mut stop: oneshot::Receiver<()>) {
+    let mut ticks: u32 = 0;
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -233,6 +238,30 @@ pub(super) async fn settle_debts(core: Weak<CacheCore>, mut stop: oneshot::Recei
         }
         let Some(core) = core.upgrade() else { return };
         core.replay_all().await;
+        ticks = ticks.wrapping_add(1);
+        if ticks % EPOCH_WATCH_TICKS == 0 {
+            core.watch_epochs().await;
+        }
+    }
+}
+
+/// Replay ticks between two looks at the namespaces' epochs (about one second).
+const EPOCH_WATCH_TICKS: u32 = 5;
+
+impl CacheCore {
+    /// Reads every namespace's epoch: learns of a clear or an eviction this instance did not
+    /// hear of (writes framed under a gone epoch are misses until it learns), and keeps the
+    /// epoch keys recently used, so an LRU or LFU eviction policy keeps them while the cache
+    /// is in use. Off the request path: a shard that does not answer delays no call.
+    async fn watch_epochs(&self) {
+        let Ok(l2) = self.l2.pick() else { return };
+        for ns in self.namespaces() {
+            let asked = ns.epochs.asking();
+            if let Ok(found) = l2.epochs(&ns.keyspace, &[EpochOf::Namespace]).await {
+                ns.epochs
+                    .learn(asked, EpochOf::Namespace, found.first().copied().flatten());
+            }
+        }
     }
 }
 

@@ -56,11 +56,7 @@ where
             key,
         };
         let found = self.l1.get(&key_ref).await?;
-        let fresh = &self.ns.fresh;
-        if found.generation != fresh.generation()
-            || (found.epoch != fresh.epoch()
-                && fresh.retired(key, found.tags.as_deref(), found.epoch))
-        {
+        if !self.is_live(key, &found) {
             // Made before the L1 was dropped, or covered by a tag or pattern invalidated since:
             // a miss, and out of the way of the next fill.
             self.l1.invalidate(&key_ref).await;
@@ -74,6 +70,16 @@ where
             value,
             source: Source::L1,
         })
+    }
+
+    /// Whether an L1 entry of `key` may be served: made in the current L1 generation, and not
+    /// covered by a tag or pattern invalidated since. One load and compare when nothing was.
+    #[inline]
+    fn is_live(&self, key: &str, entry: &L1Value) -> bool {
+        let fresh = &self.ns.fresh;
+        entry.generation == fresh.generation()
+            && (entry.epoch == fresh.epoch()
+                || !fresh.retired(key, entry.tags.as_deref(), entry.epoch))
     }
 
     /// Reads `key`: L1, then Redis. `None` when neither has it. Never returns a Redis error:
@@ -107,9 +113,10 @@ where
             .unwrap_or(L2Read::Unreachable)
     }
 
-    /// Reads `keys` from L2 in one round trip (two when tagged entries name tags whose epochs
-    /// this instance does not know yet).
-    async fn l2_read_many(&self, keys: &[&str]) -> Vec<L2Read<V>> {
+    /// Reads `keys` from L2 in one round trip, trusting an entry only under the epochs its
+    /// frame names: checked against those this instance knows (kept fresh by the backplane),
+    /// and asked of Redis in a second round trip when it knows none or another.
+    pub(super) async fn l2_read_many(&self, keys: &[&str]) -> Vec<L2Read<V>> {
         let unreachable = |e| {
             count_failure(&self.ns.counters, &e);
             keys.iter().map(|_| L2Read::Unreachable).collect()
@@ -125,49 +132,48 @@ where
         };
         let (space, epochs) = (&self.ns.keyspace, &self.ns.epochs);
         let asked = epochs.asking();
-        let snapshot = match l2.read(space, keys).await {
-            Ok(snapshot) => snapshot,
+        let stored = match l2.read(space, keys).await {
+            Ok(stored) => stored,
             Err(e) => return unreachable(e),
         };
-        epochs.learn(asked, EpochOf::Namespace, snapshot.epoch);
-        let ns_epoch = snapshot.epoch;
-        let frames: Vec<_> = snapshot
-            .stored
+        let frames: Vec<_> = stored
             .iter()
             .map(|stored| match stored {
                 Stored::Value { bytes, .. } => frame::parse(bytes),
                 _ => None,
             })
             .collect();
-        // Tags of entries that would otherwise be served, whose epochs are not known here.
-        let mut unknown: Vec<&str> = frames
-            .iter()
-            .flatten()
-            .filter(|f| f.kind == Kind::Value && Some(f.ns_epoch) == ns_epoch)
-            .flat_map(|f| f.tags.iter().map(|(tag, _)| *tag))
-            .filter(|tag| epochs.get(EpochOf::Tag(tag)).is_none())
-            .collect();
-        unknown.sort_unstable();
-        unknown.dedup();
-        let mut fetched: HashMap<&str, Option<u64>> = HashMap::new();
-        if !unknown.is_empty() {
-            let asked = epochs.asking();
-            match l2.tag_epochs(space, &unknown).await {
+        // Epochs to ask Redis for: those a value's frame names that this instance does not
+        // know, or knows otherwise (a clear or an eviction it has not heard of).
+        let mut ask: Vec<EpochOf<'_>> = Vec::new();
+        for f in frames.iter().flatten().filter(|f| f.kind == Kind::Value) {
+            let named = std::iter::once((EpochOf::Namespace, f.ns_epoch))
+                .chain(f.tags.iter().map(|(tag, e)| (EpochOf::Tag(tag), *e)));
+            for (of, epoch) in named {
+                if epochs.get(of) != Some(epoch) && !ask.contains(&of) {
+                    ask.push(of);
+                }
+            }
+        }
+        let mut fetched: HashMap<EpochOf<'_>, Option<u64>> = HashMap::new();
+        if !ask.is_empty() {
+            match l2.epochs(space, &ask).await {
                 Ok(found) => {
-                    for (tag, epoch) in unknown.iter().zip(found) {
-                        epochs.learn(asked, EpochOf::Tag(tag), epoch);
-                        fetched.insert(tag, epoch);
+                    for (of, epoch) in ask.into_iter().zip(found) {
+                        epochs.learn(asked, of, epoch);
+                        fetched.insert(of, epoch);
                     }
                 }
                 Err(e) => return unreachable(e),
             }
         }
-        let current = |tag: &str| match fetched.get(tag) {
+        let current = |of: EpochOf<'_>| match fetched.get(&of) {
             Some(epoch) => *epoch,
-            None => epochs.get(EpochOf::Tag(tag)),
+            None => epochs.get(of),
         };
+        let ns_epoch = current(EpochOf::Namespace);
         let mut out = Vec::with_capacity(keys.len());
-        for (stored, parsed) in snapshot.stored.iter().zip(&frames) {
+        for (stored, parsed) in stored.iter().zip(&frames) {
             let read = match (stored, parsed) {
                 (Stored::Absent, _) => L2Read::Miss {
                     expect: Expect::Absent,
@@ -181,7 +187,9 @@ where
                 (Stored::Value { ttl, .. }, Some(f)) => {
                     let trusted = f.kind == Kind::Value
                         && Some(f.ns_epoch) == ns_epoch
-                        && f.tags.iter().all(|(tag, e)| current(tag) == Some(*e));
+                        && f.tags
+                            .iter()
+                            .all(|(tag, e)| current(EpochOf::Tag(tag)) == Some(*e));
                     if !trusted {
                         L2Read::Miss {
                             expect: Expect::Version(f.version),
@@ -251,7 +259,6 @@ where
         stamp: Stamp,
         source: Source,
     ) -> Hit<V> {
-        let generation = entry.generation;
         let version = entry.version;
         let fresh = &self.ns.fresh;
         let result = self
@@ -260,8 +267,7 @@ where
             .and_compute_with(|held| {
                 let op = match held {
                     Some(held)
-                        if held.value().generation == generation
-                            && held.value().version >= version =>
+                        if held.value().version >= version && self.is_live(key, held.value()) =>
                     {
                         Op::Nop
                     }
@@ -273,7 +279,7 @@ where
             .await;
         match result {
             // L1 holds a newer copy, or one put there after a change that raced this read.
-            CompResult::Unchanged(held) if held.value().generation == generation => {
+            CompResult::Unchanged(held) if self.is_live(key, held.value()) => {
                 if let Ok(held) = Arc::downcast::<V>(held.into_value().value) {
                     return Hit {
                         value: held,

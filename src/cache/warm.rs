@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::l1::KeyRef;
-use super::l2::count_failure;
 use super::namespace::Namespace;
+use super::read::L2Read;
 use crate::error::{Error, Result};
 
 /// Keys checked for presence in one round trip.
@@ -122,8 +122,9 @@ where
         Ok(state)
     }
 
-    /// Which of `keys` the deepest tier holds, in one round trip: the L2, or the L1 when no L2
-    /// stores values. All `false` when the L2 cannot answer.
+    /// Which of `keys` the deepest tier holds a servable value of, in one round trip (two for
+    /// tags not seen yet): the L2, or the L1 when no L2 stores values. Entries a clear or tag
+    /// invalidation retired count as absent. All `false` when the L2 cannot answer.
     async fn present(&self, keys: &[String]) -> Vec<bool> {
         if !self.core.l2.stores_values() {
             return keys
@@ -136,14 +137,11 @@ where
                 })
                 .collect();
         }
-        let present = async { self.l2()?.contains(&self.ns.keyspace, keys).await }.await;
-        match present {
-            Ok(present) if present.len() == keys.len() => present,
-            Ok(_) => vec![false; keys.len()],
-            Err(e) => {
-                count_failure(&self.ns.counters, &e);
-                vec![false; keys.len()]
-            }
-        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.l2_read_many(&keys)
+            .await
+            .into_iter()
+            .map(|read| matches!(read, L2Read::Hit(_)))
+            .collect()
     }
 }

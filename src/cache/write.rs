@@ -12,7 +12,7 @@ use super::backplane::Op;
 use super::builder::ttl_problem;
 use super::frame::{self, Kind};
 use super::l1::weight;
-use super::l2::{Entry, EpochOf, EpochUse};
+use super::l2::{Entry, EpochOf, EpochUse, Written, L2};
 use super::namespace::{Namespace, Reach, SetOptions};
 use super::read::LOCAL;
 use super::stats::add;
@@ -163,10 +163,9 @@ where
     }
 
     /// Writes the batch framed under the epochs this instance knows (made first where it knows
-    /// none), checking them in the same round trip. An epoch that changed meanwhile (another
-    /// instance cleared or invalidated) makes the entries unreadable, so the batch is framed
-    /// again under the current ones and written once more; if they change again, the entries
-    /// stay unreadable, as a concurrent invalidation allows.
+    /// none: the only round trip a write may take to an epoch's shard). An epoch that changed
+    /// without this instance hearing yet makes the entries unreadable: a miss, as the change
+    /// that moved it allows, and the next read that meets the other epoch learns it.
     async fn write_l2(&self, op: &Op, batch: &[Prepared<V>]) -> Result<()> {
         let l2 = self.l2()?;
         let (space, epochs) = (&self.ns.keyspace, &self.ns.epochs);
@@ -187,63 +186,35 @@ where
                 }
             }
         }
-        for _attempt in 0..2 {
-            let unknown: Vec<usize> = (0..uses.len())
-                .filter(|&i| match epochs.get(uses[i].of) {
-                    Some(e) => {
-                        uses[i].epoch = e;
-                        false
-                    }
-                    None => true,
-                })
-                .collect();
-            if !unknown.is_empty() {
-                let wanted: Vec<EpochUse<'_>> = unknown.iter().map(|&i| uses[i]).collect();
-                let asked = epochs.asking();
-                let made = l2.make_epochs(space, &wanted).await?;
-                for (&i, epoch) in unknown.iter().zip(made) {
-                    uses[i].epoch = epoch;
-                    epochs.learn(asked, uses[i].of, Some(epoch));
-                }
+        let mut unknown = Vec::new();
+        for (i, used) in uses.iter_mut().enumerate() {
+            match epochs.get(used.of) {
+                Some(epoch) => used.epoch = epoch,
+                None => unknown.push(i),
             }
-            let epoch_of =
-                |of: EpochOf<'_>| uses.iter().find(|u| u.of == of).map_or(0, |u| u.epoch);
-            let frames: Vec<Vec<u8>> = batch
-                .iter()
-                .map(|p| {
-                    let tags: Vec<(&str, u64)> = p
-                        .tags
-                        .as_deref()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|t| (&**t, epoch_of(EpochOf::Tag(t))))
-                        .collect();
-                    let body = p.bytes.as_deref().unwrap_or_default();
-                    frame::encode(Kind::Value, epoch_of(EpochOf::Namespace), &tags, body)
-                })
-                .collect();
-            let entries: Vec<Entry<'_>> = op
-                .keys()
-                .iter()
-                .zip(batch)
-                .zip(&frames)
-                .map(|((key, p), frame)| Entry {
-                    key,
-                    frame,
-                    ttl: p.ttl,
-                    expect: None,
-                })
-                .collect();
+        }
+        if !unknown.is_empty() {
+            // Tags keep their epochs alive as long as their longest-lived entry.
+            let wanted: Vec<EpochUse<'_>> = unknown.iter().map(|&i| uses[i]).collect();
             let asked = epochs.asking();
-            let written = l2.write(space, &entries, &uses, Some(op)).await?;
+            let made = l2.make_epochs(space, &wanted).await?;
+            for (&i, epoch) in unknown.iter().zip(made) {
+                uses[i].epoch = epoch;
+                epochs.learn(asked, uses[i].of, Some(epoch));
+            }
+        }
+        // Framed twice at most: a tag epoch found gone (evicted, or dropped by an invalidation
+        // not heard of yet) is made anew by the write itself, which then frames again under it.
+        for _ in 0..2 {
+            let written = self.write_framed(l2, op, batch, &uses).await?;
+            let asked = epochs.asking();
             let mut current = true;
-            for (used, now) in uses.iter().zip(&written.epochs) {
-                if *now != Some(used.epoch) {
+            let tag_uses = uses.iter_mut().filter(|u| matches!(u.of, EpochOf::Tag(_)));
+            for (used, now) in tag_uses.zip(written.tags) {
+                if used.epoch != now {
+                    used.epoch = now;
+                    epochs.learn(asked, used.of, Some(now));
                     current = false;
-                    epochs.learn(asked, used.of, *now);
-                    if now.is_none() {
-                        epochs.forget(used.of);
-                    }
                 }
             }
             if current {
@@ -251,5 +222,43 @@ where
             }
         }
         Ok(())
+    }
+
+    /// One write of the batch, framed under `uses`.
+    async fn write_framed(
+        &self,
+        l2: &dyn L2,
+        op: &Op,
+        batch: &[Prepared<V>],
+        uses: &[EpochUse<'_>],
+    ) -> Result<Written> {
+        let epoch_of = |of: EpochOf<'_>| uses.iter().find(|u| u.of == of).map_or(0, |u| u.epoch);
+        let frames: Vec<Vec<u8>> = batch
+            .iter()
+            .map(|p| {
+                let tags: Vec<(&str, u64)> = p
+                    .tags
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|t| (&**t, epoch_of(EpochOf::Tag(t))))
+                    .collect();
+                let body = p.bytes.as_deref().unwrap_or_default();
+                frame::encode(Kind::Value, epoch_of(EpochOf::Namespace), &tags, body)
+            })
+            .collect();
+        let entries: Vec<Entry<'_>> = op
+            .keys()
+            .iter()
+            .zip(batch)
+            .zip(&frames)
+            .map(|((key, p), frame)| Entry {
+                key,
+                frame,
+                ttl: p.ttl,
+                expect: None,
+            })
+            .collect();
+        l2.write(&self.ns.keyspace, &entries, uses, Some(op)).await
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Entry, EpochOf, EpochUse, Expect, Keyspace, Snapshot, Stored, Written, L2};
+use super::{Entry, EpochOf, EpochUse, Expect, Keyspace, Stored, Written, L2};
 use crate::cache::backplane::{self, Op};
 use crate::cache::frame::{self, Kind};
 use crate::cache::pattern::Pattern;
@@ -186,37 +186,28 @@ impl L2 for RedisL2 {
         true
     }
 
-    /// `GET` and `PTTL` of each key and `GET` of the namespace's epoch, in one round trip.
-    /// Error replies are taken one by one, so a key of another type (`WRONGTYPE`) is
-    /// [`Stored::Foreign`] instead of failing them all.
-    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Snapshot> {
+    /// `GET` and `PTTL` of each key in one round trip. Error replies are taken one by one, so
+    /// a key of another type (`WRONGTYPE`) is [`Stored::Foreign`] instead of failing them all.
+    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
         let mut pipe = redis::pipe();
         for key in keys {
             let entry = space.entry(key);
             pipe.cmd("GET").arg(&entry).cmd("PTTL").arg(entry);
         }
-        pipe.cmd("GET").arg(space.epoch(EpochOf::Namespace));
         pipe.ignore_errors();
-        let mut replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
-        let ns_epoch = match replies.pop() {
-            Some(reply) => epoch(reply)?,
-            None => return Err(Error::Internal("a read pipeline came back empty")),
-        };
+        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(keys.len());
         while let (Some(value), Some(pttl)) = (replies.next(), replies.next()) {
             out.push(stored(value, pttl)?);
         }
-        Ok(Snapshot {
-            stored: out,
-            epoch: ns_epoch,
-        })
+        Ok(out)
     }
 
-    async fn tag_epochs(&self, space: &Keyspace, tags: &[&str]) -> Result<Vec<Option<u64>>> {
+    async fn epochs(&self, space: &Keyspace, of: &[EpochOf<'_>]) -> Result<Vec<Option<u64>>> {
         let mut pipe = redis::pipe();
-        for tag in tags {
-            pipe.cmd("GET").arg(space.epoch(EpochOf::Tag(tag)));
+        for of in of {
+            pipe.cmd("GET").arg(space.epoch(*of));
         }
         pipe.ignore_errors();
         let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
@@ -243,37 +234,29 @@ impl L2 for RedisL2 {
             .collect()
     }
 
-    /// Reads only each entry's head: a value's frame starts `TE`, format, kind `0`.
-    async fn contains(&self, space: &Keyspace, keys: &[String]) -> Result<Vec<bool>> {
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("GETRANGE").arg(space.entry(key)).arg(0).arg(3);
-        }
-        pipe.ignore_errors();
-        let heads: Vec<redis::RedisResult<Vec<u8>>> = self.conn.pipeline(&pipe).await?;
-        Ok(heads
-            .into_iter()
-            .map(|h| h.is_ok_and(|h| h.starts_with(b"TE") && h.get(3) == Some(&0)))
-            .collect())
-    }
-
     async fn write(
         &self,
         space: &Keyspace,
         entries: &[Entry<'_>],
-        epochs: &[EpochUse<'_>],
+        alive: &[EpochUse<'_>],
         op: Option<&Op>,
     ) -> Result<Written> {
         let mut pipe = redis::pipe();
         for entry in entries {
             push_write(&mut pipe, space, entry);
         }
-        for used in epochs {
+        let tags: Vec<&EpochUse<'_>> = alive
+            .iter()
+            .filter(|u| matches!(u.of, EpochOf::Tag(_)))
+            .collect();
+        for used in &tags {
+            // Absent (dropped, evicted): made anew, never the epoch the entries carry, so what
+            // was framed under the old one stays retired; the writer learns the new one.
             pipe.cmd("EVAL")
                 .arg(EPOCH)
                 .arg(1)
                 .arg(space.epoch(used.of))
-                .arg("")
+                .arg(fresh_epoch().to_string())
                 .arg(epoch_ttl(used.of, used.ttl));
         }
         if let Some(op) = op {
@@ -283,16 +266,16 @@ impl L2 for RedisL2 {
                 .ignore();
         }
         let replies: Vec<redis::Value> = self.conn.pipeline(&pipe).await?;
-        let (versions, current) = replies.split_at(entries.len().min(replies.len()));
+        let (versions, epochs) = replies.split_at(entries.len().min(replies.len()));
         let landed = versions
             .iter()
             .map(|v| matches!(v, redis::Value::Int(n) if *n > 0))
             .collect();
-        let epochs = current
+        let tags = epochs
             .iter()
-            .map(|v| epoch(Ok(v.clone())))
+            .map(|v| epoch(Ok(v.clone())).map(Option::unwrap_or_default))
             .collect::<Result<_>>()?;
-        Ok(Written { landed, epochs })
+        Ok(Written { landed, tags })
     }
 
     async fn drop_epochs(
@@ -424,7 +407,7 @@ impl L2 for RedisL2 {
         self.conn.server_figures().await
     }
 
-    async fn runs(&self) -> Result<Vec<String>> {
+    async fn runs(&self) -> Result<Vec<(String, String)>> {
         self.conn.server_runs().await
     }
 }
