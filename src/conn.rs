@@ -171,6 +171,27 @@ impl Conn {
         }
     }
 
+    /// The node holding `key`: the server, or the primary serving its slot as the health
+    /// probe last saw the cluster. For the few keys every call of a feature depends on (a cache
+    /// namespace's epoch), sent this way they follow a failover as soon as the probe sees it,
+    /// without waiting for redis-rs to repair its own slot map.
+    pub(crate) async fn node_of(&self, key: &str) -> Result<Node> {
+        match &self.0.link {
+            Link::Single { .. } => Ok(Node(None)),
+            Link::Cluster(cluster) => {
+                let slot = slot_of(key.as_bytes());
+                let shards = tokio::time::timeout(self.0.op_timeout, cluster.primaries())
+                    .await
+                    .map_err(|_| Error::Timeout(self.0.op_timeout))??;
+                shards
+                    .iter()
+                    .find(|s| s.slots.iter().any(|r| r.contains(&slot)))
+                    .map(|s| Node(Some(s.addr())))
+                    .ok_or(Error::Unavailable)
+            }
+        }
+    }
+
     /// Sends one command to one node from [`nodes`](Self::nodes).
     pub(crate) async fn query_node<T: FromRedisValue>(&self, node: &Node, cmd: &Cmd) -> Result<T> {
         match (&self.0.link, &node.0) {
@@ -394,6 +415,17 @@ impl Conn {
     }
 }
 
+/// The cluster slot of `key`: CRC16 of its hash tag (the text between the first `{` and the
+/// next `}`, when not empty) or of the whole key, modulo 16384.
+fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
+}
+
 /// A node to send node-local commands to: `None` is the single server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Node(Option<String>);
@@ -504,5 +536,21 @@ async fn ping(manager: &mut ConnectionManager) -> redis::RedisResult<()> {
     match cmd.query_async(manager).await {
         Err(e) if e.is_io_error() || e.is_connection_dropped() => cmd.query_async(manager).await,
         result => result,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slots_are_those_redis_computes() {
+        // `CLUSTER KEYSLOT foo` answers 12182.
+        assert_eq!(super::slot_of(b"foo"), 12182);
+        assert_eq!(
+            super::slot_of(b"{user1000}.following"),
+            super::slot_of(b"user1000")
+        );
+        // An empty tag hashes the whole key.
+        let whole = crc16::State::<crc16::XMODEM>::calculate(b"foo{}{bar}") % 16384;
+        assert_eq!(super::slot_of(b"foo{}{bar}"), whole);
     }
 }

@@ -126,6 +126,7 @@ pub(super) async fn listen(
                 core.forget_all();
                 core.check_runs().await;
                 core.replay_all().await;
+                core.watch_epochs().await;
                 core.coherent.send_replace(true);
                 if lost_logged {
                     tracing::info!("tierkit: cache backplane resubscribed; L1 dropped");

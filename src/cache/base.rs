@@ -152,11 +152,11 @@ impl CacheCore {
     }
 
     /// Stops serving every L1 entry of every namespace, at once and without a clean-up pass,
-    /// and forgets every epoch: messages that changed them may have been missed.
+    /// and forgets the tags' epochs: messages that changed them may have been missed.
     pub(super) fn forget_all(&self) {
         for ns in read(&self.registry).by_id.iter() {
             ns.fresh.forget_l1();
-            ns.epochs.forget_all();
+            ns.epochs.forget_tags();
         }
     }
 }

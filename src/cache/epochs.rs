@@ -84,7 +84,16 @@ impl Epochs {
         }
     }
 
-    /// Forgets every epoch: the backplane may have missed messages.
+    /// Forgets every tag's epoch: the backplane may have missed their invalidations. The
+    /// namespace's is kept, to be checked again at once (see `watch_epochs`): forgetting it
+    /// would make every read wait on the one shard that holds it.
+    pub(super) fn forget_tags(&self) {
+        let mut known = self.known();
+        known.generation += 1;
+        known.tags.clear();
+    }
+
+    /// Forgets every epoch.
     pub(super) fn forget_all(&self) {
         let mut known = self.known();
         known.generation += 1;
@@ -109,6 +118,8 @@ mod tests {
         assert_eq!(epochs.get(EpochOf::Tag("t")), None);
         let asked = epochs.asking();
         epochs.learn(asked, EpochOf::Namespace, Some(7));
+        epochs.forget_tags();
+        assert_eq!(epochs.get(EpochOf::Namespace), Some(7));
         epochs.forget_all();
         assert_eq!(epochs.get(EpochOf::Namespace), None);
     }

@@ -105,6 +105,9 @@ where
         if sent.is_err() {
             self.ns.owed.owe_keys([key]);
         }
+        // Again once Redis has it: a read on this instance that fetched the old entry before
+        // it changed may have kept it since the first pass.
+        self.core.apply(&self.ns, &op).await;
         Ok(self.reach(sent))
     }
 
@@ -141,6 +144,8 @@ where
         if sent.is_err() {
             self.ns.owed.owe_tag(tag);
         }
+        // Again once Redis has it (see `invalidate`).
+        self.core.apply(&self.ns, &op).await;
         Ok(self.reach(sent))
     }
 
@@ -174,6 +179,7 @@ where
         if sent.is_err() && self.core.l2.stores_values() {
             self.ns.owed.owe_everything();
         }
+        self.core.apply(&self.ns, &op).await;
         Ok((self.reach(sent), removed))
     }
 
@@ -202,7 +208,10 @@ where
             }
         };
         let space = &self.ns.keyspace;
-        if let Err(e) = l2.drop_epochs(space, true, &[], Some(&op)).await {
+        let dropped = l2.drop_epochs(space, true, &[], Some(&op)).await;
+        // Again once Redis has it (see `invalidate`).
+        self.core.apply(&self.ns, &op).await;
+        if let Err(e) = dropped {
             self.ns.owed.owe_everything();
             return Ok((self.reach(Err(e)), 0));
         }

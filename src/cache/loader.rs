@@ -17,7 +17,7 @@ use super::frame::{self, Kind};
 use super::l2::{count_failure, Entry, EpochOf, EpochUse, Expect};
 use super::lease::Waited;
 use super::namespace::{Hit, Namespace, Source};
-use super::read::{L2Read, LOCAL};
+use super::read::L2Read;
 use super::stamp::Stamp;
 use super::stats::bump;
 use crate::error::{Error, Result};
@@ -90,7 +90,13 @@ where
                     return Err(Error::from_shared(e));
                 }
             };
-            lead.finish(Ok((loaded.value.clone(), loaded.source)));
+            if self.ns.fresh.changed_since(key, stamp) {
+                // A change landed during the load: its value may be older than what a waiter
+                // that joined late has already seen, so the waiters read again instead.
+                drop(lead);
+            } else {
+                lead.finish(Ok((loaded.value.clone(), loaded.source)));
+            }
             if let Some((fill, lease)) = fill {
                 // After the waiters are released: they need not wait for Redis to take it.
                 self.fill_l2(key, fill).await;
@@ -162,7 +168,13 @@ where
         };
         let ttl = self.jittered(self.ns.ttl);
         let value = Arc::new(value);
-        let entry = self.l1_value(value.clone(), weight, ttl, None, LOCAL);
+        // As new as what the read before the load found, and no newer: a copy L1 took from
+        // Redis meanwhile reflects a write that landed after that read, and wins.
+        let version = match &basis {
+            Some((Expect::Version(v), _)) => *v,
+            _ => 0,
+        };
+        let entry = self.l1_value(value.clone(), weight, ttl, None, version);
         let hit = self.keep_l1(key, value, entry, stamp, Source::Loader).await;
         let fill = match (bytes, basis) {
             // A change raced the load: what it loaded may be stale already.

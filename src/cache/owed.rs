@@ -150,20 +150,21 @@ impl CacheCore {
         let l2 = self.l2.pick()?;
         let space = &ns.keyspace;
         if debts.everything {
-            ns.epochs.forget_all();
             let op = Op::Clear {
                 ns: ns.name.clone(),
             };
-            return l2.drop_epochs(space, true, &[], Some(&op)).await;
+            l2.drop_epochs(space, true, &[], Some(&op)).await?;
+            ns.epochs.forget_all();
+            return Ok(());
         }
         for tag in &debts.tags {
-            ns.epochs.forget(EpochOf::Tag(tag));
             let op = Op::Tag {
                 ns: ns.name.clone(),
                 tag: tag.to_string(),
                 keys: Vec::new(),
             };
             l2.drop_epochs(space, false, &[tag], Some(&op)).await?;
+            ns.epochs.forget(EpochOf::Tag(tag));
         }
         if !debts.keys.is_empty() {
             let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
@@ -239,7 +240,7 @@ pub(super) async fn settle_debts(core: Weak<CacheCore>, mut stop: oneshot::Recei
         let Some(core) = core.upgrade() else { return };
         core.replay_all().await;
         ticks = ticks.wrapping_add(1);
-        if ticks % EPOCH_WATCH_TICKS == 0 {
+        if ticks.is_multiple_of(EPOCH_WATCH_TICKS) {
             core.watch_epochs().await;
         }
     }
@@ -253,7 +254,7 @@ impl CacheCore {
     /// hear of (writes framed under a gone epoch are misses until it learns), and keeps the
     /// epoch keys recently used, so an LRU or LFU eviction policy keeps them while the cache
     /// is in use. Off the request path: a shard that does not answer delays no call.
-    async fn watch_epochs(&self) {
+    pub(super) async fn watch_epochs(&self) {
         let Ok(l2) = self.l2.pick() else { return };
         for ns in self.namespaces() {
             let asked = ns.epochs.asking();

@@ -287,11 +287,11 @@ where
                     };
                 }
             }
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_) => {
-                // A change that landed between the check and the put evicted nothing yet.
-                if fresh.changed_since(key, stamp) {
-                    self.drop_l1(key).await;
-                }
+            // A change that landed between the check and the put evicted nothing yet.
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+                if fresh.changed_since(key, stamp) =>
+            {
+                self.drop_l1(key).await;
             }
             _ => {}
         }

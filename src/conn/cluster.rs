@@ -391,13 +391,18 @@ impl SplitConn {
 
 /// Sends `cmds[indices]` as one pipeline to `route`. A pipeline's error replies come back as
 /// values, so redis-rs neither follows a `MOVED`/`ASK` in them nor refreshes its slot map:
-/// such a group is sent again command by command, which does both.
+/// such a group is sent again command by command, which does both. A lone command goes that way
+/// from the start: after a failover redis-rs repairs its slot map on a failed single command,
+/// not on a failed pipeline.
 async fn send_group(
     mut conn: ClusterConnection,
     route: SingleNodeRoutingInfo,
     cmds: &[&Cmd],
     indices: &[usize],
 ) -> redis::RedisResult<Vec<Value>> {
+    if let [i] = indices {
+        return Ok(vec![conn.req_packed_command(cmds[*i]).await?]);
+    }
     let mut sub = redis::pipe();
     for &i in indices {
         sub.add_command(cmds[i].clone());
@@ -412,11 +417,20 @@ async fn send_group(
     if !redirected {
         return Ok(replies);
     }
-    let mut again = Vec::with_capacity(indices.len());
+    one_by_one(conn, cmds, indices).await
+}
+
+/// Sends `cmds[indices]` one at a time, through redis-rs's routing of single commands.
+async fn one_by_one(
+    mut conn: ClusterConnection,
+    cmds: &[&Cmd],
+    indices: &[usize],
+) -> redis::RedisResult<Vec<Value>> {
+    let mut replies = Vec::with_capacity(indices.len());
     for &i in indices {
-        again.push(conn.req_packed_command(cmds[i]).await?);
+        replies.push(conn.req_packed_command(cmds[i]).await?);
     }
-    Ok(again)
+    Ok(replies)
 }
 
 /// Command indices by the slot of their first key, in order of first appearance, and the

@@ -204,33 +204,44 @@ impl L2 for RedisL2 {
         Ok(out)
     }
 
+    /// One command per epoch, each to the node holding it ([`Conn::node_of`]), concurrently.
     async fn epochs(&self, space: &Keyspace, of: &[EpochOf<'_>]) -> Result<Vec<Option<u64>>> {
-        let mut pipe = redis::pipe();
-        for of in of {
-            pipe.cmd("GET").arg(space.epoch(*of));
-        }
-        pipe.ignore_errors();
-        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
-        replies.into_iter().map(epoch).collect()
+        let asks = of.iter().map(|of| async move {
+            let key = space.epoch(*of);
+            let node = self.conn.node_of(&key).await?;
+            let value = self
+                .conn
+                .query_node::<redis::Value>(&node, redis::cmd("GET").arg(&key))
+                .await;
+            match value {
+                Ok(value) => epoch(Ok(value)),
+                Err(Error::Redis(e)) => epoch(Err(e)),
+                Err(e) => Err(e),
+            }
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>> {
-        let mut pipe = redis::pipe();
-        for want in wanted {
-            pipe.cmd("EVAL")
-                .arg(EPOCH)
+        let makes = wanted.iter().map(|want| async move {
+            let key = space.epoch(want.of);
+            let node = self.conn.node_of(&key).await?;
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(EPOCH)
                 .arg(1)
-                .arg(space.epoch(want.of))
+                .arg(&key)
                 .arg(fresh_epoch().to_string())
                 .arg(epoch_ttl(want.of, want.ttl));
-        }
-        let replies: Vec<String> = self.conn.pipeline(&pipe).await?;
-        replies
-            .iter()
-            .map(|s| {
-                s.parse()
-                    .map_err(|_| Error::Internal("an epoch key holds something else"))
-            })
+            let made: String = self.conn.query_node(&node, &eval).await?;
+            made.parse()
+                .map_err(|_| Error::Internal("an epoch key holds something else"))
+        });
+        futures_util::future::join_all(makes)
+            .await
+            .into_iter()
             .collect()
     }
 
@@ -278,6 +289,9 @@ impl L2 for RedisL2 {
         Ok(Written { landed, tags })
     }
 
+    /// Each epoch is deleted on the node holding it ([`Conn::node_of`]), then `op` is
+    /// published: only once every epoch is gone, so no instance acting on the message can
+    /// still read under one of them.
     async fn drop_epochs(
         &self,
         space: &Keyspace,
@@ -285,21 +299,31 @@ impl L2 for RedisL2 {
         tags: &[&str],
         op: Option<&Op>,
     ) -> Result<()> {
-        let mut pipe = redis::pipe();
+        let mut gone: Vec<EpochOf<'_>> = tags.iter().map(|t| EpochOf::Tag(t)).collect();
         if namespace {
-            pipe.cmd("UNLINK")
-                .arg(space.epoch(EpochOf::Namespace))
-                .ignore();
+            gone.push(EpochOf::Namespace);
         }
-        for tag in tags {
-            pipe.cmd("UNLINK")
-                .arg(space.epoch(EpochOf::Tag(tag)))
-                .ignore();
+        let drops = gone.iter().map(|of| async move {
+            let key = space.epoch(*of);
+            let node = self.conn.node_of(&key).await?;
+            self.conn
+                .query_node::<i64>(&node, redis::cmd("UNLINK").arg(&key))
+                .await
+                .map(|_| node)
+        });
+        let mut last = None;
+        for dropped in futures_util::future::join_all(drops).await {
+            last = Some(dropped?);
         }
-        match op {
-            Some(op) => self.send_publishing(pipe, op).await,
-            None => self.conn.pipeline::<()>(&pipe).await,
-        }
+        let (Some(op), Some(node)) = (op, last) else {
+            return Ok(());
+        };
+        // Through a node that just answered: any node relays a PUBLISH to the whole cluster.
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(&self.channel)
+            .arg(backplane::message(self.origin, op));
+        self.conn.query_node::<i64>(&node, &publish).await.map(drop)
     }
 
     /// SCANs batch by batch. With a pattern, the glob is a superset (Redis's `?` matches a
