@@ -172,17 +172,7 @@ async fn tags_and_clears_hold_when_redis_evicts() {
         let opts = SetOptions::new().tag(format!("t{}", i % 3));
         on_w.set_with(&i.to_string(), value, opts).await.unwrap();
     }
-    let mut con = server.async_connection().await;
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let evicted: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("evicted_keys:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap();
+    let evicted = server.evicted_keys().await;
     assert!(evicted > 0, "nothing was evicted; the test shows nothing");
 
     let reader = support::connected(&server.url()).await;

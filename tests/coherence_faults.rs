@@ -442,17 +442,7 @@ async fn run(seed: u64) {
     }
     if let Some(filler) = filler {
         filler.await.unwrap();
-        let mut con = server.async_connection().await;
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let evicted: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("evicted_keys:"))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap_or(0);
+        let evicted = server.evicted_keys().await;
         assert!(evicted > 0, "seed {seed}: nothing was evicted");
     }
     let ops = world.history.lock().unwrap().clone();

@@ -875,17 +875,7 @@ async fn history(setup: Setup, seed: u64) -> Result<String, String> {
         ));
     }
     let evicted = if setup.filler_per_sec > 0 {
-        let mut con = server.async_connection().await;
-        let info: String = redis::cmd("INFO")
-            .arg("stats")
-            .query_async(&mut con)
-            .await
-            .unwrap();
-        let evicted: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("evicted_keys:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let evicted = server.evicted_keys().await;
         if evicted == 0 {
             return Err(format!(
                 "{label}: Redis evicted nothing under memory pressure"

@@ -344,6 +344,23 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("connect to redis-server on {}: {e}", self.addr()))
     }
 
+    /// How many keys the server has evicted for `maxmemory` (`INFO stats`, `evicted_keys`).
+    ///
+    /// # Panics
+    /// If the server does not answer.
+    pub async fn evicted_keys(&self) -> u64 {
+        let mut con = self.async_connection().await;
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut con)
+            .await
+            .unwrap_or_else(|e| panic!("INFO stats on {}: {e}", self.addr()));
+        info.lines()
+            .find_map(|l| l.strip_prefix("evicted_keys:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Deletes every key (sync `FLUSHALL`).
     ///
     /// # Panics
