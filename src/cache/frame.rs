@@ -77,6 +77,11 @@ pub(super) fn encode(kind: Kind, ns_epoch: u64, tags: &[(&str, u64)], body: &[u8
     out
 }
 
+/// The frame of a tombstone: what an invalidated key holds.
+pub(super) fn tombstone() -> Vec<u8> {
+    encode(Kind::Tombstone, 0, &[], &[])
+}
+
 /// The version as the write script's `expected` argument compares it.
 pub(super) fn version_digits(version: u64) -> String {
     format!("{version:0width$}", width = VERSION_DIGITS)

@@ -7,9 +7,8 @@ use serde::Serialize;
 
 use super::backplane::Op;
 use super::base::CacheCore;
-use super::frame::{self, Kind};
 use super::l1::{self, KeyRef};
-use super::l2::{count_failure, Entry, EpochOf};
+use super::l2::{count_failure, EpochOf};
 use super::namespace::{Namespace, NsShared, Reach};
 use super::pattern::Pattern;
 use super::stamp::Change;
@@ -88,18 +87,10 @@ where
         if !self.core.l2.stores_values() {
             return Ok(Reach::AllTiers);
         }
-        let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
-        let entry = [Entry {
-            key,
-            frame: &tombstone,
-            ttl: self.ns.ttl,
-            expect: None,
-        }];
         let sent = async {
             self.l2()?
-                .write(&self.ns.keyspace, &entry, &[], Some(&op))
+                .tombstone(&self.ns.keyspace, self.ns.ttl, &op)
                 .await
-                .map(drop)
         }
         .await;
         if sent.is_err() {

@@ -163,6 +163,23 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
         op: Option<&Op>,
     ) -> Result<Written>;
 
+    /// Makes each of `op`'s keys a tombstone for `ttl`, so a load that read it before cannot
+    /// fill it after, and publishes `op`, in one round trip.
+    async fn tombstone(&self, space: &Keyspace, ttl: Duration, op: &Op) -> Result<()> {
+        let frame = super::frame::tombstone();
+        let entries: Vec<Entry<'_>> = op
+            .keys()
+            .iter()
+            .map(|key| Entry {
+                key,
+                frame: &frame,
+                ttl,
+                expect: None,
+            })
+            .collect();
+        self.write(space, &entries, &[], Some(op)).await.map(drop)
+    }
+
     /// Deletes the namespace's epoch (`namespace`) and those of `tags`, which invalidates
     /// every entry framed under them, and publishes `op`, in one round trip.
     async fn drop_epochs(

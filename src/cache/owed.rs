@@ -23,8 +23,7 @@ use tokio::sync::oneshot;
 
 use super::backplane::Op;
 use super::base::CacheCore;
-use super::frame::{self, Kind};
-use super::l2::{Entry, EpochOf};
+use super::l2::EpochOf;
 use super::namespace::NsShared;
 use crate::error::Result;
 
@@ -167,22 +166,11 @@ impl CacheCore {
             ns.epochs.forget(EpochOf::Tag(tag));
         }
         if !debts.keys.is_empty() {
-            let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
-            let keys: Vec<String> = debts.keys.iter().map(|k| k.to_string()).collect();
-            let entries: Vec<Entry<'_>> = keys
-                .iter()
-                .map(|key| Entry {
-                    key,
-                    frame: &tombstone,
-                    ttl: ns.ttl,
-                    expect: None,
-                })
-                .collect();
             let op = Op::Keys {
                 ns: ns.name.clone(),
-                keys: keys.clone(),
+                keys: debts.keys.iter().map(|k| k.to_string()).collect(),
             };
-            l2.write(space, &entries, &[], Some(&op)).await?;
+            l2.tombstone(space, ns.ttl, &op).await?;
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{Entry, EpochOf, EpochUse, Expect, Keyspace, Stored, Written, L2};
 use crate::cache::backplane::{self, Op};
-use crate::cache::frame::{self, Kind};
+use crate::cache::frame;
 use crate::cache::pattern::Pattern;
 use crate::conn::{Conn, ServerFigures};
 use crate::error::{Error, Result};
@@ -347,7 +347,7 @@ impl L2 for RedisL2 {
             Ok(nodes) => nodes,
             Err(e) => return (0, Err(e)),
         };
-        let tombstone = frame::encode(Kind::Tombstone, 0, &[], &[]);
+        let tombstone = frame::tombstone();
         let mut removed = 0;
         for node in &nodes {
             let mut cursor: u64 = 0;
