@@ -17,6 +17,7 @@ use super::namespace::{Namespace, NsShared};
 use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::Counters;
+use super::writing::Writing;
 use crate::error::{Error, Result};
 
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
@@ -191,6 +192,7 @@ where
             epochs: Epochs::default(),
             owed: Owed::default(),
             flights: Flights::default(),
+            writing: Writing::default(),
             lease: self.lease,
         })?;
         Ok(Namespace {

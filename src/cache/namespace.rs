@@ -20,6 +20,7 @@ use super::l2::{count_failure, Keyspace, L2};
 use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::{CacheStats, Counters};
+use super::writing::Writing;
 use crate::error::Result;
 
 /// What a namespace is, shared by every handle to it.
@@ -42,6 +43,8 @@ pub(super) struct NsShared {
     pub(super) owed: Owed,
     /// The loads in flight in this process, one per key.
     pub(super) flights: Flights,
+    /// This instance's writes Redis has not answered yet.
+    pub(super) writing: Writing,
     /// With [`NamespaceBuilder::single_flight`](super::NamespaceBuilder::single_flight): how
     /// long one instance may load a cold key while the others wait for it.
     pub(super) lease: Option<Duration>,

@@ -49,22 +49,28 @@ impl<V> Namespace<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// An L1 hit, counted. The hot path: one lookup, one `Arc` clone, one relaxed add.
+    /// An L1 hit, counted. The hot path: one lookup, one `Arc` clone, one relaxed add. An L1
+    /// miss is answered by this instance's write of the key in flight, if any
+    /// ([`writing`](super::writing)).
     pub(super) async fn l1_hit(&self, key: &str) -> Option<Hit<V>> {
         let key_ref = KeyRef {
             ns: self.ns.id,
             key,
         };
-        let found = self.l1.get(&key_ref).await?;
-        if !self.is_live(key, &found) {
-            // Made before the L1 was dropped, or covered by a tag or pattern invalidated since:
-            // a miss, and out of the way of the next fill.
-            self.l1.invalidate(&key_ref).await;
-            return None;
-        }
+        let held = match self.l1.get(&key_ref).await {
+            Some(found) if self.is_live(key, &found) => found.value,
+            found => {
+                if found.is_some() {
+                    // Made before the L1 was dropped, or covered by a tag or pattern
+                    // invalidated since: a miss, and out of the way of the next fill.
+                    self.l1.invalidate(&key_ref).await;
+                }
+                self.ns.writing.get(key)?
+            }
+        };
         // Namespace ids are bound to one type at declaration, so this cannot fail; if it did,
         // a miss is the safe answer.
-        let value = Arc::downcast::<V>(found.value).ok()?;
+        let value = Arc::downcast::<V>(held).ok()?;
         bump(&self.ns.counters.l1_hits);
         Some(Hit {
             value,

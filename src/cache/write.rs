@@ -16,6 +16,7 @@ use super::l2::{Entry, EpochOf, EpochUse, Written, L2};
 use super::namespace::{Namespace, Reach, SetOptions};
 use super::read::LOCAL;
 use super::stats::add;
+use super::writing::Value;
 use crate::error::{Error, Result};
 
 /// Tags per entry, and bytes per tag: every read of a tagged entry checks each tag's epoch,
@@ -137,9 +138,17 @@ where
     }
 
     /// L1 first, entry by entry (each key marked changed, so no read or load in flight keeps
-    /// an older value), then L2 and the backplane in one round trip. What Redis did not take
-    /// is owed ([`owed`](super::owed)).
+    /// an older value), then L2 and the backplane in one round trip. Until Redis answers, the
+    /// values are also served from the writes in flight ([`writing`](super::writing)); what
+    /// Redis did not take is owed ([`owed`](super::owed)).
     async fn write(&self, mut batch: Vec<Prepared<V>>) -> Result<Reach> {
+        let stores = self.core.l2.stores_values();
+        let in_flight = stores.then(|| {
+            let values = batch
+                .iter()
+                .map(|p| (p.key.as_str(), p.value.clone() as Value));
+            self.ns.writing.begin(&self.ns.owed, values)
+        });
         let mut keys = Vec::with_capacity(batch.len());
         for p in &mut batch {
             self.ns.fresh.bump_key(&p.key);
@@ -148,9 +157,9 @@ where
             // Moved, not copied: from here on the op holds the keys.
             keys.push(std::mem::take(&mut p.key));
         }
-        if !self.core.l2.stores_values() {
+        let Some(in_flight) = in_flight else {
             return Ok(Reach::AllTiers);
-        }
+        };
         let op = Op::Keys {
             ns: self.ns.name.clone(),
             keys,
@@ -159,6 +168,7 @@ where
         if sent.is_err() {
             self.ns.owed.owe_keys(op.keys().iter().map(String::as_str));
         }
+        in_flight.answered();
         Ok(self.reach(sent))
     }
 
