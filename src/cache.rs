@@ -93,6 +93,7 @@ mod stamp;
 mod stats;
 mod warm;
 mod write;
+mod writing;
 
 pub use builder::NamespaceBuilder;
 pub use info::CacheInfo;

@@ -64,7 +64,10 @@ pub(crate) enum Probe {
 }
 
 pub(crate) struct Cluster {
-    conn: ClusterConnection,
+    /// Replaced by a fresh one when the probe sees the topology change (see `refresh`).
+    conn: Mutex<ClusterConnection>,
+    client: redis::cluster::ClusterClient,
+    client_config: redis::cluster::ClusterConfig,
     seeds: Vec<ConnectionInfo>,
     connect_timeout: Duration,
     /// The latest topology, primaries only; empty until first fetched.
@@ -93,13 +96,14 @@ impl Cluster {
             .min_retry_wait(MIN_RETRY_WAIT_MS)
             .max_retry_wait(MAX_RETRY_WAIT_MS)
             .build()?;
-        let conn = client.get_pending_async_connection_with_config(
-            redis::cluster::ClusterConfig::new()
-                .set_connection_timeout(config.connect_timeout)
-                .set_response_timeout(config.op_timeout),
-        );
+        let client_config = redis::cluster::ClusterConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.op_timeout);
+        let conn = client.get_pending_async_connection_with_config(client_config.clone());
         Ok(Cluster {
-            conn,
+            conn: Mutex::new(conn),
+            client,
+            client_config,
             seeds: seeds.to_vec(),
             connect_timeout: config.connect_timeout,
             shards: Mutex::new(Arc::new(Vec::new())),
@@ -109,7 +113,7 @@ impl Cluster {
 
     /// A handle for one call. Cheap: the cluster connection is a channel to its driver task.
     pub(crate) fn connection(&self) -> SplitConn {
-        SplitConn(self.conn.clone())
+        SplitConn(self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Clients for the pub/sub backplane, one per seed: in a cluster a `PUBLISH` reaches
@@ -167,14 +171,24 @@ impl Cluster {
                     .ok_or_else(|| Error::Redis(invalid("CLUSTER SLOTS listed no primary")))
             })
         });
-        match select_ok(asks).await {
-            Ok((shards, _)) => {
-                let shards = Arc::new(shards);
-                *self.shards_lock() = shards.clone();
-                Ok(shards)
-            }
-            Err(e) => Err(e),
+        let (shards, _) = select_ok(asks).await?;
+        let shards = Arc::new(shards);
+        let before = std::mem::replace(&mut *self.shards_lock(), shards.clone());
+        if !before.is_empty() && before != shards {
+            // redis-rs repairs its slot map only after a MOVED or a node it cannot reach at
+            // all; calls to a failed primary's slots that time out first (our op_timeout cuts
+            // them) never tell it, and it can keep sending them to the dead node. Calls from
+            // now on go through a connection that starts from the topology as it is; those in
+            // flight finish on the old one.
+            tracing::debug!(
+                "tierkit: cluster topology changed; new calls use a fresh cluster connection"
+            );
+            let fresh = self
+                .client
+                .get_pending_async_connection_with_config(self.client_config.clone());
+            *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         }
+        Ok(shards)
     }
 
     /// Reads the topology, then PINGs every primary at once; takes at most `budget`, however
