@@ -1,6 +1,6 @@
 //! Cache hit paths: tierkit's L1 hit next to raw moka `get`, and tierkit's L2 hit (L1 miss)
 //! next to a raw redis-rs `GET` plus the decoding tierkit does (bincode, and zstd where the
-//! value compresses).
+//! value compresses). The raw L1 is moka's synchronous cache, the kind tierkit's L1 is.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -64,12 +64,12 @@ pub fn l1_hit(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("l1_hit/{flavor}"));
         group.throughput(Throughput::Elements(1));
 
-        let moka: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::new(1 << 20);
+        let moka: moka::sync::Cache<String, Arc<Payload>> = moka::sync::Cache::new(1 << 20);
         let kit = Tierkit::new(Config::builder().l1_capacity(1 << 30).build().unwrap()).unwrap();
         let ns = kit.namespace::<Payload>("events").build().unwrap();
         rt.block_on(async {
             for k in &keys {
-                moka.insert(k.clone(), value.clone()).await;
+                moka.insert(k.clone(), value.clone());
                 ns.set(k, (*value).clone()).await.unwrap();
             }
         });
@@ -78,7 +78,7 @@ pub fn l1_hit(c: &mut Criterion) {
         group.bench_function("raw_moka_get", |b| {
             b.to_async(&rt).iter(|| async {
                 let k = &keys[cycle(&next, L1_KEYS)];
-                moka.get(k).await.expect("present")
+                moka.get(k).expect("present")
             })
         });
         group.bench_function("tierkit_get", |b| {
@@ -222,7 +222,7 @@ pub fn l2_hit(c: &mut Criterion) {
             );
             // The raw read plus each value put into a full, evicting moka cache (default
             // configuration): what an L1 fill costs on its own.
-            let raw_l1: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::new(64);
+            let raw_l1: moka::sync::Cache<String, Arc<Payload>> = moka::sync::Cache::new(64);
             group.bench_function(
                 BenchmarkId::new("raw_redis_get_decode_moka_insert", "sequential"),
                 |b| {
@@ -233,7 +233,7 @@ pub fn l2_hit(c: &mut Criterion) {
                         }
                         .get(k)
                         .await;
-                        raw_l1.insert(k.clone(), Arc::new(value)).await;
+                        raw_l1.insert(k.clone(), Arc::new(value));
                     })
                 },
             );
@@ -274,7 +274,7 @@ pub fn l2_hit(c: &mut Criterion) {
                     async move {
                         let k = &rk[i % L2_KEYS];
                         let value = raw.get(k).await;
-                        l1.insert(k.clone(), Arc::new(value)).await;
+                        l1.insert(k.clone(), Arc::new(value));
                     }
                 },
             );
@@ -508,7 +508,7 @@ pub fn get_many(c: &mut Criterion) {
         });
         // The raw pipeline plus what tierkit adds that no Redis client does: each value put into
         // a full, evicting moka cache (default configuration), so the L1 fill's share shows.
-        let raw_l1: moka::future::Cache<String, Arc<Payload>> = moka::future::Cache::new(64);
+        let raw_l1: moka::sync::Cache<String, Arc<Payload>> = moka::sync::Cache::new(64);
         group.bench_function("raw_pipeline_get_decode_moka_insert", |b| {
             b.to_async(&rt).iter(|| async {
                 let i = cycle(&next, redis_batches.len());
@@ -520,7 +520,7 @@ pub fn get_many(c: &mut Criterion) {
                 let found: Vec<Vec<u8>> = pipe.query_async(&mut conn).await.unwrap();
                 for (k, bytes) in batches[i].iter().zip(&found) {
                     let value = Arc::new(codec.decode::<Payload>(bytes).unwrap());
-                    raw_l1.insert(k.clone(), value).await;
+                    raw_l1.insert(k.clone(), value);
                 }
             })
         });

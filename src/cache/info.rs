@@ -42,7 +42,7 @@ impl CacheCore {
     /// The whole cache's figures; with `redis`, also the server's key count and memory.
     pub(crate) async fn info(&self, redis: bool) -> CacheInfo {
         // Evictions and expiries are applied lazily; settle them so the figures are exact.
-        self.l1.run_pending_tasks().await;
+        self.l1.run_pending_tasks();
         let namespaces: Vec<(String, CacheStats)> = self
             .namespaces()
             .iter()

@@ -23,14 +23,14 @@ impl CacheCore {
             Op::Keys { keys, .. } => {
                 for key in keys {
                     ns.fresh.bump_key(key);
-                    self.l1.invalidate(&KeyRef { ns: id, key }).await;
+                    self.l1.invalidate(&KeyRef { ns: id, key });
                 }
             }
             Op::Tag { tag, keys, .. } => {
                 ns.fresh.bump_all(Change::Tag(tag.as_str().into()));
                 ns.epochs.forget(EpochOf::Tag(tag));
                 for key in keys {
-                    self.l1.invalidate(&KeyRef { ns: id, key }).await;
+                    self.l1.invalidate(&KeyRef { ns: id, key });
                 }
                 let tag = tag.clone();
                 self.evict_if(move |k, v| k.ns == id && v.has_tag(&tag));

@@ -104,12 +104,15 @@ impl Expiry<L1Key, L1Value> for PerEntryTtl {
     }
 }
 
-pub(crate) type L1 = moka::future::Cache<L1Key, L1Value>;
+/// moka's synchronous cache: every L1 operation is in memory and never waits on anything, so
+/// an `async` API would only add a state machine to each hit, and a put can be checked against
+/// the copy it replaces under a plain lock ([`Freshness::put_lock`](super::stamp::Freshness::put_lock)).
+pub(crate) type L1 = moka::sync::Cache<L1Key, L1Value>;
 
 /// Builds the L1; `on_evict`, when given, hears the namespace id of each entry evicted for
 /// lack of room. Without it there is no listener, so moka takes no per-key locks.
 pub(crate) fn build(capacity: u64, on_evict: Option<impl Fn(u32) + Send + Sync + 'static>) -> L1 {
-    let builder = moka::future::Cache::builder()
+    let builder = moka::sync::Cache::builder()
         .max_capacity(capacity)
         .weigher(|key: &L1Key, value: &L1Value| {
             let key_len = u32::try_from(key.key.len()).unwrap_or(u32::MAX);

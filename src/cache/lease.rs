@@ -71,7 +71,7 @@ where
             pause = (pause * 2).min(POLL_MAX);
             match self.l2_read(key).await {
                 L2Read::Hit(found) => {
-                    return Waited::Loaded(self.keep_found(key, found, stamp).await);
+                    return Waited::Loaded(self.keep_found(key, found, stamp));
                 }
                 L2Read::Miss { expect, epoch } => basis = self.fill_basis(expect, epoch).await,
                 L2Read::Unreachable => {

@@ -60,7 +60,7 @@ where
         Fut: Future<Output = std::result::Result<V, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if let Some(hit) = self.l1_hit(key).await {
+        if let Some(hit) = self.l1_hit(key) {
             return Ok(hit);
         }
         let mut loader = Some(loader);
@@ -74,7 +74,7 @@ where
                 },
             };
             // A load that finished while this call queued for the lead left its value in L1.
-            if let Some(hit) = self.l1_hit(key).await {
+            if let Some(hit) = self.l1_hit(key) {
                 lead.finish(Ok((hit.value.clone(), hit.source)));
                 return Ok(hit);
             }
@@ -128,7 +128,7 @@ where
     {
         let counters = &self.ns.counters;
         let mut basis = match self.l2_read(key).await {
-            L2Read::Hit(found) => return Ok((self.keep_found(key, found, stamp).await, None)),
+            L2Read::Hit(found) => return Ok((self.keep_found(key, found, stamp), None)),
             L2Read::Miss { expect, epoch } => self.fill_basis(expect, epoch).await,
             L2Read::Unreachable => None,
         };
@@ -175,7 +175,7 @@ where
             _ => 0,
         };
         let entry = self.l1_value(value.clone(), weight, ttl, None, version);
-        let hit = self.keep_l1(key, value, entry, stamp, Source::Loader).await;
+        let hit = self.keep_l1(key, value, entry, stamp, Source::Loader);
         let fill = match (bytes, basis) {
             // A change raced the load: what it loaded may be stale already.
             _ if self.ns.fresh.changed_since(key, stamp) => None,

@@ -4,12 +4,10 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::future::ready;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::ops::compute::{CompResult, Op};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -52,18 +50,18 @@ where
     /// An L1 hit, counted. The hot path: one lookup, one `Arc` clone, one relaxed add. An L1
     /// miss is answered by this instance's write of the key in flight, if any
     /// ([`writing`](super::writing)).
-    pub(super) async fn l1_hit(&self, key: &str) -> Option<Hit<V>> {
+    pub(super) fn l1_hit(&self, key: &str) -> Option<Hit<V>> {
         let key_ref = KeyRef {
             ns: self.ns.id,
             key,
         };
-        let held = match self.l1.get(&key_ref).await {
+        let held = match self.l1.get(&key_ref) {
             Some(found) if self.is_live(key, &found) => found.value,
             found => {
                 if found.is_some() {
                     // Made before the L1 was dropped, or covered by a tag or pattern
                     // invalidated since: a miss, and out of the way of the next fill.
-                    self.l1.invalidate(&key_ref).await;
+                    self.l1.invalidate(&key_ref);
                 }
                 self.ns.writing.get(key)?
             }
@@ -91,18 +89,18 @@ where
     /// Reads `key`: L1, then Redis. `None` when neither has it. Never returns a Redis error:
     /// when Redis is down or fails, the read is answered from L1 alone.
     pub async fn get(&self, key: &str) -> Option<Hit<V>> {
-        if let Some(hit) = self.l1_hit(key).await {
+        if let Some(hit) = self.l1_hit(key) {
             return Some(hit);
         }
         let stamp = self.ns.fresh.stamp(key);
         let read = self.l2_read(key).await;
-        self.serve(key, read, stamp).await
+        self.serve(key, read, stamp)
     }
 
     /// A read's answer: a hit kept in L1 (or the newer copy L1 already holds), or a counted miss.
-    async fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp) -> Option<Hit<V>> {
+    fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp) -> Option<Hit<V>> {
         match read {
-            L2Read::Hit(found) => Some(self.keep_found(key, found, stamp).await),
+            L2Read::Hit(found) => Some(self.keep_found(key, found, stamp)),
             _ => {
                 bump(&self.ns.counters.misses);
                 None
@@ -241,7 +239,7 @@ where
     }
 
     /// Keeps what L2 answered in L1 ([`keep_l1`](Self::keep_l1)).
-    pub(super) async fn keep_found(&self, key: &str, found: Found<V>, stamp: Stamp) -> Hit<V> {
+    pub(super) fn keep_found(&self, key: &str, found: Found<V>, stamp: Stamp) -> Hit<V> {
         let value = Arc::new(found.value);
         let entry = self.l1_value(
             value.clone(),
@@ -250,14 +248,17 @@ where
             found.tags,
             found.version,
         );
-        self.keep_l1(key, value, entry, stamp, Source::L2).await
+        self.keep_l1(key, value, entry, stamp, Source::L2)
     }
 
     /// Keeps `entry` in L1 unless L1 holds a copy at least as new, or `key` changed since
     /// `stamp` (taken before the read or load): an older value never replaces a newer one,
     /// so reads on this instance never go back in a key's history. Returns what to serve: the
     /// newer copy L1 holds, or `entry`'s value (with `source`).
-    pub(super) async fn keep_l1(
+    ///
+    /// Runs under the key's put lock, so no other put lands between the look at the held copy
+    /// and the insert.
+    pub(super) fn keep_l1(
         &self,
         key: &str,
         value: Arc<V>,
@@ -265,62 +266,41 @@ where
         stamp: Stamp,
         source: Source,
     ) -> Hit<V> {
-        let version = entry.version;
         let fresh = &self.ns.fresh;
-        let result = self
-            .l1
-            .entry(L1Key::new(self.ns.id, key))
-            .and_compute_with(|held| {
-                let op = match held {
-                    Some(held)
-                        if held.value().version >= version && self.is_live(key, held.value()) =>
-                    {
-                        Op::Nop
-                    }
-                    _ if fresh.changed_since(key, stamp) => Op::Nop,
-                    _ => Op::Put(entry),
-                };
-                ready(op)
-            })
-            .await;
-        match result {
+        let key_ref = KeyRef {
+            ns: self.ns.id,
+            key,
+        };
+        let _put = fresh.put_lock(key);
+        let held = self.l1.get(&key_ref).filter(|held| self.is_live(key, held));
+        let raced = fresh.changed_since(key, stamp);
+        match held {
             // L1 holds a newer copy, or one put there after a change that raced this read.
-            CompResult::Unchanged(held) if self.is_live(key, held.value()) => {
-                if let Ok(held) = Arc::downcast::<V>(held.into_value().value) {
+            Some(held) if raced || held.version >= entry.version => {
+                if let Ok(held) = Arc::downcast::<V>(held.value) {
                     return Hit {
                         value: held,
                         source: Source::L1,
                     };
                 }
             }
-            // A change that landed between the check and the put evicted nothing yet.
-            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
-                if fresh.changed_since(key, stamp) =>
-            {
-                self.drop_l1(key).await;
+            _ if raced => {}
+            _ => {
+                self.l1.insert(L1Key::new(self.ns.id, key), entry);
+                // A change that landed between the check and the insert evicted nothing yet.
+                if fresh.changed_since(key, stamp) {
+                    self.l1.invalidate(&key_ref);
+                }
             }
-            _ => {}
         }
         Hit { value, source }
     }
 
-    /// Puts an entry this instance wrote or loaded into L1, whatever L1 held: calls that put
-    /// into L1 go through the key's compute lock one at a time.
-    pub(super) async fn put_l1(&self, key: &str, entry: L1Value) {
-        self.l1
-            .entry(L1Key::new(self.ns.id, key))
-            .and_compute_with(|_| ready(Op::Put(entry)))
-            .await;
-    }
-
-    /// Takes `key`'s entry, whatever it holds, out of this namespace's L1.
-    pub(super) async fn drop_l1(&self, key: &str) {
-        self.l1
-            .invalidate(&KeyRef {
-                ns: self.ns.id,
-                key,
-            })
-            .await;
+    /// Puts an entry this instance wrote or loaded into L1, whatever L1 held, under the key's
+    /// put lock (see [`keep_l1`](Self::keep_l1)).
+    pub(super) fn put_l1(&self, key: &str, entry: L1Value) {
+        let _put = self.ns.fresh.put_lock(key);
+        self.l1.insert(L1Key::new(self.ns.id, key), entry);
     }
 
     /// An L1 entry for `value`, living `ttl` but never longer than the namespace's L1 TTL.
@@ -349,7 +329,7 @@ where
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            let hit = self.l1_hit(key.as_ref()).await;
+            let hit = self.l1_hit(key.as_ref());
             if hit.is_none() {
                 missing.push(i);
             }
@@ -362,7 +342,7 @@ where
         let stamps: Vec<Stamp> = wanted.iter().map(|k| self.ns.fresh.stamp(k)).collect();
         let reads = self.l2_read_many(&wanted).await;
         for (((i, key), stamp), read) in missing.into_iter().zip(wanted).zip(stamps).zip(reads) {
-            out[i] = self.serve(key, read, stamp).await;
+            out[i] = self.serve(key, read, stamp);
         }
         out
     }

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use super::pattern::Pattern;
 
@@ -50,6 +50,9 @@ pub(super) struct Freshness {
     l1_generation: AtomicU64,
     /// The last [`LOG_LEN`] namespace-wide changes, with the epoch each moved to.
     log: Mutex<VecDeque<(u64, Change)>>,
+    /// One lock per stripe, held by each L1 put of a key of it: a put looks at the copy it
+    /// would replace and inserts, with no other put of the key in between.
+    puts: Box<[Mutex<()>]>,
 }
 
 impl Default for Freshness {
@@ -59,6 +62,7 @@ impl Default for Freshness {
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             l1_generation: AtomicU64::new(0),
             log: Mutex::new(VecDeque::with_capacity(LOG_LEN)),
+            puts: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
     }
 }
@@ -126,10 +130,22 @@ impl Freshness {
         self.stamp(key) != stamp
     }
 
+    /// Serializes the L1 puts of `key` (and of the few keys sharing its stripe).
+    pub(super) fn put_lock(&self, key: &str) -> MutexGuard<'_, ()> {
+        // Nothing is left half-done under it: a poisoned lock is still a lock.
+        self.puts[Self::index(key)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
+        &self.stripes[Self::index(key)]
+    }
+
+    fn index(key: &str) -> usize {
         // Fx: a few cycles per word; a crafted collision only costs a spurious re-read.
         let h = std::hash::BuildHasher::hash_one(&rustc_hash::FxBuildHasher, key);
-        &self.stripes[(h as usize) % STRIPES]
+        (h as usize) % STRIPES
     }
 }
 

@@ -153,7 +153,7 @@ where
         for p in &mut batch {
             self.ns.fresh.bump_key(&p.key);
             let value = self.l1_value(p.value.clone(), p.weight, p.ttl, p.tags.clone(), LOCAL);
-            self.put_l1(&p.key, value).await;
+            self.put_l1(&p.key, value);
             // Moved, not copied: from here on the op holds the keys.
             keys.push(std::mem::take(&mut p.key));
         }

@@ -66,8 +66,8 @@ pub(crate) enum Probe {
 pub(crate) struct Cluster {
     /// Replaced by a fresh one when the probe sees the topology change (see `refresh`).
     conn: Mutex<ClusterConnection>,
-    client: redis::cluster::ClusterClient,
-    client_config: redis::cluster::ClusterConfig,
+    /// What makes a fresh `conn`; boxed, as it is rarely used.
+    client: Box<(redis::cluster::ClusterClient, redis::cluster::ClusterConfig)>,
     seeds: Vec<ConnectionInfo>,
     connect_timeout: Duration,
     /// The latest topology, primaries only; empty until first fetched.
@@ -102,8 +102,7 @@ impl Cluster {
         let conn = client.get_pending_async_connection_with_config(client_config.clone());
         Ok(Cluster {
             conn: Mutex::new(conn),
-            client,
-            client_config,
+            client: Box::new((client, client_config)),
             seeds: seeds.to_vec(),
             connect_timeout: config.connect_timeout,
             shards: Mutex::new(Arc::new(Vec::new())),
@@ -183,9 +182,8 @@ impl Cluster {
             tracing::debug!(
                 "tierkit: cluster topology changed; new calls use a fresh cluster connection"
             );
-            let fresh = self
-                .client
-                .get_pending_async_connection_with_config(self.client_config.clone());
+            let (client, config) = &*self.client;
+            let fresh = client.get_pending_async_connection_with_config(config.clone());
             *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         }
         Ok(shards)
