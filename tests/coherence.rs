@@ -62,22 +62,24 @@ async fn an_l1_copy_never_outlives_its_redis_entry() {
 }
 
 /// The L1 bound is a memory bound: a value weighs its decoded size, however well it
-/// compresses in Redis, so a reader's L1 holds no more decoded bytes than its capacity.
+/// compresses in Redis, so a reader's L1 holds no more decoded bytes than its capacity, and the
+/// process's resident memory grows by about that much, not by every value read.
 #[tokio::test]
 async fn the_l1_bound_counts_decoded_bytes() {
     const MIB: usize = 1 << 20;
+    const VALUES: usize = 100;
     let backend = Backend::redis();
-    let writer = backend.kit().await;
-    let reader = backend
-        .kit_with(backend.builder().l1_capacity(8 * MIB as u64))
-        .await;
+    let small_l1 = || backend.builder().l1_capacity(8 * MIB as u64);
+    let writer = backend.kit_with(small_l1()).await;
+    let reader = backend.kit_with(small_l1()).await;
     let on_w = writer.namespace::<String>("big").build().unwrap();
     let on_r = reader.namespace::<String>("big").build().unwrap();
-    for i in 0..40 {
+    for i in 0..VALUES {
         // 1 MiB that zstd stores in about a kilobyte.
         on_w.set(&i.to_string(), "x".repeat(MIB)).await.unwrap();
     }
-    for i in 0..40 {
+    let before = resident_bytes();
+    for i in 0..VALUES {
         assert_eq!(on_r.get(&i.to_string()).await.unwrap().len(), MIB);
     }
     let info = reader.cache_info().await;
@@ -87,11 +89,28 @@ async fn the_l1_bound_counts_decoded_bytes() {
         info.l1_bytes
     );
     assert!(info.l1_entries <= 8, "{} entries of 1 MiB", info.l1_entries);
+    // Weighed by stored bytes, the L1 would keep all 100 MiB; other tests in this process
+    // allocate too, so the margin is wide.
+    if let (Some(before), Some(after)) = (before, resident_bytes()) {
+        let grown = after.saturating_sub(before);
+        assert!(
+            grown < 40 * MIB as u64,
+            "resident memory grew by {} MiB reading {VALUES} values of 1 MiB into an 8 MiB L1",
+            grown / MIB as u64
+        );
+    }
     // One entry weighs at least its decoded size.
     let one = backend.kit().await;
     let on_one = one.namespace::<String>("big").build().unwrap();
     on_one.get("0").await.unwrap();
     assert!(one.cache_info().await.l1_bytes >= MIB as u64);
+}
+
+/// This process's resident memory, where the OS tells it (`/proc/self/statm`, in pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
 }
 
 /// A key of another type at an entry's place (a hash another writer left there) is a miss
