@@ -29,6 +29,10 @@ use zstd::bulk::{Compressor, Decompressor};
 
 use crate::error::{DecodeError, Error, Result};
 
+mod keyring;
+
+pub use keyring::{Keyring, KEY_LEN};
+
 const MAGIC: [u8; 2] = *b"TK";
 const VERSION: u8 = 1;
 const RAW_HEADER_LEN: usize = 4;
@@ -341,6 +345,9 @@ impl Codec {
         }
         if version == 0 {
             return Err(DecodeError::Corrupt("format version 0 was never written".into()).into());
+        }
+        if flags == keyring::SEALED {
+            return Err(DecodeError::Sealed.into());
         }
         match Compression::try_from(flags)? {
             Compression::None => {

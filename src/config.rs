@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::ConnectionInfo;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, Keyring};
 use crate::error::Result;
 use crate::keys::Keys;
 
@@ -60,6 +60,8 @@ pub struct Config {
     pub(crate) codec: Codec,
     pub(crate) l1_capacity: u64,
     pub(crate) l1_eviction_counts: bool,
+    /// The keys of encrypted namespaces; `None`: no namespace may be encrypted.
+    pub(crate) keyring: Option<Keyring>,
     #[cfg(feature = "tls")]
     pub(crate) tls: tls::Tls,
 }
@@ -125,6 +127,7 @@ impl Default for Config {
             codec: Codec::default(),
             l1_capacity: DEFAULT_L1_CAPACITY,
             l1_eviction_counts: true,
+            keyring: None,
             #[cfg(feature = "tls")]
             tls: tls::Tls::default(),
         }
@@ -208,6 +211,11 @@ impl Config {
     pub fn l1_eviction_counts(&self) -> bool {
         self.l1_eviction_counts
     }
+
+    /// The keys encrypted namespaces seal and open values with, if any were given.
+    pub fn encryption_keys(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
 }
 
 impl fmt::Debug for Config {
@@ -259,6 +267,7 @@ impl fmt::Debug for Config {
             .field("codec", &self.codec)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_eviction_counts", &self.l1_eviction_counts)
+            .field("encryption_keys", &self.keyring)
             .finish()
     }
 }

@@ -135,6 +135,17 @@ pub enum DecodeError {
     /// The body is not valid for the expected type, or fails to decompress.
     #[error("corrupt body: {0}")]
     Corrupt(String),
+    /// The envelope is encrypted, and was read without the keys: read it through a namespace
+    /// built with `encrypted()`.
+    #[error("sealed: the value is encrypted; read it through an encrypted namespace")]
+    Sealed,
+    /// A plain envelope where only encrypted ones are accepted; never read as plaintext.
+    #[error("not sealed: a plain value where values must be encrypted; refused")]
+    NotSealed,
+    /// Sealed bytes that open under no listed key: tampered with, copied from another key, or
+    /// sealed with a key no longer listed.
+    #[error("does not decrypt with any listed key (tampered with, moved from another key, or sealed with a dropped key)")]
+    Undecryptable,
 }
 
 impl Error {

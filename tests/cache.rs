@@ -408,7 +408,7 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let stored: Event = events.decode_entry(&bytes).unwrap();
+    let stored: Event = events.decode_entry("1", &bytes).unwrap();
     assert_eq!(stored, event(1));
     let pttl: i64 = redis::cmd("PTTL")
         .arg(&key)
@@ -605,7 +605,7 @@ async fn bytes_that_no_longer_decode_are_a_counted_miss_and_get_overwritten() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(events.decode_entry(&bytes).unwrap(), event(2));
+    assert_eq!(events.decode_entry("2", &bytes).unwrap(), event(2));
 }
 
 /// Polls `b` until `key` reads as `want` (None = absent); returns how long that took.
@@ -853,7 +853,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(events.decode_entry(&bytes).unwrap(), event(2));
+    assert_eq!(events.decode_entry("k", &bytes).unwrap(), event(2));
 
     // An invalidation during the load: the loaded value is kept in neither tier.
     let loading = tokio::spawn({
@@ -880,7 +880,7 @@ async fn a_load_never_overwrites_a_write_or_invalidation_made_while_it_ran() {
         .query_async(&mut c)
         .await
         .unwrap();
-    assert_eq!(events.decode_entry(&bytes).unwrap(), event(5));
+    assert_eq!(events.decode_entry("shared", &bytes).unwrap(), event(5));
     assert_eq!(*events.get("shared").await.unwrap(), event(5));
 }
 

@@ -11,7 +11,7 @@ use super::l1::{self, L1};
 use super::l2::Tier;
 use super::namespace::NsShared;
 use super::{backplane, owed, stats};
-use crate::codec::Codec;
+use crate::codec::{Codec, Keyring};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -30,6 +30,8 @@ pub(crate) struct CacheCore {
     pub(super) l1: L1,
     pub(super) l2: Tier,
     pub(super) codec: Codec,
+    /// The keys encrypted namespaces use, from the configuration.
+    pub(super) keyring: Option<Keyring>,
     pub(super) keys: Keys,
     /// Tags this instance's backplane messages so it skips its own.
     pub(super) origin: u64,
@@ -90,6 +92,7 @@ impl CacheCore {
             l1,
             l2,
             codec: config.codec.clone(),
+            keyring: config.keyring.clone(),
             keys: config.keys.clone(),
             origin,
             coherent: watch::Sender::new(false),

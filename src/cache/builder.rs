@@ -49,6 +49,7 @@ pub struct NamespaceBuilder<V> {
     version: u32,
     jitter: f64,
     lease: Option<Duration>,
+    encrypted: bool,
     _type: PhantomData<fn() -> V>,
 }
 
@@ -61,6 +62,7 @@ impl<V> std::fmt::Debug for NamespaceBuilder<V> {
             .field("version", &self.version)
             .field("jitter", &self.jitter)
             .field("single_flight", &self.lease)
+            .field("encrypted", &self.encrypted)
             .finish()
     }
 }
@@ -78,6 +80,7 @@ where
             version: 1,
             jitter: 0.0,
             lease: None,
+            encrypted: false,
             _type: PhantomData,
         }
     }
@@ -99,6 +102,32 @@ where
     /// unreachable instead of being read as the new type. Default: 1.
     pub fn version(mut self, version: u32) -> Self {
         self.version = version;
+        self
+    }
+
+    /// Encrypts every value this namespace stores in Redis (XChaCha20-Poly1305, under the
+    /// configuration's [`encryption_keys`](crate::ConfigBuilder::encryption_keys)), bound to
+    /// its full Redis key: a value copied to another key, tampered with, sealed with a key no
+    /// longer listed, or written in plain by anyone, is a miss (counted in
+    /// `decode_failures`) that the next fill replaces; never read as plaintext. L1 copies are
+    /// decoded values in process memory, as in any namespace. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::codec::Keyring;
+    ///
+    /// let keys = Keyring::new([(1, [7u8; 32].as_slice())])?;
+    /// let kit = tierkit::Tierkit::new(tierkit::Config::builder().encryption_keys(keys).build()?)?;
+    /// let profiles = kit.namespace::<String>("profiles").encrypted().build()?;
+    /// # let _ = profiles;
+    /// // Without keys in the configuration, an encrypted namespace is refused.
+    /// let plain = tierkit::Tierkit::embedded();
+    /// assert!(plain.namespace::<String>("profiles").encrypted().build().is_err());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn encrypted(mut self) -> Self {
+        self.encrypted = true;
         self
     }
 
@@ -177,6 +206,17 @@ where
                 ));
             }
         }
+        let keyring = match (self.encrypted, &self.core.keyring) {
+            (false, _) => None,
+            (true, Some(keys)) => Some(keys.clone()),
+            (true, None) => {
+                return Err(Error::config(
+                    "encrypted",
+                    "needs encryption keys: ConfigBuilder::encryption_keys or \
+                     TIERKIT_ENCRYPTION_KEYS",
+                ))
+            }
+        };
         let core = &self.core;
         let shared = core.register(NsShared {
             id: 0,
@@ -194,6 +234,7 @@ where
             flights: Flights::default(),
             writing: Writing::default(),
             lease: self.lease,
+            keyring,
         })?;
         Ok(Namespace {
             l1: core.l1.clone(),

@@ -159,7 +159,7 @@ where
                 return Err(e);
             }
         };
-        let (bytes, weight) = match self.encode(&value) {
+        let (bytes, weight) = match self.encode(key, &value) {
             Ok(encoded) => encoded,
             Err(e) => {
                 self.end_lease(key, lease).await;

@@ -21,6 +21,7 @@ use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::{CacheStats, Counters};
 use super::writing::Writing;
+use crate::codec::Keyring;
 use crate::error::Result;
 
 /// What a namespace is, shared by every handle to it.
@@ -48,6 +49,9 @@ pub(super) struct NsShared {
     /// With [`NamespaceBuilder::single_flight`](super::NamespaceBuilder::single_flight): how
     /// long one instance may load a cold key while the others wait for it.
     pub(super) lease: Option<Duration>,
+    /// With [`NamespaceBuilder::encrypted`](super::NamespaceBuilder::encrypted): the keys its
+    /// values are sealed with in Redis.
+    pub(super) keyring: Option<Keyring>,
 }
 
 impl NsShared {
@@ -58,6 +62,7 @@ impl NsShared {
             && self.l1_ttl == other.l1_ttl
             && self.jitter == other.jitter
             && self.lease == other.lease
+            && self.keyring.is_some() == other.keyring.is_some()
     }
 }
 
@@ -255,8 +260,9 @@ where
         self.ns.keyspace.entry(key)
     }
 
-    /// Decodes what Redis holds at one of this namespace's keys ([`redis_key`](Self::redis_key)):
-    /// for tools and tests that read Redis directly. Entries are framed (a version, the epochs
+    /// Decodes what Redis holds at `key`'s place in this namespace ([`redis_key`](Self::redis_key)):
+    /// for tools and tests that read Redis directly. The key is needed to open an encrypted
+    /// namespace's values, which are bound to it. Entries are framed (a version, the epochs
     /// they were written under, their tags) around the [`Codec`](crate::Codec) envelope; this
     /// checks no epoch, so it also decodes entries a clear or tag invalidation has retired.
     ///
@@ -271,12 +277,12 @@ where
     /// ```
     /// # let kit = tierkit::Tierkit::embedded();
     /// let names = kit.namespace::<String>("names").build()?;
-    /// assert!(names.decode_entry(b"not an entry").is_err());
+    /// assert!(names.decode_entry("alice", b"not an entry").is_err());
     /// # Ok::<(), tierkit::Error>(())
     /// ```
-    pub fn decode_entry(&self, bytes: &[u8]) -> Result<V> {
+    pub fn decode_entry(&self, key: &str, bytes: &[u8]) -> Result<V> {
         match super::frame::parse(bytes) {
-            Some(f) if f.kind == super::frame::Kind::Value => self.core.codec.decode(f.body),
+            Some(f) if f.kind == super::frame::Kind::Value => Ok(self.decode_body(key, f.body)?.0),
             _ => Err(crate::error::DecodeError::Foreign.into()),
         }
     }

@@ -17,6 +17,7 @@ use super::l2::{count_failure, EpochOf, Expect, Stored};
 use super::namespace::{Hit, Namespace, Source};
 use super::stamp::Stamp;
 use super::stats::bump;
+use crate::codec::Codec;
 
 /// The version of an L1 entry this instance wrote or loaded itself: newer than any copy read
 /// from L2 until a change evicts it.
@@ -177,7 +178,7 @@ where
         };
         let ns_epoch = current(EpochOf::Namespace);
         let mut out = Vec::with_capacity(keys.len());
-        for (stored, parsed) in stored.iter().zip(&frames) {
+        for ((stored, parsed), key) in stored.iter().zip(&frames).zip(keys) {
             let read = match (stored, parsed) {
                 (Stored::Absent, _) => L2Read::Miss {
                     expect: Expect::Absent,
@@ -200,11 +201,9 @@ where
                             epoch: ns_epoch,
                         }
                     } else {
-                        match self.core.codec.decode::<V>(f.body) {
-                            Ok(value) => {
+                        match self.decode_body(key, f.body) {
+                            Ok((value, body_len)) => {
                                 bump(&self.ns.counters.l2_hits);
-                                let body_len =
-                                    crate::codec::Codec::body_len(f.body).unwrap_or(f.body.len());
                                 let tags = (!f.tags.is_empty())
                                     .then(|| f.tags.iter().map(|(t, _)| (*t).into()).collect());
                                 L2Read::Hit(Found {
@@ -228,6 +227,21 @@ where
             out.push(read);
         }
         out
+    }
+
+    /// The value an entry's body holds at `key`, and its decoded length (its L1 weight): opened
+    /// first in an encrypted namespace, where only sealed bodies are accepted.
+    pub(super) fn decode_body(&self, key: &str, body: &[u8]) -> crate::error::Result<(V, usize)> {
+        let opened;
+        let plain = match &self.ns.keyring {
+            None => body,
+            Some(keys) => {
+                opened = keys.open(body, self.ns.keyspace.entry(key).as_bytes())?;
+                &opened[..]
+            }
+        };
+        let value = self.core.codec.decode::<V>(plain)?;
+        Ok((value, Codec::body_len(plain).unwrap_or(plain.len())))
     }
 
     /// Bytes that are not a value of this namespace: a counted miss that the next fill replaces.

@@ -99,7 +99,7 @@ where
                 format!("is {} bytes long; at most {MAX_TAG_LEN}", long.len()),
             ));
         }
-        let (bytes, weight) = self.encode(&value)?;
+        let (bytes, weight) = self.encode(key, &value)?;
         let tags: Option<Arc<[Box<str>]>> =
             (!opts.tags.is_empty()).then(|| opts.tags.iter().map(|t| t.as_str().into()).collect());
         Ok(Prepared {
@@ -112,19 +112,24 @@ where
         })
     }
 
-    /// The stored bytes of `value` and its L1 weight. With no L2 that stores values, the value
-    /// is only measured (no buffer, no compression) for its weight and size limit.
-    pub(super) fn encode(&self, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
+    /// The stored bytes of `value` at `key` and its L1 weight: sealed under the namespace's
+    /// keys when it is encrypted, bound to the entry's Redis key. With no L2 that stores
+    /// values, the value is only measured (no buffer, no compression) for its weight and size
+    /// limit.
+    pub(super) fn encode(&self, key: &str, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
         if !self.core.l2.stores_values() {
             let len = self.core.codec.measure(value)?;
             return Ok((None, weight(len)));
         }
         let started = Instant::now();
-        let (bytes, info) = self.core.codec.encode_with_info(value)?;
+        let (mut bytes, info) = self.core.codec.encode_with_info(value)?;
+        if let Some(keys) = &self.ns.keyring {
+            bytes = keys.seal(&bytes, self.ns.keyspace.entry(key).as_bytes())?;
+        }
         let counters = &self.ns.counters;
         add(&counters.encode_nanos, started.elapsed().as_nanos() as u64);
         add(&counters.encoded_bytes, info.body_len as u64);
-        add(&counters.stored_bytes, info.stored_len as u64);
+        add(&counters.stored_bytes, bytes.len() as u64);
         Ok((Some(bytes), weight(info.body_len)))
     }
 

@@ -7,7 +7,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionI
 
 use super::clock::{Clock, SharedClock};
 use super::{Config, Target};
-use crate::codec::Codec;
+use crate::codec::{Codec, Keyring};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 
@@ -275,6 +275,26 @@ impl ConfigBuilder {
     /// The codec values are stored with. Default: `Codec::default()`.
     pub fn codec(mut self, codec: Codec) -> Self {
         self.config.codec = codec;
+        self
+    }
+
+    /// The keys that namespaces built with
+    /// [`encrypted`](crate::cache::NamespaceBuilder::encrypted) seal their values with (the
+    /// current key) and open them with (any listed key). Default: none, and no namespace may be
+    /// encrypted.
+    ///
+    /// ```
+    /// use tierkit::codec::Keyring;
+    ///
+    /// let keys = Keyring::new([(1, [7u8; 32].as_slice())])?;
+    /// let config = tierkit::Config::builder().encryption_keys(keys).build()?;
+    /// assert_eq!(config.encryption_keys().map(Keyring::current_id), Some(1));
+    /// // Key material never shows.
+    /// assert!(!format!("{config:?}").contains("7, 7"));
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn encryption_keys(mut self, keys: Keyring) -> Self {
+        self.config.keyring = Some(keys);
         self
     }
 

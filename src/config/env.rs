@@ -8,6 +8,7 @@ use redis::RedisConnectionInfo;
 use super::builder::{check_host, parse_nodes, parse_url, tcp_info};
 use super::tls::parse_bool;
 use super::{ConfigBuilder, Target};
+use crate::codec::Keyring;
 use crate::error::{Error, Result};
 
 impl ConfigBuilder {
@@ -24,6 +25,7 @@ impl ConfigBuilder {
     /// | `REDIS_TLS_INSECURE` | `true` skips verifying the server's certificate: **development only** ([`tls_insecure_skip_verify`](Self::tls_insecure_skip_verify)) |
     /// | `TIERKIT_PREFIX` | key prefix |
     /// | `TIERKIT_OP_TIMEOUT_MS` | per-operation timeout in milliseconds |
+    /// | `TIERKIT_ENCRYPTION_KEYS` | `id:base64key,...`, the current key first: the keys of encrypted namespaces ([`Keyring::parse`](crate::codec::Keyring::parse), [`encryption_keys`](Self::encryption_keys)) |
     ///
     /// Empty values count as unset. With none of `REDIS_CLUSTER_NODES`, `REDIS_URL` and
     /// `REDIS_HOST` the builder stays
@@ -149,6 +151,13 @@ impl ConfigBuilder {
         if let Some(prefix) = var("TIERKIT_PREFIX") {
             crate::keys::validate_prefix("TIERKIT_PREFIX", &prefix)?;
             self = self.prefix(prefix);
+        }
+        if let Some(spec) = var("TIERKIT_ENCRYPTION_KEYS") {
+            let keys = Keyring::parse(&spec).map_err(|e| match e {
+                Error::Config { problem, .. } => Error::config("TIERKIT_ENCRYPTION_KEYS", problem),
+                other => other,
+            })?;
+            self = self.encryption_keys(keys);
         }
         if let Some(ms) = var("TIERKIT_OP_TIMEOUT_MS") {
             let ms = ms

@@ -1,0 +1,213 @@
+//! Encrypted namespaces against a real Redis: values are sealed at rest, bound to their key,
+//! readable by every instance holding the keys, and anything else at their place (tampered,
+//! moved, plain, sealed with a dropped key) is a counted miss that the next fill replaces.
+
+mod support;
+
+use serde::{Deserialize, Serialize};
+use support::Backend;
+use tierkit::cache::Namespace;
+use tierkit::codec::Keyring;
+use tierkit::Tierkit;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    email: String,
+    ip: String,
+    user_agent: String,
+}
+
+const EMAIL: &str = "alice.marker@example.com";
+const IP: &str = "203.0.113.77";
+const AGENT: &str = "MarkerBrowser/9.1";
+
+fn profile() -> Profile {
+    Profile {
+        email: EMAIL.into(),
+        ip: IP.into(),
+        user_agent: AGENT.into(),
+    }
+}
+
+fn keys(ids: &[u8]) -> Keyring {
+    let material: Vec<(u8, [u8; 32])> = ids.iter().map(|&id| (id, [id; 32])).collect();
+    Keyring::new(material.iter().map(|(id, k)| (*id, k.as_slice()))).unwrap()
+}
+
+async fn kit(backend: &Backend, ring: Option<Keyring>) -> Tierkit {
+    let builder = backend.builder();
+    let builder = match ring {
+        Some(ring) => builder.encryption_keys(ring),
+        None => builder,
+    };
+    backend.kit_with(builder).await
+}
+
+fn encrypted(kit: &Tierkit) -> Namespace<Profile> {
+    kit.namespace::<Profile>("profiles")
+        .encrypted()
+        .build()
+        .unwrap()
+}
+
+fn raw_get(backend: &Backend, redis_key: &str) -> Option<Vec<u8>> {
+    let server = backend.server().unwrap();
+    let mut con = server.client().get_connection().unwrap();
+    redis::cmd("GET").arg(redis_key).query(&mut con).unwrap()
+}
+
+fn raw_set(backend: &Backend, redis_key: &str, bytes: &[u8]) {
+    let server = backend.server().unwrap();
+    let mut con = server.client().get_connection().unwrap();
+    let () = redis::cmd("SET")
+        .arg(redis_key)
+        .arg(bytes)
+        .query(&mut con)
+        .unwrap();
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// Every key of the server, and every byte string each holds (strings, hashes, sets, sorted
+/// sets, lists), for a scan of the whole keyspace.
+fn dump(backend: &Backend) -> Vec<(String, Vec<Vec<u8>>)> {
+    let server = backend.server().unwrap();
+    let mut con = server.client().get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut con).unwrap();
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET").arg(&key).query(&mut con).unwrap()],
+            "hash" => redis::cmd("HGETALL").arg(&key).query(&mut con).unwrap(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).query(&mut con).unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query(&mut con)
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query(&mut con)
+                .unwrap(),
+            _ => Vec::new(),
+        };
+        out.push((key, values));
+    }
+    out
+}
+
+#[tokio::test]
+async fn values_are_sealed_at_rest_and_read_by_every_instance_with_the_keys() {
+    let backend = Backend::redis();
+    let (a, b) = (
+        kit(&backend, Some(keys(&[1]))).await,
+        kit(&backend, Some(keys(&[1]))).await,
+    );
+    let (on_a, on_b) = (encrypted(&a), encrypted(&b));
+    for i in 0..20 {
+        on_a.set(&format!("user{i}"), profile()).await.unwrap();
+    }
+    let loaded = on_a
+        .get_or_set("loaded", || async { Ok::<_, std::io::Error>(profile()) })
+        .await
+        .unwrap();
+    assert_eq!(*loaded, profile());
+    assert_eq!(*on_b.get("user3").await.unwrap(), profile());
+    assert_eq!(on_b.stats().l2_hits, 1);
+
+    // No marked value, e-mail, IP or user agent anywhere in the keyspace.
+    let dumped = dump(&backend);
+    assert!(dumped.iter().any(|(k, _)| k.contains("profiles")));
+    for (key, values) in &dumped {
+        for value in values {
+            for marker in [EMAIL, IP, AGENT, "alice"] {
+                assert!(!contains(value, marker), "{marker} in plain at {key}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn tampered_moved_plain_or_foreign_key_values_are_counted_misses_then_replaced() {
+    let backend = Backend::redis();
+    let a = kit(&backend, Some(keys(&[1]))).await;
+    let on_a = encrypted(&a);
+    on_a.set("alice", profile()).await.unwrap();
+    let sealed = raw_get(&backend, &on_a.redis_key("alice")).unwrap();
+
+    // Moved to another key's place.
+    raw_set(&backend, &on_a.redis_key("mallory"), &sealed);
+    // Tampered with: the last byte (inside the tag).
+    let mut tampered = sealed.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    raw_set(&backend, &on_a.redis_key("bob"), &tampered);
+    // Plain: the same namespace name written without encryption.
+    let plain_kit = kit(&backend, None).await;
+    let plain = plain_kit.namespace::<Profile>("profiles").build().unwrap();
+    plain.set("carol", profile()).await.unwrap();
+    // Sealed with a key the reader does not list.
+    let other = kit(&backend, Some(keys(&[9]))).await;
+    encrypted(&other).set("dave", profile()).await.unwrap();
+
+    // A fresh instance (no L1 copies) with key 1 serves none of them.
+    let reader = kit(&backend, Some(keys(&[1]))).await;
+    let on_r = encrypted(&reader);
+    for key in ["mallory", "bob", "carol", "dave"] {
+        assert!(on_r.get(key).await.is_none(), "{key} was served");
+    }
+    assert_eq!(on_r.stats().decode_failures, 4);
+    assert_eq!(*on_r.get("alice").await.unwrap(), profile());
+    // And the plain reader does not read sealed values as anything.
+    assert!(plain.get("alice").await.is_none());
+
+    // The next fill replaces what did not decrypt, sealed for its own key.
+    let fresh = Profile {
+        email: "new@example.com".into(),
+        ..profile()
+    };
+    let got = on_r
+        .get_or_set("bob", || {
+            let fresh = fresh.clone();
+            async move { Ok::<_, std::io::Error>(fresh) }
+        })
+        .await
+        .unwrap();
+    assert_eq!(*got, fresh);
+    let healed = kit(&backend, Some(keys(&[1]))).await;
+    assert_eq!(*encrypted(&healed).get("bob").await.unwrap(), fresh);
+}
+
+#[tokio::test]
+async fn keys_rotate_without_a_flag_day() {
+    let backend = Backend::redis();
+    let old = kit(&backend, Some(keys(&[1]))).await;
+    encrypted(&old).set("before", profile()).await.unwrap();
+    // Key 2 becomes current; key 1 stays listed, so what it sealed still reads.
+    let rotated = kit(&backend, Some(keys(&[2, 1]))).await;
+    let on_rot = encrypted(&rotated);
+    assert_eq!(*on_rot.get("before").await.unwrap(), profile());
+    on_rot.set("after", profile()).await.unwrap();
+    // Sealed under key 2: the sealed envelope's header is `TK`, version 1, flags 0b10, key id.
+    let stored = raw_get(&backend, &on_rot.redis_key("after")).unwrap();
+    let header = stored
+        .windows(4)
+        .position(|w| w == b"TK\x01\x02")
+        .expect("a sealed envelope");
+    assert_eq!(stored[header + 4], 2);
+    // Once key 1 is dropped, what it sealed is a miss, what key 2 sealed reads.
+    let dropped = kit(&backend, Some(keys(&[2]))).await;
+    let on_dropped = encrypted(&dropped);
+    assert!(on_dropped.get("before").await.is_none());
+    assert_eq!(*on_dropped.get("after").await.unwrap(), profile());
+    // An instance that never had key 2 cannot read the new value.
+    let stale = kit(&backend, Some(keys(&[1]))).await;
+    assert!(encrypted(&stale).get("after").await.is_none());
+}
