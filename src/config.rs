@@ -537,4 +537,14 @@ mod tests {
             .unwrap_err();
         assert_eq!(field_of(err), "prefix");
     }
+
+    #[test]
+    fn encryption_keys_come_from_the_environment_and_never_show() {
+        let key = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=";
+        let c = from(&[("TIERKIT_ENCRYPTION_KEYS", &format!("4:{key},3:{key}"))]).unwrap();
+        assert_eq!(c.encryption_keys().map(|k| k.current_id()), Some(4));
+        assert!(!format!("{c:?}").contains(key));
+        let err = from(&[("TIERKIT_ENCRYPTION_KEYS", "4:short")]).unwrap_err();
+        assert_eq!(field_of(err), "TIERKIT_ENCRYPTION_KEYS");
+    }
 }

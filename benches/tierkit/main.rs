@@ -50,7 +50,7 @@ criterion_group! {
     name = benches;
     config = config();
     targets = cache::l1_hit, cache::l2_hit, cache::get_or_set_cold, cache::set, cache::get_many,
-        cache::down_read, codec::context_reuse, ratelimit::redis_decision,
+        cache::down_read, codec::context_reuse, codec::encryption, ratelimit::redis_decision,
         ratelimit::redis_decision_64_tasks, ratelimit::local_decision, session::validate
 }
 criterion_main!(benches);

@@ -154,13 +154,30 @@ impl Keyring {
         self.keys[0].0
     }
 
-    /// `envelope` sealed under the current key, bound to `context`.
+    /// `envelope` (a [`Codec`](crate::Codec) envelope) sealed under the current key, bound to
+    /// `context`: it opens only with the same context. Encrypted namespaces use the entry's
+    /// full Redis key.
     ///
     /// # Errors
     ///
     /// [`Error::Encode`] when the OS gives no randomness for the nonce (nothing is sealed
     /// under a guessable one), or for a message over the cipher's limit (256 GiB).
-    pub(crate) fn seal(&self, envelope: &[u8], context: &[u8]) -> Result<Vec<u8>> {
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::codec::Keyring;
+    /// use tierkit::{Codec, DecodeError};
+    ///
+    /// let keys = Keyring::new([(1, [7u8; 32].as_slice())])?;
+    /// let codec = Codec::new();
+    /// let sealed = keys.seal(&codec.encode(&"secret")?, b"app:c:users:v1:alice")?;
+    /// let opened = keys.open(&sealed, b"app:c:users:v1:alice")?;
+    /// assert_eq!(codec.decode::<String>(&opened)?, "secret");
+    /// assert_eq!(keys.open(&sealed, b"app:c:users:v1:bob"), Err(DecodeError::Undecryptable));
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn seal(&self, envelope: &[u8], context: &[u8]) -> Result<Vec<u8>> {
         let (id, cipher) = &self.keys[0];
         let header = [MAGIC[0], MAGIC[1], VERSION, SEALED, *id];
         let mut nonce = XNonce::default();
@@ -183,12 +200,15 @@ impl Keyring {
         Ok(out)
     }
 
-    /// The plain envelope `bytes` sealed, if they open under a listed key and `context`.
-    pub(crate) fn open(
-        &self,
-        bytes: &[u8],
-        context: &[u8],
-    ) -> std::result::Result<Vec<u8>, DecodeError> {
+    /// The plain envelope `bytes` sealed, if they open under a listed key and `context` (see
+    /// [`seal`](Self::seal)).
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Undecryptable`] for bytes tampered with, sealed under another context,
+    /// or under a key not listed; [`DecodeError::NotSealed`] for a plain envelope;
+    /// [`DecodeError::Truncated`] or [`DecodeError::Foreign`] for bytes that are no envelope.
+    pub fn open(&self, bytes: &[u8], context: &[u8]) -> std::result::Result<Vec<u8>, DecodeError> {
         let (header, rest) = bytes
             .split_first_chunk::<HEADER_LEN>()
             .ok_or(DecodeError::Truncated(bytes.len()))?;
