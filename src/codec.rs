@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `b"TK"` |
 //! | 2 | 1 | format version, currently `1` |
-//! | 3 | 1 | flags: bit 0 set = body is zstd-compressed; bits 1-7 reserved, must be 0 |
+//! | 3 | 1 | flags: bit 0 set = body is zstd-compressed; `0b10` alone = sealed (encrypted, see [`Keyring`]); other bits reserved, must be 0 |
 //! | 4 | 4 | only when compressed: length of the uncompressed body, `u32` little-endian |
 //! | 4 or 8 | rest | body: the value in bincode 2 (serde, standard config), zstd-compressed if flagged |
 //!
@@ -758,9 +758,11 @@ mod tests {
     fn unknown_flags() {
         let codec = Codec::new();
         assert_eq!(
-            decode_err(&codec, b"TK\x01\x02\x00"),
-            DecodeError::UnknownFlags(2)
+            decode_err(&codec, b"TK\x01\x04\x00"),
+            DecodeError::UnknownFlags(4)
         );
+        // Flag 0b10 is a sealed envelope: the codec alone cannot open it.
+        assert_eq!(decode_err(&codec, b"TK\x01\x02\x00"), DecodeError::Sealed);
         assert_eq!(
             decode_err(&codec, b"TK\x01\x81\x00"),
             DecodeError::UnknownFlags(0x81)
