@@ -50,6 +50,7 @@ pub struct NamespaceBuilder<V> {
     jitter: f64,
     lease: Option<Duration>,
     encrypted: bool,
+    l1_only: bool,
     _type: PhantomData<fn() -> V>,
 }
 
@@ -63,6 +64,7 @@ impl<V> std::fmt::Debug for NamespaceBuilder<V> {
             .field("jitter", &self.jitter)
             .field("single_flight", &self.lease)
             .field("encrypted", &self.encrypted)
+            .field("l1_only", &self.l1_only)
             .finish()
     }
 }
@@ -81,6 +83,7 @@ where
             jitter: 0.0,
             lease: None,
             encrypted: false,
+            l1_only: false,
             _type: PhantomData,
         }
     }
@@ -128,6 +131,26 @@ where
     /// ```
     pub fn encrypted(mut self) -> Self {
         self.encrypted = true;
+        self
+    }
+
+    /// Keeps this namespace's values in the in-process L1 only, for data that must not be
+    /// cached in Redis at all: reads never go to Redis (a miss runs the loader), writes and
+    /// loads put into L1 only. Writes and invalidations are still announced on the backplane,
+    /// so other instances drop their copies and load afresh; announcements Redis did not take
+    /// are owed and replayed, as any change. Default: off. Not with
+    /// [`single_flight`](Self::single_flight), which shares a loaded value through Redis.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let tokens = kit.namespace::<String>("oauth-tokens").l1_only().build()?;
+    /// # let _ = tokens;
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn l1_only(mut self) -> Self {
+        self.l1_only = true;
         self
     }
 
@@ -206,6 +229,13 @@ where
                 ));
             }
         }
+        if self.l1_only && self.lease.is_some() {
+            return Err(Error::config(
+                "single_flight",
+                "an L1-only namespace keeps no value in Redis for other instances to wait on; \
+                 drop one of single_flight and l1_only",
+            ));
+        }
         let keyring = match (self.encrypted, &self.core.keyring) {
             (false, _) => None,
             (true, Some(keys)) => Some(keys.clone()),
@@ -235,6 +265,7 @@ where
             writing: Writing::default(),
             lease: self.lease,
             keyring,
+            l1_only: self.l1_only,
         })?;
         Ok(Namespace {
             l1: core.l1.clone(),

@@ -84,8 +84,8 @@ where
             keys: vec![key.to_owned()],
         };
         self.core.apply(&self.ns, &op).await;
-        if !self.core.l2.stores_values() {
-            return Ok(Reach::AllTiers);
+        if !self.stores_values() {
+            return Ok(self.announce(&op).await);
         }
         let sent = async {
             self.l2()?
@@ -123,8 +123,8 @@ where
             keys: Vec::new(),
         };
         self.core.apply(&self.ns, &op).await;
-        if !self.core.l2.stores_values() {
-            return Ok(Reach::AllTiers);
+        if !self.stores_values() {
+            return Ok(self.announce(&op).await);
         }
         let sent = async {
             self.l2()?
@@ -160,6 +160,9 @@ where
             pattern: parsed.source().to_owned(),
         };
         self.core.apply(&self.ns, &op).await;
+        if !self.stores_values() {
+            return Ok((self.announce(&op).await, 0));
+        }
         let (removed, sent) = match self.l2() {
             Ok(l2) => {
                 l2.remove_matching(&self.ns.keyspace, Some(&parsed), self.ns.ttl, &op)
@@ -167,7 +170,7 @@ where
             }
             Err(e) => (0, Err(e)),
         };
-        if sent.is_err() && self.core.l2.stores_values() {
+        if sent.is_err() {
             self.ns.owed.owe_everything();
         }
         self.core.apply(&self.ns, &op).await;
@@ -188,8 +191,8 @@ where
             ns: self.ns.name.clone(),
         };
         self.core.apply(&self.ns, &op).await;
-        if !self.core.l2.stores_values() {
-            return Ok((Reach::AllTiers, 0));
+        if !self.stores_values() {
+            return Ok((self.announce(&op).await, 0));
         }
         let l2 = match self.l2() {
             Ok(l2) => l2,

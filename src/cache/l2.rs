@@ -125,12 +125,12 @@ pub(super) enum Expect {
     Foreign,
 }
 
-/// What a write did: per entry, whether it landed (a fill may not); per tag epoch it kept
-/// alive, the epoch Redis holds now.
+/// What a write did: per entry, whether it landed (a fill may not); per epoch it kept alive
+/// (in the order given), the epoch Redis holds now.
 #[derive(Debug, Default)]
 pub(super) struct Written {
     pub(super) landed: Vec<bool>,
-    pub(super) tags: Vec<u64>,
+    pub(super) epochs: Vec<u64>,
 }
 
 /// A shared second tier. Every call either reaches the tier or fails with the error that says
@@ -153,8 +153,9 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
     async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>>;
 
     /// Stores `entries` (each version set by the server above the one it replaces; a fill
-    /// only where its [`Expect`] holds), keeps the tag epochs in `alive` alive as long as
-    /// their `ttl` (made anew where absent), and publishes `op`, in one round trip.
+    /// only where its [`Expect`] holds), keeps the epochs in `alive` (the namespace's, and tags'
+    /// for as long as their `ttl`) alive, made anew where absent, and publishes `op`, in one
+    /// round trip.
     async fn write(
         &self,
         space: &Keyspace,
@@ -218,6 +219,10 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
 
     /// Which server runs hold the data: see [`Conn::server_runs`].
     async fn runs(&self) -> Result<Vec<(String, String)>>;
+
+    /// Sends `op` to the other instances and stores nothing: the changes of an L1-only
+    /// namespace.
+    async fn publish(&self, op: &Op) -> Result<()>;
 }
 
 /// The embedded tier: nothing stored, every read a miss, every change done (the L1, the only
@@ -252,7 +257,7 @@ impl L2 for NoL2 {
     ) -> Result<Written> {
         Ok(Written {
             landed: vec![true; entries.len()],
-            tags: Vec::new(),
+            epochs: Vec::new(),
         })
     }
 
@@ -284,6 +289,10 @@ impl L2 for NoL2 {
 
     async fn runs(&self) -> Result<Vec<(String, String)>> {
         Ok(Vec::new())
+    }
+
+    async fn publish(&self, _: &Op) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -204,7 +204,7 @@ where
     /// namespace's epoch is made now when absent, before the loader runs: a clear during the
     /// load then still invalidates the fill.
     pub(super) async fn fill_basis(&self, expect: Expect, epoch: Option<u64>) -> FillBasis {
-        if !self.core.l2.stores_values() {
+        if !self.stores_values() {
             return None;
         }
         if let Some(epoch) = epoch {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::backplane::Op;
 use super::base::CacheCore;
 use super::epochs::Epochs;
 use super::flight::Flights;
@@ -52,6 +53,9 @@ pub(super) struct NsShared {
     /// With [`NamespaceBuilder::encrypted`](super::NamespaceBuilder::encrypted): the keys its
     /// values are sealed with in Redis.
     pub(super) keyring: Option<Keyring>,
+    /// With [`NamespaceBuilder::l1_only`](super::NamespaceBuilder::l1_only): values never go
+    /// to Redis; changes are only announced to the other instances.
+    pub(super) l1_only: bool,
 }
 
 impl NsShared {
@@ -63,6 +67,7 @@ impl NsShared {
             && self.jitter == other.jitter
             && self.lease == other.lease
             && self.keyring.is_some() == other.keyring.is_some()
+            && self.l1_only == other.l1_only
     }
 }
 
@@ -285,6 +290,34 @@ where
             Some(f) if f.kind == super::frame::Kind::Value => Ok(self.decode_body(key, f.body)?.0),
             _ => Err(crate::error::DecodeError::Foreign.into()),
         }
+    }
+
+    /// Whether this namespace's values go to an L2: not in an L1-only namespace, nor with no
+    /// Redis.
+    pub(super) fn stores_values(&self) -> bool {
+        !self.ns.l1_only && self.core.l2.stores_values()
+    }
+
+    /// A change of a namespace whose values stay in L1 (see
+    /// [`stores_values`](Self::stores_values)) told to the other instances, so they drop
+    /// their copies; owed like any change when Redis does not take the message.
+    pub(super) async fn announce(&self, op: &Op) -> Reach {
+        if !self.core.l2.stores_values() {
+            // No Redis: no other instance to tell.
+            return Reach::AllTiers;
+        }
+        let sent = match self.l2() {
+            Ok(l2) => l2.publish(op).await,
+            Err(e) => Err(e),
+        };
+        if sent.is_err() {
+            match op {
+                Op::Keys { keys, .. } => self.ns.owed.owe_keys(keys.iter().map(String::as_str)),
+                Op::Tag { tag, .. } => self.ns.owed.owe_tag(tag),
+                Op::Pattern { .. } | Op::Clear { .. } => self.ns.owed.owe_everything(),
+            }
+        }
+        self.reach(sent)
     }
 
     /// The L2 for this call ([`Tier::pick`](super::l2::Tier::pick)).

@@ -46,6 +46,24 @@ impl Debts {
         !self.everything && self.keys.is_empty() && self.tags.is_empty()
     }
 
+    /// The changes these debts stand for, as the backplane messages that announce them: a
+    /// clear for everything, else one per tag and one for all keys.
+    fn ops(&self, ns: &str) -> Vec<Op> {
+        if self.everything {
+            return vec![Op::Clear { ns: ns.into() }];
+        }
+        let tags = self.tags.iter().map(|tag| Op::Tag {
+            ns: ns.into(),
+            tag: tag.to_string(),
+            keys: Vec::new(),
+        });
+        let keys = (!self.keys.is_empty()).then(|| Op::Keys {
+            ns: ns.into(),
+            keys: self.keys.iter().map(|k| k.to_string()).collect(),
+        });
+        tags.chain(keys).collect()
+    }
+
     fn merge(&mut self, other: Debts) {
         self.everything |= other.everything;
         self.keys.extend(other.keys);
@@ -148,29 +166,25 @@ impl CacheCore {
     async fn pay(&self, ns: &NsShared, debts: &Debts) -> Result<()> {
         let l2 = self.l2.pick()?;
         let space = &ns.keyspace;
-        if debts.everything {
-            let op = Op::Clear {
-                ns: ns.name.clone(),
-            };
-            l2.drop_epochs(space, true, &[], Some(&op)).await?;
-            ns.epochs.forget_all();
-            return Ok(());
-        }
-        for tag in &debts.tags {
-            let op = Op::Tag {
-                ns: ns.name.clone(),
-                tag: tag.to_string(),
-                keys: Vec::new(),
-            };
-            l2.drop_epochs(space, false, &[tag], Some(&op)).await?;
-            ns.epochs.forget(EpochOf::Tag(tag));
-        }
-        if !debts.keys.is_empty() {
-            let op = Op::Keys {
-                ns: ns.name.clone(),
-                keys: debts.keys.iter().map(|k| k.to_string()).collect(),
-            };
-            l2.tombstone(space, ns.ttl, &op).await?;
+        for op in debts.ops(&ns.name) {
+            if ns.l1_only {
+                // Nothing of it is in Redis: the other instances are only told again.
+                l2.publish(&op).await?;
+                continue;
+            }
+            match &op {
+                Op::Clear { .. } => {
+                    l2.drop_epochs(space, true, &[], Some(&op)).await?;
+                    ns.epochs.forget_all();
+                }
+                Op::Tag { tag, .. } => {
+                    l2.drop_epochs(space, false, &[tag], Some(&op)).await?;
+                    ns.epochs.forget(EpochOf::Tag(tag));
+                }
+                Op::Keys { .. } => l2.tombstone(space, ns.ttl, &op).await?,
+                // Patterns are owed as everything.
+                Op::Pattern { .. } => {}
+            }
         }
         Ok(())
     }

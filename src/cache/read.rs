@@ -126,6 +126,16 @@ where
             count_failure(&self.ns.counters, &e);
             keys.iter().map(|_| L2Read::Unreachable).collect()
         };
+        if !self.stores_values() {
+            // Nothing of this namespace is in Redis.
+            return keys
+                .iter()
+                .map(|_| L2Read::Miss {
+                    expect: Expect::Absent,
+                    epoch: None,
+                })
+                .collect();
+        }
         if self.ns.owed.is_owing() || self.core.runs_unchecked.load(Ordering::Acquire) {
             // Changes this instance made are not in Redis yet, or Redis came back from a
             // restart not yet checked: what it holds may be what those changes replaced.

@@ -126,7 +126,7 @@ where
     /// tags not seen yet): the L2, or the L1 when no L2 stores values. Entries a clear or tag
     /// invalidation retired count as absent. All `false` when the L2 cannot answer.
     async fn present(&self, keys: &[String]) -> Vec<bool> {
-        if !self.core.l2.stores_values() {
+        if !self.stores_values() {
             return keys
                 .iter()
                 .map(|key| {

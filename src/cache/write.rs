@@ -117,7 +117,7 @@ where
     /// values, the value is only measured (no buffer, no compression) for its weight and size
     /// limit.
     pub(super) fn encode(&self, key: &str, value: &V) -> Result<(Option<Vec<u8>>, u32)> {
-        if !self.core.l2.stores_values() {
+        if !self.stores_values() {
             let len = self.core.codec.measure(value)?;
             return Ok((None, weight(len)));
         }
@@ -147,7 +147,7 @@ where
     /// values are also served from the writes in flight ([`writing`](super::writing)); what
     /// Redis did not take is owed ([`owed`](super::owed)).
     async fn write(&self, mut batch: Vec<Prepared<V>>) -> Result<Reach> {
-        let stores = self.core.l2.stores_values();
+        let stores = self.stores_values();
         let in_flight = stores.then(|| {
             let values = batch
                 .iter()
@@ -162,12 +162,12 @@ where
             // Moved, not copied: from here on the op holds the keys.
             keys.push(std::mem::take(&mut p.key));
         }
-        let Some(in_flight) = in_flight else {
-            return Ok(Reach::AllTiers);
-        };
         let op = Op::Keys {
             ns: self.ns.name.clone(),
             keys,
+        };
+        let Some(in_flight) = in_flight else {
+            return Ok(self.announce(&op).await);
         };
         let sent = self.write_l2(&op, &batch).await;
         if sent.is_err() {
@@ -218,14 +218,14 @@ where
                 epochs.learn(asked, uses[i].of, Some(epoch));
             }
         }
-        // Framed twice at most: a tag epoch found gone (evicted, or dropped by an invalidation
-        // not heard of yet) is made anew by the write itself, which then frames again under it.
+        // Framed twice at most: an epoch found gone (evicted, or dropped by a clear or tag
+        // invalidation not heard of yet) is made anew by the write itself, which then frames
+        // again under it.
         for _ in 0..2 {
             let written = self.write_framed(l2, op, batch, &uses).await?;
             let asked = epochs.asking();
             let mut current = true;
-            let tag_uses = uses.iter_mut().filter(|u| matches!(u.of, EpochOf::Tag(_)));
-            for (used, now) in tag_uses.zip(written.tags) {
+            for (used, now) in uses.iter_mut().zip(written.epochs) {
                 if used.epoch != now {
                     used.epoch = now;
                     epochs.learn(asked, used.of, Some(now));

@@ -256,11 +256,7 @@ impl L2 for RedisL2 {
         for entry in entries {
             push_write(&mut pipe, space, entry);
         }
-        let tags: Vec<&EpochUse<'_>> = alive
-            .iter()
-            .filter(|u| matches!(u.of, EpochOf::Tag(_)))
-            .collect();
-        for used in &tags {
+        for used in alive {
             // Absent (dropped, evicted): made anew, never the epoch the entries carry, so what
             // was framed under the old one stays retired; the writer learns the new one.
             pipe.cmd("EVAL")
@@ -282,11 +278,11 @@ impl L2 for RedisL2 {
             .iter()
             .map(|v| matches!(v, redis::Value::Int(n) if *n > 0))
             .collect();
-        let tags = epochs
+        let epochs = epochs
             .iter()
             .map(|v| epoch(Ok(v.clone())).map(Option::unwrap_or_default))
             .collect::<Result<_>>()?;
-        Ok(Written { landed, tags })
+        Ok(Written { landed, epochs })
     }
 
     /// Each epoch is deleted on the node holding it ([`Conn::node_of`]), then `op` is
@@ -433,5 +429,13 @@ impl L2 for RedisL2 {
 
     async fn runs(&self) -> Result<Vec<(String, String)>> {
         self.conn.server_runs().await
+    }
+
+    async fn publish(&self, op: &Op) -> Result<()> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&self.channel)
+            .arg(backplane::message(self.origin, op));
+        // The reply is the number of subscribers reached; none is no failure.
+        self.conn.query::<i64>(&cmd).await.map(drop)
     }
 }
