@@ -125,8 +125,8 @@ pub(super) enum Expect {
     Foreign,
 }
 
-/// What a write did: per entry, whether it landed (a fill may not); per epoch it kept alive
-/// (in the order given), the epoch Redis holds now.
+/// What a write did: per entry, whether it landed (a fill may not); per tag epoch it kept
+/// alive (in the order given), the epoch Redis holds now.
 #[derive(Debug, Default)]
 pub(super) struct Written {
     pub(super) landed: Vec<bool>,
@@ -153,9 +153,8 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
     async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>>;
 
     /// Stores `entries` (each version set by the server above the one it replaces; a fill
-    /// only where its [`Expect`] holds), keeps the epochs in `alive` (the namespace's, and tags'
-    /// for as long as their `ttl`) alive, made anew where absent, and publishes `op`, in one
-    /// round trip.
+    /// only where its [`Expect`] holds), keeps the tag epochs in `alive` alive as long as
+    /// their `ttl` (made anew where absent), and publishes `op`, in one round trip.
     async fn write(
         &self,
         space: &Keyspace,

@@ -218,14 +218,14 @@ where
                 epochs.learn(asked, uses[i].of, Some(epoch));
             }
         }
-        // Framed twice at most: an epoch found gone (evicted, or dropped by a clear or tag
-        // invalidation not heard of yet) is made anew by the write itself, which then frames
-        // again under it.
+        // Framed twice at most: a tag epoch found gone (evicted, or dropped by an invalidation
+        // not heard of yet) is made anew by the write itself, which then frames again under it.
         for _ in 0..2 {
             let written = self.write_framed(l2, op, batch, &uses).await?;
             let asked = epochs.asking();
             let mut current = true;
-            for (used, now) in uses.iter_mut().zip(written.epochs) {
+            let tag_uses = uses.iter_mut().filter(|u| matches!(u.of, EpochOf::Tag(_)));
+            for (used, now) in tag_uses.zip(written.epochs) {
                 if used.epoch != now {
                     used.epoch = now;
                     epochs.learn(asked, used.of, Some(now));

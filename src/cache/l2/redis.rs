@@ -256,7 +256,11 @@ impl L2 for RedisL2 {
         for entry in entries {
             push_write(&mut pipe, space, entry);
         }
-        for used in alive {
+        // Tags' epochs only: the namespace's lives on a shard of its own in a cluster, and a
+        // write must not wait on a shard none of its keys is on (a hung one would stall every
+        // write of the namespace). An evicted namespace epoch is found by the epoch watch.
+        let tags = alive.iter().filter(|u| matches!(u.of, EpochOf::Tag(_)));
+        for used in tags {
             // Absent (dropped, evicted): made anew, never the epoch the entries carry, so what
             // was framed under the old one stays retired; the writer learns the new one.
             pipe.cmd("EVAL")
