@@ -10,6 +10,7 @@ use super::base::CacheCore;
 use super::l1::{self, KeyRef};
 use super::l2::{count_failure, EpochOf};
 use super::namespace::{Namespace, NsShared, Reach};
+use super::owed::Owing;
 use super::pattern::Pattern;
 use super::stamp::Change;
 use crate::error::{Error, Result};
@@ -66,6 +67,32 @@ impl CacheCore {
     }
 }
 
+/// Settles a change's debt as soon as Redis answered: paid, or owed at once (before the
+/// second L1 pass, so no read in between trusts Redis).
+fn settle<T>(owing: Owing<'_>, sent: &Result<T>) {
+    if sent.is_ok() {
+        owing.paid();
+    }
+}
+
+/// After an invalidation of this instance reached Redis (or is owed), the writes in flight it
+/// covers are no longer served ([`writing`](super::writing)): Redis holds nothing older that a
+/// read could go back to.
+fn forget_written(ns: &NsShared, op: &Op) {
+    let writing = &ns.writing;
+    match op {
+        Op::Keys { keys, .. } => writing.forget(|key, _| keys.iter().any(|k| k == key)),
+        Op::Tag { tag, .. } => {
+            writing.forget(|_, tags| tags.is_some_and(|t| t.iter().any(|t| **t == **tag)))
+        }
+        Op::Pattern { pattern, .. } => match Pattern::parse(pattern) {
+            Ok(p) => writing.forget(|key, _| p.matches(key)),
+            Err(_) => writing.forget(|_, _| true),
+        },
+        Op::Clear { .. } => writing.forget(|_, _| true),
+    }
+}
+
 impl<V> Namespace<V>
 where
     V: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -87,18 +114,18 @@ where
         if !self.stores_values() {
             return Ok(self.announce(&op).await);
         }
+        let owing = self.ns.owed.until_paid(&op);
         let sent = async {
             self.l2()?
                 .tombstone(&self.ns.keyspace, self.ns.ttl, &op)
                 .await
         }
         .await;
-        if sent.is_err() {
-            self.ns.owed.owe_keys([key]);
-        }
+        settle(owing, &sent);
         // Again once Redis has it: a read on this instance that fetched the old entry before
         // it changed may have kept it since the first pass.
         self.core.apply(&self.ns, &op).await;
+        forget_written(&self.ns, &op);
         Ok(self.reach(sent))
     }
 
@@ -126,17 +153,17 @@ where
         if !self.stores_values() {
             return Ok(self.announce(&op).await);
         }
+        let owing = self.ns.owed.until_paid(&op);
         let sent = async {
             self.l2()?
                 .drop_epochs(&self.ns.keyspace, false, &[tag], Some(&op))
                 .await
         }
         .await;
-        if sent.is_err() {
-            self.ns.owed.owe_tag(tag);
-        }
+        settle(owing, &sent);
         // Again once Redis has it (see `invalidate`).
         self.core.apply(&self.ns, &op).await;
+        forget_written(&self.ns, &op);
         Ok(self.reach(sent))
     }
 
@@ -163,6 +190,7 @@ where
         if !self.stores_values() {
             return Ok((self.announce(&op).await, 0));
         }
+        let owing = self.ns.owed.until_paid(&op);
         let (removed, sent) = match self.l2() {
             Ok(l2) => {
                 l2.remove_matching(&self.ns.keyspace, Some(&parsed), self.ns.ttl, &op)
@@ -170,10 +198,9 @@ where
             }
             Err(e) => (0, Err(e)),
         };
-        if sent.is_err() {
-            self.ns.owed.owe_everything();
-        }
+        settle(owing, &sent);
         self.core.apply(&self.ns, &op).await;
+        forget_written(&self.ns, &op);
         Ok((self.reach(sent), removed))
     }
 
@@ -194,19 +221,22 @@ where
         if !self.stores_values() {
             return Ok((self.announce(&op).await, 0));
         }
+        let owing = self.ns.owed.until_paid(&op);
         let l2 = match self.l2() {
             Ok(l2) => l2,
             Err(e) => {
-                self.ns.owed.owe_everything();
+                drop(owing);
+                forget_written(&self.ns, &op);
                 return Ok((self.reach(Err(e)), 0));
             }
         };
         let space = &self.ns.keyspace;
         let dropped = l2.drop_epochs(space, true, &[], Some(&op)).await;
+        settle(owing, &dropped);
         // Again once Redis has it (see `invalidate`).
         self.core.apply(&self.ns, &op).await;
+        forget_written(&self.ns, &op);
         if let Err(e) = dropped {
-            self.ns.owed.owe_everything();
             return Ok((self.reach(Err(e)), 0));
         }
         // The clear has taken effect; the rest frees memory, and a failure is only counted.

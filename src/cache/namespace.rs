@@ -306,16 +306,13 @@ where
             // No Redis: no other instance to tell.
             return Reach::AllTiers;
         }
+        let owing = self.ns.owed.until_paid(op);
         let sent = match self.l2() {
             Ok(l2) => l2.publish(op).await,
             Err(e) => Err(e),
         };
-        if sent.is_err() {
-            match op {
-                Op::Keys { keys, .. } => self.ns.owed.owe_keys(keys.iter().map(String::as_str)),
-                Op::Tag { tag, .. } => self.ns.owed.owe_tag(tag),
-                Op::Pattern { .. } | Op::Clear { .. } => self.ns.owed.owe_everything(),
-            }
+        if sent.is_ok() {
+            owing.paid();
         }
         self.reach(sent)
     }

@@ -124,6 +124,25 @@ impl Owed {
         self.owe(|d| d.everything = true);
     }
 
+    /// `op` happened here but not in Redis: its keys, its tag, or (a pattern, a clear)
+    /// everything.
+    pub(super) fn owe_op(&self, op: &Op) {
+        match op {
+            Op::Keys { keys, .. } => self.owe_keys(keys.iter().map(String::as_str)),
+            Op::Tag { tag, .. } => self.owe_tag(tag),
+            Op::Pattern { .. } | Op::Clear { .. } => self.owe_everything(),
+        }
+    }
+
+    /// Owes `op` unless [`Owing::paid`] is called: a change whose future is dropped while
+    /// Redis has not answered (a caller's timeout, a cancelled request) is owed, not lost.
+    pub(super) fn until_paid<'a>(&'a self, op: &'a Op) -> Owing<'a> {
+        Owing {
+            owed: self,
+            op: Some(op),
+        }
+    }
+
     fn take(&self) -> Debts {
         std::mem::take(&mut *self.debts())
     }
@@ -137,6 +156,27 @@ impl Owed {
         }
         if debts.is_empty() {
             self.owing.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// A change Redis has not taken yet: owed when dropped unpaid ([`Owed::until_paid`]).
+pub(super) struct Owing<'a> {
+    owed: &'a Owed,
+    op: Option<&'a Op>,
+}
+
+impl Owing<'_> {
+    /// Redis took the change.
+    pub(super) fn paid(mut self) {
+        self.op = None;
+    }
+}
+
+impl Drop for Owing<'_> {
+    fn drop(&mut self) {
+        if let Some(op) = self.op {
+            self.owed.owe_op(op);
         }
     }
 }
@@ -208,7 +248,8 @@ impl CacheCore {
                 "tierkit: a Redis server restarted or failed over; its data may be older than \
                  what was written, so every cache namespace is cleared"
             );
-            for ns in self.namespaces() {
+            // L1-only namespaces keep nothing in Redis that the restart could have aged.
+            for ns in self.namespaces().iter().filter(|ns| !ns.l1_only) {
                 ns.owed.owe_everything();
             }
         }

@@ -80,7 +80,7 @@ where
     /// Whether an L1 entry of `key` may be served: made in the current L1 generation, and not
     /// covered by a tag or pattern invalidated since. One load and compare when nothing was.
     #[inline]
-    fn is_live(&self, key: &str, entry: &L1Value) -> bool {
+    pub(super) fn is_live(&self, key: &str, entry: &L1Value) -> bool {
         let fresh = &self.ns.fresh;
         entry.generation == fresh.generation()
             && (entry.epoch == fresh.epoch()
@@ -318,13 +318,6 @@ where
             }
         }
         Hit { value, source }
-    }
-
-    /// Puts an entry this instance wrote or loaded into L1, whatever L1 held, under the key's
-    /// put lock (see [`keep_l1`](Self::keep_l1)).
-    pub(super) fn put_l1(&self, key: &str, entry: L1Value) {
-        let _put = self.ns.fresh.put_lock(key);
-        self.l1.insert(L1Key::new(self.ns.id, key), entry);
     }
 
     /// An L1 entry for `value`, living `ttl` but never longer than the namespace's L1 TTL.

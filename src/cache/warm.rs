@@ -130,10 +130,13 @@ where
             return keys
                 .iter()
                 .map(|key| {
-                    self.l1.contains_key(&KeyRef {
+                    // Only a copy that may be served counts: not one of before a resubscription
+                    // or covered by an invalidation since.
+                    let held = self.l1.get(&KeyRef {
                         ns: self.ns.id,
                         key,
-                    })
+                    });
+                    held.is_some_and(|entry| self.is_live(key, &entry))
                 })
                 .collect();
         }

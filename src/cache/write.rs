@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::backplane::Op;
 use super::builder::ttl_problem;
 use super::frame::{self, Kind};
-use super::l1::weight;
+use super::l1::{weight, L1Key};
 use super::l2::{Entry, EpochOf, EpochUse, Written, L2};
 use super::namespace::{Namespace, Reach, SetOptions};
 use super::read::LOCAL;
@@ -147,18 +147,21 @@ where
     /// values are also served from the writes in flight ([`writing`](super::writing)); what
     /// Redis did not take is owed ([`owed`](super::owed)).
     async fn write(&self, mut batch: Vec<Prepared<V>>) -> Result<Reach> {
-        let stores = self.stores_values();
-        let in_flight = stores.then(|| {
-            let values = batch
-                .iter()
-                .map(|p| (p.key.as_str(), p.value.clone() as Value));
-            self.ns.writing.begin(&self.ns.owed, values)
-        });
+        let mut in_flight = self
+            .stores_values()
+            .then(|| self.ns.writing.begin(&self.ns.owed));
         let mut keys = Vec::with_capacity(batch.len());
         for p in &mut batch {
             self.ns.fresh.bump_key(&p.key);
             let value = self.l1_value(p.value.clone(), p.weight, p.ttl, p.tags.clone(), LOCAL);
-            self.put_l1(&p.key, value);
+            // Under the key's put lock, so the writes in flight and L1 agree on which of two
+            // writes of the key came later.
+            let _put = self.ns.fresh.put_lock(&p.key);
+            if let Some(batch) = in_flight.as_mut() {
+                batch.add(&p.key, p.value.clone() as Value, p.tags.clone());
+            }
+            self.l1.insert(L1Key::new(self.ns.id, &p.key), value);
+            drop(_put);
             // Moved, not copied: from here on the op holds the keys.
             keys.push(std::mem::take(&mut p.key));
         }

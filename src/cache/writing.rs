@@ -19,18 +19,21 @@ use super::owed::Owed;
 /// A value as the L1 holds it.
 pub(super) type Value = Arc<dyn Any + Send + Sync>;
 
-/// The writes in flight in one namespace of this process: the latest value per key, with the
-/// ticket of the write that holds it.
+/// An entry's tags, as the L1 keeps them.
+pub(super) type Tags = Option<Arc<[Box<str>]>>;
+
+/// The writes in flight in one namespace of this process: the latest value per key (with its
+/// tags, for invalidations that cover it), with the ticket of the write that holds it.
 #[derive(Debug, Default)]
 pub(super) struct Writing {
     /// Keys in flight, so that the usual read (nothing in flight) costs one load.
     len: AtomicUsize,
     tickets: AtomicU64,
-    values: Mutex<HashMap<Box<str>, (u64, Value)>>,
+    values: Mutex<HashMap<Box<str>, (u64, Value, Tags)>>,
 }
 
-/// A batch's place in [`Writing`]. Dropped before [`landed`](Self::landed) (the write's
-/// future dropped mid-way), the keys are owed: what went to L1 may or may not be in Redis.
+/// A batch's place in [`Writing`]. Dropped before [`answered`](Self::answered) (the write's
+/// future dropped mid-way), its keys are owed: what went to L1 may or may not be in Redis.
 pub(super) struct InFlight<'a> {
     writing: &'a Writing,
     owed: &'a Owed,
@@ -40,29 +43,17 @@ pub(super) struct InFlight<'a> {
 }
 
 impl Writing {
-    fn values(&self) -> MutexGuard<'_, HashMap<Box<str>, (u64, Value)>> {
+    fn values(&self) -> MutexGuard<'_, HashMap<Box<str>, (u64, Value, Tags)>> {
         self.values.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks `entries` as being written, before they go to L1.
-    pub(super) fn begin<'a, 'k>(
-        &'a self,
-        owed: &'a Owed,
-        entries: impl IntoIterator<Item = (&'k str, Value)>,
-    ) -> InFlight<'a> {
-        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        let mut values = self.values();
-        let mut keys = Vec::new();
-        for (key, value) in entries {
-            values.insert(key.into(), (ticket, value));
-            keys.push(key.into());
-        }
-        self.len.store(values.len(), Ordering::SeqCst);
+    /// A batch about to be written; its entries join with [`InFlight::add`].
+    pub(super) fn begin<'a>(&'a self, owed: &'a Owed) -> InFlight<'a> {
         InFlight {
             writing: self,
             owed,
-            ticket,
-            keys,
+            ticket: self.tickets.fetch_add(1, Ordering::Relaxed),
+            keys: Vec::new(),
             answered: false,
         }
     }
@@ -73,11 +64,31 @@ impl Writing {
         if self.len.load(Ordering::SeqCst) == 0 {
             return None;
         }
-        self.values().get(key).map(|(_, v)| v.clone())
+        self.values().get(key).map(|(_, v, _)| v.clone())
+    }
+
+    /// Stops serving the writes in flight that `covers` (key, tags): an invalidation of this
+    /// instance has reached Redis, which from then on holds nothing older that it would serve.
+    pub(super) fn forget(&self, covers: impl Fn(&str, Option<&[Box<str>]>) -> bool) {
+        if self.len.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut values = self.values();
+        values.retain(|key, (_, _, tags)| !covers(key, tags.as_deref()));
+        self.len.store(values.len(), Ordering::SeqCst);
     }
 }
 
 impl InFlight<'_> {
+    /// Adds `key`'s value to the batch. Called under the key's L1 put lock, with the L1 put: a
+    /// later write of the key is later here as in L1.
+    pub(super) fn add(&mut self, key: &str, value: Value, tags: Tags) {
+        let mut values = self.writing.values();
+        values.insert(key.into(), (self.ticket, value, tags));
+        self.writing.len.store(values.len(), Ordering::SeqCst);
+        self.keys.push(key.into());
+    }
+
     /// Redis answered the write (taken, or owed by the caller).
     pub(super) fn answered(mut self) {
         self.answered = true;
@@ -92,7 +103,7 @@ impl Drop for InFlight<'_> {
         let mut values = self.writing.values();
         for key in &self.keys {
             // A later write of the key holds it now.
-            if values.get(key).is_some_and(|(t, _)| *t == self.ticket) {
+            if values.get(key).is_some_and(|(t, _, _)| *t == self.ticket) {
                 values.remove(key);
             }
         }
@@ -112,11 +123,19 @@ mod tests {
         w.get(key).and_then(|v| v.downcast_ref::<u32>().copied())
     }
 
+    fn begin<'a>(w: &'a Writing, owed: &'a Owed, entries: &[(&str, u32)]) -> InFlight<'a> {
+        let mut batch = w.begin(owed);
+        for (key, n) in entries {
+            batch.add(key, value(*n), None);
+        }
+        batch
+    }
+
     #[test]
     fn a_key_is_served_while_its_latest_write_is_in_flight() {
         let (w, owed) = (Writing::default(), Owed::default());
-        let first = w.begin(&owed, [("k", value(1))]);
-        let second = w.begin(&owed, [("k", value(2))]);
+        let first = begin(&w, &owed, &[("k", 1)]);
+        let second = begin(&w, &owed, &[("k", 2)]);
         assert_eq!(read(&w, "k"), Some(2));
         first.answered();
         assert_eq!(
@@ -132,8 +151,20 @@ mod tests {
     #[test]
     fn a_write_dropped_before_redis_answered_owes_its_keys() {
         let (w, owed) = (Writing::default(), Owed::default());
-        drop(w.begin(&owed, [("a", value(1)), ("b", value(2))]));
+        drop(begin(&w, &owed, &[("a", 1), ("b", 2)]));
         assert_eq!(read(&w, "a"), None);
         assert!(owed.is_owing());
+    }
+
+    #[test]
+    fn an_invalidation_that_reached_redis_forgets_what_it_covers() {
+        let (w, owed) = (Writing::default(), Owed::default());
+        let tagged: Tags = Some(Arc::from(vec![Box::<str>::from("t")]));
+        let mut batch = w.begin(&owed);
+        batch.add("a", value(1), tagged);
+        batch.add("b", value(2), None);
+        w.forget(|_, tags| tags.is_some_and(|t| t.iter().any(|t| &**t == "t")));
+        assert_eq!((read(&w, "a"), read(&w, "b")), (None, Some(2)));
+        batch.answered();
     }
 }

@@ -66,8 +66,10 @@ pub(crate) enum Probe {
 pub(crate) struct Cluster {
     /// Replaced by a fresh one when the probe sees the topology change (see `refresh`).
     conn: Mutex<ClusterConnection>,
-    /// What makes a fresh `conn`; boxed, as it is rarely used.
-    client: Box<(redis::cluster::ClusterClient, redis::cluster::ClusterConfig)>,
+    /// What makes a fresh `conn` (boxed: rarely used), and the topology `conn` was made
+    /// under.
+    remake: Box<Config>,
+    conn_view: Mutex<Arc<Vec<Shard>>>,
     seeds: Vec<ConnectionInfo>,
     connect_timeout: Duration,
     /// The latest topology, primaries only; empty until first fetched.
@@ -79,9 +81,22 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Builds the connection without connecting: redis-rs connects in the background.
     pub(crate) fn start(config: &Config, seeds: &[ConnectionInfo]) -> Result<Self> {
-        let builder = ClusterClientBuilder::new(seeds.to_vec());
+        Ok(Cluster {
+            conn: Mutex::new(Self::connect(config, seeds)?),
+            remake: Box::new(config.clone()),
+            conn_view: Mutex::new(Arc::new(Vec::new())),
+            seeds: seeds.to_vec(),
+            connect_timeout: config.connect_timeout,
+            shards: Mutex::new(Arc::new(Vec::new())),
+            nodes: tokio::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A redis-rs cluster connection starting from `nodes`, made in the background.
+    fn connect(config: &Config, nodes: &[ConnectionInfo]) -> Result<ClusterConnection> {
+        let builder = ClusterClientBuilder::new(nodes.to_vec());
         #[cfg(feature = "tls")]
-        let builder = if seeds.first().is_some_and(tcp_tls) {
+        let builder = if nodes.first().is_some_and(tcp_tls) {
             super::tls::cluster(builder, config)
         } else {
             builder
@@ -96,18 +111,11 @@ impl Cluster {
             .min_retry_wait(MIN_RETRY_WAIT_MS)
             .max_retry_wait(MAX_RETRY_WAIT_MS)
             .build()?;
-        let client_config = redis::cluster::ClusterConfig::new()
-            .set_connection_timeout(config.connect_timeout)
-            .set_response_timeout(config.op_timeout);
-        let conn = client.get_pending_async_connection_with_config(client_config.clone());
-        Ok(Cluster {
-            conn: Mutex::new(conn),
-            client: Box::new((client, client_config)),
-            seeds: seeds.to_vec(),
-            connect_timeout: config.connect_timeout,
-            shards: Mutex::new(Arc::new(Vec::new())),
-            nodes: tokio::sync::Mutex::new(HashMap::new()),
-        })
+        Ok(client.get_pending_async_connection_with_config(
+            redis::cluster::ClusterConfig::new()
+                .set_connection_timeout(config.connect_timeout)
+                .set_response_timeout(config.op_timeout),
+        ))
     }
 
     /// A handle for one call. Cheap: the cluster connection is a channel to its driver task.
@@ -173,20 +181,42 @@ impl Cluster {
         let (shards, _) = select_ok(asks).await?;
         let shards = Arc::new(shards);
         let before = std::mem::replace(&mut *self.shards_lock(), shards.clone());
-        if !before.is_empty() && before != shards {
-            // redis-rs repairs its slot map only after a MOVED or a node it cannot reach at
-            // all; calls to a failed primary's slots that time out first (our op_timeout cuts
-            // them) never tell it, and it can keep sending them to the dead node. Calls from
-            // now on go through a connection that starts from the topology as it is; those in
-            // flight finish on the old one.
-            tracing::debug!(
-                "tierkit: cluster topology changed; new calls use a fresh cluster connection"
-            );
-            let (client, config) = &*self.client;
-            let fresh = client.get_pending_async_connection_with_config(config.clone());
-            *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-        }
+        self.follow(&before, &shards);
         Ok(shards)
+    }
+
+    /// Moves new calls to a fresh redis-rs connection once a new topology has been seen twice
+    /// in a row (one probe's answer could be a node's view in flux).
+    ///
+    /// redis-rs repairs its slot map only after a `MOVED` or a node it cannot reach at all;
+    /// calls to a failed primary's slots that time out first (our op_timeout cuts them) never
+    /// tell it, and it can keep sending them to the dead node. The fresh connection starts from
+    /// the primaries just seen, then the seeds; calls in flight finish on the old one.
+    fn follow(&self, before: &Arc<Vec<Shard>>, now: &Arc<Vec<Shard>>) {
+        let mut view = self.conn_view.lock().unwrap_or_else(|p| p.into_inner());
+        if view.is_empty() {
+            *view = now.clone();
+            return;
+        }
+        if before != now || *view == *now {
+            return;
+        }
+        let mut nodes: Vec<ConnectionInfo> = now
+            .iter()
+            .filter_map(|s| self.node_info(&s.addr()).ok())
+            .collect();
+        nodes.extend(self.seeds.iter().cloned());
+        match Self::connect(&self.remake, &nodes) {
+            Ok(fresh) => {
+                tracing::debug!(
+                    "tierkit: cluster topology changed; new calls use a fresh cluster connection"
+                );
+                *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                *view = now.clone();
+            }
+            Err(e) => tracing::debug!(error = %e,
+                "tierkit: cluster topology changed; no fresh connection, keeping the old one"),
+        }
     }
 
     /// Reads the topology, then PINGs every primary at once; takes at most `budget`, however
@@ -241,6 +271,19 @@ impl Cluster {
             return Ok(conn.clone());
         }
         // Connected without the lock held: a node that hangs must not stall the others.
+        let info = self.node_info(addr)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None);
+        let conn = redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut nodes = self.nodes.lock().await;
+        Ok(nodes.entry(addr.to_owned()).or_insert(conn).clone())
+    }
+
+    /// How to reach the node at `addr`: the first seed's settings (credentials, TLS) there.
+    fn node_info(&self, addr: &str) -> redis::RedisResult<ConnectionInfo> {
         let (host, port) = addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
@@ -259,14 +302,7 @@ impl Cluster {
             },
             _ => ConnectionAddr::Tcp(host, port),
         });
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        let conn = redis::Client::open(info)?
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let mut nodes = self.nodes.lock().await;
-        Ok(nodes.entry(addr.to_owned()).or_insert(conn).clone())
+        Ok(info)
     }
 
     fn shards_lock(&self) -> MutexGuard<'_, Arc<Vec<Shard>>> {
