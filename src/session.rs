@@ -39,6 +39,10 @@
 //!   set from these decisions: under a manual clock, give sessions lifetimes longer than the
 //!   test runs in real time.
 //!
+//! With [`encryption_keys`](crate::ConfigBuilder::encryption_keys) configured, each record is
+//! sealed in Redis (XChaCha20-Poly1305, bound to its session's key); a record that does not
+//! open, including one stored plain before the keys were configured, is no session.
+//!
 //! ## Redis keys
 //!
 //! | key | holds |

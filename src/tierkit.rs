@@ -240,6 +240,7 @@ impl Tierkit {
         SessionsBuilder::new(
             self.0.conn.clone(),
             self.0.config.codec.clone(),
+            self.0.config.keyring.clone(),
             self.0.config.keys.clone(),
             self.0.config.clock.clone(),
         )

@@ -211,3 +211,56 @@ async fn keys_rotate_without_a_flag_day() {
     let stale = kit(&backend, Some(keys(&[1]))).await;
     assert!(encrypted(&stale).get("after").await.is_none());
 }
+
+/// With keys configured, session records are sealed in Redis, bound to their session's key:
+/// no IP, user agent or metadata in the clear, readable by every instance holding the keys,
+/// and a record that does not open (no keys, moved, plain) is no session.
+#[tokio::test]
+async fn session_records_are_sealed_at_rest() {
+    use tierkit::session::{NewSession, Validation};
+
+    let backend = Backend::redis();
+    let a = kit(&backend, Some(keys(&[1]))).await;
+    let sessions = a.sessions().build().unwrap();
+    let created = sessions
+        .create(
+            NewSession::new("user-42")
+                .ip(IP)
+                .user_agent(AGENT)
+                .meta("email", EMAIL),
+        )
+        .await
+        .unwrap();
+    let id = created.session_id.expose().to_owned();
+
+    // Every session record (a hash) holds nothing readable.
+    let dumped = dump(&backend);
+    let records: Vec<_> = dumped
+        .iter()
+        .filter(|(k, _)| k.contains(":sess:"))
+        .collect();
+    assert_eq!(records.len(), 1);
+    for (key, values) in records {
+        for value in values {
+            for marker in [EMAIL, IP, AGENT, "user-42"] {
+                assert!(!contains(value, marker), "{marker} in plain at {key}");
+            }
+        }
+    }
+
+    // Another instance with the keys validates it; one without, or with other keys, does not.
+    let b = kit(&backend, Some(keys(&[1]))).await;
+    let on_b = b.sessions().build().unwrap();
+    match on_b.validate(&id).await {
+        Validation::Valid(s) => assert_eq!(s.ip, IP),
+        other => panic!("{other:?}"),
+    }
+    for ring in [None, Some(keys(&[9]))] {
+        let other = kit(&backend, ring).await;
+        let on_other = other.sessions().build().unwrap();
+        assert!(
+            !matches!(on_other.validate(&id).await, Validation::Valid(_)),
+            "a sealed record was read without its key"
+        );
+    }
+}

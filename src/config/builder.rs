@@ -280,8 +280,9 @@ impl ConfigBuilder {
 
     /// The keys that namespaces built with
     /// [`encrypted`](crate::cache::NamespaceBuilder::encrypted) seal their values with (the
-    /// current key) and open them with (any listed key). Default: none, and no namespace may be
-    /// encrypted.
+    /// current key) and open them with (any listed key); with keys, session records in Redis
+    /// are sealed too (records stored plain before are then not read). Default: none, and no
+    /// namespace may be encrypted.
     ///
     /// ```
     /// use tierkit::codec::Keyring;

@@ -10,7 +10,7 @@ use super::sessions::{Counters, Inner, Sessions};
 use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
 use super::window::Window;
-use crate::codec::Codec;
+use crate::codec::{Codec, Keyring};
 use crate::config::SharedClock;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -36,16 +36,25 @@ pub(crate) struct SessionConfig {
 pub struct SessionsBuilder {
     conn: Option<Conn>,
     codec: Codec,
+    /// With encryption keys configured, records are sealed in Redis.
+    keyring: Option<Keyring>,
     keys: Keys,
     clock: SharedClock,
     cfg: SessionConfig,
 }
 
 impl SessionsBuilder {
-    pub(crate) fn new(conn: Option<Conn>, codec: Codec, keys: Keys, clock: SharedClock) -> Self {
+    pub(crate) fn new(
+        conn: Option<Conn>,
+        codec: Codec,
+        keyring: Option<Keyring>,
+        keys: Keys,
+        clock: SharedClock,
+    ) -> Self {
         SessionsBuilder {
             conn,
             codec,
+            keyring,
             keys,
             clock,
             cfg: SessionConfig {
@@ -186,7 +195,13 @@ impl SessionsBuilder {
         let store: Box<dyn SessionStore> = match self.conn {
             // Redis can fail: a local copy validates while it does.
             Some(conn) => Box::new(LocalCopy::new(
-                RedisStore::new(conn, self.codec, self.keys, self.cfg.replicated),
+                RedisStore::new(
+                    conn,
+                    self.codec,
+                    self.keyring,
+                    self.keys,
+                    self.cfg.replicated,
+                ),
                 Window::new(self.cfg.staleness, self.clock.clone()),
             )),
             None => Box::new(MemoryStore::new(self.clock.clone())),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{member, px, split_member, SessionStore};
-use crate::codec::Codec;
+use crate::codec::{Codec, Keyring};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
@@ -20,6 +20,8 @@ use crate::session::record::Record;
 pub(crate) struct RedisStore {
     conn: Conn,
     codec: Codec,
+    /// With encryption keys configured: records are sealed, bound to their session's key.
+    keyring: Option<Keyring>,
     keys: Keys,
     /// Count adjustments Redis did not take yet (device kinds of sessions taken off an index):
     /// a session removal that succeeded is never reported failed over its counts.
@@ -59,12 +61,14 @@ impl RedisStore {
     pub(crate) fn new(
         conn: Conn,
         codec: Codec,
+        keyring: Option<Keyring>,
         keys: Keys,
         replicated: Option<(u32, Duration)>,
     ) -> Self {
         RedisStore {
             conn,
             codec,
+            keyring,
             keys,
             owed: Mutex::default(),
             replicated,
@@ -164,8 +168,25 @@ impl RedisStore {
         Ok(())
     }
 
-    fn decode(&self, blob: Option<Vec<u8>>) -> Result<Option<Record>> {
-        blob.map(|b| self.codec.decode::<Record>(&b)).transpose()
+    /// A record as stored at `key`: sealed when keys are configured.
+    fn encode(&self, key: &str, rec: &Record) -> Result<Vec<u8>> {
+        let blob = self.codec.encode(rec)?;
+        match &self.keyring {
+            Some(keys) => keys.seal(&blob, key.as_bytes()),
+            None => Ok(blob),
+        }
+    }
+
+    /// The record stored at `key`. With keys configured only a record sealed for that key
+    /// opens: a plain one (written before encryption was turned on, or by anyone with access
+    /// to Redis) is refused, never read.
+    fn decode(&self, key: &str, blob: Option<Vec<u8>>) -> Result<Option<Record>> {
+        let Some(blob) = blob else { return Ok(None) };
+        let plain = match &self.keyring {
+            Some(keys) => keys.open(&blob, key.as_bytes())?,
+            None => blob,
+        };
+        self.codec.decode::<Record>(&plain).map(Some)
     }
 
     /// Counts sessions off; what Redis does not take now is owed and paid with the next
@@ -191,8 +212,8 @@ impl SessionStore for RedisStore {
         rt_ttl: Duration,
     ) -> Result<()> {
         let kind = rec.device.kind.as_str();
-        let blob = self.codec.encode(rec)?;
         let key = self.session_key(tag, hash);
+        let blob = self.encode(&key, rec)?;
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(&key)
@@ -231,26 +252,29 @@ impl SessionStore for RedisStore {
     }
 
     async fn load(&self, tag: &str, hash: &str) -> Result<Option<Record>> {
+        let key = self.session_key(tag, hash);
         let blob: Option<Vec<u8>> = self
             .conn
-            .query(redis::cmd("HGET").arg(self.session_key(tag, hash)).arg("d"))
+            .query(redis::cmd("HGET").arg(&key).arg("d"))
             .await?;
-        self.decode(blob)
+        self.decode(&key, blob)
     }
 
     async fn load_many(&self, tag: &str, hashes: &[&str]) -> Result<Vec<Option<Record>>> {
         if hashes.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = hashes.iter().map(|h| self.session_key(tag, h)).collect();
         let mut pipe = redis::pipe();
-        for h in hashes {
-            pipe.cmd("HGET").arg(self.session_key(tag, h)).arg("d");
+        for key in &keys {
+            pipe.cmd("HGET").arg(key).arg("d");
         }
         let blobs: Vec<Option<Vec<u8>>> = self.conn.pipeline(&pipe).await?;
         // A record that no longer decodes is a session that cannot be honoured: absent.
         Ok(blobs
             .into_iter()
-            .map(|b| self.decode(b).ok().flatten())
+            .zip(&keys)
+            .map(|(b, key)| self.decode(key, b).ok().flatten())
             .collect())
     }
 
@@ -262,8 +286,8 @@ impl SessionStore for RedisStore {
         rec: &Record,
         ttl: Duration,
     ) -> Result<bool> {
-        let blob = self.codec.encode(rec)?;
         let key = self.session_key(tag, hash);
+        let blob = self.encode(&key, rec)?;
         let mut inv = CAS.key(&key);
         inv.arg(expected).arg(rec.version).arg(blob).arg(px(ttl));
         let written = self.conn.invoke::<i64>(&inv).await? == 1;
