@@ -10,7 +10,6 @@ use super::base::CacheCore;
 use super::l1::{self, KeyRef};
 use super::l2::{count_failure, EpochOf};
 use super::namespace::{Namespace, NsShared, Reach};
-use super::owed::Owing;
 use super::pattern::Pattern;
 use super::stamp::Change;
 use crate::error::{Error, Result};
@@ -67,14 +66,6 @@ impl CacheCore {
     }
 }
 
-/// Settles a change's debt as soon as Redis answered: paid, or owed at once (before the
-/// second L1 pass, so no read in between trusts Redis).
-fn settle<T>(owing: Owing<'_>, sent: &Result<T>) {
-    if sent.is_ok() {
-        owing.paid();
-    }
-}
-
 /// After an invalidation of this instance reached Redis (or is owed), the writes in flight it
 /// covers are no longer served ([`writing`](super::writing)): Redis holds nothing older that a
 /// read could go back to.
@@ -121,7 +112,7 @@ where
                 .await
         }
         .await;
-        settle(owing, &sent);
+        owing.settle(&sent);
         // Again once Redis has it: a read on this instance that fetched the old entry before
         // it changed may have kept it since the first pass.
         self.core.apply(&self.ns, &op).await;
@@ -160,7 +151,7 @@ where
                 .await
         }
         .await;
-        settle(owing, &sent);
+        owing.settle(&sent);
         // Again once Redis has it (see `invalidate`).
         self.core.apply(&self.ns, &op).await;
         forget_written(&self.ns, &op);
@@ -198,7 +189,7 @@ where
             }
             Err(e) => (0, Err(e)),
         };
-        settle(owing, &sent);
+        owing.settle(&sent);
         self.core.apply(&self.ns, &op).await;
         forget_written(&self.ns, &op);
         Ok((self.reach(sent), removed))
@@ -232,7 +223,7 @@ where
         };
         let space = &self.ns.keyspace;
         let dropped = l2.drop_epochs(space, true, &[], Some(&op)).await;
-        settle(owing, &dropped);
+        owing.settle(&dropped);
         // Again once Redis has it (see `invalidate`).
         self.core.apply(&self.ns, &op).await;
         forget_written(&self.ns, &op);

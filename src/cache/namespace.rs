@@ -311,9 +311,7 @@ where
             Ok(l2) => l2.publish(op).await,
             Err(e) => Err(e),
         };
-        if sent.is_ok() {
-            owing.paid();
-        }
+        owing.settle(&sent);
         self.reach(sent)
     }
 

@@ -134,7 +134,7 @@ impl Owed {
         }
     }
 
-    /// Owes `op` unless [`Owing::paid`] is called: a change whose future is dropped while
+    /// Owes `op` unless [`Owing::settle`] finds it taken: a change whose future is dropped while
     /// Redis has not answered (a caller's timeout, a cancelled request) is owed, not lost.
     pub(super) fn until_paid<'a>(&'a self, op: &'a Op) -> Owing<'a> {
         Owing {
@@ -167,9 +167,12 @@ pub(super) struct Owing<'a> {
 }
 
 impl Owing<'_> {
-    /// Redis took the change.
-    pub(super) fn paid(mut self) {
-        self.op = None;
+    /// Settles the debt as soon as Redis answered: paid when it took the change, owed at once
+    /// when not (before anything else runs, so no read in between trusts Redis).
+    pub(super) fn settle<T>(mut self, sent: &Result<T>) {
+        if sent.is_ok() {
+            self.op = None;
+        }
     }
 }
 

@@ -173,10 +173,12 @@ where
             return Ok(self.announce(&op).await);
         };
         let sent = self.write_l2(&op, &batch).await;
-        if sent.is_err() {
-            self.ns.owed.owe_keys(op.keys().iter().map(String::as_str));
+        if sent.is_ok() {
+            in_flight.answered();
+        } else {
+            // Dropped unanswered, the batch owes its keys.
+            drop(in_flight);
         }
-        in_flight.answered();
         Ok(self.reach(sent))
     }
 

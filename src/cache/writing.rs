@@ -89,7 +89,7 @@ impl InFlight<'_> {
         self.keys.push(key.into());
     }
 
-    /// Redis answered the write (taken, or owed by the caller).
+    /// Redis took the write: nothing is owed when the batch drops.
     pub(super) fn answered(mut self) {
         self.answered = true;
     }
