@@ -52,20 +52,9 @@ where
     /// miss is answered by this instance's write of the key in flight, if any
     /// ([`writing`](super::writing)).
     pub(super) fn l1_hit(&self, key: &str) -> Option<Hit<V>> {
-        let key_ref = KeyRef {
-            ns: self.ns.id,
-            key,
-        };
-        let held = match self.l1.get(&key_ref) {
-            Some(found) if self.is_live(key, &found) => found.value,
-            found => {
-                if found.is_some() {
-                    // Made before the L1 was dropped, or covered by a tag or pattern
-                    // invalidated since: a miss, and out of the way of the next fill.
-                    self.l1.invalidate(&key_ref);
-                }
-                self.ns.writing.get(key)?
-            }
+        let held = match self.live_l1(key) {
+            Some(found) => found.value,
+            None => self.ns.writing.get(key)?,
         };
         // Namespace ids are bound to one type at declaration, so this cannot fail; if it did,
         // a miss is the safe answer.
@@ -77,10 +66,27 @@ where
         })
     }
 
+    /// `key`'s L1 entry, if it may be served. One that may not (made before the L1 was
+    /// dropped, or covered by a tag or pattern invalidated since) is a miss, and is taken out
+    /// of the way of the next fill.
+    #[inline]
+    pub(super) fn live_l1(&self, key: &str) -> Option<L1Value> {
+        let key_ref = KeyRef {
+            ns: self.ns.id,
+            key,
+        };
+        let found = self.l1.get(&key_ref)?;
+        if self.is_live(key, &found) {
+            return Some(found);
+        }
+        self.l1.invalidate(&key_ref);
+        None
+    }
+
     /// Whether an L1 entry of `key` may be served: made in the current L1 generation, and not
     /// covered by a tag or pattern invalidated since. One load and compare when nothing was.
     #[inline]
-    pub(super) fn is_live(&self, key: &str, entry: &L1Value) -> bool {
+    fn is_live(&self, key: &str, entry: &L1Value) -> bool {
         let fresh = &self.ns.fresh;
         entry.generation == fresh.generation()
             && (entry.epoch == fresh.epoch()

@@ -6,7 +6,6 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::l1::KeyRef;
 use super::namespace::Namespace;
 use super::read::L2Read;
 use crate::error::{Error, Result};
@@ -129,15 +128,9 @@ where
         if !self.stores_values() {
             return keys
                 .iter()
-                .map(|key| {
-                    // Only a copy that may be served counts: not one of before a resubscription
-                    // or covered by an invalidation since.
-                    let held = self.l1.get(&KeyRef {
-                        ns: self.ns.id,
-                        key,
-                    });
-                    held.is_some_and(|entry| self.is_live(key, &entry))
-                })
+                // Only a copy that may be served counts: not one of before a resubscription or
+                // covered by an invalidation since.
+                .map(|key| self.live_l1(key).is_some())
                 .collect();
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
