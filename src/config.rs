@@ -62,8 +62,26 @@ pub struct Config {
     pub(crate) l1_eviction_counts: bool,
     /// The keys of encrypted namespaces; `None`: no namespace may be encrypted.
     pub(crate) keyring: Option<Keyring>,
+    /// The secret user ids are named by in session keys; `None`: plain names.
+    pub(crate) session_name_key: Option<NameKey>,
     #[cfg(feature = "tls")]
     pub(crate) tls: tls::Tls,
+}
+
+/// The session name key: bytes that never show in `Debug` and are wiped when the last copy
+/// drops.
+#[derive(Clone)]
+pub(crate) struct NameKey(pub(crate) std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>);
+
+impl NameKey {
+    /// The shortest key accepted: 256 bits, the strength of the HMAC-SHA256 it keys.
+    pub(crate) const MIN_LEN: usize = 32;
+}
+
+impl fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NameKey(<redacted>)")
+    }
 }
 
 /// Where Redis is: one server, or the seed nodes of a Redis Cluster (from which the whole
@@ -128,6 +146,7 @@ impl Default for Config {
             l1_capacity: DEFAULT_L1_CAPACITY,
             l1_eviction_counts: true,
             keyring: None,
+            session_name_key: None,
             #[cfg(feature = "tls")]
             tls: tls::Tls::default(),
         }
@@ -216,6 +235,12 @@ impl Config {
     pub fn encryption_keys(&self) -> Option<&Keyring> {
         self.keyring.as_ref()
     }
+
+    /// Whether a [`session_name_key`](ConfigBuilder::session_name_key) was given (the key
+    /// itself never leaves the configuration).
+    pub fn has_session_name_key(&self) -> bool {
+        self.session_name_key.is_some()
+    }
 }
 
 impl fmt::Debug for Config {
@@ -268,6 +293,7 @@ impl fmt::Debug for Config {
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_eviction_counts", &self.l1_eviction_counts)
             .field("encryption_keys", &self.keyring)
+            .field("session_name_key", &self.session_name_key)
             .finish()
     }
 }
@@ -546,5 +572,20 @@ mod tests {
         assert!(!format!("{c:?}").contains(key));
         let err = from(&[("TIERKIT_ENCRYPTION_KEYS", "4:short")]).unwrap_err();
         assert_eq!(field_of(err), "TIERKIT_ENCRYPTION_KEYS");
+    }
+
+    #[test]
+    fn the_session_name_key_comes_from_the_environment_and_never_shows() {
+        // 32 bytes of 9.
+        let key = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=";
+        let c = from(&[("TIERKIT_SESSION_NAME_KEY", key)]).unwrap();
+        assert!(c.has_session_name_key());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(key) && !shown.contains("9, 9"));
+        for bad in ["not base64!", "CQkJCQ=="] {
+            let err = from(&[("TIERKIT_SESSION_NAME_KEY", bad)]).unwrap_err();
+            assert_eq!(field_of(err), "TIERKIT_SESSION_NAME_KEY");
+        }
+        assert!(!from(&[]).unwrap().has_session_name_key());
     }
 }

@@ -9,7 +9,7 @@
 //! | `{prefix}:c:{namespace}:l{version}:{key}` | the lease of the one instance loading a key |
 //! | `{prefix}:c:backplane` | the pub/sub channel of the cache's coherence backplane |
 //! | `{prefix}:s:{{tag}}:sess:{hash}` | a session |
-//! | `{prefix}:s:{{tag}}:idx:{user}` | a user's sessions |
+//! | `{prefix}:s:{{tag}}:idx:{user}` | a user's sessions; `user` as `session::names` names them |
 //! | `{prefix}:s:{{tag}}:rt:{hash}` | the session a refresh token belongs to |
 //! | `{prefix}:s:users`, `{prefix}:s:counts` | the sweep's users, the session counts |
 //! | `{prefix}:rl:{limiter}:{key}` | a rate-limit window |

@@ -57,6 +57,7 @@
 //! stays in one slot; nothing crosses users.
 
 mod builder;
+mod names;
 mod record;
 mod refresh;
 mod revoke;

@@ -241,6 +241,7 @@ impl Tierkit {
             self.0.conn.clone(),
             self.0.config.codec.clone(),
             self.0.config.keyring.clone(),
+            self.0.config.session_name_key.clone(),
             self.0.config.keys.clone(),
             self.0.config.clock.clone(),
         )

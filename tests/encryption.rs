@@ -34,10 +34,13 @@ fn keys(ids: &[u8]) -> Keyring {
     Keyring::new(material.iter().map(|(id, k)| (*id, k.as_slice()))).unwrap()
 }
 
+/// The session name key of every instance with encryption keys here.
+const NAME_KEY: [u8; 32] = [42; 32];
+
 async fn kit(backend: &Backend, ring: Option<Keyring>) -> Tierkit {
     let builder = backend.builder();
     let builder = match ring {
-        Some(ring) => builder.encryption_keys(ring),
+        Some(ring) => builder.encryption_keys(ring).session_name_key(NAME_KEY),
         None => builder,
     };
     backend.kit_with(builder).await
@@ -263,4 +266,150 @@ async fn session_records_are_sealed_at_rest() {
             "a sealed record was read without its key"
         );
     }
+}
+
+/// The whole keyspace after a session workload with encryption and keyed names on: no user id
+/// (plain or e-mail-like), IP, user agent or metadata in any key name or stored byte; tokens
+/// carry a tag no one can test a user id against without the name key.
+#[tokio::test]
+async fn no_session_secret_or_user_shows_anywhere_in_the_keyspace() {
+    use tierkit::session::{DeviceKind, NewSession, Refresh, Validation};
+
+    let backend = Backend::redis();
+    let a = kit(&backend, Some(keys(&[1]))).await;
+    let sessions = a.sessions().build().unwrap();
+    let users = [EMAIL, "user-42", "bob.marker"];
+    let mut ids = Vec::new();
+    for (i, user) in users.iter().cycle().take(9).enumerate() {
+        let created = sessions
+            .create(
+                NewSession::new(*user)
+                    .device(DeviceKind::Mobile, "Pixel")
+                    .ip(IP)
+                    .user_agent(AGENT)
+                    .meta("email", EMAIL),
+            )
+            .await
+            .unwrap();
+        // The tag is neither the user id nor its unkeyed hash.
+        let tag = &created.session_id.expose()[..8];
+        assert_ne!(tag, &sha256_hex(user)[..8], "an unkeyed tag for {user}");
+        if i % 3 == 0 {
+            let Refresh::Rotated { .. } = sessions
+                .refresh(created.refresh_token.expose())
+                .await
+                .unwrap()
+            else {
+                panic!("a fresh token rotates")
+            };
+        }
+        ids.push(created.session_id.expose().to_owned());
+    }
+    assert!(matches!(
+        sessions.validate(&ids[1]).await,
+        Validation::Valid(_)
+    ));
+    assert_eq!(sessions.list(EMAIL).await.unwrap().len(), 3);
+    assert!(sessions.revoke(&ids[0]).await.unwrap());
+    assert_eq!(sessions.revoke_all("bob.marker").await.unwrap(), 3);
+    sessions.sweep().await.unwrap();
+    assert_eq!(sessions.stats().await.unwrap().active, 5);
+
+    let dumped = dump(&backend);
+    assert!(dumped.iter().any(|(k, _)| k.contains(":idx:k1.")));
+    assert!(dumped.iter().any(|(k, _)| k.ends_with(":s:users")));
+    for (key, values) in &dumped {
+        for marker in [EMAIL, IP, AGENT, "user-42", "bob.marker", "Pixel"] {
+            assert!(!key.contains(marker), "{marker} in the key name {key}");
+            for value in values {
+                assert!(!contains(value, marker), "{marker} in plain at {key}");
+            }
+        }
+    }
+
+    // A record copied to another session's place does not open there.
+    let server = backend.server().unwrap();
+    let mut con = server.client().get_connection().unwrap();
+    let record_keys: Vec<String> = dumped
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| k.contains(":sess:"))
+        .collect();
+    let (from, to) = (&record_keys[0], &record_keys[1]);
+    let blob: Vec<u8> = redis::cmd("HGET")
+        .arg(from)
+        .arg("d")
+        .query(&mut con)
+        .unwrap();
+    let () = redis::cmd("HSET")
+        .arg(to)
+        .arg("d")
+        .arg(blob)
+        .query(&mut con)
+        .unwrap();
+    let mut valid = 0;
+    for id in &ids {
+        if matches!(sessions.validate(id).await, Validation::Valid(_)) {
+            valid += 1;
+        }
+    }
+    // Five live sessions, one of which now holds another's record: four validate.
+    assert_eq!(valid, 4);
+}
+
+/// Turning the name key on signs every user out once: a session made under plain names is
+/// not honoured (a revocation of all of its user's sessions could not reach it), and the sweep
+/// takes it off the counts. The name key is required with encryption keys.
+#[tokio::test]
+async fn keyed_names_retire_plain_named_sessions_and_are_required_with_encryption() {
+    use tierkit::session::{NewSession, Refresh, Validation};
+
+    let backend = Backend::redis();
+    let plain = backend.kit_with(backend.builder()).await;
+    let before = plain.sessions().build().unwrap();
+    let old = before.create(NewSession::new("ann")).await.unwrap();
+    assert_eq!(before.stats().await.unwrap().active, 1);
+
+    let keyed = backend
+        .kit_with(backend.builder().session_name_key(NAME_KEY))
+        .await;
+    let after = keyed.sessions().build().unwrap();
+    assert_eq!(
+        after.validate(old.session_id.expose()).await,
+        Validation::Invalid
+    );
+    assert!(matches!(
+        after.refresh(old.refresh_token.expose()).await.unwrap(),
+        Refresh::Invalid
+    ));
+    assert!(after.list("ann").await.unwrap().is_empty());
+    let new = after.create(NewSession::new("ann")).await.unwrap();
+    assert_eq!(after.list("ann").await.unwrap().len(), 1);
+    // The sweep walks the plain name too, finds its session foreign, and counts it off.
+    assert_eq!(after.sweep().await.unwrap(), 1);
+    assert_eq!(after.stats().await.unwrap().active, 1);
+    assert_eq!(after.revoke_all("ann").await.unwrap(), 1);
+    assert_eq!(
+        after.validate(new.session_id.expose()).await,
+        Validation::Invalid
+    );
+    // Revoking the old session by its id still takes it off its plain index, once.
+    assert!(!after.revoke(old.session_id.expose()).await.unwrap());
+
+    let sealed_only = backend
+        .kit_with(backend.builder().encryption_keys(keys(&[1])))
+        .await;
+    let err = sealed_only.sessions().build().unwrap_err();
+    assert!(
+        err.to_string().contains("session_name_key"),
+        "unclear error: {err}"
+    );
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
 use super::clock::{Clock, SharedClock};
-use super::{Config, Target};
+use super::{Config, NameKey, Target};
 use crate::codec::{Codec, Keyring};
 use crate::error::{Error, Result};
 use crate::keys::Keys;
@@ -281,7 +281,8 @@ impl ConfigBuilder {
     /// The keys that namespaces built with
     /// [`encrypted`](crate::cache::NamespaceBuilder::encrypted) seal their values with (the
     /// current key) and open them with (any listed key); with keys, session records in Redis
-    /// are sealed too (records stored plain before are then not read). Default: none, and no
+    /// are sealed too (records stored plain before are then not read), and a Redis session
+    /// store also needs a [`session_name_key`](Self::session_name_key). Default: none, and no
     /// namespace may be encrypted.
     ///
     /// ```
@@ -296,6 +297,41 @@ impl ConfigBuilder {
     /// ```
     pub fn encryption_keys(mut self, keys: Keyring) -> Self {
         self.config.keyring = Some(keys);
+        self
+    }
+
+    /// The secret that names users in session keys: with it, a user's routing tag (the first
+    /// part of their session ids and refresh tokens) and the user id in their index key and in
+    /// the sweep's user list are HMAC-SHA256 of the user id under this key, so neither a token
+    /// nor a reader of Redis can tell or test whose sessions they are. Keep it stable: it is
+    /// not rotated like [`encryption_keys`](Self::encryption_keys), since changing it renames
+    /// every user and so ends every session. At least 32 bytes, best 32 random bytes. Needed
+    /// for a Redis session store with encryption keys. Default: none (plain names).
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder().session_name_key([7u8; 32]).build()?;
+    /// assert!(config.has_session_name_key());
+    /// // Key material never shows.
+    /// assert!(!format!("{config:?}").contains("7, 7"));
+    /// assert!(tierkit::Config::builder().session_name_key(b"short").build().is_err());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn session_name_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        let key = key.as_ref();
+        if key.len() < NameKey::MIN_LEN {
+            self.fail(Error::config(
+                "session_name_key",
+                format!(
+                    "is {} bytes; give at least {} (32 random bytes)",
+                    key.len(),
+                    NameKey::MIN_LEN
+                ),
+            ));
+        } else {
+            self.config.session_name_key = Some(NameKey(std::sync::Arc::new(
+                zeroize::Zeroizing::new(key.to_vec()),
+            )));
+        }
         self
     }
 

@@ -1,6 +1,8 @@
 //! `Config::from_env`: the environment variables tierkit reads, on top of a builder.
 
 use std::path::Path;
+
+use base64::Engine;
 use std::time::Duration;
 
 use redis::RedisConnectionInfo;
@@ -24,6 +26,7 @@ impl ConfigBuilder {
     /// | `REDIS_TLS_CERT`, `REDIS_TLS_KEY` | paths of the PEM client certificate and key for mutual TLS, both or neither ([`tls_client_auth`](Self::tls_client_auth)) |
     /// | `REDIS_TLS_INSECURE` | `true` skips verifying the server's certificate: **development only** ([`tls_insecure_skip_verify`](Self::tls_insecure_skip_verify)) |
     /// | `TIERKIT_PREFIX` | key prefix |
+    /// | `TIERKIT_SESSION_NAME_KEY` | standard base64 of at least 32 bytes: the secret users are named by in session keys ([`session_name_key`](Self::session_name_key)) |
     /// | `TIERKIT_OP_TIMEOUT_MS` | per-operation timeout in milliseconds |
     /// | `TIERKIT_ENCRYPTION_KEYS` | `id:base64key,...`, the current key first: the keys of encrypted namespaces ([`Keyring::parse`](crate::codec::Keyring::parse), [`encryption_keys`](Self::encryption_keys)) |
     ///
@@ -158,6 +161,24 @@ impl ConfigBuilder {
                 other => other,
             })?;
             self = self.encryption_keys(keys);
+        }
+        if let Some(b64) = var("TIERKIT_SESSION_NAME_KEY") {
+            let key = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|_| {
+                        Error::config("TIERKIT_SESSION_NAME_KEY", "is not standard base64")
+                    })?,
+            );
+            self = self.session_name_key(&*key);
+            if let Some(err) = self.error.take() {
+                return Err(match err {
+                    Error::Config { problem, .. } => {
+                        Error::config("TIERKIT_SESSION_NAME_KEY", problem)
+                    }
+                    other => other,
+                });
+            }
         }
         if let Some(ms) = var("TIERKIT_OP_TIMEOUT_MS") {
             let ms = ms

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::names::UserNames;
 use super::sessions::{Counters, Inner, Sessions};
 use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
 use super::window::Window;
 use crate::codec::{Codec, Keyring};
-use crate::config::SharedClock;
+use crate::config::{NameKey, SharedClock};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
@@ -38,6 +39,8 @@ pub struct SessionsBuilder {
     codec: Codec,
     /// With encryption keys configured, records are sealed in Redis.
     keyring: Option<Keyring>,
+    /// With it, users are named in keys by a keyed hash.
+    name_key: Option<NameKey>,
     keys: Keys,
     clock: SharedClock,
     cfg: SessionConfig,
@@ -48,6 +51,7 @@ impl SessionsBuilder {
         conn: Option<Conn>,
         codec: Codec,
         keyring: Option<Keyring>,
+        name_key: Option<NameKey>,
         keys: Keys,
         clock: SharedClock,
     ) -> Self {
@@ -55,6 +59,7 @@ impl SessionsBuilder {
             conn,
             codec,
             keyring,
+            name_key,
             keys,
             clock,
             cfg: SessionConfig {
@@ -141,8 +146,10 @@ impl SessionsBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a zero duration, an idle timeout above the maximum lifetime, a
-    /// zero sweep batch, or [`replicated_writes`](Self::replicated_writes) asking for zero
-    /// replicas, no time, or a wait not shorter than `op_timeout`.
+    /// zero sweep batch, [`replicated_writes`](Self::replicated_writes) asking for zero
+    /// replicas, no time, or a wait not shorter than `op_timeout`, or, in Redis, encryption
+    /// keys without a [`session_name_key`](crate::ConfigBuilder::session_name_key) (the user
+    /// ids would show in key names next to the sealed records).
     pub fn build(self) -> Result<Sessions> {
         let c = &self.cfg;
         for (field, d) in [
@@ -190,6 +197,15 @@ impl SessionsBuilder {
             }
             _ => {}
         }
+        if self.conn.is_some() && self.keyring.is_some() && self.name_key.is_none() {
+            return Err(Error::config(
+                "session_name_key",
+                "is not set, but encryption keys are: sealed session records would still be \
+                 filed under plain user ids in Redis key names; set ConfigBuilder::\
+                 session_name_key or TIERKIT_SESSION_NAME_KEY (32 random bytes, kept stable)",
+            ));
+        }
+        let names = UserNames::new(self.name_key.as_ref())?;
         // Embedded stores prune as they are read; the Redis store also sweeps in the background.
         let sweeps = self.conn.is_some();
         let store: Box<dyn SessionStore> = match self.conn {
@@ -213,6 +229,7 @@ impl SessionsBuilder {
             pending: std::sync::Mutex::new(Vec::new()),
             counters: Counters::default(),
             store,
+            names,
             clock: self.clock,
             cfg: self.cfg,
             _stop_sweep: stop_tx,

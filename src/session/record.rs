@@ -23,7 +23,7 @@ fn ms(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -46,14 +46,8 @@ pub(crate) fn random_hex() -> Result<String> {
     Ok(hex(&buf))
 }
 
-/// The routing tag of a user: every key of one user's sessions shares it (one Redis Cluster
-/// hash slot), and every session id and refresh token starts with it so the store can find
-/// that slot from the token alone. 32 bits of a hash: it tells nothing of the user id.
-pub(crate) fn user_tag(user_id: &str) -> String {
-    digest(user_id)[..8].to_owned()
-}
-
-/// A secret of the form `{tag}.{random}`.
+/// A secret of the form `{tag}.{random}`, `tag` being the user's routing tag
+/// ([`UserNames`](super::names::UserNames)).
 pub(crate) fn new_secret(tag: &str) -> Result<String> {
     Ok(format!("{tag}.{}", random_hex()?))
 }
@@ -176,7 +170,7 @@ mod tests {
 
     #[test]
     fn secrets_have_a_tag_and_256_random_bits() {
-        let tag = user_tag("alice");
+        let tag = "0123abcd".to_owned();
         let a = new_secret(&tag).unwrap();
         let b = new_secret(&tag).unwrap();
         assert_ne!(a, b);

@@ -32,7 +32,8 @@ impl Sessions {
                 return Ok(Refresh::Invalid);
             };
             let now = inner.clock.now_ms();
-            if !rec.is_live(now, &inner.cfg) {
+            // As in validation: a session of another naming of users is not honoured.
+            if !rec.is_live(now, &inner.cfg) || !inner.names.honours(tag, &rec.user_id) {
                 return Ok(Refresh::Invalid);
             }
             let token = new_secret(tag)?;

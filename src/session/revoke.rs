@@ -2,7 +2,7 @@
 //! revocation holds on this instance at once, whatever Redis does; one Redis could not take is
 //! remembered and retried by the sweep.
 
-use super::record::{digest, tag_of, user_tag, Record};
+use super::record::{digest, tag_of, Record};
 use super::sessions::{bump, Sessions};
 use super::types::Validation;
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ impl Sessions {
     ///
     /// As [`revoke`](Self::revoke).
     pub async fn revoke_handle(&self, user_id: &str, handle: &str) -> Result<bool> {
-        let tag = user_tag(user_id);
+        let tag = self.0.names.of(user_id).tag;
         // One read of that session, not a listing of them all: it must belong to the user.
         match self.0.store.load(&tag, handle).await? {
             Some(rec) if rec.user_id == user_id => self.revoke_hash(&tag, handle).await,
@@ -59,9 +59,10 @@ impl Sessions {
     /// Removes a session: never validated here again, whether or not the store takes it.
     pub(super) async fn remove(&self, tag: &str, hash: &str, rec: &Record) -> Result<bool> {
         self.0.revoked.insert(hash.to_owned(), ());
+        let name = self.0.names.index_name(tag, &rec.user_id);
         self.0
             .store
-            .remove(tag, hash, &rec.user_id, rec.device.kind.as_str())
+            .remove(tag, hash, &name, rec.device.kind.as_str())
             .await
     }
 
@@ -101,7 +102,7 @@ impl Sessions {
     }
 
     async fn revoke_user_except(&self, user_id: &str, keep: Option<&str>) -> Result<u64> {
-        let tag = user_tag(user_id);
+        let tag = self.0.names.of(user_id).tag;
         let mut revoked = 0;
         let sessions = match self.list(user_id).await {
             Ok(sessions) => sessions,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::builder::SessionConfig;
-use super::record::{digest, new_secret, user_tag, Record};
+use super::names::{UserName, UserNames};
+use super::record::{digest, new_secret, Record};
 use super::store::{split_member, SessionStore};
 use super::types::{Created, NewSession, Secret, Session, SessionStats};
 use super::window::Window;
@@ -65,6 +66,8 @@ pub struct Sessions(pub(super) Arc<Inner>);
 pub(super) struct Inner {
     pub(super) store: Box<dyn SessionStore>,
     pub(super) cfg: SessionConfig,
+    /// How users are named in keys: plain, or keyed with the session name key.
+    pub(super) names: UserNames,
     /// Every time decision of the store reads it.
     pub(super) clock: SharedClock,
     /// Sessions revoked here: never validated again here, whatever a read in flight, a local
@@ -97,9 +100,9 @@ impl Sessions {
             return Err(Error::invalid("user_id", "is empty"));
         }
         let cfg = &self.0.cfg;
-        let tag = user_tag(&new.user_id);
-        let session_id = new_secret(&tag)?;
-        let refresh_token = new_secret(&tag)?;
+        let user = self.0.names.of(&new.user_id);
+        let session_id = new_secret(&user.tag)?;
+        let refresh_token = new_secret(&user.tag)?;
         let now = self.0.clock.now_ms();
         let lifetime = u64::try_from(cfg.max_lifetime.as_millis()).unwrap_or(u64::MAX);
         let rec = Record {
@@ -121,7 +124,14 @@ impl Sessions {
         let rt_ttl = Duration::from_millis(rec.deadline.saturating_sub(now));
         self.0
             .store
-            .create(&tag, &hash, &rec, rec.ttl(now, cfg), rt_ttl)
+            .create(
+                &user.tag,
+                &user.name,
+                &hash,
+                &rec,
+                rec.ttl(now, cfg),
+                rt_ttl,
+            )
             .await?;
         bump(&self.0.counters.created, 1);
         crate::metrics::session_event("created");
@@ -138,8 +148,8 @@ impl Sessions {
     ///
     /// The Redis error when Redis cannot answer.
     pub async fn list(&self, user_id: &str) -> Result<Vec<Session>> {
-        let tag = user_tag(user_id);
-        let (live, _) = self.list_and_prune(&tag, user_id).await?;
+        let user = self.0.names.of(user_id);
+        let (live, _) = self.list_and_prune(&user).await?;
         Ok(live)
     }
 
@@ -152,13 +162,13 @@ impl Sessions {
         Ok(self.list(user_id).await?.len())
     }
 
-    pub(super) async fn list_and_prune(
-        &self,
-        tag: &str,
-        user_id: &str,
-    ) -> Result<(Vec<Session>, u64)> {
+    /// The live sessions of `user` and how many vanished ones were pruned off their index. A
+    /// session is live only if its record names the same user: under keyed naming, an index
+    /// of a plain name (made before the key was set) holds none.
+    pub(super) async fn list_and_prune(&self, user: &UserName) -> Result<(Vec<Session>, u64)> {
         let inner = &self.0;
-        let members = inner.store.index(tag, user_id).await?;
+        let (tag, name) = (user.tag.as_str(), user.name.as_str());
+        let members = inner.store.index(tag, name).await?;
         let hashes: Vec<&str> = members.iter().map(|m| split_member(m).0).collect();
         let records = inner.store.load_many(tag, &hashes).await?;
         let now = self.0.clock.now_ms();
@@ -166,13 +176,15 @@ impl Sessions {
         let mut dead = Vec::new();
         for ((member, hash), rec) in members.iter().zip(&hashes).zip(records) {
             match rec {
-                Some(rec) if rec.is_live(now, &inner.cfg) && rec.user_id == user_id => {
+                Some(rec)
+                    if rec.is_live(now, &inner.cfg) && inner.names.of(&rec.user_id) == *user =>
+                {
                     live.push(rec.to_session(hash, &inner.cfg));
                 }
                 _ => dead.push(member.clone()),
             }
         }
-        let pruned = inner.store.prune(tag, user_id, &dead).await?;
+        let pruned = inner.store.prune(tag, name, &dead).await?;
         bump(&inner.counters.expired, pruned);
         for _ in 0..pruned {
             crate::metrics::session_event("expired");

@@ -24,8 +24,9 @@ pub(crate) use redis_store::RedisStore;
 /// future: a session call costs microseconds of Redis or lock time, next to which an
 /// allocation or two is noise.
 ///
-/// Keys: `tag` is the user's routing tag (one Redis Cluster slot per user), `hash` the SHA-256
-/// of a session id, `rt_hash` that of a refresh token. TTLs are durations from now, given by
+/// Keys: `tag` is the user's routing tag (one Redis Cluster slot per user), `name` the user as
+/// named in keys (both from [`UserNames`](super::names::UserNames): the plain user id, or a
+/// keyed hash of it), `hash` the SHA-256 of a session id, `rt_hash` that of a refresh token. TTLs are durations from now, given by
 /// the caller, which owns the clock (the memory store reads the same clock for its expiry).
 #[async_trait]
 pub(crate) trait SessionStore: Send + Sync {
@@ -33,10 +34,11 @@ pub(crate) trait SessionStore: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Stores a new session for `ttl`, links its refresh token (`rec.refresh`) to it for
-    /// `rt_ttl`, adds it to its user's index and counts it.
+    /// `rt_ttl`, adds it to the index of its user (`name`) and counts it.
     async fn create(
         &self,
         tag: &str,
+        name: &str,
         hash: &str,
         rec: &Record,
         ttl: Duration,
@@ -60,8 +62,9 @@ pub(crate) trait SessionStore: Send + Sync {
     /// Drops the local copy of session `hash`, if any.
     fn drop_copy(&self, _hash: &str) {}
 
-    /// Drops the local copies of `user`'s sessions, except `keep`; returns their hashes.
-    fn drop_copies_of(&self, _user: &str, _keep: Option<&str>) -> Vec<String> {
+    /// Drops the local copies of the sessions of `user_id` (the id itself: copies are in
+    /// process memory), except `keep`; returns their hashes.
+    fn drop_copies_of(&self, _user_id: &str, _keep: Option<&str>) -> Vec<String> {
         Vec::new()
     }
 
@@ -83,14 +86,14 @@ pub(crate) trait SessionStore: Send + Sync {
     /// Deletes a session and takes it off its user's index. Returns whether the index entry
     /// was there: only the caller that removed it counts the session off, so concurrent
     /// revocations and prunes never count one twice.
-    async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool>;
+    async fn remove(&self, tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool>;
 
     /// The index of a user: members ([`member`]), newest first.
-    async fn index(&self, tag: &str, user: &str) -> Result<Vec<String>>;
+    async fn index(&self, tag: &str, name: &str) -> Result<Vec<String>>;
 
     /// Takes vanished sessions off a user's index and the counts; returns how many this call
     /// took off.
-    async fn prune(&self, tag: &str, user: &str, members: &[String]) -> Result<u64>;
+    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64>;
 
     /// The session a refresh token belongs to.
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>>;
@@ -102,12 +105,12 @@ pub(crate) trait SessionStore: Send + Sync {
     /// Active sessions in total (`active`) and by device kind (`device:{kind}`).
     async fn counts(&self) -> Result<BTreeMap<String, i64>>;
 
-    /// One page of users that have (or had) sessions, for the sweep, and the next cursor (0
-    /// when done).
+    /// One page of users (their names) that have or had sessions, for the sweep, and the next
+    /// cursor (0 when done).
     async fn users_page(&self, cursor: u64, count: usize) -> Result<(u64, Vec<String>)>;
 
     /// Drops a user from the sweep's list once no session is left in their index.
-    async fn forget_user(&self, tag: &str, user: &str) -> Result<()>;
+    async fn forget_user(&self, tag: &str, name: &str) -> Result<()>;
 
     /// Drops what has expired, for a store that has no expiry of its own. Redis expires keys
     /// itself.

@@ -6,7 +6,7 @@ use std::sync::Weak;
 
 use tokio::sync::oneshot;
 
-use super::record::user_tag;
+use super::names::UserName;
 use super::sessions::{Inner, Sessions};
 use crate::error::Result;
 
@@ -42,12 +42,15 @@ impl Sessions {
             .users_page(cursor, inner.cfg.sweep_batch)
             .await?;
         let mut pruned = 0;
-        for user in users {
-            let tag = user_tag(&user);
-            let (live, n) = self.list_and_prune(&tag, &user).await?;
+        for name in users {
+            let user = UserName {
+                tag: inner.names.tag_of_name(&name),
+                name,
+            };
+            let (live, n) = self.list_and_prune(&user).await?;
             pruned += n;
             if live.is_empty() {
-                inner.store.forget_user(&tag, &user).await?;
+                inner.store.forget_user(&user.tag, &user.name).await?;
             }
         }
         Ok((pruned, next))

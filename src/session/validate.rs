@@ -31,6 +31,11 @@ impl Sessions {
         let read = inner.store.read(tag, &hash).await;
         let now = inner.clock.now_ms();
         let rec = match read {
+            // Made under another naming of users (before the session name key was set or
+            // changed): a revocation of its user's sessions would not reach it.
+            Ok(Read::Stored(Some(rec))) if !inner.names.honours(tag, &rec.user_id) => {
+                return Validation::Invalid
+            }
             Ok(Read::Stored(Some(rec))) => rec,
             Ok(Read::Stored(None)) => return Validation::Invalid,
             Ok(Read::Copy(rec)) => return self.validate_copy(&hash, &rec, access),

@@ -56,11 +56,11 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         self.copies.remove(hash);
     }
 
-    fn drop_copies_of(&self, user: &str, keep: Option<&str>) -> Vec<String> {
+    fn drop_copies_of(&self, user_id: &str, keep: Option<&str>) -> Vec<String> {
         let dropped: Vec<String> = self
             .copies
             .iter()
-            .filter(|(hash, rec)| rec.user_id == user && keep != Some(hash.as_str()))
+            .filter(|(hash, rec)| rec.user_id == user_id && keep != Some(hash.as_str()))
             .map(|(hash, _)| (*hash).clone())
             .collect();
         for hash in &dropped {
@@ -72,21 +72,22 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
     async fn create(
         &self,
         tag: &str,
+        name: &str,
         hash: &str,
         rec: &Record,
         ttl: Duration,
         rt_ttl: Duration,
     ) -> Result<()> {
-        self.store.create(tag, hash, rec, ttl, rt_ttl).await?;
+        self.store.create(tag, name, hash, rec, ttl, rt_ttl).await?;
         // A login counts as a validation: the session it made validates here during an outage.
         self.keep_copy(hash, rec);
         Ok(())
     }
 
-    async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
+    async fn remove(&self, tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool> {
         // Before the store is asked: a removal it cannot take still ends the copy.
         self.copies.remove(hash);
-        self.store.remove(tag, hash, user, kind).await
+        self.store.remove(tag, hash, name, kind).await
     }
 
     // The rest is the store's alone.
@@ -110,12 +111,12 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         self.store.cas(tag, hash, expected, rec, ttl).await
     }
 
-    async fn index(&self, tag: &str, user: &str) -> Result<Vec<String>> {
-        self.store.index(tag, user).await
+    async fn index(&self, tag: &str, name: &str) -> Result<Vec<String>> {
+        self.store.index(tag, name).await
     }
 
-    async fn prune(&self, tag: &str, user: &str, members: &[String]) -> Result<u64> {
-        self.store.prune(tag, user, members).await
+    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64> {
+        self.store.prune(tag, name, members).await
     }
 
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>> {
@@ -140,8 +141,8 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         self.store.users_page(cursor, count).await
     }
 
-    async fn forget_user(&self, tag: &str, user: &str) -> Result<()> {
-        self.store.forget_user(tag, user).await
+    async fn forget_user(&self, tag: &str, name: &str) -> Result<()> {
+        self.store.forget_user(tag, name).await
     }
 
     fn purge(&self) {
@@ -184,13 +185,14 @@ mod tests {
         async fn create(
             &self,
             t: &str,
+            n: &str,
             h: &str,
             r: &Record,
             a: Duration,
             b: Duration,
         ) -> Result<()> {
             self.up()?;
-            self.store.create(t, h, r, a, b).await
+            self.store.create(t, n, h, r, a, b).await
         }
         async fn load(&self, t: &str, h: &str) -> Result<Option<Record>> {
             self.up()?;
@@ -276,7 +278,7 @@ mod tests {
         let hour = Duration::from_secs(3600);
         for (hash, user) in [("a", "ann"), ("b", "ann"), ("c", "cy"), ("d", "ann")] {
             local
-                .create("t", hash, &record(user), hour, hour)
+                .create("t", user, hash, &record(user), hour, hour)
                 .await
                 .unwrap();
         }

@@ -68,6 +68,7 @@ impl SessionStore for MemoryStore {
     async fn create(
         &self,
         _tag: &str,
+        name: &str,
         hash: &str,
         rec: &Record,
         ttl: Duration,
@@ -83,11 +84,11 @@ impl SessionStore for MemoryStore {
             (hash.to_owned(), now.saturating_add(px(rt_ttl))),
         );
         m.index
-            .entry(rec.user_id.clone())
+            .entry(name.to_owned())
             .or_default()
             .push((rec.created, member(hash, kind)));
-        if !m.users.contains(&rec.user_id) {
-            m.users.push(rec.user_id.clone());
+        if !m.users.iter().any(|u| u == name) {
+            m.users.push(name.to_owned());
         }
         *m.counts.entry("active".into()).or_default() += 1;
         *m.counts.entry(format!("device:{kind}")).or_default() += 1;
@@ -122,12 +123,12 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn remove(&self, _tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
+    async fn remove(&self, _tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool> {
         let mut m = self.lock();
         m.sessions.remove(hash);
         let member = member(hash, kind);
         let mut indexed = false;
-        if let Some(idx) = m.index.get_mut(user) {
+        if let Some(idx) = m.index.get_mut(name) {
             let before = idx.len();
             idx.retain(|(_, mem)| *mem != member);
             indexed = idx.len() < before;
@@ -139,18 +140,18 @@ impl SessionStore for MemoryStore {
         Ok(indexed)
     }
 
-    async fn index(&self, _tag: &str, user: &str) -> Result<Vec<String>> {
+    async fn index(&self, _tag: &str, name: &str) -> Result<Vec<String>> {
         let m = self.lock();
-        let mut idx = m.index.get(user).cloned().unwrap_or_default();
+        let mut idx = m.index.get(name).cloned().unwrap_or_default();
         idx.sort_by_key(|entry| std::cmp::Reverse(entry.0));
         Ok(idx.into_iter().map(|(_, mem)| mem).collect())
     }
 
-    async fn prune(&self, _tag: &str, user: &str, members: &[String]) -> Result<u64> {
+    async fn prune(&self, _tag: &str, name: &str, members: &[String]) -> Result<u64> {
         let mut m = self.lock();
         let gone: HashSet<&String> = members.iter().collect();
         let mut removed = Vec::new();
-        if let Some(idx) = m.index.get_mut(user) {
+        if let Some(idx) = m.index.get_mut(name) {
             idx.retain(|(_, mem)| {
                 let keep = !gone.contains(mem);
                 if !keep {
@@ -205,11 +206,11 @@ impl SessionStore for MemoryStore {
         Ok((next, page))
     }
 
-    async fn forget_user(&self, _tag: &str, user: &str) -> Result<()> {
+    async fn forget_user(&self, _tag: &str, name: &str) -> Result<()> {
         let mut m = self.lock();
-        if m.index.get(user).is_none_or(|i| i.is_empty()) {
-            m.index.remove(user);
-            m.users.retain(|u| u != user);
+        if m.index.get(name).is_none_or(|i| i.is_empty()) {
+            m.index.remove(name);
+            m.users.retain(|u| u != name);
         }
         Ok(())
     }

@@ -79,8 +79,8 @@ impl RedisStore {
         self.keys.session(tag, hash)
     }
 
-    fn index_key(&self, tag: &str, user: &str) -> String {
-        self.keys.session_index(tag, user)
+    fn index_key(&self, tag: &str, name: &str) -> String {
+        self.keys.session_index(tag, name)
     }
 
     fn refresh_key(&self, tag: &str, rt_hash: &str) -> String {
@@ -206,6 +206,7 @@ impl SessionStore for RedisStore {
     async fn create(
         &self,
         tag: &str,
+        name: &str,
         hash: &str,
         rec: &Record,
         ttl: Duration,
@@ -231,7 +232,7 @@ impl SessionStore for RedisStore {
             .ignore();
         // No TTL on the index: its entries must outlive their sessions so that pruning (lazy,
         // or the sweep) can take them off the counts; Redis drops the set once it is empty.
-        let index = self.index_key(tag, &rec.user_id);
+        let index = self.index_key(tag, name);
         pipe.cmd("ZADD")
             .arg(&index)
             .arg(rec.created)
@@ -242,10 +243,10 @@ impl SessionStore for RedisStore {
             // login, so they follow the session's own write (never counting a session that
             // was not written) and are owed if their shard does not take them.
             self.conn.pipeline::<()>(&pipe).await?;
-            self.settle(vec![(kind.to_owned(), 1)], vec![rec.user_id.clone()])
+            self.settle(vec![(kind.to_owned(), 1)], vec![name.to_owned()])
                 .await;
         } else {
-            self.add_globals(&mut pipe, &[(kind.to_owned(), 1)], &[&rec.user_id]);
+            self.add_globals(&mut pipe, &[(kind.to_owned(), 1)], &[name]);
             self.conn.pipeline::<()>(&pipe).await?;
         }
         self.replicated(&key).await
@@ -297,10 +298,10 @@ impl SessionStore for RedisStore {
         Ok(written)
     }
 
-    async fn remove(&self, tag: &str, hash: &str, user: &str, kind: &str) -> Result<bool> {
+    async fn remove(&self, tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool> {
         let key = self.session_key(tag, hash);
         let mut inv = REMOVE.key(&key);
-        inv.key(self.index_key(tag, user)).arg(member(hash, kind));
+        inv.key(self.index_key(tag, name)).arg(member(hash, kind));
         let removed: i64 = self.conn.invoke(&inv).await?;
         if removed == 1 {
             self.count_off(&[kind]).await;
@@ -309,11 +310,11 @@ impl SessionStore for RedisStore {
         Ok(removed == 1)
     }
 
-    async fn index(&self, tag: &str, user: &str) -> Result<Vec<String>> {
+    async fn index(&self, tag: &str, name: &str) -> Result<Vec<String>> {
         self.conn
             .query(
                 redis::cmd("ZRANGE")
-                    .arg(self.index_key(tag, user))
+                    .arg(self.index_key(tag, name))
                     .arg(0)
                     .arg(-1)
                     .arg("REV"),
@@ -321,11 +322,11 @@ impl SessionStore for RedisStore {
             .await
     }
 
-    async fn prune(&self, tag: &str, user: &str, members: &[String]) -> Result<u64> {
+    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64> {
         if members.is_empty() {
             return Ok(0);
         }
-        let index = self.index_key(tag, user);
+        let index = self.index_key(tag, name);
         let mut pipe = redis::pipe();
         for m in members {
             pipe.cmd("ZREM").arg(&index).arg(m);
@@ -387,14 +388,14 @@ impl SessionStore for RedisStore {
             .await
     }
 
-    async fn forget_user(&self, tag: &str, user: &str) -> Result<()> {
+    async fn forget_user(&self, tag: &str, name: &str) -> Result<()> {
         let left: u64 = self
             .conn
-            .query(redis::cmd("ZCARD").arg(self.index_key(tag, user)))
+            .query(redis::cmd("ZCARD").arg(self.index_key(tag, name)))
             .await?;
         if left == 0 {
             self.conn
-                .query::<()>(redis::cmd("SREM").arg(self.users_key()).arg(user))
+                .query::<()>(redis::cmd("SREM").arg(self.users_key()).arg(name))
                 .await?;
         }
         Ok(())
