@@ -197,3 +197,45 @@ impl Error {
         }
     }
 }
+
+impl Error {
+    /// Whether Redis could not serve the call at all: [`is_connectivity`](Self::is_connectivity),
+    /// or a server that answered only to say it cannot serve now (loading its data set, a
+    /// primary down or failing over, a cluster slot unserved, a script hogging it). Every other
+    /// error is an answer the server gave on purpose (a wrong type, out of memory, no
+    /// permission, a script error), which retrying elsewhere would not change.
+    pub(crate) fn is_outage(&self) -> bool {
+        use redis::{ErrorKind, ServerErrorKind};
+        if self.is_connectivity() {
+            return true;
+        }
+        let Error::Redis(e) = self else {
+            return false;
+        };
+        matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        ) || e.code() == Some("BUSY")
+    }
+
+    /// A short name for the kind of error, for logs, counters and the health report: the
+    /// Redis error code (`NOPERM`, `WRONGTYPE`, `OOM`, ...) when the server sent one.
+    pub(crate) fn kind_name(&self) -> String {
+        match self {
+            Error::Redis(e) => e.code().unwrap_or("redis").to_owned(),
+            Error::Timeout(_) => "timeout".to_owned(),
+            Error::Unavailable => "unavailable".to_owned(),
+            other => format!("{other:?}")
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or("error")
+                .to_owned(),
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! | `{prefix}:s:{{tag}}:idx:{user}` | a user's sessions; `user` as `session::names` names them |
 //! | `{prefix}:s:{{tag}}:rt:{hash}` | the session a refresh token belongs to |
 //! | `{prefix}:s:users`, `{prefix}:s:counts` | the sweep's users, the session counts |
-//! | `{prefix}:rl:{limiter}:{key}` | a rate-limit window |
+//! | `{prefix}:rl:{limiter}:{algorithm}:{key}` | a rate-limit window (`log` or `ctr`) |
 //!
 //! Neither the prefix nor a namespace or limiter name may contain `:`, so the first `:` of a
 //! key ends its prefix and the next ones end its part and name: no key of one prefix (or
@@ -130,9 +130,10 @@ impl Keys {
         format!("{}:c:backplane", self.prefix)
     }
 
-    /// `{prefix}:rl:{limiter}:`, followed by the caller's key.
-    pub(crate) fn limiter(&self, name: &str) -> String {
-        format!("{}:rl:{name}:", self.prefix)
+    /// `{prefix}:rl:{limiter}:{algorithm}:`, followed by the caller's key. The algorithm is
+    /// part of the name, so switching a limiter's algorithm never meets the other's data.
+    pub(crate) fn limiter(&self, name: &str, algorithm: &str) -> String {
+        format!("{}:rl:{name}:{algorithm}:", self.prefix)
     }
 
     /// A session record; `tag` routes every key of one user to one cluster slot.
@@ -207,7 +208,7 @@ mod tests {
                 k.cache_leases("x", 1),
                 k.cache_namespace_glob("x"),
                 k.backplane_channel(),
-                k.limiter("x"),
+                k.limiter("x", "log"),
                 k.session("t", "h"),
                 k.session_index("t", "u:1"),
                 k.refresh_token("t", "h"),

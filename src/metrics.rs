@@ -22,7 +22,10 @@
 //! | `tierkit_redis_errors_total` | counter | `kind` = `timeout`, `unavailable`, `connection`, `reply` | failed Redis calls |
 //! | `tierkit_health_state` | gauge | | 0 up, 1 degraded, 2 down |
 //! | `tierkit_health_transitions_total` | counter | `from`, `to` | health state changes |
-//! | `tierkit_ratelimit_decisions_total` | counter | `limiter`, `tier` = `redis`, `local`, `blocked`; `outcome` = `allowed`, `refused` | rate-limit decisions |
+//! | `tierkit_ratelimit_decisions_total` | counter | `limiter`, `tier` = `redis`, `local`, `blocked`, `policy`; `outcome` = `allowed`, `refused` | rate-limit decisions |
+//! | `tierkit_ratelimit_degraded` | gauge | `limiter` | 1 while a Redis-backed limiter decides without Redis |
+//! | `tierkit_ratelimit_takeovers_total` | counter | `limiter` | times the local tier took over from Redis |
+//! | `tierkit_ratelimit_redis_errors_total` | counter | `limiter`, `kind` (the Redis error code) | Redis errors that are not outages, decided by the error policy |
 //! | `tierkit_session_events_total` | counter | `event` = `created`, `validated`, `validated_locally`, `refreshed`, `revoked`, `expired` | session events |
 
 //!
@@ -52,6 +55,7 @@ pub(crate) enum Decider {
     Redis,
     Local,
     Blocked,
+    Policy,
 }
 
 #[cfg(feature = "metrics")]
@@ -97,9 +101,29 @@ mod imp {
         ::metrics::counter!("tierkit_session_events_total", "event" => event).increment(1);
     }
 
+    /// A Redis-backed limiter's local tier took over (`true`) or Redis took back (`false`).
+    pub(crate) fn ratelimit_degraded(limiter: &str, degraded: bool) {
+        ::metrics::gauge!("tierkit_ratelimit_degraded", "limiter" => limiter.to_owned())
+            .set(f64::from(u8::from(degraded)));
+        if degraded {
+            ::metrics::counter!("tierkit_ratelimit_takeovers_total", "limiter" => limiter.to_owned())
+                .increment(1);
+        }
+    }
+
+    /// A limiter's Redis call failed with an error that is not an outage.
+    pub(crate) fn ratelimit_error(limiter: &str, kind: &str) {
+        ::metrics::counter!(
+            "tierkit_ratelimit_redis_errors_total",
+            "limiter" => limiter.to_owned(),
+            "kind" => kind.to_owned()
+        )
+        .increment(1);
+    }
+
     /// Counter handles of one limiter, registered once so a decision costs one increment.
     pub(crate) struct Decisions {
-        handles: [::metrics::Counter; 6],
+        handles: [::metrics::Counter; 8],
     }
 
     impl Decisions {
@@ -120,6 +144,8 @@ mod imp {
                     c("local", "refused"),
                     c("blocked", "allowed"),
                     c("blocked", "refused"),
+                    c("policy", "allowed"),
+                    c("policy", "refused"),
                 ],
             }
         }
@@ -129,6 +155,7 @@ mod imp {
                 Decider::Redis => 0,
                 Decider::Local => 2,
                 Decider::Blocked => 4,
+                Decider::Policy => 6,
             };
             if let Some(h) = self.handles.get(row + usize::from(!allowed)) {
                 h.increment(1);
@@ -189,6 +216,10 @@ mod imp {
     pub(crate) fn loader(_: &str, _: Duration) {}
     #[inline(always)]
     pub(crate) fn session_event(_: &'static str) {}
+    #[inline(always)]
+    pub(crate) fn ratelimit_degraded(_: &str, _: bool) {}
+    #[inline(always)]
+    pub(crate) fn ratelimit_error(_: &str, _: &str) {}
 
     pub(crate) struct Decisions;
 

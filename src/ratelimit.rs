@@ -10,7 +10,8 @@
 //! | Redis | who decides | with what |
 //! |---|---|---|
 //! | up | Redis, one Lua script, one key, one round trip | the whole quota, shared by every instance, timed by the server clock |
-//! | down, or a call fails or times out | this instance's governor | `limit / instances` (at least 1), never allow-all unless [`LimiterBuilder::fail_open`] |
+//! | down, or a call meets an outage (refused, reset, timed out, loading, failing over) | this instance's governor | `limit / instances` (at least 1), never allow-all unless [`LimiterBuilder::fail_open`] |
+//! | up, but the call gets an error reply (`NOPERM`, `OOM`, `WRONGTYPE`, a script error) | the [`ErrorPolicy`] | refuse (default) or the local share; never `fail_open`, and health stays up |
 //! | back up | Redis again | |
 //! | embedded (no Redis) | the governor | the whole quota (GCRA: burst of `limit`, refilled over the window) |
 //!
@@ -18,6 +19,9 @@
 //! window: it allows a burst of half the share and refills the other half over two windows,
 //! so a client hammering one instance gets half its share per window until Redis is back.
 //!
+//! - Every decision made without Redis by a Redis-backed limiter says so
+//!   ([`Decision::degraded`]); each takeover and each return of Redis is logged at warn with
+//!   counts, and [`Limiter::report`] (and the health report) shows takeovers and errors.
 //! - No error reaches the caller because of Redis, and no decision waits longer than the op
 //!   timeout (while health is `Down`, not at all).
 //! - [`Algorithm::SlidingLog`] is exact: it never allows more than `limit` in any window and
@@ -41,8 +45,10 @@
 //!
 //! ## Redis keys
 //!
-//! `{prefix}:rl:{limiter}:{key}`: a sorted set (log) or a hash (counter), expiring on its own
-//! once idle for a window (two for the counter).
+//! `{prefix}:rl:{limiter}:log:{key}` (a sorted set) or `{prefix}:rl:{limiter}:ctr:{key}` (a
+//! hash), expiring on its own once idle for a window (two for the counter). The algorithm is in
+//! the name, so a limiter switched from one to the other starts afresh instead of meeting the
+//! other's data.
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -61,8 +67,13 @@ mod scripts;
 // In-process time and memory: governor's clock, block windows.
 mod block;
 mod clock;
+// What the limiter saw of Redis, for logs, metrics and the health report.
+mod watch;
 
 pub use builder::LimiterBuilder;
-pub use decision::{Decision, Tier};
+pub(crate) use watch::Registry;
+
+pub use decision::{Decision, ErrorPolicy, Tier};
 pub use limiter::Limiter;
 pub use quota::{Algorithm, Quota};
+pub use watch::LimiterReport;

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 use crate::cache::{CacheCore, CacheStats};
 use crate::health::{Health, HealthState, UnreachableShard};
-use crate::ratelimit::Tier;
+use crate::ratelimit::{LimiterReport, Registry, Tier};
 use crate::session::{SessionStats, Sessions};
 
 /// Overall and per-part status.
@@ -152,6 +152,9 @@ pub struct NamespaceReport {
 pub struct RateLimiterReport {
     /// The tier deciding now: `redis`, or `local` (governor) while Redis is down or embedded.
     pub tier: Tier,
+    /// Each live limiter: whether it decides without Redis now, its takeovers, and Redis
+    /// errors that were not outages.
+    pub limiters: Vec<LimiterReport>,
 }
 
 /// How long Redis may be down before the report says `unhealthy`.
@@ -181,6 +184,9 @@ impl HealthReport {
     pub fn public(mut self) -> HealthReport {
         self.redis.last_error = None;
         self.redis.unreachable = Vec::new();
+        for limiter in &mut self.rate_limiter.limiters {
+            limiter.last_error = None;
+        }
         self
     }
 
@@ -188,6 +194,7 @@ impl HealthReport {
     pub(crate) async fn collect(
         health: Option<&Health>,
         cache: &CacheCore,
+        limiters: &Registry,
         sessions: Option<&Sessions>,
     ) -> HealthReport {
         let status = health.map(Health::status);
@@ -248,7 +255,10 @@ impl HealthReport {
             status: overall,
             redis,
             cache,
-            rate_limiter: RateLimiterReport { tier },
+            rate_limiter: RateLimiterReport {
+                tier,
+                limiters: limiters.reports(),
+            },
             sessions,
         }
     }
@@ -284,7 +294,10 @@ mod tests {
                 hit_ratio: 0.5,
                 namespaces: BTreeMap::new(),
             },
-            rate_limiter: RateLimiterReport { tier: Tier::Redis },
+            rate_limiter: RateLimiterReport {
+                tier: Tier::Redis,
+                limiters: Vec::new(),
+            },
             sessions: Some(SessionStats::default()),
         };
         let full = serde_json::to_value(&detailed).unwrap();

@@ -39,6 +39,7 @@ struct Inner {
     config: Config,
     conn: Option<Conn>,
     cache: Arc<CacheCore>,
+    limiters: Arc<crate::ratelimit::Registry>,
     // Dropping the last handle ends the metrics publisher.
     #[cfg(feature = "metrics")]
     _stop_metrics: Option<tokio::sync::oneshot::Sender<()>>,
@@ -75,6 +76,7 @@ impl Tierkit {
             config,
             conn,
             cache,
+            limiters: Arc::default(),
         }))
     }
 
@@ -88,6 +90,7 @@ impl Tierkit {
             config,
             conn,
             cache,
+            limiters: Arc::default(),
             _stop_metrics: rt.as_ref().map(|_| tx),
         }));
         if let Some(rt) = rt {
@@ -201,7 +204,7 @@ impl Tierkit {
             .is_ok()
     }
 
-    /// Declares a rate limiter named `name` (its keys live under `{prefix}:rl:{name}:`) with
+    /// Declares a rate limiter named `name` (its keys live under `{prefix}:rl:{name}:{algorithm}:`) with
     /// `quota`; see [`LimiterBuilder`] for its settings.
     ///
     /// # Examples
@@ -222,6 +225,7 @@ impl Tierkit {
             self.0.config.clock.clone(),
             name.into(),
             quota,
+            Arc::clone(&self.0.limiters),
         )
     }
 
@@ -265,13 +269,19 @@ impl Tierkit {
     /// # }
     /// ```
     pub async fn health_report(&self) -> HealthReport {
-        HealthReport::collect(self.health(), &self.0.cache, None).await
+        HealthReport::collect(self.health(), &self.0.cache, &self.0.limiters, None).await
     }
 
     /// [`health_report`](Self::health_report) with the session counts of `sessions`; detailed
     /// too, with [`HealthReport::public`] for endpoints anyone can reach.
     pub async fn health_report_with(&self, sessions: &Sessions) -> HealthReport {
-        HealthReport::collect(self.health(), &self.0.cache, Some(sessions)).await
+        HealthReport::collect(
+            self.health(),
+            &self.0.cache,
+            &self.0.limiters,
+            Some(sessions),
+        )
+        .await
     }
 
     /// Publishes the cache's counters to the `metrics` recorder now (a background task does it

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{fast_builder, per_backend, Backend};
 use tierkit::clock::{Clock, ManualClock};
 use tierkit::health::HealthState;
-use tierkit::ratelimit::{Algorithm, Decision, Limiter, Quota, Tier};
+use tierkit::ratelimit::{Algorithm, Decision, ErrorPolicy, Limiter, Quota, Tier};
 use tierkit::{Error, Tierkit};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
@@ -145,7 +145,7 @@ mod decisions {
 
         if !b.is_embedded() {
             // Keys live under the limiter's name and expire on their own.
-            let pttl: i64 = b.query(&kit, ::redis::cmd("PTTL"), "rl:api:user:1");
+            let pttl: i64 = b.query(&kit, ::redis::cmd("PTTL"), "rl:api:log:user:1");
             assert!(pttl > 59_000 && pttl <= 60_000, "{pttl}");
         }
     }
@@ -187,27 +187,64 @@ mod decisions {
         }
     }
 
+    /// A weighted request costs Redis one log entry whatever its weight: `check_n` of 100,000 on
+    /// a limit of 1,000,000 is decided by Redis within a 100 ms call bound (a slower call would
+    /// have fallen back to the local tier) and adds one member, well under 1 MiB.
     async fn a_large_weighted_request_is_one_cheap_decision(b: Backend) {
-        // 5,000 log entries in one script call take tens of milliseconds on a busy 2-core
-        // machine: the call's bound is not what this test is about.
+        // The manual clock holds the embedded governor still, so its remaining units are exact.
+        let clock = ManualClock::new();
         let kit = b
-            .kit_with(b.builder().op_timeout(Duration::from_secs(2)))
+            .kit_with(
+                b.builder()
+                    .clock(clock.clone())
+                    .op_timeout(Duration::from_millis(100)),
+            )
             .await;
         let api = kit
-            .limiter("bulk", quota(5_000, Duration::from_secs(60)))
+            .limiter("bulk", quota(1_000_000, Duration::from_secs(60)))
             .build()
             .unwrap();
-        let d = api.check_n("k", 5_000).await.unwrap();
-        assert_eq!(
-            (d.allowed, d.tier, d.remaining),
-            (true, deciding_tier(&b), 0)
-        );
-        if !b.is_embedded() {
-            // One script call with every unit in the log.
-            let size: u64 = b.query(&kit, ::redis::cmd("ZCARD"), "rl:bulk:k");
-            assert_eq!(size, 5_000);
+        for round in 1..=10u32 {
+            let d = api.check_n("k", 100_000).await.unwrap();
+            assert_eq!(
+                (d.allowed, d.tier, d.remaining),
+                (true, deciding_tier(&b), 1_000_000 - round * 100_000),
+                "round {round}"
+            );
         }
-        assert!(!api.check("k").await.allowed);
+        let refused = api.check_n("k", 100_000).await.unwrap();
+        assert!(!refused.allowed);
+        if !b.is_embedded() {
+            assert_eq!(refused.tier, Tier::Redis);
+            // The first entry's expiry frees enough: retry is about the window.
+            let retry = refused.retry_after.unwrap();
+            assert!(
+                retry > Duration::from_secs(59) && retry <= Duration::from_secs(60),
+                "{retry:?}"
+            );
+            let size: u64 = b.query(&kit, ::redis::cmd("ZCARD"), "rl:bulk:log:k");
+            assert_eq!(size, 10, "one member per admitted request");
+            let mut usage = ::redis::cmd("MEMORY");
+            usage.arg("USAGE");
+            let bytes: u64 = b.query(&kit, usage, "rl:bulk:log:k");
+            assert!(bytes < 1 << 20, "{bytes} bytes for ten requests");
+        }
+        // Above the log's ceiling the builder asks for the counter.
+        let err = kit
+            .limiter(
+                "huge",
+                quota(Algorithm::LOG_MAX_LIMIT + 1, Duration::from_secs(1)),
+            )
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("SlidingCounter"), "{err}");
+        kit.limiter(
+            "huge",
+            quota(Algorithm::LOG_MAX_LIMIT + 1, Duration::from_secs(1)),
+        )
+        .algorithm(Algorithm::SlidingCounter)
+        .build()
+        .unwrap();
     }
 }
 
@@ -228,7 +265,7 @@ mod redis_window {
             .build()
             .unwrap();
         assert_eq!(allowed_of(&api, "greedy", 500).await, 10);
-        let size: u64 = b.query(&kit, ::redis::cmd("ZCARD"), "rl:api:greedy");
+        let size: u64 = b.query(&kit, ::redis::cmd("ZCARD"), "rl:api:log:greedy");
         assert_eq!(size, 10, "a client ignoring refusals must not grow the key");
     }
 
@@ -906,4 +943,107 @@ async fn the_local_tier_never_allows_more_than_its_share_in_any_window() {
     }
     // A steady client still gets through: at least half the share per window.
     assert!(allowed_at.len() >= 5 * 5, "{}", allowed_at.len());
+}
+
+/// A Redis user without scripting (`-@scripting`) meets `NOPERM` on every decision: that is an
+/// answer, not an outage. Health stays up, `fail_open` does not turn it into an allow-all, the
+/// error policy decides (refuse by default, the local share when asked), and the report counts
+/// the errors with their kind.
+#[tokio::test]
+async fn an_acl_user_without_scripting_is_neither_an_outage_nor_an_allow_all() {
+    let server = support::RedisServer::start();
+    let mut admin = server.client().get_connection().unwrap();
+    let _: () = ::redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "nolua",
+            "on",
+            ">pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-@scripting",
+        ])
+        .query(&mut admin)
+        .unwrap();
+    let url = format!("redis://nolua:pw@127.0.0.1:{}", server.port());
+    let kit = support::connected(&url).await;
+    let refuse = kit
+        .limiter("acl", quota(5, Duration::from_secs(60)))
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let local = kit
+        .limiter("acl-local", quota(10, Duration::from_secs(60)))
+        .instances(2)
+        .fail_open(true)
+        .on_redis_error(ErrorPolicy::LocalShare)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let d = refuse.check("k").await;
+        assert_eq!((d.allowed, d.tier, d.degraded), (false, Tier::Policy, true));
+        assert!(d.retry_after.is_some());
+    }
+    // The local share is 5, and its strict burst half of it: nowhere near 20.
+    assert_eq!(allowed_of(&local, "k", 20).await, 3);
+    assert_eq!(
+        kit.health().unwrap().state(),
+        HealthState::Up,
+        "errors that are answers never take health down"
+    );
+    let r = refuse.report();
+    assert_eq!(r.redis_errors, 20);
+    assert_eq!(r.last_error_kind.as_deref(), Some("NOPERM"));
+    assert!(r.degraded && r.takeovers == 1);
+    let report = kit.health_report().await;
+    let acl = &report.rate_limiter.limiters[0];
+    assert_eq!((acl.name.as_str(), acl.redis_errors), ("acl", 20));
+    assert!(acl.last_error.is_some());
+    let public = report.public();
+    assert!(public.rate_limiter.limiters[0].last_error.is_none());
+    assert_eq!(
+        public.rate_limiter.limiters[0].last_error_kind.as_deref(),
+        Some("NOPERM")
+    );
+}
+
+/// The algorithm is part of the key: a limiter switched from the log to the counter (and back)
+/// never meets the other's data, so Redis keeps deciding. A foreign value of the wrong type on
+/// a limiter key is an error reply for the policy, not an outage.
+#[tokio::test]
+async fn an_algorithm_switch_stays_on_redis_and_a_foreign_key_is_not_an_outage() {
+    let server = support::RedisServer::start();
+    let kit = support::connected(&server.url()).await;
+    for algorithm in [
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::SlidingLog,
+    ] {
+        let l = kit
+            .limiter("switch", quota(3, Duration::from_secs(60)))
+            .algorithm(algorithm)
+            .build()
+            .unwrap();
+        let d = l.check("k").await;
+        assert_eq!((d.tier, d.degraded), (Tier::Redis, false), "{algorithm:?}");
+        assert_eq!(l.report().redis_errors, 0);
+    }
+    let mut admin = server.client().get_connection().unwrap();
+    let prefix = kit.config().prefix().to_owned();
+    let _: () = ::redis::cmd("SET")
+        .arg(format!("{prefix}:rl:switch:log:foreign"))
+        .arg("not a log")
+        .query(&mut admin)
+        .unwrap();
+    let l = kit
+        .limiter("switch", quota(3, Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let d = l.check("foreign").await;
+    assert_eq!((d.allowed, d.tier), (false, Tier::Policy));
+    assert_eq!(l.report().last_error_kind.as_deref(), Some("WRONGTYPE"));
+    assert_eq!(kit.health().unwrap().state(), HealthState::Up);
+    // Other keys are untouched.
+    assert_eq!(l.check("k").await.tier, Tier::Redis);
 }

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::block::Blocks;
-use super::decider::Picker;
+use super::decider::{Fallbacks, Picker};
 use super::limiter::Limiter;
 use super::local::Local;
 use super::scripts::{AppClock, RedisWindow};
-use super::{Algorithm, Quota};
+use super::watch::{Registry, Watch};
+use super::{Algorithm, ErrorPolicy, Quota};
 use crate::config::SharedClock;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -27,9 +28,11 @@ pub struct LimiterBuilder {
     algorithm: Algorithm,
     instances: u32,
     fail_open: bool,
+    on_redis_error: ErrorPolicy,
     block_for: Option<Duration>,
     local_max_keys: u64,
     app_clock: AppClock,
+    registry: Arc<Registry>,
 }
 
 impl std::fmt::Debug for LimiterBuilder {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for LimiterBuilder {
             .field("algorithm", &self.algorithm)
             .field("instances", &self.instances)
             .field("fail_open", &self.fail_open)
+            .field("on_redis_error", &self.on_redis_error)
             .field("block_for", &self.block_for)
             .field("local_max_keys", &self.local_max_keys)
             .finish_non_exhaustive()
@@ -53,6 +57,7 @@ impl LimiterBuilder {
         clock: SharedClock,
         name: String,
         quota: Quota,
+        registry: Arc<Registry>,
     ) -> Self {
         LimiterBuilder {
             conn,
@@ -63,9 +68,11 @@ impl LimiterBuilder {
             algorithm: Algorithm::default(),
             instances: 1,
             fail_open: false,
+            on_redis_error: ErrorPolicy::default(),
             block_for: None,
             local_max_keys: 100_000,
             app_clock: Arc::new(SystemTime::now),
+            registry,
         }
     }
 
@@ -86,6 +93,14 @@ impl LimiterBuilder {
     /// mode has no Redis to be down and enforces the whole quota either way. Default: false.
     pub fn fail_open(mut self, yes: bool) -> Self {
         self.fail_open = yes;
+        self
+    }
+
+    /// What to answer when Redis replies with an error that is not an outage (`NOPERM`, `OOM`,
+    /// `WRONGTYPE`, a script error); see [`ErrorPolicy`]. `fail_open` never applies to these.
+    /// Default: [`ErrorPolicy::Refuse`].
+    pub fn on_redis_error(mut self, policy: ErrorPolicy) -> Self {
+        self.on_redis_error = policy;
         self
     }
 
@@ -114,7 +129,8 @@ impl LimiterBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), zero
-    /// instances, a zero block duration, or zero local keys.
+    /// instances, a zero block duration, zero local keys, or a sliding log whose limit is
+    /// above [`Algorithm::LOG_MAX_LIMIT`].
     pub fn build(self) -> Result<Limiter> {
         crate::keys::validate_name("limiter", &self.name)?;
         let instances = NonZeroU32::new(self.instances)
@@ -125,6 +141,18 @@ impl LimiterBuilder {
                 "is zero; omit it for no blocking",
             ));
         }
+        if self.algorithm == Algorithm::SlidingLog && self.quota.limit() > Algorithm::LOG_MAX_LIMIT
+        {
+            return Err(Error::config(
+                "algorithm",
+                format!(
+                    "the sliding log holds an entry per admitted request, and a limit of {} is \
+                     above its ceiling of {}; use Algorithm::SlidingCounter",
+                    self.quota.limit(),
+                    Algorithm::LOG_MAX_LIMIT
+                ),
+            ));
+        }
         if self.local_max_keys == 0 {
             return Err(Error::config("local_max_keys", "is zero; use 1 or more"));
         }
@@ -132,6 +160,7 @@ impl LimiterBuilder {
         let blocks = self
             .block_for
             .map(|ttl| Blocks::new(ttl, self.local_max_keys, self.clock.clone()));
+        let watch = Arc::new(Watch::new(&self.name));
         let picker = match self.conn {
             // Embedded mode has no one to share with: the whole quota, as plain GCRA.
             None => Picker::embedded(Local::new(
@@ -148,26 +177,33 @@ impl LimiterBuilder {
                 let health = conn.health().clone();
                 let redis = RedisWindow::new(
                     conn,
-                    self.keys.limiter(&self.name),
+                    self.keys.limiter(&self.name, self.algorithm.key_segment()),
                     quota,
                     self.algorithm,
                     self.app_clock,
                 );
                 Picker::tiered(
-                    self.name.clone(),
+                    Arc::clone(&watch),
                     health,
                     redis,
                     local,
-                    self.fail_open.then_some(quota),
+                    Fallbacks {
+                        quota,
+                        fail_open: self.fail_open,
+                        on_error: self.on_redis_error,
+                        share: share.get(),
+                    },
                 )
             }
         };
+        self.registry.register(&watch);
         Ok(Limiter::new(
             self.name,
             quota,
             self.algorithm,
             picker,
             blocks,
+            watch,
         ))
     }
 }

@@ -7,11 +7,13 @@
 //! takes tens of nanoseconds, and a boxed future would be a large part of it.
 
 use std::convert::Infallible;
-use std::fmt::Display;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
-use super::{Decision, Quota, Tier};
+use super::watch::Watch;
+use super::{Decision, ErrorPolicy, Quota, Tier};
+use crate::error::Error;
 use crate::health::Health;
 
 /// Decides requests of `n` units for keys.
@@ -28,7 +30,9 @@ pub(super) trait Decider: Send + Sync {
 }
 
 /// Redis while health allows it; the local tier (or, with `fail_open`, an allowance) while
-/// Redis is down and for any call that fails or times out; the local tier alone when embedded.
+/// Redis is down and for any call that meets an outage (refused, reset, timed out, a server
+/// loading or failing over); the [`ErrorPolicy`] for a call Redis answered with any other
+/// error; the local tier alone when embedded.
 pub(super) struct Picker<R, L> {
     /// `None` when embedded.
     redis: Option<Remote<R>>,
@@ -38,10 +42,22 @@ pub(super) struct Picker<R, L> {
 struct Remote<R> {
     health: Health,
     decider: R,
-    /// With `fail_open`, the quota an allowance reports; `None` asks the local tier instead.
-    fail_open: Option<Quota>,
-    /// The limiter's name, for the log.
-    name: String,
+    quota: Quota,
+    /// With `fail_open`, allow during outages instead of asking the local tier.
+    fail_open: bool,
+    on_error: ErrorPolicy,
+    /// Takeovers and errors, for logs, metrics and the report.
+    watch: Arc<Watch>,
+    /// The local tier's share, for the takeover's log line.
+    share: u32,
+}
+
+/// How a Redis-backed limiter meets trouble.
+pub(super) struct Fallbacks {
+    pub(super) quota: Quota,
+    pub(super) fail_open: bool,
+    pub(super) on_error: ErrorPolicy,
+    pub(super) share: u32,
 }
 
 impl<R, L> Picker<R, L> {
@@ -50,21 +66,23 @@ impl<R, L> Picker<R, L> {
         Picker { redis: None, local }
     }
 
-    /// `redis` while `health` allows it, else `local`, or an allowance when `fail_open` holds
-    /// the quota to report.
+    /// `redis` while `health` allows it, else `local` (or an allowance with `fail_open`).
     pub(super) fn tiered(
-        name: String,
+        watch: Arc<Watch>,
         health: Health,
         redis: R,
         local: L,
-        fail_open: Option<Quota>,
+        fallbacks: Fallbacks,
     ) -> Self {
         Picker {
             redis: Some(Remote {
                 health,
                 decider: redis,
-                fail_open,
-                name,
+                quota: fallbacks.quota,
+                fail_open: fallbacks.fail_open,
+                on_error: fallbacks.on_error,
+                watch,
+                share: fallbacks.share,
             }),
             local,
         }
@@ -91,21 +109,41 @@ impl<R, L> Picker<R, L>
 where
     L: Decider<Error = Infallible>,
 {
-    async fn fallback(&self, fail_open: Option<Quota>, key: &str, n: NonZeroU32) -> Decision {
-        match fail_open {
-            Some(quota) => Decision::open(quota, n),
-            None => {
-                let Ok(decision) = self.local.decide(key, n).await;
-                decision
-            }
-        }
+    /// The decision during an outage: an allowance with `fail_open`, else the local share.
+    async fn outage(&self, remote: &Remote<R>, key: &str, n: NonZeroU32) -> Decision {
+        let decision = if remote.fail_open {
+            Decision::open(remote.quota, n)
+        } else {
+            self.local_share(key, n).await
+        };
+        remote
+            .watch
+            .decided_without_redis(decision.allowed, "outage", remote.share);
+        decision
+    }
+
+    /// The decision when Redis answered with an error: the error policy's, never `fail_open`.
+    async fn policy(&self, remote: &Remote<R>, key: &str, n: NonZeroU32) -> Decision {
+        let decision = match remote.on_error {
+            ErrorPolicy::LocalShare => self.local_share(key, n).await,
+            ErrorPolicy::Refuse => Decision::refused_by_policy(remote.quota),
+        };
+        remote
+            .watch
+            .decided_without_redis(decision.allowed, "redis error", remote.share);
+        decision
+    }
+
+    async fn local_share(&self, key: &str, n: NonZeroU32) -> Decision {
+        let Ok(mut decision) = self.local.decide(key, n).await;
+        decision.degraded = true;
+        decision
     }
 }
 
 impl<R, L> Decider for Picker<R, L>
 where
-    R: Decider,
-    R::Error: Display,
+    R: Decider<Error = Error>,
     L: Decider<Error = Infallible>,
 {
     /// Some tier always answers.
@@ -117,15 +155,25 @@ where
         };
         // Down: no call is even tried, so no decision waits for a timeout during an outage.
         if !redis.health.state().is_available() {
-            return Ok(self.fallback(redis.fail_open, key, n).await);
+            return Ok(self.outage(redis, key, n).await);
         }
-        match redis.decider.decide(key, n).await {
-            Ok(decision) => return Ok(decision),
-            // The error ends with this arm, so the fallback's future need not hold it.
-            Err(e) => tracing::debug!(limiter = %redis.name, error = %e,
-                "tierkit: Redis rate-limit call failed; deciding locally"),
-        }
-        Ok(self.fallback(redis.fail_open, key, n).await)
+        // The error ends with this match, so the fallback's future need not hold it.
+        let outage = match redis.decider.decide(key, n).await {
+            Ok(decision) => {
+                redis.watch.redis_decided();
+                return Ok(decision);
+            }
+            Err(e) if e.is_outage() => true,
+            Err(e) => {
+                redis.watch.error(&e);
+                false
+            }
+        };
+        Ok(if outage {
+            self.outage(redis, key, n).await
+        } else {
+            self.policy(redis, key, n).await
+        })
     }
 }
 
@@ -137,15 +185,25 @@ mod tests {
     use super::*;
     use crate::health::HealthState;
 
+    /// How a fake tier fails.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Fails {
+        No,
+        /// Connection refused.
+        Outage,
+        /// `NOPERM`: an answer, not an outage.
+        Reply,
+    }
+
     /// A tier that answers with its own mark, or fails when told to, and counts its calls.
     struct Fake {
         tier: Tier,
-        fails: bool,
+        fails: Fails,
         calls: AtomicU32,
     }
 
     impl Fake {
-        fn new(tier: Tier, fails: bool) -> Self {
+        fn new(tier: Tier, fails: Fails) -> Self {
             Fake {
                 tier,
                 fails,
@@ -159,12 +217,18 @@ mod tests {
     }
 
     impl Decider for Fake {
-        type Error = String;
+        type Error = Error;
 
-        async fn decide(&self, _: &str, n: NonZeroU32) -> Result<Decision, String> {
+        async fn decide(&self, _: &str, n: NonZeroU32) -> Result<Decision, Error> {
+            use redis::{ErrorKind, RedisError, ServerErrorKind};
             self.calls.fetch_add(1, Ordering::Relaxed);
-            if self.fails {
-                return Err("connection refused".into());
+            let kind = match self.fails {
+                Fails::No => None,
+                Fails::Outage => Some(ErrorKind::Io),
+                Fails::Reply => Some(ErrorKind::Server(ServerErrorKind::NoPerm)),
+            };
+            if let Some(kind) = kind {
+                return Err(Error::Redis(RedisError::from((kind, "failed"))));
             }
             let mut d = Decision::open(quota(), n);
             d.tier = self.tier;
@@ -196,20 +260,32 @@ mod tests {
         h
     }
 
-    fn tiered(state: HealthState, fails: bool, fail_open: bool) -> Picker<Fake, Always> {
+    fn tiered_with(
+        state: HealthState,
+        fails: Fails,
+        fail_open: bool,
+        on_error: ErrorPolicy,
+    ) -> Picker<Fake, Always> {
         Picker::tiered(
-            "t".into(),
+            Arc::new(Watch::new("t")),
             health(state),
             Fake::new(Tier::Redis, fails),
-            Always(Fake::new(Tier::Local, false)),
-            fail_open.then(quota),
+            Always(Fake::new(Tier::Local, Fails::No)),
+            Fallbacks {
+                quota: quota(),
+                fail_open,
+                on_error,
+                share: 10,
+            },
         )
     }
 
-    async fn tier_of<R: Decider>(picker: &Picker<R, Always>) -> Tier
-    where
-        R::Error: Display,
-    {
+    fn tiered(state: HealthState, fails: bool, fail_open: bool) -> Picker<Fake, Always> {
+        let fails = if fails { Fails::Outage } else { Fails::No };
+        tiered_with(state, fails, fail_open, ErrorPolicy::default())
+    }
+
+    async fn tier_of(picker: &Picker<Fake, Always>) -> Tier {
         let Ok(d) = picker.decide("k", NonZeroU32::MIN).await;
         d.tier
     }
@@ -246,16 +322,40 @@ mod tests {
             let p = tiered(state, fails, true);
             let Ok(d) = p.decide("k", NonZeroU32::new(3).unwrap()).await;
             assert_eq!(
-                (d.allowed, d.tier, d.remaining, d.retry_after),
-                (true, Tier::Local, 7, None)
+                (d.allowed, d.tier, d.remaining, d.retry_after, d.degraded),
+                (true, Tier::Local, 7, None, true)
             );
             assert_eq!(p.local().0.calls(), 0);
         }
     }
 
     #[tokio::test]
+    async fn an_error_reply_goes_to_the_policy_never_to_fail_open() {
+        for fail_open in [false, true] {
+            let p = tiered_with(
+                HealthState::Up,
+                Fails::Reply,
+                fail_open,
+                ErrorPolicy::Refuse,
+            );
+            let Ok(d) = p.decide("k", NonZeroU32::MIN).await;
+            assert_eq!((d.allowed, d.tier, d.degraded), (false, Tier::Policy, true));
+            assert_eq!(d.retry_after, Some(Duration::from_secs(1)));
+            assert_eq!(p.local().0.calls(), 0);
+            let p = tiered_with(
+                HealthState::Up,
+                Fails::Reply,
+                fail_open,
+                ErrorPolicy::LocalShare,
+            );
+            assert_eq!(tier_of(&p).await, Tier::Local);
+            assert_eq!(p.local().0.calls(), 1);
+        }
+    }
+
+    #[tokio::test]
     async fn embedded_asks_only_the_local_tier() {
-        let p: Picker<Fake, Always> = Picker::embedded(Always(Fake::new(Tier::Local, false)));
+        let p: Picker<Fake, Always> = Picker::embedded(Always(Fake::new(Tier::Local, Fails::No)));
         assert_eq!(p.tier(), Tier::Local);
         assert_eq!(tier_of(&p).await, Tier::Local);
         assert!(p.redis().is_none());

@@ -18,6 +18,31 @@ pub enum Tier {
     Local,
     /// The key is blocked in process memory after exceeding its limit.
     Blocked,
+    /// Redis answered with an error that is not an outage (no permission, out of memory, a
+    /// wrong type, a script error), and the limiter's [`ErrorPolicy`] decided.
+    Policy,
+}
+
+/// What a Redis-backed limiter answers when Redis replies with an error that is not an outage:
+/// `NOPERM` (an ACL user without scripting), `OOM`, `WRONGTYPE` (another writer on the key), a
+/// script error. Outages (refused, reset, timed out, Down, loading, failing over) always go to
+/// the local tier, or to an allowance with
+/// [`fail_open`](super::LimiterBuilder::fail_open); these never do: they would not heal by
+/// waiting, and `fail_open` would turn a misconfiguration into no limit at all.
+///
+/// Either way the error is counted, logged at warn (at most once per 10 s per limiter, with the
+/// count since the last line) and shown in the health report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum ErrorPolicy {
+    /// Refuse the request (`retry_after` one second, or the window if shorter): nothing gets
+    /// past a limiter that cannot count, and the misconfiguration shows at once.
+    #[default]
+    Refuse,
+    /// Decide with the local tier's strict share, as during an outage, but without counting
+    /// it as one (health stays up).
+    LocalShare,
 }
 
 /// The answer for one request.
@@ -57,6 +82,11 @@ pub struct Decision {
     pub tier: Tier,
     /// The Redis server clock when Redis decided.
     pub decided_at: Option<SystemTime>,
+    /// Whether a Redis-backed limiter decided without Redis (the local tier during an outage,
+    /// a `fail_open` allowance, or the [`ErrorPolicy`]): the decision holds this instance's
+    /// share, not the shared quota. Always false when embedded, where the local tier is the
+    /// quota.
+    pub degraded: bool,
 }
 
 impl Decision {
@@ -70,6 +100,22 @@ impl Decision {
             retry_after: None,
             tier: Tier::Local,
             decided_at: None,
+            degraded: true,
+        }
+    }
+
+    /// The [`ErrorPolicy::Refuse`] answer.
+    pub(super) fn refused_by_policy(quota: Quota) -> Decision {
+        let retry = quota.window().min(Duration::from_secs(1));
+        Decision {
+            allowed: false,
+            limit: quota.limit(),
+            remaining: 0,
+            reset_after: retry,
+            retry_after: Some(retry),
+            tier: Tier::Policy,
+            decided_at: None,
+            degraded: true,
         }
     }
 
@@ -83,6 +129,7 @@ impl Decision {
             retry_after: Some(left),
             tier: Tier::Blocked,
             decided_at: None,
+            degraded: false,
         }
     }
 }

@@ -360,6 +360,7 @@ mod tests {
             crate::config::SharedClock::default(),
             "t".into(),
             quota,
+            Default::default(),
         )
         .build()
         .unwrap();
@@ -453,6 +454,7 @@ mod tests {
             retry_after: Some(Duration::from_millis(10)),
             tier: super::super::Tier::Local,
             decided_at: None,
+            degraded: false,
         };
         let res: Response<String> = s.refused(&d);
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);

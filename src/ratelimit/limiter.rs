@@ -9,6 +9,7 @@ use super::block::Blocks;
 use super::decider::{Decider, Picker};
 use super::local::Local;
 use super::scripts::RedisWindow;
+use super::watch::{LimiterReport, Watch};
 use super::{Algorithm, Decision, Quota, Tier};
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -45,6 +46,7 @@ struct Inner {
     algorithm: Algorithm,
     picker: Picker<RedisWindow, Local>,
     blocks: Option<Blocks>,
+    watch: Arc<Watch>,
     metrics: metrics::Decisions,
 }
 
@@ -66,6 +68,7 @@ impl Limiter {
         algorithm: Algorithm,
         picker: Picker<RedisWindow, Local>,
         blocks: Option<Blocks>,
+        watch: Arc<Watch>,
     ) -> Self {
         Limiter(Arc::new(Inner {
             metrics: metrics::Decisions::new(&name),
@@ -74,7 +77,15 @@ impl Limiter {
             algorithm,
             picker,
             blocks,
+            watch,
         }))
+    }
+
+    /// What this limiter saw of Redis: takeovers by the local tier, decisions made without
+    /// Redis, errors that were not outages (also in
+    /// [`Tierkit::health_report`](crate::Tierkit::health_report)).
+    pub fn report(&self) -> LimiterReport {
+        self.0.watch.report()
     }
 
     /// The limiter's name.
@@ -153,6 +164,7 @@ impl Limiter {
             Tier::Redis => metrics::Decider::Redis,
             Tier::Local => metrics::Decider::Local,
             Tier::Blocked => metrics::Decider::Blocked,
+            Tier::Policy => metrics::Decider::Policy,
         };
         inner.metrics.record(decider, decision.allowed);
         decision

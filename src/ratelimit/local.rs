@@ -143,6 +143,7 @@ impl Local {
                     retry_after: None,
                     tier: Tier::Local,
                     decided_at: None,
+                    degraded: false,
                 }
             }
             Ok(Err(not_until)) => {
@@ -155,6 +156,7 @@ impl Local {
                     retry_after: Some(wait.max(Duration::from_millis(1))),
                     tier: Tier::Local,
                     decided_at: None,
+                    degraded: false,
                 }
             }
             // More units than the local burst: never allowed locally.
@@ -166,6 +168,7 @@ impl Local {
                 retry_after: Some(self.window),
                 tier: Tier::Local,
                 decided_at: None,
+                degraded: false,
             },
         }
     }

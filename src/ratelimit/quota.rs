@@ -66,7 +66,9 @@ impl Quota {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum Algorithm {
-    /// Exact sliding-window log: memory per key up to `limit` entries.
+    /// Exact sliding-window log: one entry per admitted request whatever its weight, so
+    /// memory per key is up to `limit` entries (about 80 bytes each). Limits above
+    /// [`Algorithm::LOG_MAX_LIMIT`] are refused by the builder: use the counter for them.
     #[default]
     SlidingLog,
     /// Sliding-window counter: two counters per key, for large limits; see the module docs
@@ -75,8 +77,22 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// The largest limit the sliding log accepts: a key may hold one entry per unit when every
+    /// request weighs one, and a million entries (about 80 MB) is already more than a single
+    /// key should hold. [`Algorithm::SlidingCounter`] has no such ceiling.
+    pub const LOG_MAX_LIMIT: u32 = 1_000_000;
+
+    /// The segment of the Redis key that names the algorithm: a limiter switched from one
+    /// algorithm to the other never meets the other's data (a sorted set against a hash).
+    pub(super) fn key_segment(self) -> &'static str {
+        match self {
+            Algorithm::SlidingLog => "log",
+            Algorithm::SlidingCounter => "ctr",
+        }
+    }
+
     /// The Lua source Redis runs for this algorithm (one key; `ARGV`: window in µs, limit,
-    /// units, and for the log a nonce), for review or to run it by hand.
+    /// units), for review or to run it by hand.
     pub fn lua(self) -> &'static str {
         match self {
             Algorithm::SlidingLog => scripts::LOG_LUA,

@@ -17,7 +17,7 @@ pub(super) type AppClock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// The sliding window in Redis, for one limiter's keys.
 pub(super) struct RedisWindow {
     conn: Conn,
-    /// `{prefix}:rl:{limiter}:`, to which a key is appended.
+    /// `{prefix}:rl:{limiter}:{algorithm}:`, to which a key is appended.
     key_prefix: String,
     quota: Quota,
     algorithm: Algorithm,
@@ -65,45 +65,78 @@ impl Decider for RedisWindow {
     }
 }
 
-/// Exact sliding-window log. A sorted set of the admitted requests' server times (µs); a
-/// refused request records nothing, so a key holds at most `limit` members however hard a
-/// client pushes. Members are `time-nonce-i`: unique even when two requests share a
-/// microsecond, and one per unit of a weighted request.
+/// Exact sliding-window log, O(1) per request whatever its weight. A sorted set of the admitted
+/// requests: the score is the server time of admission (µs), the member
+/// `{cumulative units, 16 digits}:{units}`. The cumulative count makes every count a
+/// subtraction (units in the window = cumulative through the newest entry minus cumulative
+/// through the newest expired one), so a request of `n` units adds one member, not `n`, and
+/// `retry_after` is a binary search over ranks. A refused request records nothing, so a key
+/// holds at most `limit` members however hard a client pushes.
 ///
-/// ARGV: window (µs), limit, n, nonce. Returns {allowed, remaining, reset µs, retry µs,
-/// server seconds, server µs}.
+/// Time per key never runs backwards: `now` is at least the newest entry's time, so a server
+/// clock stepped back (a failover to a skewed replica) delays expiry (stricter) instead of
+/// reordering the log. Expired members go in batches of at most 1,000 per call; the ones left
+/// are already outside the count. A member that is not in this format (another writer, an
+/// older tierkit) empties the key: a fresh window, never a crash.
+///
+/// ARGV: window (µs), limit, n. Returns {allowed, remaining, reset µs, retry µs, server
+/// seconds, server µs}.
 pub(super) const LOG_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local window = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
+local key = KEYS[1]
+local function parse(m)
+  if not m then return nil end
+  local c, u = string.match(m, '^(%d+):(%d+)$')
+  return tonumber(c), tonumber(u)
+end
+local top, base = 0, 0
+local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+if newest[1] then
+  top = parse(newest[1])
+  local last = tonumber(newest[2])
+  if last and last > now then now = last end
+  local cutoff = now - window
+  local gone = redis.call('ZREVRANGEBYSCORE', key, cutoff, '-inf', 'LIMIT', 0, 1)
+  if gone[1] then
+    base = parse(gone[1])
+    local expired = redis.call('ZCOUNT', key, '-inf', cutoff)
+    redis.call('ZREMRANGEBYRANK', key, 0, math.min(expired, 1000) - 1)
+  else
+    local c, u = parse(redis.call('ZRANGE', key, 0, 0)[1])
+    if c and u then base = c - u else base = nil end
+  end
+  if not top or not base or base > top then
+    redis.call('DEL', key)
+    top, base = 0, 0
+  end
+end
+local count = top - base
 local allowed = 0
 if count + n <= limit then
-  -- One ZADD per batch of members, not per unit: a large weighted request stays cheap.
-  local i = 1
-  while i <= n do
-    local args = {}
-    local last = math.min(n, i + 499)
-    for j = i, last do
-      args[#args + 1] = now
-      args[#args + 1] = now .. '-' .. ARGV[4] .. '-' .. j
-    end
-    redis.call('ZADD', KEYS[1], unpack(args))
-    i = last + 1
-  end
+  top = top + n
   count = count + n
+  redis.call('ZADD', key, now, string.format('%016d:%d', top, n))
+  redis.call('PEXPIRE', key, math.ceil(window / 1000))
   allowed = 1
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
 end
 local reset = 0
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] then reset = tonumber(newest[2]) + window - now end
+local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+if last[2] then reset = tonumber(last[2]) + window - now end
 local retry = 0
 if allowed == 0 then
-  local e = redis.call('ZRANGE', KEYS[1], count + n - limit - 1, count + n - limit - 1, 'WITHSCORES')
+  -- The oldest entry whose expiry frees enough: cumulative through it >= top + n - limit.
+  local target = top + n - limit
+  local lo, hi = 0, redis.call('ZCARD', key) - 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local c = parse(redis.call('ZRANGE', key, mid, mid)[1]) or 0
+    if c >= target then hi = mid else lo = mid + 1 end
+  end
+  local e = redis.call('ZRANGE', key, lo, lo, 'WITHSCORES')
   if e[2] then retry = tonumber(e[2]) + window - now end
 end
 return {allowed, limit - count, reset, retry, tonumber(t[1]), tonumber(t[2])}
@@ -180,9 +213,8 @@ async fn decide(
     let window_us = u64::try_from(quota.window().as_micros()).unwrap_or(u64::MAX);
     let reply: (i64, i64, i64, i64, u64, u64) = match algorithm {
         Algorithm::SlidingLog => {
-            let nonce = fastrand::u64(..);
             let mut inv = LOG.key(key);
-            inv.arg(window_us).arg(quota.limit()).arg(n).arg(nonce);
+            inv.arg(window_us).arg(quota.limit()).arg(n);
             conn.invoke(&inv).await?
         }
         Algorithm::SlidingCounter => {
@@ -203,6 +235,7 @@ async fn decide(
         decided_at: UNIX_EPOCH
             .checked_add(Duration::from_secs(secs))
             .and_then(|t| t.checked_add(Duration::from_micros(micros))),
+        degraded: false,
     })
 }
 
