@@ -32,9 +32,11 @@
 //!   `2 × limit` in any sliding window; it may refuse a little early.
 //! - With [`LimiterBuilder::block_for`], a refused key is refused from process memory, with no
 //!   Redis call, until the block ends.
-//! - The local tier hashes keys into a bounded number of buckets
-//!   ([`LimiterBuilder::local_max_keys`]) and drops idle ones, so a flood of distinct keys
-//!   cannot grow memory without bound.
+//! - The local tier keeps an exact state per active key up to
+//!   [`LimiterBuilder::local_max_keys`]; past that, new keys share buckets picked by a hash under
+//!   a random per-process key, so a flood of distinct keys neither grows memory without bound
+//!   nor spends the budget of a key that was already active, and no one can aim a key at
+//!   another's state.
 //!
 //! ## Time
 //!

@@ -432,6 +432,7 @@ mod local_tier {
     per_backend!([embedded, redis, cluster] [
         random_histories_never_exceed_the_local_share,
         the_local_tier_serves_its_share_and_bounds_its_keys,
+        a_flood_of_new_keys_leaves_a_victims_budget_untouched,
         fail_open_allows_everything_only_when_asked,
         blocked_keys_are_refused_until_the_block_ends_on_the_clock,
     ]);
@@ -620,12 +621,49 @@ mod local_tier {
                 admitted > burst as usize,
                 "{context}: a weak history ({admitted})"
             );
+            // Exact states for up to `buckets` keys, and as many shared buckets past them.
             assert!(
-                api.local_keys() as u64 <= buckets,
+                api.local_keys() as u64 <= 2 * buckets,
                 "{context}: {}",
                 api.local_keys()
             );
         }
+    }
+
+    /// 300,000 keys never seen before, each spending its budget, while a victim that was active
+    /// before them holds half its budget: afterwards the victim has exactly the other half,
+    /// and the local tier's memory stayed within `2 × local_max_keys` states.
+    async fn a_flood_of_new_keys_leaves_a_victims_budget_untouched(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = local_kit(&b, &clock).await;
+        let api = kit
+            .limiter("flood", quota(8, Duration::from_secs(60)))
+            .build()
+            .unwrap();
+        // Embedded: the whole quota at once; Down: half the share.
+        let budget = if b.is_embedded() { 8 } else { 4 };
+        assert_eq!(allowed_of(&api, "victim", budget / 2).await, budget / 2);
+        let mut peak = 0;
+        for i in 0..300_000u32 {
+            let key = format!("attacker-{i}");
+            api.check_n(&key, budget).await.unwrap();
+            if i % 10_000 == 0 {
+                peak = peak.max(api.local_keys());
+            }
+        }
+        peak = peak.max(api.local_keys());
+        println!(
+            "after 300,000 new keys: {} states, about {} KiB",
+            api.local_keys(),
+            api.local_bytes() / 1024
+        );
+        assert!(peak <= 200_000, "{peak} states for a bound of 2 x 100,000");
+        assert!(api.local_bytes() < 16 << 20, "{} bytes", api.local_bytes());
+        assert_eq!(
+            allowed_of(&api, "victim", budget).await,
+            budget / 2,
+            "the victim's budget is its own"
+        );
     }
 
     async fn the_local_tier_serves_its_share_and_bounds_its_keys(b: Backend) {
@@ -650,11 +688,11 @@ mod local_tier {
         }
         // Embedded: the whole quota at once. Down: half the share at once (at least one).
         assert_eq!(got, if b.is_embedded() { 5 } else { 1 });
-        // A flood of distinct keys stays within the bucket bound.
+        // A flood of distinct keys stays within the bound: exact states plus shared buckets.
         for i in 0..10_000 {
             api.check(&format!("flood{i}")).await;
         }
-        assert!(api.local_keys() <= 100, "{}", api.local_keys());
+        assert!(api.local_keys() <= 200, "{}", api.local_keys());
 
         // Back up: Redis decides again, with its own (fresh) window.
         if let Some(health) = kit.health() {

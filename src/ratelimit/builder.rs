@@ -111,7 +111,10 @@ impl LimiterBuilder {
         self
     }
 
-    /// Buckets of the local tier's key space (its memory bound). Default: 100 000.
+    /// Keys the local tier keeps an exact state for (its memory bound). Past that many active
+    /// keys, new keys share as many buckets, chosen by a hash under a random per-process key,
+    /// until idle states are dropped: a flood of new keys never spends an active key's budget,
+    /// and at most `2 × n` states of about 20 bytes each are held. Default: 100 000.
     pub fn local_max_keys(mut self, n: u64) -> Self {
         self.local_max_keys = n;
         self

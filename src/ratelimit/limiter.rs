@@ -103,9 +103,15 @@ impl Limiter {
         self.0.picker.local().share()
     }
 
-    /// Keys (buckets) the local tier holds now.
+    /// States the local tier holds now: keys with a state of their own plus shared buckets
+    /// (see [`LimiterBuilder::local_max_keys`](super::LimiterBuilder::local_max_keys)).
     pub fn local_keys(&self) -> usize {
         self.0.picker.local().len()
+    }
+
+    /// Approximate bytes the local tier's states take.
+    pub fn local_bytes(&self) -> usize {
+        self.0.picker.local().bytes()
     }
 
     /// The tier that decides now: `Redis` when health allows it, else `Local`.

@@ -1,14 +1,27 @@
 //! The in-process tier of the limiter: a keyed governor (GCRA) holding this instance's share of
-//! the quota, over a bounded key space, timed by the configured clock.
+//! the quota, with exact state for the keys that are active and bounded memory, timed by the
+//! configured clock.
+//!
+//! Keys are identified by a 64-bit SipHash under a random per-process key (std's
+//! `RandomState`), so no one can aim a key at another's state offline. Up to `max_keys` keys
+//! get a state of their own; once that many are active, new keys share `max_keys` buckets
+//! (stricter for them, never laxer) until idle states are dropped. A flood of new keys thus
+//! never spends the budget of a key that was already active, and memory stays at most
+//! `2 × max_keys` small entries.
 
 use std::convert::Infallible;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::RateLimiter;
 use rustc_hash::FxBuildHasher;
 
@@ -17,21 +30,113 @@ use super::decider::Decider;
 use super::{Decision, Quota, Tier};
 use crate::config::SharedClock;
 
-// Buckets are already hashes: a cheap multiplicative hasher is all the map needs.
-type Keyed = RateLimiter<
-    u64,
-    DefaultKeyedStateStore<u64, FxBuildHasher>,
-    LocalClock,
-    StateInformationMiddleware,
->;
+type Keyed = RateLimiter<u64, Store, LocalClock, StateInformationMiddleware>;
 
-/// How often (in checks) idle keys are dropped from the state store. The store never holds
-/// more than `buckets` keys, so pruning only returns memory of idle buckets; a pass walks the
-/// whole store, so it is rare.
+/// How often (in checks) idle keys are dropped from the state store. A pass walks the whole
+/// store, so it is rare; while new keys overflow into the shared buckets it also runs at most
+/// once per [`PRUNE_OVERFLOWING`], to give them exact states again soon.
 const PRUNE_EVERY: u64 = 1 << 16;
+const PRUNE_OVERFLOWING: Duration = Duration::from_secs(1);
+
+/// Governor's per-key states: exact for up to `cap` keys, then shared buckets. Keys are already
+/// keyed hashes, so the maps need only Fx's cheap multiply.
+struct Store(Arc<Maps>);
+
+struct Maps {
+    exact: DashMap<u64, InMemoryState, FxBuildHasher>,
+    shared: DashMap<u64, InMemoryState, FxBuildHasher>,
+    cap: usize,
+    /// `exact`'s length, kept by hand: `DashMap::len` locks every shard.
+    exact_len: AtomicUsize,
+}
+
+impl Maps {
+    fn overflowing(&self) -> bool {
+        self.exact_len.load(Ordering::Relaxed) >= self.cap
+    }
+
+    /// The shared bucket of `key`: the high bits of the product (Lemire's multiply-shift).
+    fn bucket(&self, key: u64) -> u64 {
+        ((u128::from(key) * self.cap as u128) >> 64) as u64
+    }
+
+    /// Approximate bytes held by both maps.
+    fn bytes(&self) -> usize {
+        // An entry plus hashbrown's control byte.
+        let per = std::mem::size_of::<(u64, InMemoryState)>() + 1;
+        (self.exact.capacity() + self.shared.capacity()) * per
+    }
+}
+
+impl StateStore for Store {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let maps = &self.0;
+        if let Some(state) = maps.exact.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        if !maps.overflowing() {
+            let state = maps.exact.entry(*key).or_insert_with(|| {
+                maps.exact_len.fetch_add(1, Ordering::Relaxed);
+                // A key that spent from a shared bucket while the store overflowed starts from
+                // that bucket's state, never from a fresh one: the bucket holds at least the
+                // key's own spending, so moving to an exact state is never laxer.
+                let state = InMemoryState::default();
+                if let Some(tat) = maps.shared.get(&maps.bucket(*key)).and_then(|b| tat_of(&b)) {
+                    let _ = state
+                        .measure_and_replace(&NotKeyed::NonKey, |_| Ok::<_, Infallible>(((), tat)));
+                }
+                state
+            });
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        let state = maps.shared.entry(maps.bucket(*key)).or_default();
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+/// A state's theoretical arrival time; `None` for a fresh one.
+fn tat_of(state: &InMemoryState) -> Option<Nanos> {
+    // Governor reads a state only through `measure_and_replace`; a closure that declines to
+    // replace hands the value back unchanged.
+    state
+        .measure_and_replace(&NotKeyed::NonKey, |tat| Err::<((), Nanos), _>(tat))
+        .err()
+        .flatten()
+}
+
+impl ShrinkableKeyedStateStore<u64> for Store {
+    fn retain_recent(&self, drop_below: Nanos) {
+        // A state whose theoretical arrival time is past is indistinguishable from a fresh
+        // one: dropping it changes no decision.
+        let recent =
+            |_: &u64, state: &mut InMemoryState| tat_of(state).is_some_and(|tat| tat > drop_below);
+        let maps = &self.0;
+        maps.exact.retain(recent);
+        maps.shared.retain(recent);
+        maps.exact_len.store(maps.exact.len(), Ordering::Relaxed);
+    }
+
+    fn len(&self) -> usize {
+        self.0.exact.len() + self.0.shared.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 pub(super) struct Local {
     limiter: Keyed,
+    maps: Arc<Maps>,
+    /// The per-process key of the hash that identifies keys.
+    hasher: RandomState,
+    /// When the last prune ran, on the limiter's clock (ns); for overflow-driven prunes.
+    pruned_at: AtomicU64,
     /// The quota's limit, which decisions report.
     limit: u32,
     /// The share of the quota this tier enforces.
@@ -41,9 +146,6 @@ pub(super) struct Local {
     /// Time for one unit to come back.
     period: Duration,
     window: Duration,
-    /// Keys are hashed into this many buckets, so no flood of distinct keys can grow the state
-    /// past it; two keys in one bucket share a budget (stricter, never laxer).
-    buckets: u64,
 }
 
 thread_local! {
@@ -58,7 +160,7 @@ impl Local {
     pub(super) fn new(
         quota: Quota,
         share: NonZeroU32,
-        buckets: u64,
+        max_keys: u64,
         strict: bool,
         clock: &SharedClock,
     ) -> Self {
@@ -84,18 +186,22 @@ impl Local {
         let gcra = governor::Quota::with_period(period)
             .unwrap_or_else(|| governor::Quota::per_second(burst))
             .allow_burst(burst);
+        let maps = Arc::new(Maps {
+            exact: DashMap::with_hasher(FxBuildHasher),
+            shared: DashMap::with_hasher(FxBuildHasher),
+            cap: usize::try_from(max_keys.max(1)).unwrap_or(usize::MAX),
+            exact_len: AtomicUsize::new(0),
+        });
         Local {
-            limiter: RateLimiter::new(
-                gcra,
-                DefaultKeyedStateStore::with_hasher(FxBuildHasher),
-                LocalClock::new(clock),
-            ),
+            limiter: RateLimiter::new(gcra, Store(Arc::clone(&maps)), LocalClock::new(clock)),
+            maps,
+            hasher: RandomState::new(),
+            pruned_at: AtomicU64::new(0),
             limit: quota.limit(),
             share,
             burst: burst.get(),
             period,
             window,
-            buckets: buckets.max(1),
         }
     }
 
@@ -103,36 +209,47 @@ impl Local {
         self.share.get()
     }
 
-    /// Live buckets in the state store.
+    /// Live states: keys with their own plus shared buckets.
     pub(super) fn len(&self) -> usize {
         self.limiter.len()
     }
 
-    /// The bucket `key` shares its budget in. Fx, not SipHash: crafted collisions only make
-    /// keys share a (stricter) budget, and the map holds at most `buckets` entries, so there
-    /// is nothing to flood. The high bits of the product pick the bucket (Lemire's
-    /// multiply-shift): no division, and Fx's high bits are its well-mixed ones.
-    fn bucket(&self, key: &str) -> u64 {
-        let hash = FxBuildHasher.hash_one(key);
-        ((u128::from(hash) * u128::from(self.buckets)) >> 64) as u64
+    /// Approximate bytes the states take.
+    pub(super) fn bytes(&self) -> usize {
+        self.maps.bytes()
     }
 
-    fn decide_now(&self, key: &str, n: NonZeroU32) -> Decision {
+    /// Drops idle states every [`PRUNE_EVERY`] checks (per thread), and at most once per
+    /// [`PRUNE_OVERFLOWING`] while new keys overflow into the shared buckets.
+    fn prune_if_due(&self) {
         // Counted per thread (one count for every limiter on it): a shared atomic would cost a
         // locked add on every check for an event that only has to happen now and then.
-        let due = CHECKS.with(|c| {
+        let mut due = CHECKS.with(|c| {
             let next = c.get().wrapping_add(1);
             c.set(next);
             next % PRUNE_EVERY == 0
         });
+        if !due && self.maps.overflowing() {
+            let now = self.limiter.clock().now().as_u64();
+            let last = self.pruned_at.load(Ordering::Relaxed);
+            due = now.saturating_sub(last) >= PRUNE_OVERFLOWING.as_nanos() as u64
+                && self
+                    .pruned_at
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+        }
         if due {
-            // No shrink_to_fit: the store is bounded by `buckets` anyway, and shrinking made
-            // the next inserts grow (rehash) it again, a sixth of a check's time in a profile.
+            // No shrink_to_fit: the store is bounded anyway, and shrinking made the next
+            // inserts grow (rehash) it again, a sixth of a check's time in a profile.
             self.limiter.retain_recent();
         }
+    }
+
+    fn decide_now(&self, key: &str, n: NonZeroU32) -> Decision {
+        self.prune_if_due();
         let limit = self.limit;
         let burst = self.burst;
-        match self.limiter.check_key_n(&self.bucket(key), n) {
+        match self.limiter.check_key_n(&self.hasher.hash_one(key), n) {
             Ok(Ok(snapshot)) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 Decision {
@@ -262,8 +379,33 @@ mod tests {
                 &SharedClock::new(clock.clone()),
             );
             for i in 0..1_000 {
-                assert!(l.bucket(&format!("key{i}")) < buckets);
+                let hash = l.hasher.hash_one(format!("key{i}"));
+                assert!(l.maps.bucket(hash) < buckets);
             }
         }
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_never_spends_an_active_keys_budget() {
+        let clock = ManualClock::new();
+        let quota = Quota::new(4, Duration::from_secs(60)).unwrap();
+        let l = Local::new(
+            quota,
+            NonZeroU32::new(4).unwrap(),
+            100,
+            false,
+            &SharedClock::new(clock.clone()),
+        );
+        assert_eq!(allowed(&l, "victim", 1), 1);
+        for i in 0..10_000 {
+            allowed(&l, &format!("flood{i}"), 5);
+        }
+        // Memory stays bounded: the exact states and the shared buckets.
+        assert!(l.len() <= 200, "{} states", l.len());
+        assert_eq!(allowed(&l, "victim", 10), 3);
+        // Once the flood is idle its states go, and new keys get their own again.
+        clock.advance(Duration::from_secs(120));
+        assert_eq!(allowed(&l, "late", 10), 4);
+        assert!(l.maps.exact.contains_key(&l.hasher.hash_one("late")));
     }
 }
