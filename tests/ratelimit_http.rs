@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use support::http::Reply;
 use support::{per_backend, Backend};
-use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
+use tierkit::ratelimit::layer::{ForwardedHeader, IpNet, PeerAddr, RateLimitKey, RateLimitLayer};
 use tierkit::ratelimit::{Decision, Limiter, Quota};
 use tierkit::Tierkit;
 use tokio::net::TcpListener;
@@ -32,6 +32,7 @@ per_backend!([embedded, redis] [
     users_have_own_budgets_with_ietf_headers_and_429_retry_after,
     forwarded_for_counts_only_from_trusted_proxies,
     legacy_headers_appear_only_when_enabled,
+    ipv6_clients_are_keyed_by_their_64_and_broken_headers_share_one_budget,
 ]);
 
 /// What the handler echoes of the tier that decides on `b`.
@@ -224,6 +225,57 @@ async fn forwarded_for_counts_only_from_trusted_proxies(b: Backend) {
     let r = fetch(exposed.addr, &[("x-forwarded-for", "203.0.113.10")]).await;
     assert_eq!(r.status, 429, "{r:?}");
     assert_eq!(exposed.calls.load(Ordering::SeqCst), 3);
+}
+
+/// The attack shapes of client keys: 200 addresses of one IPv6 /64 behind a trusted proxy share
+/// one budget while another /64 has its own; a header that is not an address never lands on
+/// the proxy's own budget (nor buys a fresh one); RFC 7239 `Forwarded` is read when chosen.
+async fn ipv6_clients_are_keyed_by_their_64_and_broken_headers_share_one_budget(b: Backend) {
+    let kit = b.kit().await;
+    let loopback: IpNet = "127.0.0.0/8".parse().unwrap();
+    let app =
+        serve(RateLimitLayer::new(limiter(&kit, "http-v6")).trusted_proxies([loopback])).await;
+    let mut allowed = 0;
+    for i in 0..200u32 {
+        let addr = format!("2001:db8:aa:bb:{:x}:{:x}::1", i * 7919 % 65536, i);
+        let r = fetch(app.addr, &[("x-forwarded-for", addr.as_str())]).await;
+        allowed += u32::from(r.status == 200);
+    }
+    assert_eq!(allowed, LIMIT, "one /64, one budget");
+    let other = fetch(app.addr, &[("x-forwarded-for", "2001:db8:aa:bc::1")]).await;
+    assert_eq!(other.status, 200, "another /64: {other:?}");
+
+    // Broken headers share one budget, apart from the proxy's own.
+    for junk in ["garbage", "unknown", "203.0.113.9, ,", "_hidden"] {
+        let _ = fetch(app.addr, &[("x-forwarded-for", junk)]).await;
+    }
+    let junk = fetch(app.addr, &[("x-forwarded-for", "still garbage")]).await;
+    assert_eq!(junk.status, 429, "{junk:?}");
+    let direct = fetch(app.addr, &[]).await;
+    assert_eq!(
+        direct.status, 200,
+        "the proxy's budget is untouched: {direct:?}"
+    );
+
+    // RFC 7239, and only the header chosen.
+    let forwarded = serve(
+        RateLimitLayer::new(limiter(&kit, "http-forwarded"))
+            .trusted_proxies([loopback])
+            .forwarded_header(ForwardedHeader::Forwarded),
+    )
+    .await;
+    let client = [("forwarded", r#"for="[2001:db8:cafe::17]:4711";proto=https"#)];
+    for _ in 0..LIMIT {
+        assert_eq!(fetch(forwarded.addr, &client).await.status, 200);
+    }
+    let same_64 = [("forwarded", "for=\"[2001:db8:cafe::99]\"")];
+    assert_eq!(fetch(forwarded.addr, &same_64).await.status, 429);
+    let xff = [("x-forwarded-for", "2001:db8:cafe::17")];
+    assert_eq!(
+        fetch(forwarded.addr, &xff).await.status,
+        200,
+        "XFF is not read"
+    );
 }
 
 async fn legacy_headers_appear_only_when_enabled(b: Backend) {

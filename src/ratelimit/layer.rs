@@ -12,13 +12,22 @@
 //! 1. `user:{id}` when the request carries a [`RateLimitKey`] extension: insert it in the
 //!    authentication middleware, which must run before this layer (in axum, add it with a
 //!    later `.layer(..)` call).
-//! 2. `ip:{addr}` when it carries a [`PeerAddr`] extension, the TCP peer of the connection.
-//!    Only when the peer is one of the [`trusted_proxies`](RateLimitLayer::trusted_proxies) is
-//!    `X-Forwarded-For` read: the client is the rightmost address in it that is not a trusted
-//!    proxy (the leftmost when all are). A malformed entry stops the walk at the nearest
-//!    trusted hop, so a forged header can never buy a fresh budget. Any other peer's
-//!    forwarding headers are ignored. IPv4-mapped IPv6 addresses count as IPv4.
-//! 3. `ip:unknown` otherwise: every such request shares **one** budget (and a warning is
+//! 2. `ip:{client}` when it carries a [`PeerAddr`] extension, the TCP peer of the connection.
+//!    The client is the peer, or, when the peer is one of the
+//!    [`trusted_proxies`](RateLimitLayer::trusted_proxies) (addresses or CIDR ranges), the
+//!    rightmost hop of the [forwarding header](ForwardedHeader) that is not a trusted proxy
+//!    (the leftmost when all are). Any other peer's forwarding headers are ignored.
+//!    IPv4-mapped IPv6 addresses count as IPv4.
+//!
+//!    A client is keyed by its network, not its address: `/64` for IPv6 (anyone with a VPS
+//!    holds a whole `/64` and could rotate addresses within it) and `/32` for IPv4, both set
+//!    with [`client_prefixes`](RateLimitLayer::client_prefixes): `ip:203.0.113.7`,
+//!    `ip:2001:db8:1:2::/64`.
+//! 3. `ip:malformed` when a trusted proxy's header holds an entry that is not an address (or
+//!    an RFC 7239 `unknown` or obfuscated identifier) before any untrusted hop: every such
+//!    request shares **one** budget, so a forged or broken header buys neither a fresh budget
+//!    nor a place on the proxy's own.
+//! 4. `ip:unknown` otherwise: every such request shares **one** budget (and a warning is
 //!    logged once), so a forgotten [`PeerAddr`] shows up as early 429s, never as no limit.
 //!
 //! axum keeps the peer address as `ConnectInfo<SocketAddr>`; copy it into [`PeerAddr`] with a
@@ -40,7 +49,8 @@
 //! ```
 //!
 //! `w` is the window in seconds, `reset` the seconds until the whole quota is back (both rounded
-//! up). With [`legacy_headers`](RateLimitLayer::legacy_headers) the layer also sends
+//! up). With [`degraded_header`](RateLimitLayer::degraded_header), an answer decided without
+//! Redis also carries `X-RateLimit-Degraded: local` (or `policy`). With [`legacy_headers`](RateLimitLayer::legacy_headers) the layer also sends
 //! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds, not a
 //! timestamp).
 //!
@@ -55,7 +65,7 @@
 //! use axum::response::Response;
 //! use axum::routing::get;
 //! use axum::Router;
-//! use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
+//! use tierkit::ratelimit::layer::{IpNet, PeerAddr, RateLimitKey, RateLimitLayer};
 //! use tierkit::ratelimit::Quota;
 //!
 //! /// Tells the limiter who is calling: the TCP peer, and the user once authenticated.
@@ -77,10 +87,14 @@
 //! let kit = tierkit::Tierkit::embedded();
 //! let limiter = kit.limiter("api", Quota::new(100, Duration::from_secs(60))?).build()?;
 //! let load_balancer = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+//! let internal: IpNet = "fd00::/8".parse().expect("a CIDR range");
 //!
+//! let layer = RateLimitLayer::new(limiter)
+//!     .trusted_proxies([IpNet::from(load_balancer), internal])
+//!     .client_prefixes(32, 64)?;
 //! let app: Router = Router::new()
 //!     .route("/", get(|| async { "hello" }))
-//!     .layer(RateLimitLayer::new(limiter).trusted_proxies([load_balancer]))
+//!     .layer(layer)
 //!     .layer(middleware::from_fn(identify)); // added last: runs first
 //!
 //! // Serve it with the peer address recorded as `ConnectInfo`:
@@ -97,11 +111,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, FORWARDED, RETRY_AFTER};
 use http::{HeaderMap, Request, Response, StatusCode};
+pub use ipnet::IpNet;
 use tower::{Layer, Service};
 
-use super::{Decision, Limiter};
+use super::{Decision, Limiter, Tier};
+use crate::error::{Error, Result};
 
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -109,6 +125,7 @@ const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
 
 /// The body of a `429` answer.
 const REFUSED_BODY: &str = "Too Many Requests\n";
@@ -127,14 +144,32 @@ pub struct RateLimitKey(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Which header a trusted proxy names the client in. Read only one: a proxy that appends to
+/// one header passes the other through as the client wrote it, so reading both would let a
+/// client pick its own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1` (the de facto standard).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for="[2001:db8::1]:4711"`: the `for`
+    /// parameter of each element.
+    Forwarded,
+}
+
 /// A tower [`Layer`] that rate-limits requests with a [`Limiter`]; see the
 /// [module docs](self) for keys and responses. Cheap to clone.
 #[derive(Clone, Debug)]
 #[must_use = "a layer does nothing until it wraps a service"]
 pub struct RateLimitLayer {
     limiter: Limiter,
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<IpNet>,
+    header: ForwardedHeader,
+    v4_prefix: u8,
+    v6_prefix: u8,
     legacy_headers: bool,
+    degraded_header: bool,
 }
 
 impl RateLimitLayer {
@@ -143,16 +178,77 @@ impl RateLimitLayer {
         RateLimitLayer {
             limiter,
             trusted_proxies: Vec::new(),
+            header: ForwardedHeader::default(),
+            v4_prefix: 32,
+            v6_prefix: 64,
             legacy_headers: false,
+            degraded_header: false,
         }
     }
 
-    /// Proxies whose `X-Forwarded-For` header is believed (exact addresses; replaces any
-    /// earlier list). List every proxy hop in front of the service, or clients behind an
-    /// unlisted hop share that hop's budget. Default: none, so forwarding headers are
-    /// ignored and the TCP peer is the client.
-    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpAddr>) -> Self {
-        self.trusted_proxies = proxies.into_iter().map(|ip| ip.to_canonical()).collect();
+    /// Proxies whose forwarding header is believed: addresses ([`IpAddr`]) or CIDR ranges
+    /// ([`IpNet`]); replaces any earlier list. List every proxy hop in front
+    /// of the service, or clients behind an unlisted hop share that hop's budget. Default:
+    /// none, so forwarding headers are ignored and the TCP peer is the client.
+    pub fn trusted_proxies<P: Into<IpNet>>(mut self, proxies: impl IntoIterator<Item = P>) -> Self {
+        self.trusted_proxies = proxies
+            .into_iter()
+            .map(|net| {
+                let net = net.into().trunc();
+                match net {
+                    // An IPv4 range also covers its IPv4-mapped form, which canonical
+                    // addresses never take: checked as IPv4.
+                    IpNet::V6(v6) => match v6.addr().to_ipv4_mapped() {
+                        Some(v4) if v6.prefix_len() >= 96 => {
+                            IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net)
+                        }
+                        _ => net,
+                    },
+                    v4 => v4,
+                }
+            })
+            .collect();
+        self
+    }
+
+    /// The header trusted proxies name the client in. Default:
+    /// [`ForwardedHeader::XForwardedFor`].
+    pub fn forwarded_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// How much of a client's address its key keeps: an IPv4 client is keyed by its `/v4`
+    /// network, an IPv6 one by its `/v6` network. Default: `/32` and `/64` (an IPv6 host is
+    /// normally given a whole `/64`, and can rotate addresses within it at will).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for `v4` above 32 or `v6` above 128.
+    pub fn client_prefixes(mut self, v4: u8, v6: u8) -> Result<Self> {
+        if v4 > 32 {
+            return Err(Error::config(
+                "client_prefixes.v4",
+                format!("/{v4} is above /32"),
+            ));
+        }
+        if v6 > 128 {
+            return Err(Error::config(
+                "client_prefixes.v6",
+                format!("/{v6} is above /128"),
+            ));
+        }
+        self.v4_prefix = v4;
+        self.v6_prefix = v6;
+        Ok(self)
+    }
+
+    /// Mark answers decided without Redis ([`Decision::degraded`]) with
+    /// `X-RateLimit-Degraded: local` (the local tier or `fail_open`) or
+    /// `X-RateLimit-Degraded: policy` (the [error policy](super::ErrorPolicy)), so clients and
+    /// dashboards see that only this instance's share was enforced. Default: false.
+    pub fn degraded_header(mut self, yes: bool) -> Self {
+        self.degraded_header = yes;
         self
     }
 
@@ -174,7 +270,11 @@ impl<S> Layer<S> for RateLimitLayer {
             shared: Arc::new(Shared {
                 limiter: self.limiter.clone(),
                 trusted_proxies: self.trusted_proxies.clone(),
+                header: self.header,
+                v4_prefix: self.v4_prefix,
+                v6_prefix: self.v6_prefix,
                 legacy_headers: self.legacy_headers,
+                degraded_header: self.degraded_header,
                 window_secs: window,
                 warned_unknown: AtomicBool::new(false),
             }),
@@ -201,8 +301,12 @@ impl<S: Clone> Clone for RateLimitService<S> {
 #[derive(Debug)]
 struct Shared {
     limiter: Limiter,
-    trusted_proxies: Vec<IpAddr>,
+    trusted_proxies: Vec<IpNet>,
+    header: ForwardedHeader,
+    v4_prefix: u8,
+    v6_prefix: u8,
     legacy_headers: bool,
+    degraded_header: bool,
     window_secs: u64,
     warned_unknown: AtomicBool,
 }
@@ -247,7 +351,10 @@ impl Shared {
             return format!("user:{id}");
         }
         if let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>() {
-            return format!("ip:{}", self.client_ip(peer.ip(), req.headers()));
+            return match self.client_ip(peer.ip(), req.headers()) {
+                Some(ip) => format!("ip:{}", self.network(ip)),
+                None => "ip:malformed".to_owned(),
+            };
         }
         if !self.warned_unknown.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -260,31 +367,48 @@ impl Shared {
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.contains(&ip)
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
-    /// The peer, or, when the peer is a trusted proxy, the rightmost untrusted hop of
-    /// `X-Forwarded-For` (header lines in order, entries right to left).
-    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// `ip` as the key names it: the whole address at a full prefix, else its network.
+    fn network(&self, ip: IpAddr) -> String {
+        let len = match ip {
+            IpAddr::V4(_) => self.v4_prefix,
+            IpAddr::V6(_) => self.v6_prefix,
+        };
+        match IpNet::new(ip, len) {
+            Ok(net) if net.prefix_len() < net.max_prefix_len() => net.trunc().to_string(),
+            _ => ip.to_string(),
+        }
+    }
+
+    /// The peer, or, when the peer is a trusted proxy, the rightmost untrusted hop of the
+    /// forwarding header (header lines in order, entries right to left); `None` when a hop
+    /// that is not an address comes first.
+    fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         let mut client = peer.to_canonical();
         if !self.is_trusted(client) {
-            return client;
+            return Some(client);
         }
-        for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-            let Ok(line) = line.to_str() else {
-                return client;
-            };
-            for entry in line.rsplit(',') {
-                let Some(ip) = parse_hop(entry.trim()) else {
-                    return client;
+        let name = match self.header {
+            ForwardedHeader::XForwardedFor => X_FORWARDED_FOR,
+            ForwardedHeader::Forwarded => FORWARDED,
+        };
+        for line in headers.get_all(name).iter().rev() {
+            // Bytes, not `to_str`: a stray non-ASCII byte a client wrote at the left of the
+            // line must not hide the hops the proxies appended to its right.
+            for entry in split_unquoted(line.as_bytes(), b',').rev() {
+                let hop = match self.header {
+                    ForwardedHeader::XForwardedFor => parse_hop(entry),
+                    ForwardedHeader::Forwarded => forwarded_for(entry).and_then(parse_hop),
                 };
-                client = ip;
-                if !self.is_trusted(ip) {
-                    return ip;
+                client = hop?;
+                if !self.is_trusted(client) {
+                    return Some(client);
                 }
             }
         }
-        client
+        Some(client)
     }
 
     fn set_headers(&self, headers: &mut HeaderMap, d: &Decision) {
@@ -302,6 +426,14 @@ impl Shared {
                 d.limit, d.remaining
             ),
         );
+        if self.degraded_header && d.degraded {
+            let by = if d.tier == Tier::Policy {
+                "policy"
+            } else {
+                "local"
+            };
+            headers.insert(X_RATELIMIT_DEGRADED, HeaderValue::from_static(by));
+        }
         if self.legacy_headers {
             headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(d.limit));
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(d.remaining));
@@ -324,13 +456,52 @@ impl Shared {
     }
 }
 
-/// One `X-Forwarded-For` entry: an IP address, optionally with a port.
-fn parse_hop(entry: &str) -> Option<IpAddr> {
-    let ip = entry
+/// One hop: an IP address, optionally with a port, IPv6 optionally in brackets, optionally
+/// quoted (RFC 7239). `None` for anything else, including `unknown` and obfuscated names.
+fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    let ip = text
         .parse::<IpAddr>()
-        .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()))
-        .ok()?;
+        .or_else(|_| text.parse::<SocketAddr>().map(|a| a.ip()))
+        .ok()
+        .or_else(|| {
+            // `[v6]` without a port.
+            let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+            inner.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+        })?;
     Some(ip.to_canonical())
+}
+
+/// The value of the `for` parameter of one `Forwarded` element; `None` without one.
+fn forwarded_for(element: &[u8]) -> Option<&[u8]> {
+    split_unquoted(element, b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (pair[..eq].trim_ascii(), &pair[eq + 1..]);
+        name.eq_ignore_ascii_case(b"for")
+            .then_some(value.trim_ascii())
+    })
+}
+
+/// `bytes` split at `sep` outside double quotes.
+fn split_unquoted(bytes: &[u8], sep: u8) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut cuts = vec![0];
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            cuts.push(i);
+        }
+    }
+    cuts.push(bytes.len());
+    (0..cuts.len() - 1).map(move |i| {
+        let start = if i == 0 { 0 } else { cuts[i] + 1 };
+        &bytes[start..cuts[i + 1]]
+    })
 }
 
 /// Whole seconds, rounded up.
@@ -364,8 +535,10 @@ mod tests {
         )
         .build()
         .unwrap();
-        let layer = RateLimitLayer::new(limiter)
-            .trusted_proxies(trusted.iter().map(|s| s.parse::<IpAddr>().unwrap()));
+        let layer = RateLimitLayer::new(limiter).trusted_proxies(trusted.iter().map(|s| {
+            s.parse::<IpNet>()
+                .unwrap_or_else(|_| IpNet::from(s.parse::<IpAddr>().unwrap()))
+        }));
         let svc = layer.layer(());
         Arc::try_unwrap(svc.shared).unwrap()
     }
@@ -414,11 +587,92 @@ mod tests {
     }
 
     #[test]
-    fn malformed_hop_stops_at_nearest_trusted() {
+    fn a_malformed_hop_never_lands_on_a_proxys_budget() {
         let s = shared(&["10.0.0.1", "10.0.0.2"]);
-        let req = request(Some("10.0.0.1:443"), &["198.51.100.9, garbage, 10.0.0.2"]);
-        assert_eq!(s.key(&req), "ip:10.0.0.2");
-        let req = request(Some("10.0.0.1:443"), &["198.51.100.9,"]);
+        for xff in [
+            "198.51.100.9, garbage, 10.0.0.2",
+            "198.51.100.9,",
+            "unknown",
+        ] {
+            let req = request(Some("10.0.0.1:443"), &[xff]);
+            assert_eq!(s.key(&req), "ip:malformed", "{xff}");
+        }
+        // Junk a client wrote at the left never hides the hop the proxy appended.
+        let mut req = request(Some("10.0.0.1:443"), &[]);
+        req.headers_mut().append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"\xff\xfe junk, 198.51.100.9").unwrap(),
+        );
+        assert_eq!(s.key(&req), "ip:198.51.100.9");
+    }
+
+    #[test]
+    fn trusted_ranges_and_client_networks() {
+        let s = shared(&["10.0.0.0/8", "fd00::/8"]);
+        let req = request(Some("10.9.8.7:443"), &["2001:db8:1:2:aaaa::1, fd12::3"]);
+        assert_eq!(s.key(&req), "ip:2001:db8:1:2::/64");
+        let req = request(Some("[fd00::1]:443"), &["203.0.113.7"]);
+        assert_eq!(s.key(&req), "ip:203.0.113.7");
+        // Two addresses of one /64 share a key; another /64 does not.
+        let a = s.key(&request(Some("[2001:db8::1]:1"), &[]));
+        let b = s.key(&request(Some("[2001:db8::ffff:1]:1"), &[]));
+        let c = s.key(&request(Some("[2001:db8:0:1::1]:1"), &[]));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        // Mapped IPv4 proxies fall in IPv4 ranges.
+        let req = request(Some("[::ffff:10.1.2.3]:443"), &["198.51.100.9"]);
+        assert_eq!(s.key(&req), "ip:198.51.100.9");
+    }
+
+    #[test]
+    fn client_prefixes_are_checked_and_applied() {
+        let limiter = || shared(&[]).limiter;
+        assert!(RateLimitLayer::new(limiter())
+            .client_prefixes(33, 64)
+            .is_err());
+        assert!(RateLimitLayer::new(limiter())
+            .client_prefixes(32, 129)
+            .is_err());
+        let layer = RateLimitLayer::new(limiter())
+            .client_prefixes(24, 128)
+            .unwrap();
+        let s = Arc::try_unwrap(layer.layer(()).shared).unwrap();
+        assert_eq!(
+            s.key(&request(Some("192.0.2.77:1"), &[])),
+            "ip:192.0.2.0/24"
+        );
+        assert_eq!(
+            s.key(&request(Some("[2001:db8::1]:1"), &[])),
+            "ip:2001:db8::1"
+        );
+    }
+
+    #[test]
+    fn rfc_7239_forwarded() {
+        let mut s = shared(&["10.0.0.1"]);
+        s.header = ForwardedHeader::Forwarded;
+        let forwarded = |line: &str| {
+            let mut req = request(Some("10.0.0.1:443"), &[]);
+            req.headers_mut()
+                .append(FORWARDED, HeaderValue::from_str(line).unwrap());
+            s.key(&req)
+        };
+        assert_eq!(
+            forwarded(
+                r#"for=192.0.2.60;proto=http;by=203.0.113.43, For="[2001:db8:cafe::17]:4711""#
+            ),
+            "ip:2001:db8:cafe::/64"
+        );
+        assert_eq!(
+            forwarded("for=198.51.100.9;proto=https, for=10.0.0.1"),
+            "ip:198.51.100.9"
+        );
+        assert_eq!(forwarded(r#"for="198.51.100.9:80""#), "ip:198.51.100.9");
+        assert_eq!(forwarded("for=unknown"), "ip:malformed");
+        assert_eq!(forwarded("for=_hidden, for=10.0.0.1"), "ip:malformed");
+        assert_eq!(forwarded("proto=https"), "ip:malformed");
+        // The other header is not read.
+        let req = request(Some("10.0.0.1:443"), &["198.51.100.9"]);
         assert_eq!(s.key(&req), "ip:10.0.0.1");
     }
 
@@ -426,14 +680,15 @@ mod tests {
     fn hops_with_ports_and_mapped_addresses() {
         let s = shared(&["::ffff:10.0.0.1"]);
         let req = request(Some("10.0.0.1:443"), &["[2001:db8::1]:8080"]);
-        assert_eq!(s.key(&req), "ip:2001:db8::1");
+        assert_eq!(s.key(&req), "ip:2001:db8::/64");
         let mapped = Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped();
         let req = request(None, &["198.51.100.9:1234"]);
         let mut req = req;
         req.extensions_mut()
             .insert(PeerAddr(SocketAddr::new(IpAddr::V6(mapped), 443)));
         assert_eq!(s.key(&req), "ip:198.51.100.9");
-        assert_eq!(parse_hop("::1"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(parse_hop(b"::1"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(parse_hop(b"[::1]"), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
     }
 
     #[test]
@@ -463,6 +718,30 @@ mod tests {
         assert_eq!(h[RATELIMIT_POLICY], "3;w=2");
         assert_eq!(h[RATELIMIT], "limit=3, remaining=0, reset=2");
         assert!(h.get(X_RATELIMIT_LIMIT).is_none());
+        assert!(h.get(X_RATELIMIT_DEGRADED).is_none());
+        let mut s = s;
+        s.degraded_header = true;
+        assert!(s
+            .refused::<String>(&d)
+            .headers()
+            .get(X_RATELIMIT_DEGRADED)
+            .is_none());
+        let degraded = Decision {
+            degraded: true,
+            ..d.clone()
+        };
+        assert_eq!(
+            s.refused::<String>(&degraded).headers()[X_RATELIMIT_DEGRADED],
+            "local"
+        );
+        let policy = Decision {
+            tier: Tier::Policy,
+            ..degraded
+        };
+        assert_eq!(
+            s.refused::<String>(&policy).headers()[X_RATELIMIT_DEGRADED],
+            "policy"
+        );
         assert_eq!(ceil_secs(Duration::ZERO), 0);
         assert_eq!(ceil_secs(Duration::from_secs(60)), 60);
     }

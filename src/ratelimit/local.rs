@@ -104,7 +104,7 @@ fn tat_of(state: &InMemoryState) -> Option<Nanos> {
     // Governor reads a state only through `measure_and_replace`; a closure that declines to
     // replace hands the value back unchanged.
     state
-        .measure_and_replace(&NotKeyed::NonKey, |tat| Err::<((), Nanos), _>(tat))
+        .measure_and_replace(&NotKeyed::NonKey, Err::<((), Nanos), _>)
         .err()
         .flatten()
 }

@@ -206,7 +206,9 @@ impl SessionsBuilder {
             ));
         }
         let names = UserNames::new(self.name_key.as_ref())?;
-        // Embedded stores prune as they are read; the Redis store also sweeps in the background.
+        // Embedded stores prune as they are read; the Redis store also sweeps in the background,
+        // and replays missed revocations as soon as health says Redis is back.
+        let health = self.conn.as_ref().map(|c| c.health().subscribe());
         let sweeps = self.conn.is_some();
         let store: Box<dyn SessionStore> = match self.conn {
             // Redis can fail: a local copy validates while it does.
@@ -236,7 +238,7 @@ impl SessionsBuilder {
         }));
         // Without a runtime there is nothing to run it on: `sweep()` is then the caller's.
         if let (true, Ok(rt)) = (sweeps, tokio::runtime::Handle::try_current()) {
-            rt.spawn(sweep_loop(Arc::downgrade(&sessions.0), stop_rx));
+            rt.spawn(sweep_loop(Arc::downgrade(&sessions.0), health, stop_rx));
         }
         Ok(sessions)
     }

@@ -1,6 +1,6 @@
 //! Revocation: one session by id or by handle, all of a user's, all but the current one. A
 //! revocation holds on this instance at once, whatever Redis does; one Redis could not take is
-//! remembered and retried by the sweep.
+//! remembered and replayed the moment health says Redis is back (and by every sweep).
 
 use super::record::{digest, tag_of, Record};
 use super::sessions::{bump, Sessions};
