@@ -57,6 +57,7 @@
 //! stays in one slot; nothing crosses users.
 
 mod builder;
+mod data;
 mod names;
 mod record;
 mod refresh;
@@ -69,6 +70,7 @@ mod validate;
 mod window;
 
 pub use builder::SessionsBuilder;
+pub use data::MAX_SESSION_DATA;
 pub use sessions::Sessions;
 pub use types::{
     Created, Device, DeviceKind, NewSession, Refresh, Secret, Session, SessionStats, Validation,

@@ -197,7 +197,8 @@ async fn refresh_rotation_grace_and_reuse_detection(b: Backend) {
     else {
         panic!()
     };
-    // A concurrent refresh with the just-replaced token is absorbed by the grace.
+    // A concurrent refresh with the just-replaced token is absorbed by the grace: a second
+    // branch, as two tabs refreshing at once make.
     let Refresh::Rotated {
         refresh_token: t2, ..
     } = s.refresh(&t0).await.unwrap()
@@ -205,14 +206,15 @@ async fn refresh_rotation_grace_and_reuse_detection(b: Backend) {
         panic!()
     };
     assert_ne!(t1, t2);
-    let Refresh::Rotated { .. } = s.refresh(t2.expose()).await.unwrap() else {
-        panic!()
-    };
-    // Grace covers only the immediately previous token: t1 was replaced twice since.
-    assert!(matches!(
-        s.refresh(t1.expose()).await.unwrap(),
-        Refresh::Reused
-    ));
+    clock.advance(Duration::from_secs(60));
+    // Long after the grace, each tab refreshes with the token it got: both succeed, and
+    // neither counts as reuse.
+    for t in [&t2, &t1] {
+        let r = s.refresh(t.expose()).await.unwrap();
+        assert!(matches!(r, Refresh::Rotated { .. }), "{r:?}");
+    }
+    // The token both branches came from is long retired: reuse.
+    assert!(matches!(s.refresh(&t0).await.unwrap(), Refresh::Reused));
     let c = s.create(login("erin", DeviceKind::Mobile)).await.unwrap();
     let t0 = c.refresh_token.expose().to_owned();
     let Refresh::Rotated {
@@ -240,7 +242,7 @@ async fn refresh_rotation_grace_and_reuse_detection(b: Backend) {
         Refresh::Invalid
     ));
     let stats = s.stats().await.unwrap();
-    assert_eq!((stats.refreshed, stats.revoked), (5, 2));
+    assert_eq!((stats.refreshed, stats.revoked), (6, 2));
 }
 
 async fn analytics_count_by_device_and_catch_up_with_expiry(b: Backend) {
@@ -502,43 +504,57 @@ async fn redis_down_validates_recent_sessions_locally_and_refuses_writes() {
     assert_eq!(st.validated_locally, 2, "{st:?}");
 }
 
+/// A logout while Redis hangs is replayed the moment Redis is back, not by the next sweep (an
+/// hour away here): every other instance, one that validated the session during the hang from
+/// its local copy included, sees it revoked within 2 s of Redis's return.
 #[tokio::test]
-async fn a_revocation_redis_could_not_take_still_holds_after_it_returns() {
+async fn a_revocation_during_a_hang_is_seen_everywhere_within_2s_of_the_return() {
     let mut b = Backend::redis();
     let kit = b.kit().await;
-    let s = kit
-        .sessions()
-        .sweep(Duration::from_millis(100), 100)
-        .build()
-        .unwrap();
+    let hour = Duration::from_secs(3600);
+    let s = kit.sessions().sweep(hour, 100).build().unwrap();
+    let others = [
+        b.kit().await.sessions().sweep(hour, 100).build().unwrap(),
+        b.kit().await.sessions().sweep(hour, 100).build().unwrap(),
+    ];
     let c = s.create(login("kim", DeviceKind::Mobile)).await.unwrap();
     let sid = c.session_id.expose().to_owned();
+    for other in &others {
+        assert!(valid(&other.validate(&sid).await));
+    }
     b.server_mut().unwrap().hang();
     assert!(s.revoke(&sid).await.is_err());
-    // Real time: the sweep runs on its interval and meets the hung server.
+    assert_eq!(s.validate(&sid).await, Validation::Invalid);
+    // The others still honour their recent copy: they cannot know yet.
+    for other in &others {
+        assert!(valid(&other.validate(&sid).await));
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     b.server_mut().unwrap().resume();
-    assert!(
-        kit.health()
-            .unwrap()
-            .wait_for(HealthState::Up, Duration::from_secs(3))
-            .await
-    );
+    let returned = std::time::Instant::now();
+    for other in &others {
+        let left = Duration::from_secs(2).saturating_sub(returned.elapsed());
+        let seen = eventually(left, || async {
+            other.validate(&sid).await == Validation::Invalid
+        })
+        .await;
+        assert!(
+            seen.is_some(),
+            "not seen {:?} after Redis returned",
+            returned.elapsed()
+        );
+    }
     assert_eq!(s.validate(&sid).await, Validation::Invalid);
-    // The sweep retries the deletion, so other instances see it too.
-    let other = b.kit().await.sessions().build().unwrap();
-    let seen_invalid = eventually(Duration::from_millis(2500), || async {
-        other.validate(&sid).await == Validation::Invalid
-    })
-    .await;
-    assert!(seen_invalid.is_some(), "the revocation never reached Redis");
 }
 
 #[tokio::test]
 async fn concurrent_revocations_and_listings_count_each_session_off_once() {
     let b = Backend::redis();
-    let a = b.kit().await.sessions().build().unwrap();
-    let other = b.kit().await.sessions().build().unwrap();
+    // A hundred concurrent calls on 2 shared cores: a call bound that load cannot trip, since
+    // what is checked is the counting, not the timeouts.
+    let patient = || b.builder().op_timeout(Duration::from_secs(2));
+    let a = b.kit_with(patient()).await.sessions().build().unwrap();
+    let other = b.kit_with(patient()).await.sessions().build().unwrap();
     let mut ids = Vec::new();
     for _ in 0..50 {
         ids.push(

@@ -31,6 +31,21 @@ pub(crate) struct SessionConfig {
     pub(crate) replicated: Option<(u32, Duration)>,
 }
 
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle: Duration::from_secs(14 * 86_400),
+            max_lifetime: Duration::from_secs(30 * 86_400),
+            touch_interval: Duration::from_secs(60),
+            refresh_grace: Duration::from_secs(10),
+            staleness: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(60),
+            sweep_batch: 100,
+            replicated: None,
+        }
+    }
+}
+
 /// Configures a [`Sessions`] store; get one from [`Tierkit::sessions`](crate::Tierkit::sessions).
 #[must_use = "a builder does nothing until build() is called"]
 #[derive(Debug)]
@@ -62,16 +77,7 @@ impl SessionsBuilder {
             name_key,
             keys,
             clock,
-            cfg: SessionConfig {
-                idle: Duration::from_secs(14 * 86_400),
-                max_lifetime: Duration::from_secs(30 * 86_400),
-                touch_interval: Duration::from_secs(60),
-                refresh_grace: Duration::from_secs(10),
-                staleness: Duration::from_secs(30),
-                sweep_interval: Duration::from_secs(60),
-                sweep_batch: 100,
-                replicated: None,
-            },
+            cfg: SessionConfig::default(),
         }
     }
 

@@ -115,8 +115,9 @@ impl Sessions {
             created: now,
             seen: now,
             deadline: now.saturating_add(lifetime),
-            refresh: digest(&refresh_token),
-            grace: None,
+            refresh: vec![digest(&refresh_token)],
+            grace: Vec::new(),
+            data: Default::default(),
             version: 0,
         };
         let hash = digest(&session_id);

@@ -251,8 +251,9 @@ mod tests {
             created: 0,
             seen: 0,
             deadline: u64::MAX,
-            refresh: format!("rt-{user}"),
-            grace: None,
+            refresh: vec![format!("rt-{user}")],
+            grace: Vec::new(),
+            data: BTreeMap::new(),
             version: 0,
         }
     }

@@ -80,7 +80,7 @@ impl SessionStore for MemoryStore {
         m.sessions
             .insert(hash.to_owned(), (rec.clone(), now.saturating_add(px(ttl))));
         m.refresh.insert(
-            rec.refresh.clone(),
+            rec.newest_refresh().to_owned(),
             (hash.to_owned(), now.saturating_add(px(rt_ttl))),
         );
         m.index

@@ -13,7 +13,7 @@ use crate::codec::{Codec, Keyring};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::session::record::Record;
+use crate::session::record::{self, Record};
 
 /// Sessions in Redis. Every key of one user carries the user's tag as a hash tag, so each
 /// script touches one slot.
@@ -170,7 +170,7 @@ impl RedisStore {
 
     /// A record as stored at `key`: sealed when keys are configured.
     fn encode(&self, key: &str, rec: &Record) -> Result<Vec<u8>> {
-        let blob = self.codec.encode(rec)?;
+        let blob = record::encode(&self.codec, rec)?;
         match &self.keyring {
             Some(keys) => keys.seal(&blob, key.as_bytes()),
             None => Ok(blob),
@@ -186,7 +186,7 @@ impl RedisStore {
             Some(keys) => keys.open(&blob, key.as_bytes())?,
             None => blob,
         };
-        self.codec.decode::<Record>(&plain).map(Some)
+        record::decode(&self.codec, &plain).map(Some)
     }
 
     /// Counts sessions off; what Redis does not take now is owed and paid with the next
@@ -225,7 +225,7 @@ impl SessionStore for RedisStore {
             .ignore();
         pipe.cmd("PEXPIRE").arg(&key).arg(px(ttl)).ignore();
         pipe.cmd("SET")
-            .arg(self.refresh_key(tag, &rec.refresh))
+            .arg(self.refresh_key(tag, rec.newest_refresh()))
             .arg(hash)
             .arg("PX")
             .arg(px(rt_ttl))
