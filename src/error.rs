@@ -101,6 +101,14 @@ pub enum Error {
         max: usize,
     },
 
+    /// A user already has `max` sessions and the store is set to refuse more
+    /// ([`SessionsBuilder::max_sessions_per_user`](crate::session::SessionsBuilder::max_sessions_per_user)).
+    #[error("the user already has {max} sessions, the most allowed; revoke one first")]
+    SessionLimit {
+        /// The limit.
+        max: u32,
+    },
+
     /// A write reached the primary but fewer replicas than required acknowledged it in time
     /// (see [`SessionsBuilder::replicated_writes`](crate::session::SessionsBuilder::replicated_writes)):
     /// it is done on the primary, but a failover now could lose it.

@@ -14,13 +14,21 @@
 //! - A session ends `idle_timeout` after its last use (sliding) and `max_lifetime` after its
 //!   creation at the latest. Uses move `last_seen` at most once per `touch_interval`, so a
 //!   validation is one read.
-//! - [`Sessions::refresh`] retires the presented refresh token and returns a new one. The
-//!   immediately previous token stays good for `refresh_grace` (two tabs refreshing at once
-//!   both succeed); any older token presented again revokes the whole session
-//!   ([`Refresh::Reused`]).
+//! - [`Sessions::refresh`] retires the presented refresh token and returns a new one. A
+//!   retired token stays good for `refresh_grace`: two tabs refreshing with one token at once
+//!   both get a working token (two branches, up to four), and neither later counts as reuse.
+//!   A token presented after its grace revokes the whole session ([`Refresh::Reused`]).
 //! - A revoked session never validates again on the instance that revoked it, whatever Redis
-//!   does (a revocation Redis could not take is retried by the sweep until it does); on other
-//!   instances at once while Redis is up, and within `staleness` while it is down.
+//!   does. A revocation Redis could not take is replayed the moment health says Redis is back
+//!   (and by every sweep until it lands); other instances see a revocation at once while Redis
+//!   is up, and within `staleness` while it is down.
+//! - A user holds at most [`max_sessions_per_user`](SessionsBuilder::max_sessions_per_user)
+//!   sessions (default 100: a login beyond it evicts the session that expires first, or is
+//!   refused). A user's index is scored by expiry: dead entries leave by score, at most 1,000
+//!   per call, a listing reads only the live range, and the key expires a day after the last
+//!   session. The sweep skips a user it cannot prune and always moves on.
+//! - Services keep data with a session by key ([`Sessions::insert`], [`Sessions::get`]), up
+//!   to [`MAX_SESSION_DATA`] bytes, sealed with the record under encryption.
 //! - While Redis is down, [`Sessions::validate`] answers from a local copy of sessions it
 //!   validated within `staleness` (default 30 s), else [`Validation::Unavailable`], so the
 //!   service can fall back to stateless checks. `create`, `refresh` and the revocations
@@ -48,7 +56,7 @@
 //! | key | holds |
 //! |---|---|
 //! | `{prefix}:s:{tag}:sess:{sha256(session id)}` | the session (hash: version, record) |
-//! | `{prefix}:s:{tag}:idx:{user id}` | the user's sessions, by creation time (sorted set) |
+//! | `{prefix}:s:{tag}:idx:{user id}` | the user's sessions, scored by expiry (sorted set) |
 //! | `{prefix}:s:{tag}:rt:{sha256(refresh token)}` | the session a refresh token belongs to |
 //! | `{prefix}:s:users` | users with sessions, walked by the bounded sweep |
 //! | `{prefix}:s:counts` | active sessions in total and per device kind |
@@ -69,7 +77,7 @@ mod types;
 mod validate;
 mod window;
 
-pub use builder::SessionsBuilder;
+pub use builder::{AtLimit, SessionsBuilder};
 pub use data::MAX_SESSION_DATA;
 pub use sessions::Sessions;
 pub use types::{

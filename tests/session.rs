@@ -16,7 +16,7 @@ use std::time::Duration;
 use support::{eventually, Backend};
 use tierkit::clock::ManualClock;
 use tierkit::health::HealthState;
-use tierkit::session::{DeviceKind, NewSession, Refresh, Sessions, Validation};
+use tierkit::session::{AtLimit, DeviceKind, NewSession, Refresh, Sessions, Validation};
 use tierkit::{Error, Tierkit};
 
 fn login(user: &str, kind: DeviceKind) -> NewSession {
@@ -69,8 +69,78 @@ support::per_backend!(
         refresh_rotation_grace_and_reuse_detection,
         analytics_count_by_device_and_catch_up_with_expiry,
         a_thousand_concurrent_calls_never_validate_a_revoked_session,
+        a_user_never_holds_more_sessions_than_the_limit,
     ]
 );
+
+/// `max_sessions_per_user`: evicting, the sessions that expire first go (and never validate
+/// again); refusing, the login fails and leaves nothing. Concurrent logins never pass it.
+async fn a_user_never_holds_more_sessions_than_the_limit(b: Backend) {
+    let (kit, clock) = with_clock(&b).await;
+    let evict = kit
+        .sessions()
+        .max_sessions_per_user(3, AtLimit::EvictOldest)
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            evict
+                .create(login("max", DeviceKind::Mobile))
+                .await
+                .unwrap()
+                .session_id,
+        );
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(evict.list("max").await.unwrap().len(), 3);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            valid(&evict.validate(id.expose()).await),
+            i >= 2,
+            "session {i}"
+        );
+    }
+    let st = evict.stats().await.unwrap();
+    assert_eq!((st.revoked, st.active), (2, 3), "{st:?}");
+
+    let refuse = kit
+        .sessions()
+        .max_sessions_per_user(3, AtLimit::Refuse)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        refuse
+            .create(login("cap", DeviceKind::Mobile))
+            .await
+            .unwrap();
+    }
+    let active = refuse.stats().await.unwrap().active;
+    match refuse.create(login("cap", DeviceKind::Mobile)).await {
+        Err(Error::SessionLimit { max: 3 }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(refuse.list("cap").await.unwrap().len(), 3);
+    assert_eq!(
+        refuse.stats().await.unwrap().active,
+        active,
+        "a refused login leaves nothing"
+    );
+
+    // Twenty logins at once for a fresh user: exactly the limit get in.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let s = refuse.clone();
+            tokio::spawn(async move { s.create(login("rush", DeviceKind::Desktop)).await.is_ok() })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u32::from(t.await.unwrap());
+    }
+    assert_eq!(admitted, 3);
+    assert_eq!(refuse.list("rush").await.unwrap().len(), 3);
+}
 
 async fn create_then_validate_with_metadata(b: Backend) {
     let s = b.kit().await.sessions().build().unwrap();
@@ -347,6 +417,113 @@ mod shared {
 }
 
 // ---- Redis only -----------------------------------------------------------------------------
+
+/// 5,000 logins of one user that expired leave the index small and `list` reading only the
+/// live range: dead entries go by score, a bounded number per call (and are counted off), the
+/// index key goes with its last entry, and it expires a day after its last session anyway.
+#[tokio::test]
+async fn five_thousand_expired_logins_leave_the_index_small() {
+    let b = Backend::redis();
+    let kit = b
+        .kit_with(b.builder().op_timeout(Duration::from_secs(2)))
+        .await;
+    let idle = Duration::from_secs(6);
+    let short = kit
+        .sessions()
+        .idle_timeout(idle)
+        .max_sessions_per_user(0, AtLimit::Refuse)
+        .build()
+        .unwrap();
+    let long = kit
+        .sessions()
+        .max_sessions_per_user(0, AtLimit::Refuse)
+        .build()
+        .unwrap();
+    let keep = long
+        .create(login("many", DeviceKind::Desktop))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let s = short.clone();
+            tokio::spawn(async move {
+                for _ in 0..625 {
+                    s.create(login("many", DeviceKind::Mobile)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let index = keys(&b)
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(":idx:many"))
+        .unwrap();
+    let mut c = b.server().unwrap().async_connection().await;
+    let zcard = ::redis::cmd("ZCARD").arg(&index).clone();
+    assert_eq!(zcard.query_async::<u64>(&mut c).await.unwrap(), 5_001);
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(&index)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 86_400_000,
+        "a day past its longest-lived session: {ttl} ms"
+    );
+    // Past the last login's expiry.
+    tokio::time::sleep(idle + Duration::from_millis(200)).await;
+    let listed = long.list("many").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].handle, keep.session.handle);
+    assert_eq!(
+        zcard.query_async::<u64>(&mut c).await.unwrap(),
+        4_001,
+        "one call takes off at most 1,000 dead entries"
+    );
+    for _ in 0..4 {
+        long.list("many").await.unwrap();
+    }
+    assert_eq!(zcard.query_async::<u64>(&mut c).await.unwrap(), 1);
+    let st = long.stats().await.unwrap();
+    assert_eq!((st.active, st.expired), (1, 5_000), "{st:?}");
+    // The last session goes: so does the index key.
+    long.revoke(keep.session_id.expose()).await.unwrap();
+    assert!(!keys(&b).await.iter().any(|k| k.ends_with(":idx:many")));
+}
+
+/// One user whose index cannot be read (another writer put a string there) is skipped: the
+/// sweep prunes the others and moves on instead of failing on that page for good.
+#[tokio::test]
+async fn the_sweep_skips_a_failing_user_and_moves_on() {
+    let b = Backend::redis();
+    let (kit, clock) = with_clock(&b).await;
+    let s = kit.sessions().build().unwrap();
+    s.create(login("broken", DeviceKind::Mobile)).await.unwrap();
+    s.create(login("fine", DeviceKind::Mobile)).await.unwrap();
+    let broken = keys(&b)
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(":idx:broken"))
+        .unwrap();
+    let mut c = b.server().unwrap().async_connection().await;
+    let _: () = ::redis::cmd("SET")
+        .arg(&broken)
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(15 * 86_400));
+    // "fine"'s session expired on the session clock: pruned, whatever "broken" does.
+    assert_eq!(s.sweep().await.unwrap(), 1);
+    assert_eq!(
+        s.stats().await.unwrap().active,
+        1,
+        "only broken's stays counted"
+    );
+}
 
 async fn keys(b: &Backend) -> Vec<String> {
     let server = b.server().expect("a redis-server backend");

@@ -29,6 +29,31 @@ pub(crate) struct SessionConfig {
     pub(crate) sweep_batch: usize,
     /// Replicas that must acknowledge each write (Redis `WAIT`), and how long to wait.
     pub(crate) replicated: Option<(u32, Duration)>,
+    /// The most sessions one user may have (0: no limit), and what a login beyond it meets.
+    pub(crate) max_per_user: u32,
+    pub(crate) at_limit: AtLimit,
+}
+
+/// What a login meets when its user already has
+/// [`max_sessions_per_user`](SessionsBuilder::max_sessions_per_user) sessions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AtLimit {
+    /// The session that would expire first (the least recently used) is revoked to make room.
+    #[default]
+    EvictOldest,
+    /// The login fails with [`Error::SessionLimit`]; the user revokes a session first.
+    Refuse,
+}
+
+impl SessionConfig {
+    /// The most index entries a listing reads: the limit, or all of them without one.
+    pub(crate) fn listing_limit(&self) -> usize {
+        match self.max_per_user {
+            0 => 1 << 40,
+            max => usize::try_from(max).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -42,6 +67,8 @@ impl Default for SessionConfig {
             sweep_interval: Duration::from_secs(60),
             sweep_batch: 100,
             replicated: None,
+            max_per_user: 100,
+            at_limit: AtLimit::EvictOldest,
         }
     }
 }
@@ -79,6 +106,34 @@ impl SessionsBuilder {
             clock,
             cfg: SessionConfig::default(),
         }
+    }
+
+    /// At most `max` sessions per user; a login beyond it revokes the session that expires first
+    /// ([`AtLimit::EvictOldest`]) or fails ([`AtLimit::Refuse`]); 0 lifts the limit. Default:
+    /// 100, evicting.
+    ///
+    /// The check and the eviction run in one Redis script with the new session's admission,
+    /// so concurrent logins never pass the limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// use tierkit::session::{AtLimit, NewSession};
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let sessions = kit.sessions().max_sessions_per_user(2, AtLimit::Refuse).build()?;
+    /// sessions.create(NewSession::new("ann")).await?;
+    /// sessions.create(NewSession::new("ann")).await?;
+    /// let third = sessions.create(NewSession::new("ann")).await;
+    /// assert!(matches!(third, Err(tierkit::Error::SessionLimit { max: 2 })));
+    /// # Ok(()) }
+    /// ```
+    pub fn max_sessions_per_user(mut self, max: u32, at_limit: AtLimit) -> Self {
+        self.cfg.max_per_user = max;
+        self.cfg.at_limit = at_limit;
+        self
     }
 
     /// A session ends this long after its last use. Default: 14 days.

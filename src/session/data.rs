@@ -160,8 +160,13 @@ impl Sessions {
                 return Ok(false);
             }
             rec.version += 1;
-            let ttl = rec.ttl(now, &inner.cfg);
-            if inner.store.cas(tag, &hash, expected, &rec, ttl).await? {
+            let life = rec.life(now, &inner.cfg);
+            let name = inner.names.index_name(tag, &rec.user_id);
+            if inner
+                .store
+                .cas(tag, &hash, &name, expected, &rec, life)
+                .await?
+            {
                 inner.store.drop_copy(&hash);
                 return Ok(true);
             }

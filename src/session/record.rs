@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::builder::SessionConfig;
+use super::store::Life;
 use super::types::{Device, Session};
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -176,8 +177,13 @@ impl Record {
     }
 
     /// Time to live in the store from `now`.
-    pub(crate) fn ttl(&self, now: Millis, cfg: &SessionConfig) -> Duration {
-        Duration::from_millis(self.expires(cfg).saturating_sub(now).max(1))
+    /// How long the record lives from `now`.
+    pub(crate) fn life(&self, now: Millis, cfg: &SessionConfig) -> Life {
+        let expires = self.expires(cfg);
+        Life {
+            ttl: Duration::from_millis(expires.saturating_sub(now).max(1)),
+            expires,
+        }
     }
 
     /// Whether a use at `now` should move `seen` forward. Touches are throttled to one per

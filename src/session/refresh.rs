@@ -51,7 +51,8 @@ impl Sessions {
                     return Ok(Refresh::Reused);
                 }
                 Rotation::Rotated => {
-                    let ttl = rec.ttl(now, &inner.cfg);
+                    let life = rec.life(now, &inner.cfg);
+                    let name = inner.names.index_name(tag, &rec.user_id);
                     // Link first: a token that reaches the client always resolves.
                     let until =
                         std::time::Duration::from_millis(rec.deadline.saturating_sub(now).max(1));
@@ -59,7 +60,11 @@ impl Sessions {
                         .store
                         .refresh_link(tag, &token_hash, &hash, until)
                         .await?;
-                    if inner.store.cas(tag, &hash, expected, &rec, ttl).await? {
+                    if inner
+                        .store
+                        .cas(tag, &hash, &name, expected, &rec, life)
+                        .await?
+                    {
                         bump(&inner.counters.refreshed, 1);
                         crate::metrics::session_event("refreshed");
                         return Ok(Refresh::Rotated {

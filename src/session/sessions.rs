@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::builder::AtLimit;
 use super::builder::SessionConfig;
 use super::names::{UserName, UserNames};
 use super::record::{digest, new_secret, Record};
-use super::store::{split_member, SessionStore};
+use super::store::{split_member, Admit, SessionStore};
 use super::types::{Created, NewSession, Secret, Session, SessionStats};
 use super::window::Window;
 use crate::config::SharedClock;
@@ -123,17 +124,30 @@ impl Sessions {
         let hash = digest(&session_id);
         // The refresh token resolves for as long as the session can live.
         let rt_ttl = Duration::from_millis(rec.deadline.saturating_sub(now));
-        self.0
+        let admit = Admit {
+            now,
+            max: cfg.max_per_user,
+            refuse: cfg.at_limit == AtLimit::Refuse,
+            refresh_ttl: rt_ttl,
+        };
+        let evicted = self
+            .0
             .store
             .create(
                 &user.tag,
                 &user.name,
                 &hash,
                 &rec,
-                rec.ttl(now, cfg),
-                rt_ttl,
+                rec.life(now, cfg),
+                admit,
             )
             .await?;
+        for mem in &evicted {
+            // Gone from Redis already; never honoured here again either.
+            self.0.revoked.insert(split_member(mem).0.to_owned(), ());
+            bump(&self.0.counters.revoked, 1);
+            crate::metrics::session_event("revoked");
+        }
         bump(&self.0.counters.created, 1);
         crate::metrics::session_event("created");
         Ok(Created {
@@ -169,10 +183,13 @@ impl Sessions {
     pub(super) async fn list_and_prune(&self, user: &UserName) -> Result<(Vec<Session>, u64)> {
         let inner = &self.0;
         let (tag, name) = (user.tag.as_str(), user.name.as_str());
-        let members = inner.store.index(tag, name).await?;
+        let now = self.0.clock.now_ms();
+        let (members, gone) = inner
+            .store
+            .index(tag, name, now, inner.cfg.listing_limit())
+            .await?;
         let hashes: Vec<&str> = members.iter().map(|m| split_member(m).0).collect();
         let records = inner.store.load_many(tag, &hashes).await?;
-        let now = self.0.clock.now_ms();
         let mut live = Vec::new();
         let mut dead = Vec::new();
         for ((member, hash), rec) in members.iter().zip(&hashes).zip(records) {
@@ -185,7 +202,9 @@ impl Sessions {
                 _ => dead.push(member.clone()),
             }
         }
-        let pruned = inner.store.prune(tag, name, &dead).await?;
+        let pruned = gone + inner.store.prune(tag, name, &dead).await?;
+        // Newest first, as documented: the index orders by expiry.
+        live.sort_by_key(|s: &Session| std::cmp::Reverse(s.created_at));
         bump(&inner.counters.expired, pruned);
         for _ in 0..pruned {
             crate::metrics::session_event("expired");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::record::Record;
+use super::record::{Millis, Record};
 use crate::error::Result;
 
 mod local_copy;
@@ -33,17 +33,21 @@ pub(crate) trait SessionStore: Send + Sync {
     /// The tier, as `Debug` shows it.
     fn name(&self) -> &'static str;
 
-    /// Stores a new session for `ttl`, links its refresh token (`rec.refresh`) to it for
-    /// `rt_ttl`, adds it to the index of its user (`name`) and counts it.
+    /// Stores a new session for `life`, links its refresh token to it, admits it
+    /// to the index of its user (`name`) as `admit` says, and counts it. Returns the index
+    /// members of the sessions evicted to make room (already deleted and counted off).
+    ///
+    /// [`Error::SessionLimit`](crate::Error::SessionLimit) when the user is at the limit and
+    /// the policy refuses: nothing is left of the new session then.
     async fn create(
         &self,
         tag: &str,
         name: &str,
         hash: &str,
         rec: &Record,
-        ttl: Duration,
-        rt_ttl: Duration,
-    ) -> Result<()>;
+        life: Life,
+        admit: Admit,
+    ) -> Result<Vec<String>>;
 
     /// One session.
     async fn load(&self, tag: &str, hash: &str) -> Result<Option<Record>>;
@@ -72,15 +76,16 @@ pub(crate) trait SessionStore: Send + Sync {
     /// absent: a session that cannot be honoured.
     async fn load_many(&self, tag: &str, hashes: &[&str]) -> Result<Vec<Option<Record>>>;
 
-    /// Writes `rec` for `ttl` if the stored version is still `expected`; returns whether it
-    /// did.
+    /// Writes `rec` for `life` if the stored version is still `expected`, and moves its entry
+    /// in its user's (`name`) index to the new expiry; returns whether it did.
     async fn cas(
         &self,
         tag: &str,
         hash: &str,
+        name: &str,
         expected: u64,
         rec: &Record,
-        ttl: Duration,
+        life: Life,
     ) -> Result<bool>;
 
     /// Deletes a session and takes it off its user's index. Returns whether the index entry
@@ -88,8 +93,17 @@ pub(crate) trait SessionStore: Send + Sync {
     /// revocations and prunes never count one twice.
     async fn remove(&self, tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool>;
 
-    /// The index of a user: members ([`member`]), newest first.
-    async fn index(&self, tag: &str, name: &str) -> Result<Vec<String>>;
+    /// The index of a user as of `now`: the members ([`member`]) of sessions that may still
+    /// be live, at most `limit`, latest expiry first; and how many entries of sessions that are
+    /// gone it took off (and counted off) on the way. Entries are scored by expiry, so the
+    /// dead ones are found by score, a bounded number per call, never by reading them all.
+    async fn index(
+        &self,
+        tag: &str,
+        name: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64)>;
 
     /// Takes vanished sessions off a user's index and the counts; returns how many this call
     /// took off.
@@ -116,6 +130,31 @@ pub(crate) trait SessionStore: Send + Sync {
     /// itself.
     fn purge(&self) {}
 }
+
+/// How long a record lives: its TTL from now, and its expiry on the session clock, by which
+/// its user's index scores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Life {
+    pub(crate) ttl: Duration,
+    pub(crate) expires: Millis,
+}
+
+/// How a new session enters its user's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Admit {
+    /// The session clock now.
+    pub(crate) now: Millis,
+    /// The most sessions a user may have; 0 for no limit.
+    pub(crate) max: u32,
+    /// At the limit: refuse the new session (true) or evict the one that expires first.
+    pub(crate) refuse: bool,
+    /// How long the new session's refresh token resolves.
+    pub(crate) refresh_ttl: Duration,
+}
+
+/// How many dead index entries one call takes off at most: each costs the server a lookup, and
+/// a call must stay short however many sessions a user let expire.
+pub(crate) const PRUNE_PER_CALL: usize = 1_000;
 
 /// What the read of a validation found.
 pub(crate) enum Read {

@@ -64,7 +64,8 @@ impl Sessions {
         if rec.wants_touch(now, &inner.cfg) {
             let expected = rec.version;
             rec.touch(now);
-            let ttl = rec.ttl(now, &inner.cfg);
+            let life = rec.life(now, &inner.cfg);
+            let name = inner.names.index_name(tag, &rec.user_id);
             let (this, tag, hash2, touched) =
                 (self.clone(), tag.to_owned(), hash.clone(), rec.clone());
             // Off the request's path: a validation waits for one read only. A lost race means
@@ -73,7 +74,7 @@ impl Sessions {
                 let _ = this
                     .0
                     .store
-                    .cas(&tag, &hash2, expected, &touched, ttl)
+                    .cas(&tag, &hash2, &name, expected, &touched, life)
                     .await;
             })
             .await;

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Read, SessionStore};
+use super::{split_member, Admit, Life, Read, SessionStore};
 use crate::error::Result;
-use crate::session::record::Record;
+use crate::session::record::{Millis, Record};
 use crate::session::window::Window;
 
 /// `S` with a local copy of the sessions validated here.
@@ -75,13 +75,16 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         name: &str,
         hash: &str,
         rec: &Record,
-        ttl: Duration,
-        rt_ttl: Duration,
-    ) -> Result<()> {
-        self.store.create(tag, name, hash, rec, ttl, rt_ttl).await?;
+        life: Life,
+        admit: Admit,
+    ) -> Result<Vec<String>> {
+        let evicted = self.store.create(tag, name, hash, rec, life, admit).await?;
+        for mem in &evicted {
+            self.copies.remove(split_member(mem).0);
+        }
         // A login counts as a validation: the session it made validates here during an outage.
         self.keep_copy(hash, rec);
-        Ok(())
+        Ok(evicted)
     }
 
     async fn remove(&self, tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool> {
@@ -104,15 +107,22 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         &self,
         tag: &str,
         hash: &str,
+        name: &str,
         expected: u64,
         rec: &Record,
-        ttl: Duration,
+        life: Life,
     ) -> Result<bool> {
-        self.store.cas(tag, hash, expected, rec, ttl).await
+        self.store.cas(tag, hash, name, expected, rec, life).await
     }
 
-    async fn index(&self, tag: &str, name: &str) -> Result<Vec<String>> {
-        self.store.index(tag, name).await
+    async fn index(
+        &self,
+        tag: &str,
+        name: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64)> {
+        self.store.index(tag, name, now, limit).await
     }
 
     async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64> {
@@ -188,11 +198,11 @@ mod tests {
             n: &str,
             h: &str,
             r: &Record,
-            a: Duration,
-            b: Duration,
-        ) -> Result<()> {
+            a: Life,
+            c: Admit,
+        ) -> Result<Vec<String>> {
             self.up()?;
-            self.store.create(t, n, h, r, a, b).await
+            self.store.create(t, n, h, r, a, c).await
         }
         async fn load(&self, t: &str, h: &str) -> Result<Option<Record>> {
             self.up()?;
@@ -202,17 +212,25 @@ mod tests {
             self.up()?;
             self.store.load_many(t, h).await
         }
-        async fn cas(&self, t: &str, h: &str, e: u64, r: &Record, d: Duration) -> Result<bool> {
+        async fn cas(
+            &self,
+            t: &str,
+            h: &str,
+            n: &str,
+            e: u64,
+            r: &Record,
+            d: Life,
+        ) -> Result<bool> {
             self.up()?;
-            self.store.cas(t, h, e, r, d).await
+            self.store.cas(t, h, n, e, r, d).await
         }
         async fn remove(&self, t: &str, h: &str, u: &str, k: &str) -> Result<bool> {
             self.up()?;
             self.store.remove(t, h, u, k).await
         }
-        async fn index(&self, t: &str, u: &str) -> Result<Vec<String>> {
+        async fn index(&self, t: &str, u: &str, w: Millis, l: usize) -> Result<(Vec<String>, u64)> {
             self.up()?;
-            self.store.index(t, u).await
+            self.store.index(t, u, w, l).await
         }
         async fn prune(&self, t: &str, u: &str, m: &[String]) -> Result<u64> {
             self.up()?;
@@ -279,7 +297,22 @@ mod tests {
         let hour = Duration::from_secs(3600);
         for (hash, user) in [("a", "ann"), ("b", "ann"), ("c", "cy"), ("d", "ann")] {
             local
-                .create("t", user, hash, &record(user), hour, hour)
+                .create(
+                    "t",
+                    user,
+                    hash,
+                    &record(user),
+                    Life {
+                        ttl: hour,
+                        expires: 3_600_000,
+                    },
+                    Admit {
+                        now: 0,
+                        max: 0,
+                        refuse: false,
+                        refresh_ttl: hour,
+                    },
+                )
                 .await
                 .unwrap();
         }

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{member, px, split_member, SessionStore};
+use super::{member, px, split_member, Admit, Life, SessionStore, PRUNE_PER_CALL};
 use crate::config::SharedClock;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::session::record::{Millis, Record};
 
 /// Sessions in process memory, with the same expiry as Redis keys.
@@ -26,6 +26,40 @@ struct Mem {
     index: HashMap<String, Vec<(Millis, String)>>,
     users: Vec<String>,
     counts: BTreeMap<String, i64>,
+}
+
+impl Mem {
+    fn count(&mut self, kind: &str, by: i64) {
+        *self.counts.entry("active".into()).or_default() += by;
+        *self.counts.entry(format!("device:{kind}")).or_default() += by;
+    }
+
+    /// As the Redis store's prune: entries scored before `now` whose session is gone leave
+    /// the index (at most [`PRUNE_PER_CALL`]) and are counted off; the others are re-scored.
+    fn prune_index(&mut self, name: &str, now: Millis) -> u64 {
+        let Some(mut idx) = self.index.remove(name) else {
+            return 0;
+        };
+        let mut gone = Vec::new();
+        for (score, mem) in idx.iter_mut().filter(|(score, _)| *score <= now) {
+            if gone.len() >= PRUNE_PER_CALL {
+                break;
+            }
+            match self.sessions.get(split_member(mem).0) {
+                Some((_, until)) if now < *until => *score = *until,
+                _ => gone.push(mem.clone()),
+            }
+        }
+        let dropped: HashSet<&String> = gone.iter().collect();
+        idx.retain(|(_, mem)| !dropped.contains(mem));
+        for mem in &gone {
+            self.count(split_member(mem).1, -1);
+        }
+        if !idx.is_empty() {
+            self.index.insert(name.to_owned(), idx);
+        }
+        gone.len() as u64
+    }
 }
 
 impl MemoryStore {
@@ -71,28 +105,45 @@ impl SessionStore for MemoryStore {
         name: &str,
         hash: &str,
         rec: &Record,
-        ttl: Duration,
-        rt_ttl: Duration,
-    ) -> Result<()> {
+        life: Life,
+        admit: Admit,
+    ) -> Result<Vec<String>> {
         let kind = rec.device.kind.as_str();
         let now = self.now();
         let mut m = self.lock();
-        m.sessions
-            .insert(hash.to_owned(), (rec.clone(), now.saturating_add(px(ttl))));
+        m.prune_index(name, admit.now);
+        let mut evicted = Vec::new();
+        let held = m.index.get(name).map_or(0, Vec::len);
+        let max = usize::try_from(admit.max).unwrap_or(usize::MAX);
+        if admit.max > 0 && held >= max {
+            if admit.refuse {
+                return Err(Error::SessionLimit { max: admit.max });
+            }
+            let idx = m.index.entry(name.to_owned()).or_default();
+            idx.sort_by_key(|(score, _)| *score);
+            evicted = idx.drain(..=held - max).map(|(_, mem)| mem).collect();
+            for mem in &evicted {
+                m.sessions.remove(split_member(mem).0);
+                m.count(split_member(mem).1, -1);
+            }
+        }
+        m.sessions.insert(
+            hash.to_owned(),
+            (rec.clone(), now.saturating_add(px(life.ttl))),
+        );
         m.refresh.insert(
             rec.newest_refresh().to_owned(),
-            (hash.to_owned(), now.saturating_add(px(rt_ttl))),
+            (hash.to_owned(), now.saturating_add(px(admit.refresh_ttl))),
         );
         m.index
             .entry(name.to_owned())
             .or_default()
-            .push((rec.created, member(hash, kind)));
+            .push((life.expires, member(hash, kind)));
         if !m.users.iter().any(|u| u == name) {
             m.users.push(name.to_owned());
         }
-        *m.counts.entry("active".into()).or_default() += 1;
-        *m.counts.entry(format!("device:{kind}")).or_default() += 1;
-        Ok(())
+        m.count(kind, 1);
+        Ok(evicted)
     }
 
     async fn load(&self, _tag: &str, hash: &str) -> Result<Option<Record>> {
@@ -107,20 +158,27 @@ impl SessionStore for MemoryStore {
         &self,
         _tag: &str,
         hash: &str,
+        name: &str,
         expected: u64,
         rec: &Record,
-        ttl: Duration,
+        life: Life,
     ) -> Result<bool> {
         let now = self.now();
         let mut m = self.lock();
         match m.sessions.get_mut(hash) {
             Some((stored, until)) if now < *until && stored.version == expected => {
                 *stored = rec.clone();
-                *until = now.saturating_add(px(ttl));
-                Ok(true)
+                *until = now.saturating_add(px(life.ttl));
             }
-            _ => Ok(false),
+            _ => return Ok(false),
         }
+        let entry = member(hash, rec.device.kind.as_str());
+        if let Some(idx) = m.index.get_mut(name) {
+            for (score, _) in idx.iter_mut().filter(|(_, mem)| *mem == entry) {
+                *score = life.expires;
+            }
+        }
+        Ok(true)
     }
 
     async fn remove(&self, _tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool> {
@@ -140,11 +198,28 @@ impl SessionStore for MemoryStore {
         Ok(indexed)
     }
 
-    async fn index(&self, _tag: &str, name: &str) -> Result<Vec<String>> {
-        let m = self.lock();
-        let mut idx = m.index.get(name).cloned().unwrap_or_default();
+    async fn index(
+        &self,
+        _tag: &str,
+        name: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64)> {
+        let mut m = self.lock();
+        let gone = m.prune_index(name, now);
+        let mut idx: Vec<(Millis, String)> = m
+            .index
+            .get(name)
+            .map(|idx| {
+                idx.iter()
+                    .filter(|(score, _)| *score >= now)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         idx.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-        Ok(idx.into_iter().map(|(_, mem)| mem).collect())
+        idx.truncate(limit);
+        Ok((idx.into_iter().map(|(_, mem)| mem).collect(), gone))
     }
 
     async fn prune(&self, _tag: &str, name: &str, members: &[String]) -> Result<u64> {

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{member, px, split_member, SessionStore};
+use super::{member, px, split_member, Admit, Life, SessionStore, PRUNE_PER_CALL};
 use crate::codec::{Codec, Keyring};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
-use crate::session::record::{self, Record};
+use crate::session::record::{self, Millis, Record};
 
 /// Sessions in Redis. Every key of one user carries the user's tag as a hash tag, so each
 /// script touches one slot.
@@ -47,13 +47,101 @@ const REMOVE_LUA: &str = "redis.call('DEL', KEYS[1]) return redis.call('ZREM', K
 static REMOVE: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(REMOVE_LUA));
 
-/// Writes the record if the stored version is `ARGV[1]`: one key.
-const CAS_LUA: &str = "if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then \
-    redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) \
-    redis.call('PEXPIRE', KEYS[1], ARGV[4]) return 1 end return 0";
+/// Lua: extends the TTL of a user's index to a day past `ms` unless it already lives longer:
+/// the index expires a day after its last session. The day is for the sweep (or a listing) to
+/// take the dead entries off first and count them off: an index that expired with entries in
+/// it would leave them counted as active.
+const EXTEND_FN: &str = "local function extend(key, ms) \
+    ms = ms + 86400000 \
+    local left = redis.call('PTTL', key) \
+    if left == -1 or (left >= 0 and left < ms) then redis.call('PEXPIRE', key, ms) end end ";
+
+/// Lua: takes off the index `KEYS[1]` the entries scored before `now` whose session key (the
+/// member's hash after `prefix`) is gone, at most `per_call`; an entry whose session still
+/// lives (a score from an older tierkit, or a clock behind Redis's) is re-scored from the key's
+/// own TTL instead. Returns the members taken off.
+const PRUNE_FN: &str = "local function prune(idx, now, prefix, per_call) \
+    local gone = {} \
+    local stale = redis.call('ZRANGE', idx, '-inf', now, 'BYSCORE', 'LIMIT', 0, per_call) \
+    for _, m in ipairs(stale) do \
+      local hash = string.match(m, '^[^|]+') \
+      local left = redis.call('PTTL', prefix .. hash) \
+      if left == -2 then redis.call('ZREM', idx, m) gone[#gone + 1] = m \
+      elseif left == -1 then redis.call('ZADD', idx, now + 86400000, m) \
+      else redis.call('ZADD', idx, now + left, m) end \
+    end \
+    return gone end ";
+
+/// Writes the record if the stored version is `ARGV[1]`, and moves its index entry to its new
+/// expiry (only if the entry is still there: a removal in between stays removed).
+///
+/// KEYS: session, index. ARGV: expected version, new version, record, ttl ms, expiry score,
+/// member.
+static CAS_LUA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{EXTEND_FN} if redis.call('HGET', KEYS[1], 'v') == ARGV[1] then \
+        redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3]) \
+        redis.call('PEXPIRE', KEYS[1], ARGV[4]) \
+        if redis.call('ZSCORE', KEYS[2], ARGV[6]) then \
+          redis.call('ZADD', KEYS[2], ARGV[5], ARGV[6]) extend(KEYS[2], tonumber(ARGV[4])) end \
+        return 1 end return 0"
+    )
+});
+
+/// Admits a new session (whose key is already written) to its user's index: prunes dead
+/// entries, then at the limit refuses (returns -1, and deletes the new session) or evicts the
+/// entries that expire first (deleting their sessions), adds the new entry and extends the
+/// index's TTL.
+///
+/// KEYS: index. ARGV: now, session key prefix, per-call prune bound, max (0: none), refuse
+/// (1/0), score, member, ttl ms, the new session's key and refresh-token key.
+/// Returns {admitted (1/-1), gone members, evicted members}.
+static ADMIT_LUA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{EXTEND_FN}{PRUNE_FN} \
+        local idx, now, prefix = KEYS[1], tonumber(ARGV[1]), ARGV[2] \
+        local gone = prune(idx, now, prefix, tonumber(ARGV[3])) \
+        local max = tonumber(ARGV[4]) \
+        local evicted = {{}} \
+        if max > 0 then \
+          local n = redis.call('ZCARD', idx) \
+          if n >= max then \
+            if ARGV[5] == '1' then redis.call('DEL', ARGV[9], ARGV[10]) return {{-1, gone, evicted}} end \
+            evicted = redis.call('ZRANGE', idx, 0, n - max) \
+            for _, m in ipairs(evicted) do \
+              redis.call('ZREM', idx, m) \
+              redis.call('DEL', prefix .. string.match(m, '^[^|]+')) \
+            end \
+          end \
+        end \
+        redis.call('ZADD', idx, ARGV[6], ARGV[7]) \
+        extend(idx, tonumber(ARGV[8])) \
+        return {{1, gone, evicted}}"
+    )
+});
+
+static ADMIT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(&ADMIT_LUA));
+
+/// The live part of a user's index: prunes dead entries (bounded), then the entries scored at
+/// or after `now`, latest first, at most `limit`.
+///
+/// KEYS: index. ARGV: now, session key prefix, per-call prune bound, limit.
+/// Returns {gone members, live members}.
+static INDEX_LUA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{PRUNE_FN} \
+        local gone = prune(KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])) \
+        local live = redis.call('ZRANGE', KEYS[1], '+inf', ARGV[1], 'BYSCORE', 'REV', 'LIMIT', 0, tonumber(ARGV[4])) \
+        return {{gone, live}}"
+    )
+});
+
+static INDEX: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(&INDEX_LUA));
 
 static CAS: std::sync::LazyLock<redis::Script> =
-    std::sync::LazyLock::new(|| redis::Script::new(CAS_LUA));
+    std::sync::LazyLock::new(|| redis::Script::new(&CAS_LUA));
 
 impl RedisStore {
     /// Sessions on `conn`, under `keys`; with `replicated`, every session write waits for that
@@ -209,12 +297,15 @@ impl SessionStore for RedisStore {
         name: &str,
         hash: &str,
         rec: &Record,
-        ttl: Duration,
-        rt_ttl: Duration,
-    ) -> Result<()> {
+        life: Life,
+        admit: Admit,
+    ) -> Result<Vec<String>> {
         let kind = rec.device.kind.as_str();
         let key = self.session_key(tag, hash);
+        let rt_key = self.refresh_key(tag, rec.newest_refresh());
         let blob = self.encode(&key, rec)?;
+        // The record first, then its index entry: a listing in between never meets an entry
+        // without its record (which it would prune, leaving the session out of revoke_all).
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(&key)
@@ -223,33 +314,40 @@ impl SessionStore for RedisStore {
             .arg("d")
             .arg(blob)
             .ignore();
-        pipe.cmd("PEXPIRE").arg(&key).arg(px(ttl)).ignore();
+        pipe.cmd("PEXPIRE").arg(&key).arg(px(life.ttl)).ignore();
         pipe.cmd("SET")
-            .arg(self.refresh_key(tag, rec.newest_refresh()))
+            .arg(&rt_key)
             .arg(hash)
             .arg("PX")
-            .arg(px(rt_ttl))
+            .arg(px(admit.refresh_ttl))
             .ignore();
-        // No TTL on the index: its entries must outlive their sessions so that pruning (lazy,
-        // or the sweep) can take them off the counts; Redis drops the set once it is empty.
-        let index = self.index_key(tag, name);
-        pipe.cmd("ZADD")
-            .arg(&index)
-            .arg(rec.created)
+        self.conn.pipeline::<()>(&pipe).await?;
+        let mut inv = ADMIT.key(self.index_key(tag, name));
+        inv.arg(admit.now)
+            .arg(self.session_key(tag, ""))
+            .arg(PRUNE_PER_CALL)
+            .arg(admit.max)
+            .arg(u8::from(admit.refuse))
+            .arg(life.expires)
             .arg(member(hash, kind))
-            .ignore();
-        if self.conn.is_cluster() {
-            // The global keys live on other shards: losing one of them must not fail every
-            // login, so they follow the session's own write (never counting a session that
-            // was not written) and are owed if their shard does not take them.
-            self.conn.pipeline::<()>(&pipe).await?;
-            self.settle(vec![(kind.to_owned(), 1)], vec![name.to_owned()])
-                .await;
-        } else {
-            self.add_globals(&mut pipe, &[(kind.to_owned(), 1)], &[name]);
-            self.conn.pipeline::<()>(&pipe).await?;
+            .arg(px(life.ttl))
+            .arg(&key)
+            .arg(&rt_key);
+        let (admitted, gone, evicted): (i64, Vec<String>, Vec<String>) =
+            self.conn.invoke(&inv).await?;
+        let mut counts: Vec<(String, i64)> = gone
+            .iter()
+            .chain(&evicted)
+            .map(|m| (split_member(m).1.to_owned(), -1))
+            .collect();
+        if admitted != 1 {
+            self.settle(counts, Vec::new()).await;
+            return Err(Error::SessionLimit { max: admit.max });
         }
-        self.replicated(&key).await
+        counts.push((kind.to_owned(), 1));
+        self.settle(counts, vec![name.to_owned()]).await;
+        self.replicated(&key).await?;
+        Ok(evicted)
     }
 
     async fn load(&self, tag: &str, hash: &str) -> Result<Option<Record>> {
@@ -283,14 +381,21 @@ impl SessionStore for RedisStore {
         &self,
         tag: &str,
         hash: &str,
+        name: &str,
         expected: u64,
         rec: &Record,
-        ttl: Duration,
+        life: Life,
     ) -> Result<bool> {
         let key = self.session_key(tag, hash);
         let blob = self.encode(&key, rec)?;
         let mut inv = CAS.key(&key);
-        inv.arg(expected).arg(rec.version).arg(blob).arg(px(ttl));
+        inv.key(self.index_key(tag, name))
+            .arg(expected)
+            .arg(rec.version)
+            .arg(blob)
+            .arg(px(life.ttl))
+            .arg(life.expires)
+            .arg(member(hash, rec.device.kind.as_str()));
         let written = self.conn.invoke::<i64>(&inv).await? == 1;
         if written {
             self.replicated(&key).await?;
@@ -310,16 +415,22 @@ impl SessionStore for RedisStore {
         Ok(removed == 1)
     }
 
-    async fn index(&self, tag: &str, name: &str) -> Result<Vec<String>> {
-        self.conn
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(self.index_key(tag, name))
-                    .arg(0)
-                    .arg(-1)
-                    .arg("REV"),
-            )
-            .await
+    async fn index(
+        &self,
+        tag: &str,
+        name: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<(Vec<String>, u64)> {
+        let mut inv = INDEX.key(self.index_key(tag, name));
+        inv.arg(now)
+            .arg(self.session_key(tag, ""))
+            .arg(PRUNE_PER_CALL)
+            .arg(limit);
+        let (gone, live): (Vec<String>, Vec<String>) = self.conn.invoke(&inv).await?;
+        let kinds: Vec<&str> = gone.iter().map(|m| split_member(m).1).collect();
+        self.count_off(&kinds).await;
+        Ok((live, gone.len() as u64))
     }
 
     async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64> {
