@@ -103,7 +103,70 @@ mod decisions {
         decisions_carry_every_field_and_weighted_requests_count_n,
         waiting_retry_after_is_enough_for_both_algorithms,
         a_large_weighted_request_is_one_cheap_decision,
+        peek_refund_and_reset_act_on_the_key,
     ]);
+
+    /// `peek` spends nothing, `refund` gives units back (never more than were spent), `reset`
+    /// forgets the key and ends its block; on both algorithms, on every backend, and in the
+    /// local tier while Redis is down.
+    async fn peek_refund_and_reset_act_on_the_key(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = b.kit_with(b.builder().clock(clock.clone())).await;
+        for (i, algorithm) in [Algorithm::SlidingLog, Algorithm::SlidingCounter]
+            .into_iter()
+            .enumerate()
+        {
+            let api = kit
+                .limiter(format!("ctl{i}"), quota(10, Duration::from_secs(600)))
+                .algorithm(algorithm)
+                .block_for(Duration::from_secs(600))
+                .build()
+                .unwrap();
+            let context = format!("{algorithm:?}");
+            api.check_n("k", 7).await.unwrap();
+            for _ in 0..3 {
+                let p = api.peek("k").await;
+                assert_eq!((p.allowed, p.remaining), (true, 3), "{context}");
+            }
+            api.refund("k", 4).await.unwrap();
+            assert_eq!(api.peek("k").await.remaining, 7, "{context}");
+            // More back than was spent: only what was spent.
+            api.refund("k", 100).await.unwrap();
+            assert_eq!(api.peek("k").await.remaining, 10, "{context}");
+            assert!(matches!(
+                api.refund("k", 0).await,
+                Err(Error::InvalidInput { .. })
+            ));
+            // Spent and blocked; a reset ends both.
+            api.check_n("k", 10).await.unwrap();
+            assert!(!api.check("k").await.allowed);
+            let p = api.peek("k").await;
+            assert!(!p.allowed && p.retry_after.is_some(), "{context}: {p:?}");
+            api.reset("k").await.unwrap();
+            assert_eq!(api.peek("k").await.remaining, 10, "{context}");
+            assert!(api.check("k").await.allowed, "{context}");
+        }
+        // The local tier, with Redis forced down: the same controls on this instance's share.
+        if let Some(health) = kit.health() {
+            health.force(HealthState::Down);
+            let api = kit
+                .limiter("ctl-local", quota(10, Duration::from_secs(600)))
+                .build()
+                .unwrap();
+            // Down: half the share as a burst.
+            api.check_n("k", 4).await.unwrap();
+            let p = api.peek("k").await;
+            assert_eq!((p.remaining, p.degraded), (1, true));
+            api.refund("k", 2).await.unwrap_err();
+            api.reset("k").await.unwrap_err();
+            assert_eq!(
+                api.peek("k").await.remaining,
+                5,
+                "reset reached the local tier"
+            );
+            health.unforce();
+        }
+    }
 
     async fn decisions_carry_every_field_and_weighted_requests_count_n(b: Backend) {
         let clock = ManualClock::new();

@@ -41,6 +41,11 @@ impl Blocks {
         (!left.is_zero()).then_some(left)
     }
 
+    /// Ends `key`'s block.
+    pub(super) fn unblock(&self, key: &str) {
+        self.since.invalidate(key);
+    }
+
     /// Blocks `key` from now.
     pub(super) fn block(&self, key: &str) {
         self.since.insert(key.to_owned(), self.clock.elapsed());

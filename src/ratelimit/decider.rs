@@ -16,6 +16,17 @@ use super::{Decision, ErrorPolicy, Quota, Tier};
 use crate::error::Error;
 use crate::health::Health;
 
+/// What a limiter does to a key besides deciding a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Control {
+    /// Whether one more unit would be allowed now, spending nothing.
+    Peek,
+    /// Gives back up to `n` units the key spent in the current window.
+    Refund(NonZeroU32),
+    /// Forgets everything the key spent.
+    Reset,
+}
+
 /// Decides requests of `n` units for keys.
 pub(super) trait Decider: Send + Sync {
     /// Why no decision was made; [`Infallible`] for a tier that always answers.
@@ -26,6 +37,17 @@ pub(super) trait Decider: Send + Sync {
         &self,
         key: &str,
         n: NonZeroU32,
+    ) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
+}
+
+/// A tier that keeps per-key state a caller can act on.
+pub(super) trait Controlled: Decider {
+    /// Applies `op` to `key`; the answer says what the key has left afterwards (for a peek,
+    /// whether one more unit would be allowed).
+    fn control(
+        &self,
+        key: &str,
+        op: Control,
     ) -> impl Future<Output = Result<Decision, Self::Error>> + Send;
 }
 
@@ -174,6 +196,49 @@ where
         } else {
             self.policy(redis, key, n).await
         })
+    }
+}
+
+impl<R, L> Picker<R, L>
+where
+    R: Controlled<Error = Error>,
+    L: Controlled<Error = Infallible>,
+{
+    /// Applies `op` where decisions are made now: Redis while health allows it (its error
+    /// returned, except that a peek falls back as a check would), else the local tier. A reset
+    /// or refund also reaches the local tier, so that it agrees once it takes over.
+    pub(super) async fn control(&self, key: &str, op: Control) -> Result<Decision, Error> {
+        let Ok(local) = self.local.control(key, op).await;
+        let Some(redis) = &self.redis else {
+            return Ok(local);
+        };
+        if !redis.health.state().is_available() {
+            return match op {
+                Control::Peek => Ok(Decision {
+                    degraded: true,
+                    ..local
+                }),
+                _ => Err(Error::Unavailable),
+            };
+        }
+        match redis.decider.control(key, op).await {
+            Ok(decision) => Ok(decision),
+            // A peek answers as a check would: an outage or the local-share policy asks the
+            // local tier; the refusing policy refuses.
+            Err(e) if op == Control::Peek => {
+                if !e.is_outage() {
+                    redis.watch.error(&e);
+                    if redis.on_error == ErrorPolicy::Refuse {
+                        return Ok(Decision::refused_by_policy(redis.quota));
+                    }
+                }
+                Ok(Decision {
+                    degraded: true,
+                    ..local
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

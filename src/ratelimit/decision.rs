@@ -104,6 +104,20 @@ impl Decision {
         }
     }
 
+    /// A key with nothing spent.
+    pub(super) fn fresh(quota: Quota, tier: Tier) -> Decision {
+        Decision {
+            allowed: true,
+            limit: quota.limit(),
+            remaining: quota.limit(),
+            reset_after: Duration::ZERO,
+            retry_after: None,
+            tier,
+            decided_at: None,
+            degraded: false,
+        }
+    }
+
     /// The [`ErrorPolicy::Refuse`] answer.
     pub(super) fn refused_by_policy(quota: Quota) -> Decision {
         let retry = quota.window().min(Duration::from_secs(1));

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use super::block::Blocks;
-use super::decider::{Decider, Picker};
+use super::decider::{Control, Decider, Picker};
 use super::local::Local;
 use super::scripts::RedisWindow;
 use super::watch::{LimiterReport, Watch};
@@ -148,6 +148,66 @@ impl Limiter {
                 )
             })?;
         Ok(self.decide(key, units).await)
+    }
+
+    /// What `key` has left, spending nothing: `allowed` says whether one more unit would be
+    /// allowed now, `remaining` how many. Decided where a check would be (Redis, else the local
+    /// tier, marked [`degraded`](Decision::degraded)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// use std::time::Duration;
+    /// use tierkit::ratelimit::Quota;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let login = kit.limiter("login", Quota::new(5, Duration::from_secs(900))?).build()?;
+    /// login.check_n("ip:203.0.113.7", 4).await?;
+    /// assert_eq!(login.peek("ip:203.0.113.7").await.remaining, 1);
+    /// assert_eq!(login.peek("ip:203.0.113.7").await.remaining, 1); // peeking spends nothing
+    /// login.refund("ip:203.0.113.7", 2).await?;
+    /// assert_eq!(login.peek("ip:203.0.113.7").await.remaining, 3);
+    /// login.reset("ip:203.0.113.7").await?; // e.g. after a successful login
+    /// assert_eq!(login.peek("ip:203.0.113.7").await.remaining, 5);
+    /// # Ok(()) }
+    /// ```
+    pub async fn peek(&self, key: &str) -> Decision {
+        let inner = &self.0;
+        if let Some(left) = inner.blocks.as_ref().and_then(|b| b.left(key)) {
+            return Decision::blocked(inner.quota.limit(), left);
+        }
+        // A peek always gets an answer: the picker falls back as for a check.
+        match inner.picker.control(key, Control::Peek).await {
+            Ok(decision) => decision,
+            Err(_) => Decision::refused_by_policy(inner.quota),
+        }
+    }
+
+    /// Gives back up to `n` units `key` spent in the current window (a request that turned out
+    /// not to count). In the local tier only a key with a state of its own gets them back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for zero units; [`Error::Unavailable`] or the Redis error when
+    /// Redis decides and cannot take it (the local tier has it anyway).
+    pub async fn refund(&self, key: &str, n: u32) -> Result<Decision> {
+        let n = NonZeroU32::new(n).ok_or_else(|| Error::invalid("n", "is zero"))?;
+        self.0.picker.control(key, Control::Refund(n)).await
+    }
+
+    /// Forgets everything `key` spent, and ends its block (e.g. after a successful login).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] or the Redis error when Redis decides and cannot take it (the
+    /// local tier and the block list have it anyway).
+    pub async fn reset(&self, key: &str) -> Result<()> {
+        if let Some(blocks) = &self.0.blocks {
+            blocks.unblock(key);
+        }
+        self.0.picker.control(key, Control::Reset).await.map(drop)
     }
 
     // Blocks, the tier and the count in one async fn: each async layer on the local path moves

@@ -26,7 +26,7 @@ use governor::RateLimiter;
 use rustc_hash::FxBuildHasher;
 
 use super::clock::LocalClock;
-use super::decider::Decider;
+use super::decider::{Control, Controlled, Decider};
 use super::{Decision, Quota, Tier};
 use crate::config::SharedClock;
 
@@ -137,6 +137,9 @@ pub(super) struct Local {
     hasher: RandomState,
     /// When the last prune ran, on the limiter's clock (ns); for overflow-driven prunes.
     pruned_at: AtomicU64,
+    /// The clock reading governor measures states from (read just before it did: the few
+    /// nanoseconds between are nothing next to a period).
+    start: Nanos,
     /// The quota's limit, which decisions report.
     limit: u32,
     /// The share of the quota this tier enforces.
@@ -192,11 +195,14 @@ impl Local {
             cap: usize::try_from(max_keys.max(1)).unwrap_or(usize::MAX),
             exact_len: AtomicUsize::new(0),
         });
+        let clock = LocalClock::new(clock);
+        let start = clock.now();
         Local {
-            limiter: RateLimiter::new(gcra, Store(Arc::clone(&maps)), LocalClock::new(clock)),
+            limiter: RateLimiter::new(gcra, Store(Arc::clone(&maps)), clock),
             maps,
             hasher: RandomState::new(),
             pruned_at: AtomicU64::new(0),
+            start,
             limit: quota.limit(),
             share,
             burst: burst.get(),
@@ -288,6 +294,83 @@ impl Local {
                 degraded: false,
             },
         }
+    }
+}
+
+impl Local {
+    /// Now, as governor measures states.
+    fn now(&self) -> Nanos {
+        self.limiter.clock().now().saturating_sub(self.start)
+    }
+
+    /// The decision a key would get for one more unit, spending nothing: from its own state,
+    /// else from the shared bucket it would start from.
+    fn peek(&self, key: &str) -> Decision {
+        let id = self.hasher.hash_one(key);
+        let maps = &self.maps;
+        let tat = match maps.exact.get(&id) {
+            Some(state) => tat_of(&state),
+            None => maps
+                .shared
+                .get(&maps.bucket(id))
+                .and_then(|state| tat_of(&state)),
+        };
+        let now = self.now().as_u64();
+        let period = u64::try_from(self.period.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let tat = tat.map_or(now, |t| t.as_u64().max(now));
+        // Units whose periods fit between the state's arrival time and the end of the burst
+        // tolerance.
+        let room = now
+            .saturating_add(period.saturating_mul(u64::from(self.burst)))
+            .saturating_sub(tat);
+        let remaining = u32::try_from(room / period)
+            .unwrap_or(u32::MAX)
+            .min(self.burst);
+        Decision {
+            allowed: remaining >= 1,
+            limit: self.limit,
+            remaining,
+            reset_after: Duration::from_nanos(tat.saturating_sub(now)),
+            retry_after: (remaining == 0)
+                .then(|| Duration::from_nanos(period.saturating_sub(room % period).max(1))),
+            tier: Tier::Local,
+            decided_at: None,
+            degraded: false,
+        }
+    }
+
+    /// Gives back up to `n` units to a key with a state of its own (a key in a shared bucket
+    /// gets none: the units might be another key's), or forgets its state.
+    fn adjust(&self, key: &str, op: Control) {
+        let id = self.hasher.hash_one(key);
+        match op {
+            Control::Reset => {
+                if self.maps.exact.remove(&id).is_some() {
+                    self.maps.exact_len.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Control::Refund(n) => {
+                let Some(state) = self.maps.exact.get(&id) else {
+                    return;
+                };
+                let now = self.now();
+                let back = Nanos::from(self.period.saturating_mul(n.get()));
+                let _ = state.measure_and_replace(&NotKeyed::NonKey, |tat| {
+                    let tat = tat.unwrap_or(now);
+                    Ok::<_, Infallible>(((), tat.saturating_sub(back).max(now)))
+                });
+            }
+            Control::Peek => {}
+        }
+    }
+}
+
+impl Controlled for Local {
+    async fn control(&self, key: &str, op: Control) -> Result<Decision, Infallible> {
+        self.adjust(key, op);
+        Ok(self.peek(key))
     }
 }
 

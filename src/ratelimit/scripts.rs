@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::decider::Decider;
+use super::decider::{Control, Controlled, Decider};
 use super::{Algorithm, Decision, Quota, Tier};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -56,8 +56,30 @@ impl Decider for RedisWindow {
     type Error = Error;
 
     async fn decide(&self, key: &str, n: NonZeroU32) -> Result<Decision> {
+        self.run(key, n.get(), "check").await
+    }
+}
+
+impl Controlled for RedisWindow {
+    async fn control(&self, key: &str, op: Control) -> Result<Decision> {
+        match op {
+            Control::Peek => self.run(key, 1, "peek").await,
+            Control::Refund(n) => self.run(key, n.get(), "refund").await,
+            Control::Reset => {
+                let redis_key = format!("{}{key}", self.key_prefix);
+                self.conn
+                    .query::<()>(redis::cmd("DEL").arg(&redis_key))
+                    .await?;
+                Ok(Decision::fresh(self.quota, Tier::Redis))
+            }
+        }
+    }
+}
+
+impl RedisWindow {
+    async fn run(&self, key: &str, n: u32, mode: &str) -> Result<Decision> {
         let redis_key = format!("{}{key}", self.key_prefix);
-        let decision = decide(&self.conn, self.algorithm, &redis_key, self.quota, n.get()).await?;
+        let decision = decide(&self.conn, self.algorithm, &redis_key, self.quota, n, mode).await?;
         if let Some(ms) = drift_ms((self.app_clock)(), &decision) {
             self.drift_ms.store(ms, Ordering::Relaxed);
         }
@@ -79,8 +101,9 @@ impl Decider for RedisWindow {
 /// are already outside the count. A member that is not in this format (another writer, an
 /// older tierkit) empties the key: a fresh window, never a crash.
 ///
-/// ARGV: window (µs), limit, n. Returns {allowed, remaining, reset µs, retry µs, server
-/// seconds, server µs}.
+/// ARGV: window (µs), limit, n, mode (`check`; `peek`: decide without recording; `refund`:
+/// give back up to n units). Returns {allowed, remaining, reset µs, retry µs, server seconds,
+/// server µs}.
 pub(super) const LOG_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -116,12 +139,34 @@ if newest[1] then
 end
 local count = top - base
 local allowed = 0
-if count + n <= limit then
-  top = top + n
-  count = count + n
-  redis.call('ZADD', key, now, string.format('%016d:%d', top, n))
-  redis.call('PEXPIRE', key, math.ceil(window / 1000))
+local mode = ARGV[4]
+if mode == 'refund' then
+  -- Gives back up to n units, newest first, within the window: the newest entry shrinks or
+  -- goes, so the cumulative counts stay a prefix sum. Bounded like the expiry.
+  local left, steps = n, 0
+  while left > 0 and steps < 1000 do
+    local e = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    local c, u = parse(e[1])
+    if not c or tonumber(e[2]) <= now - window then break end
+    redis.call('ZREM', key, e[1])
+    if u > left then
+      redis.call('ZADD', key, e[2], string.format('%016d:%d', c - left, u - left))
+      left = 0
+    else
+      left = left - u
+    end
+    steps = steps + 1
+  end
+  count = count - (n - left)
   allowed = 1
+elseif count + n <= limit then
+  allowed = 1
+  if mode ~= 'peek' then
+    top = top + n
+    count = count + n
+    redis.call('ZADD', key, now, string.format('%016d:%d', top, n))
+    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+  end
 end
 local reset = 0
 local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
@@ -147,7 +192,7 @@ static LOG: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LOG_LU
 /// the window on the server clock) in one hash; the estimate weighs the previous window by
 /// the share of it still inside the sliding window. O(1) memory per key.
 ///
-/// ARGV: window (µs), limit, n. Returns as `LOG`.
+/// ARGV: window (µs), limit, n, mode (as `LOG`). Returns as `LOG`.
 pub(super) const COUNTER_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -167,15 +212,24 @@ local elapsed = now - start
 local weight = (window - elapsed) / window
 local estimate = prev * weight + cur
 local allowed = 0
-if estimate + n <= limit then
-  cur = cur + n
-  estimate = estimate + n
+local mode = ARGV[4]
+if mode == 'refund' then
+  local back = math.min(cur, n)
+  cur = cur - back
+  estimate = estimate - back
   allowed = 1
+elseif estimate + n <= limit then
+  allowed = 1
+  if mode ~= 'peek' then
+    cur = cur + n
+    estimate = estimate + n
+  end
 end
 -- Written only when something changed, and its TTL set only when a window begins (two
 -- windows from then covers this one and the next, which still weighs it): a refused
--- request in a running window costs the server two calls, not four.
-if s ~= start then
+-- request in a running window costs the server two calls, not four. A peek writes nothing.
+if mode == 'peek' then
+elseif s ~= start then
   redis.call('HSET', KEYS[1], 'start', start, 'cur', cur, 'prev', prev)
   redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window / 1000))
 elseif allowed == 1 then
@@ -209,20 +263,16 @@ async fn decide(
     key: &str,
     quota: Quota,
     n: u32,
+    mode: &str,
 ) -> Result<Decision> {
     let window_us = u64::try_from(quota.window().as_micros()).unwrap_or(u64::MAX);
-    let reply: (i64, i64, i64, i64, u64, u64) = match algorithm {
-        Algorithm::SlidingLog => {
-            let mut inv = LOG.key(key);
-            inv.arg(window_us).arg(quota.limit()).arg(n);
-            conn.invoke(&inv).await?
-        }
-        Algorithm::SlidingCounter => {
-            let mut inv = COUNTER.key(key);
-            inv.arg(window_us).arg(quota.limit()).arg(n);
-            conn.invoke(&inv).await?
-        }
+    let script = match algorithm {
+        Algorithm::SlidingLog => &*LOG,
+        Algorithm::SlidingCounter => &*COUNTER,
     };
+    let mut inv = script.key(key);
+    inv.arg(window_us).arg(quota.limit()).arg(n).arg(mode);
+    let reply: (i64, i64, i64, i64, u64, u64) = conn.invoke(&inv).await?;
     let (allowed, remaining, reset_us, retry_us, secs, micros) = reply;
     let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     Ok(Decision {
