@@ -183,6 +183,9 @@ pub struct Settings {
     /// Renders `/metrics`. The Prometheus recorder is process-global, so whoever starts the
     /// process installs it (see `main`) and hands the handle in.
     pub metrics: PrometheusHandle,
+    /// How long a retired refresh token still rotates (two tabs refreshing at once); after
+    /// it, presenting the token again is reuse.
+    pub refresh_grace: Duration,
 }
 
 /// Everything the handlers share. Cheap to clone: every field is a handle.
@@ -204,7 +207,11 @@ struct AppState {
 /// ```
 pub fn app(kit: Tierkit, db: Arc<Database>, settings: Settings) -> tierkit::Result<Router> {
     let events = events_namespace(&kit)?;
-    let sessions = kit.sessions().build()?; // 14-day sliding expiry, 30 days at most
+    // 14-day sliding expiry, 30 days at most.
+    let sessions = kit
+        .sessions()
+        .refresh_grace(settings.refresh_grace)
+        .build()?;
     let limiter = kit.limiter("api", settings.rate_limit).build()?;
     let state = AppState {
         kit,
@@ -599,6 +606,7 @@ async fn main() -> Result<(), Box<dyn StdError>> {
     let settings = Settings {
         rate_limit: rate_limit_from_env()?,
         metrics,
+        refresh_grace: Duration::from_secs(10),
     };
     let db = Arc::new(Database::default());
     let warm = std::env::var("WARM")

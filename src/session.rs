@@ -27,6 +27,8 @@
 //!   refused). A user's index is scored by expiry: dead entries leave by score, at most 1,000
 //!   per call, a listing reads only the live range, and the key expires a day after the last
 //!   session. The sweep skips a user it cannot prune and always moves on.
+//! - [`Sessions::events`] streams creations, refreshes, revocations (with their reason),
+//!   expiries and detected token reuse, for audit logs.
 //! - Services keep data with a session by key ([`Sessions::insert`], [`Sessions::get`]), up
 //!   to [`MAX_SESSION_DATA`] bytes, sealed with the record under encryption.
 //! - While Redis is down, [`Sessions::validate`] answers from a local copy of sessions it
@@ -66,6 +68,7 @@
 
 mod builder;
 mod data;
+mod events;
 mod names;
 mod record;
 mod refresh;
@@ -79,6 +82,7 @@ mod window;
 
 pub use builder::{AtLimit, SessionsBuilder};
 pub use data::MAX_SESSION_DATA;
+pub use events::{RevokeReason, SessionEvent};
 pub use sessions::Sessions;
 pub use types::{
     Created, Device, DeviceKind, NewSession, Refresh, Secret, Session, SessionStats, Validation,

@@ -19,7 +19,9 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use support::http::Reply;
 use support::{per_backend, Backend};
-use tierkit::ratelimit::layer::{ForwardedHeader, IpNet, PeerAddr, RateLimitKey, RateLimitLayer};
+use tierkit::ratelimit::layer::{
+    ForwardedHeader, HeaderSyntax, IpNet, ListEntry, PeerAddr, RateLimitKey, RateLimitLayer,
+};
 use tierkit::ratelimit::{Decision, Limiter, Quota};
 use tierkit::Tierkit;
 use tokio::net::TcpListener;
@@ -33,6 +35,7 @@ per_backend!([embedded, redis] [
     forwarded_for_counts_only_from_trusted_proxies,
     legacy_headers_appear_only_when_enabled,
     ipv6_clients_are_keyed_by_their_64_and_broken_headers_share_one_budget,
+    allow_and_deny_lists_and_the_current_header_syntax,
 ]);
 
 /// What the handler echoes of the tier that decides on `b`.
@@ -77,9 +80,13 @@ struct App {
 async fn serve(layer: RateLimitLayer) -> App {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
-    let handler = move |Extension(decision): Extension<Decision>| async move {
+    // An allow-listed request carries no decision: the limit did not apply to it.
+    let handler = move |decision: Option<Extension<Decision>>| async move {
         counter.fetch_add(1, Ordering::SeqCst);
-        format!("ok {:?}", decision.tier)
+        match decision {
+            Some(Extension(d)) => format!("ok {:?}", d.tier),
+            None => "ok unlimited".to_owned(),
+        }
     };
     let app = Router::new()
         .route("/", get(handler))
@@ -276,6 +283,39 @@ async fn ipv6_clients_are_keyed_by_their_64_and_broken_headers_share_one_budget(
         200,
         "XFF is not read"
     );
+}
+
+/// Allow-listed clients pass uncounted and without headers, deny-listed ones get 403 before the
+/// limiter is asked; the draft's current header syntax names the policy.
+async fn allow_and_deny_lists_and_the_current_header_syntax(b: Backend) {
+    let kit = b.kit().await;
+    let loopback: IpNet = "127.0.0.0/8".parse().unwrap();
+    let app = serve(
+        RateLimitLayer::new(limiter(&kit, "http-lists"))
+            .trusted_proxies([loopback])
+            .allow_list([ListEntry::from("192.0.2.0/24".parse::<IpNet>().unwrap())])
+            .deny_list([ListEntry::User("mallory".into())])
+            .header_syntax(HeaderSyntax::Draft10),
+    )
+    .await;
+    for _ in 0..LIMIT * 3 {
+        let r = fetch(app.addr, &[("x-forwarded-for", "192.0.2.9")]).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "ok unlimited");
+        assert!(r.header("ratelimit").is_none());
+    }
+    let denied = fetch(app.addr, &[("x-user", "mallory")]).await;
+    assert_eq!(denied.status, 403, "{denied:?}");
+    let r = fetch(app.addr, &[("x-forwarded-for", "203.0.113.50")]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some(r#""http-lists";q=3;w=60"#)
+    );
+    let current = r.header("ratelimit").unwrap_or_default();
+    assert!(current.starts_with(r#""http-lists";r=2;t="#), "{current}");
+    // Only the counted request reached the limiter's budget, and the denied one no handler.
+    assert_eq!(app.calls.load(Ordering::SeqCst), LIMIT as usize * 3 + 1);
 }
 
 async fn legacy_headers_appear_only_when_enabled(b: Backend) {

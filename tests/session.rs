@@ -16,7 +16,9 @@ use std::time::Duration;
 use support::{eventually, Backend};
 use tierkit::clock::ManualClock;
 use tierkit::health::HealthState;
-use tierkit::session::{AtLimit, DeviceKind, NewSession, Refresh, Sessions, Validation};
+use tierkit::session::{
+    AtLimit, DeviceKind, NewSession, Refresh, RevokeReason, SessionEvent, Sessions, Validation,
+};
 use tierkit::{Error, Tierkit};
 
 fn login(user: &str, kind: DeviceKind) -> NewSession {
@@ -70,8 +72,79 @@ support::per_backend!(
         analytics_count_by_device_and_catch_up_with_expiry,
         a_thousand_concurrent_calls_never_validate_a_revoked_session,
         a_user_never_holds_more_sessions_than_the_limit,
+        events_tell_an_audit_log_what_happened,
     ]
 );
+
+/// The event stream carries each creation, refresh, revocation (with its reason), detected
+/// reuse and expiry, in order.
+async fn events_tell_an_audit_log_what_happened(b: Backend) {
+    let (kit, clock) = with_clock(&b).await;
+    let s = kit
+        .sessions()
+        .max_sessions_per_user(1, AtLimit::EvictOldest)
+        .refresh_grace(Duration::from_secs(1))
+        .idle_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let mut events = s.events();
+    let first = s.create(login("audit", DeviceKind::Desktop)).await.unwrap();
+    let second = s.create(login("audit", DeviceKind::Mobile)).await.unwrap();
+    let t0 = second.refresh_token.expose().to_owned();
+    let Refresh::Rotated { .. } = s.refresh(&t0).await.unwrap() else {
+        panic!()
+    };
+    clock.advance(Duration::from_secs(2));
+    assert!(matches!(s.refresh(&t0).await.unwrap(), Refresh::Reused));
+    let third = s.create(login("audit", DeviceKind::Tablet)).await.unwrap();
+    s.revoke(third.session_id.expose()).await.unwrap();
+    let fourth = s.create(login("audit", DeviceKind::Tablet)).await.unwrap();
+    clock.advance(Duration::from_secs(7200));
+    assert!(s.list("audit").await.unwrap().is_empty());
+
+    let (h1, h2, h3, h4) = (
+        first.session.handle,
+        second.session.handle,
+        third.session.handle,
+        fourth.session.handle,
+    );
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    let user = || "audit".to_owned();
+    let revoked = |handle: &str, reason| SessionEvent::Revoked {
+        user_id: user(),
+        handle: handle.to_owned(),
+        reason,
+    };
+    let created = |handle: &str, device| SessionEvent::Created {
+        user_id: user(),
+        handle: handle.to_owned(),
+        device,
+    };
+    assert_eq!(
+        seen,
+        vec![
+            created(&h1, DeviceKind::Desktop),
+            revoked(&h1, RevokeReason::Evicted),
+            created(&h2, DeviceKind::Mobile),
+            SessionEvent::Refreshed {
+                user_id: user(),
+                handle: h2.clone()
+            },
+            SessionEvent::ReuseDetected {
+                user_id: user(),
+                handle: h2.clone()
+            },
+            revoked(&h2, RevokeReason::Reuse),
+            created(&h3, DeviceKind::Tablet),
+            revoked(&h3, RevokeReason::Revoked),
+            created(&h4, DeviceKind::Tablet),
+            SessionEvent::Expired { handle: h4.clone() },
+        ]
+    );
+}
 
 /// `max_sessions_per_user`: evicting, the sessions that expire first go (and never validate
 /// again); refusing, the login fails and leaves nothing. Concurrent logins never pass it.

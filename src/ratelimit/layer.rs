@@ -41,18 +41,33 @@
 //!   `Retry-After` (seconds, rounded up, at least 1), the same rate-limit headers and a short
 //!   `text/plain` body.
 //!
-//! The rate-limit headers follow draft-ietf-httpapi-ratelimit-headers-07:
+//! The rate-limit headers follow draft-ietf-httpapi-ratelimit-headers-07 by default:
 //!
 //! ```text
 //! RateLimit-Policy: 100;w=60
 //! RateLimit: limit=100, remaining=42, reset=17
 //! ```
 //!
-//! `w` is the window in seconds, `reset` the seconds until the whole quota is back (both rounded
-//! up). With [`degraded_header`](RateLimitLayer::degraded_header), an answer decided without
-//! Redis also carries `X-RateLimit-Degraded: local` (or `policy`). With [`legacy_headers`](RateLimitLayer::legacy_headers) the layer also sends
-//! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds, not a
-//! timestamp).
+//! or, with [`header_syntax`](RateLimitLayer::header_syntax)`(`[`HeaderSyntax::Draft10`]`)`,
+//! the draft's current structured form, named after the limiter:
+//!
+//! ```text
+//! RateLimit-Policy: "api";q=100;w=60
+//! RateLimit: "api";r=42;t=17
+//! ```
+//!
+//! `w` is the window in seconds, `reset` (`t`) the seconds until the whole quota is back (both
+//! rounded up). With [`degraded_header`](RateLimitLayer::degraded_header), an answer decided
+//! without Redis also carries `X-RateLimit-Degraded: local` (or `policy`). With
+//! [`legacy_headers`](RateLimitLayer::legacy_headers) the layer also sends `X-RateLimit-Limit`,
+//! `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds, not a timestamp).
+//!
+//! ## Allow and deny lists
+//!
+//! [`allow_list`](RateLimitLayer::allow_list) names users and networks the limit does not
+//! apply to (never counted, no headers); [`deny_list`](RateLimitLayer::deny_list) those
+//! refused outright with `403 Forbidden`. Networks match the client address after trusted
+//! proxies; deny wins.
 //!
 //! # Examples
 //!
@@ -129,6 +144,72 @@ const X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-de
 
 /// The body of a `429` answer.
 const REFUSED_BODY: &str = "Too Many Requests\n";
+/// The body of the `403` a deny-listed client gets.
+const FORBIDDEN_BODY: &str = "Forbidden\n";
+
+/// What the allow and deny lists say of a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Listed {
+    Allowed,
+    Denied,
+}
+
+/// One side of the allow and deny lists: users (the [`RateLimitKey`] id) and networks (the
+/// client address, after trusted proxies).
+#[derive(Clone, Debug, Default)]
+struct Lists {
+    users: Vec<String>,
+    nets: Vec<IpNet>,
+}
+
+/// An entry of an allow or deny list: a user id or a network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListEntry {
+    /// The id a [`RateLimitKey`] carries.
+    User(String),
+    /// Client addresses (after trusted proxies), as a CIDR range.
+    Network(IpNet),
+}
+
+impl From<IpNet> for ListEntry {
+    fn from(net: IpNet) -> Self {
+        ListEntry::Network(net)
+    }
+}
+
+impl From<IpAddr> for ListEntry {
+    fn from(ip: IpAddr) -> Self {
+        ListEntry::Network(IpNet::from(ip.to_canonical()))
+    }
+}
+
+impl Lists {
+    fn from_entries(entries: impl IntoIterator<Item = impl Into<ListEntry>>) -> Self {
+        let mut lists = Lists::default();
+        for entry in entries {
+            match entry.into() {
+                ListEntry::User(id) => lists.users.push(id),
+                ListEntry::Network(net) => lists.nets.push(net.trunc()),
+            }
+        }
+        lists
+    }
+}
+
+/// Which form the rate-limit headers take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HeaderSyntax {
+    /// draft-ietf-httpapi-ratelimit-headers-07: `RateLimit-Policy: 100;w=60` and
+    /// `RateLimit: limit=100, remaining=42, reset=17`.
+    #[default]
+    Draft07,
+    /// The draft's current form (-09 and -10), structured fields naming the policy:
+    /// `RateLimit-Policy: "api";q=100;w=60` and `RateLimit: "api";r=42;t=17`, where the name
+    /// is the limiter's.
+    Draft10,
+}
 
 /// Request extension that keys the request by user: the layer uses `user:{id}`.
 ///
@@ -170,6 +251,9 @@ pub struct RateLimitLayer {
     v6_prefix: u8,
     legacy_headers: bool,
     degraded_header: bool,
+    syntax: HeaderSyntax,
+    allow: Lists,
+    deny: Lists,
 }
 
 impl RateLimitLayer {
@@ -183,7 +267,31 @@ impl RateLimitLayer {
             v6_prefix: 64,
             legacy_headers: false,
             degraded_header: false,
+            syntax: HeaderSyntax::default(),
+            allow: Lists::default(),
+            deny: Lists::default(),
         }
+    }
+
+    /// Clients the limit does not apply to: users or networks (replaces any earlier list).
+    /// Their requests are never counted and carry no rate-limit headers. A deny-list entry
+    /// wins over an allow-list one.
+    pub fn allow_list(mut self, entries: impl IntoIterator<Item = impl Into<ListEntry>>) -> Self {
+        self.allow = Lists::from_entries(entries);
+        self
+    }
+
+    /// Clients refused outright with `403 Forbidden`, before the limiter is asked: users or
+    /// networks (replaces any earlier list).
+    pub fn deny_list(mut self, entries: impl IntoIterator<Item = impl Into<ListEntry>>) -> Self {
+        self.deny = Lists::from_entries(entries);
+        self
+    }
+
+    /// The form of the rate-limit headers. Default: [`HeaderSyntax::Draft07`].
+    pub fn header_syntax(mut self, syntax: HeaderSyntax) -> Self {
+        self.syntax = syntax;
+        self
     }
 
     /// Proxies whose forwarding header is believed: addresses ([`IpAddr`]) or CIDR ranges
@@ -275,6 +383,9 @@ impl<S> Layer<S> for RateLimitLayer {
                 v6_prefix: self.v6_prefix,
                 legacy_headers: self.legacy_headers,
                 degraded_header: self.degraded_header,
+                syntax: self.syntax,
+                allow: self.allow.clone(),
+                deny: self.deny.clone(),
                 window_secs: window,
                 warned_unknown: AtomicBool::new(false),
             }),
@@ -307,6 +418,9 @@ struct Shared {
     v6_prefix: u8,
     legacy_headers: bool,
     degraded_header: bool,
+    syntax: HeaderSyntax,
+    allow: Lists,
+    deny: Lists,
     window_secs: u64,
     warned_unknown: AtomicBool,
 }
@@ -331,8 +445,14 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
-        let key = shared.key(&req);
+        let (key, listed) = shared.identify(&req);
         Box::pin(async move {
+            match listed {
+                Some(Listed::Denied) => return Ok(Shared::forbidden()),
+                // Never counted, no rate-limit headers: the limit does not apply.
+                Some(Listed::Allowed) => return inner.call(req).await,
+                None => {}
+            }
             let decision = shared.limiter.check(&key).await;
             if !decision.allowed {
                 return Ok(shared.refused(&decision));
@@ -346,24 +466,59 @@ where
 }
 
 impl Shared {
+    #[cfg(test)]
     fn key<B>(&self, req: &Request<B>) -> String {
-        if let Some(RateLimitKey(id)) = req.extensions().get::<RateLimitKey>() {
-            return format!("user:{id}");
-        }
-        if let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>() {
-            return match self.client_ip(peer.ip(), req.headers()) {
-                Some(ip) => format!("ip:{}", self.network(ip)),
-                None => "ip:malformed".to_owned(),
-            };
-        }
-        if !self.warned_unknown.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                limiter = %self.limiter.name(),
-                "tierkit: request without RateLimitKey or PeerAddr extension; all such requests \
-                 share the `ip:unknown` budget (insert PeerAddr in the server integration)"
-            );
-        }
-        "ip:unknown".to_owned()
+        self.identify(req).0
+    }
+
+    /// The request's key, and what the allow and deny lists say of it (deny wins; both are
+    /// checked against the user and the client address alike).
+    fn identify<B>(&self, req: &Request<B>) -> (String, Option<Listed>) {
+        let user = req.extensions().get::<RateLimitKey>().map(|k| k.0.as_str());
+        let ip = req
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|PeerAddr(peer)| self.client_ip(peer.ip(), req.headers()));
+        let listed = |list: &Lists| {
+            user.is_some_and(|u| list.users.iter().any(|x| x == u))
+                || ip
+                    .flatten()
+                    .is_some_and(|ip| list.nets.iter().any(|net| net.contains(&ip)))
+        };
+        let verdict = if listed(&self.deny) {
+            Some(Listed::Denied)
+        } else if listed(&self.allow) {
+            Some(Listed::Allowed)
+        } else {
+            None
+        };
+        let key = match (user, ip) {
+            (Some(id), _) => format!("user:{id}"),
+            (None, Some(Some(ip))) => format!("ip:{}", self.network(ip)),
+            (None, Some(None)) => "ip:malformed".to_owned(),
+            (None, None) => {
+                if !self.warned_unknown.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        limiter = %self.limiter.name(),
+                        "tierkit: request without RateLimitKey or PeerAddr extension; all such \
+                         requests share the `ip:unknown` budget (insert PeerAddr in the server \
+                         integration)"
+                    );
+                }
+                "ip:unknown".to_owned()
+            }
+        };
+        (key, verdict)
+    }
+
+    fn forbidden<ResBody: From<&'static str>>() -> Response<ResBody> {
+        let mut res = Response::new(ResBody::from(FORBIDDEN_BODY));
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        res.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        res
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -413,19 +568,25 @@ impl Shared {
 
     fn set_headers(&self, headers: &mut HeaderMap, d: &Decision) {
         let reset = ceil_secs(d.reset_after);
-        insert(
-            headers,
-            RATELIMIT_POLICY,
-            format!("{};w={}", d.limit, self.window_secs),
-        );
-        insert(
-            headers,
-            RATELIMIT,
-            format!(
-                "limit={}, remaining={}, reset={reset}",
-                d.limit, d.remaining
+        let (policy, current) = match self.syntax {
+            HeaderSyntax::Draft07 => (
+                format!("{};w={}", d.limit, self.window_secs),
+                format!(
+                    "limit={}, remaining={}, reset={reset}",
+                    d.limit, d.remaining
+                ),
             ),
-        );
+            // Limiter names are `A-Z a-z 0-9 _ - .`: a valid sf-string as they are.
+            HeaderSyntax::Draft10 => {
+                let name = self.limiter.name();
+                (
+                    format!("\"{name}\";q={};w={}", d.limit, self.window_secs),
+                    format!("\"{name}\";r={};t={reset}", d.remaining),
+                )
+            }
+        };
+        insert(headers, RATELIMIT_POLICY, policy);
+        insert(headers, RATELIMIT, current);
         if self.degraded_header && d.degraded {
             let by = if d.tier == Tier::Policy {
                 "policy"
@@ -645,6 +806,58 @@ mod tests {
             s.key(&request(Some("[2001:db8::1]:1"), &[])),
             "ip:2001:db8::1"
         );
+    }
+
+    #[test]
+    fn lists_match_users_and_networks_and_deny_wins() {
+        let mut s = shared(&["10.0.0.1"]);
+        s.allow = Lists::from_entries([
+            ListEntry::User("ops".into()),
+            ListEntry::from("198.51.100.0/24".parse::<IpNet>().unwrap()),
+        ]);
+        s.deny = Lists::from_entries([
+            ListEntry::User("mallory".into()),
+            ListEntry::from("198.51.100.66".parse::<IpAddr>().unwrap()),
+        ]);
+        let verdict = |user: Option<&str>, xff: &str| {
+            let mut req = request(Some("10.0.0.1:443"), &[xff]);
+            if let Some(u) = user {
+                req.extensions_mut().insert(RateLimitKey(u.into()));
+            }
+            s.identify(&req).1
+        };
+        assert_eq!(verdict(Some("ops"), "203.0.113.1"), Some(Listed::Allowed));
+        assert_eq!(verdict(None, "198.51.100.7"), Some(Listed::Allowed));
+        assert_eq!(verdict(None, "198.51.100.66"), Some(Listed::Denied));
+        // An allowed user from a denied address is denied.
+        assert_eq!(verdict(Some("ops"), "198.51.100.66"), Some(Listed::Denied));
+        assert_eq!(
+            verdict(Some("mallory"), "198.51.100.7"),
+            Some(Listed::Denied)
+        );
+        assert_eq!(verdict(None, "203.0.113.1"), None);
+        // The proxy's own address is not the client's.
+        assert_eq!(verdict(None, "garbage"), None);
+    }
+
+    #[test]
+    fn draft_10_headers_name_the_policy() {
+        let mut s = shared(&[]);
+        s.syntax = HeaderSyntax::Draft10;
+        let d = Decision {
+            allowed: true,
+            limit: 3,
+            remaining: 2,
+            reset_after: Duration::from_millis(1200),
+            retry_after: None,
+            tier: super::super::Tier::Local,
+            decided_at: None,
+            degraded: false,
+        };
+        let mut h = HeaderMap::new();
+        s.set_headers(&mut h, &d);
+        assert_eq!(h[RATELIMIT_POLICY], r#""t";q=3;w=2"#);
+        assert_eq!(h[RATELIMIT], r#""t";r=2;t=2"#);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use super::events::Events;
 use super::names::UserNames;
 use super::sessions::{Counters, Inner, Sessions};
 use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
@@ -291,6 +292,7 @@ impl SessionsBuilder {
             revoked: Window::new(self.cfg.max_lifetime, self.clock.clone()),
             pending: std::sync::Mutex::new(Vec::new()),
             counters: Counters::default(),
+            events: Events::new(),
             store,
             names,
             clock: self.clock,

@@ -2,6 +2,7 @@
 //! immediately previous token stays good for `refresh_grace`, and an older one presented again
 //! revokes the session (reuse detection).
 
+use super::events::{RevokeReason, SessionEvent};
 use super::record::{digest, new_secret, tag_of, Rotation};
 use super::sessions::{bump, Sessions};
 use super::types::{Refresh, Secret};
@@ -44,9 +45,18 @@ impl Sessions {
                     tracing::warn!(
                         "tierkit: a retired refresh token was presented again; revoking its session"
                     );
+                    inner.events.emit(|| SessionEvent::ReuseDetected {
+                        user_id: rec.user_id.clone(),
+                        handle: hash.clone(),
+                    });
                     if self.remove(tag, &hash, &rec).await? {
                         bump(&inner.counters.revoked, 1);
                         crate::metrics::session_event("revoked");
+                        inner.events.emit(|| SessionEvent::Revoked {
+                            user_id: rec.user_id.clone(),
+                            handle: hash.clone(),
+                            reason: RevokeReason::Reuse,
+                        });
                     }
                     return Ok(Refresh::Reused);
                 }
@@ -67,6 +77,10 @@ impl Sessions {
                     {
                         bump(&inner.counters.refreshed, 1);
                         crate::metrics::session_event("refreshed");
+                        inner.events.emit(|| SessionEvent::Refreshed {
+                            user_id: rec.user_id.clone(),
+                            handle: hash.clone(),
+                        });
                         return Ok(Refresh::Rotated {
                             refresh_token: Secret(token),
                             session: Box::new(rec.to_session(&hash, &inner.cfg)),

@@ -2,6 +2,7 @@
 //! revocation holds on this instance at once, whatever Redis does; one Redis could not take is
 //! remembered and replayed the moment health says Redis is back (and by every sweep).
 
+use super::events::{RevokeReason, SessionEvent};
 use super::record::{digest, tag_of, Record};
 use super::sessions::{bump, Sessions};
 use super::types::Validation;
@@ -74,6 +75,11 @@ impl Sessions {
         if existed {
             bump(&self.0.counters.revoked, 1);
             crate::metrics::session_event("revoked");
+            self.0.events.emit(|| SessionEvent::Revoked {
+                user_id: rec.user_id.clone(),
+                handle: hash.to_owned(),
+                reason: RevokeReason::Revoked,
+            });
         }
         Ok(existed)
     }

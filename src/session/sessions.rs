@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::builder::AtLimit;
 use super::builder::SessionConfig;
+use super::events::{Events, RevokeReason, SessionEvent};
 use super::names::{UserName, UserNames};
 use super::record::{digest, new_secret, Record};
 use super::store::{split_member, Admit, SessionStore};
@@ -77,6 +78,8 @@ pub(super) struct Inner {
     /// Revocations Redis did not take (it was down): retried by the sweep.
     pub(super) pending: std::sync::Mutex<Vec<(String, String)>>,
     pub(super) counters: Counters,
+    /// Session events for audit logs.
+    pub(super) events: Events,
     pub(super) _stop_sweep: oneshot::Sender<()>,
 }
 
@@ -144,11 +147,22 @@ impl Sessions {
             .await?;
         for mem in &evicted {
             // Gone from Redis already; never honoured here again either.
-            self.0.revoked.insert(split_member(mem).0.to_owned(), ());
+            let handle = split_member(mem).0;
+            self.0.revoked.insert(handle.to_owned(), ());
             bump(&self.0.counters.revoked, 1);
             crate::metrics::session_event("revoked");
+            self.0.events.emit(|| SessionEvent::Revoked {
+                user_id: rec.user_id.clone(),
+                handle: handle.to_owned(),
+                reason: RevokeReason::Evicted,
+            });
         }
         bump(&self.0.counters.created, 1);
+        self.0.events.emit(|| SessionEvent::Created {
+            user_id: rec.user_id.clone(),
+            handle: hash.clone(),
+            device: rec.device.kind,
+        });
         crate::metrics::session_event("created");
         Ok(Created {
             session_id: Secret(session_id),
@@ -202,7 +216,15 @@ impl Sessions {
                 _ => dead.push(member.clone()),
             }
         }
-        let pruned = gone + inner.store.prune(tag, name, &dead).await?;
+        let mut gone = gone;
+        gone.extend(inner.store.prune(tag, name, &dead).await?);
+        let pruned = gone.len() as u64;
+        for mem in &gone {
+            let handle = split_member(mem).0;
+            inner.events.emit(|| SessionEvent::Expired {
+                handle: handle.to_owned(),
+            });
+        }
         // Newest first, as documented: the index orders by expiry.
         live.sort_by_key(|s: &Session| std::cmp::Reverse(s.created_at));
         bump(&inner.counters.expired, pruned);

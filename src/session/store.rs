@@ -94,8 +94,8 @@ pub(crate) trait SessionStore: Send + Sync {
     async fn remove(&self, tag: &str, hash: &str, name: &str, kind: &str) -> Result<bool>;
 
     /// The index of a user as of `now`: the members ([`member`]) of sessions that may still
-    /// be live, at most `limit`, latest expiry first; and how many entries of sessions that are
-    /// gone it took off (and counted off) on the way. Entries are scored by expiry, so the
+    /// be live, at most `limit`, latest expiry first; and the entries of sessions that are gone
+    /// it took off (and counted off) on the way. Entries are scored by expiry, so the
     /// dead ones are found by score, a bounded number per call, never by reading them all.
     async fn index(
         &self,
@@ -103,11 +103,11 @@ pub(crate) trait SessionStore: Send + Sync {
         name: &str,
         now: Millis,
         limit: usize,
-    ) -> Result<(Vec<String>, u64)>;
+    ) -> Result<(Vec<String>, Vec<String>)>;
 
-    /// Takes vanished sessions off a user's index and the counts; returns how many this call
+    /// Takes vanished sessions off a user's index and the counts; returns the members this call
     /// took off.
-    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64>;
+    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<Vec<String>>;
 
     /// The session a refresh token belongs to.
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>>;

@@ -3,6 +3,7 @@
 //! sent off in the background. While the store cannot be reached, the local copy answers
 //! within `staleness`, else [`Validation::Unavailable`].
 
+use super::events::SessionEvent;
 use super::record::{digest, tag_of, Record};
 use super::sessions::{bump, Sessions};
 use super::store::Read;
@@ -52,6 +53,9 @@ impl Sessions {
                 if this.remove(&tag, &hash2, &rec).await.unwrap_or(false) {
                     bump(&this.0.counters.expired, 1);
                     crate::metrics::session_event("expired");
+                    this.0
+                        .events
+                        .emit(|| SessionEvent::Expired { handle: hash2 });
                 }
             })
             .await;

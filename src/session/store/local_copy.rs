@@ -121,11 +121,11 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         name: &str,
         now: Millis,
         limit: usize,
-    ) -> Result<(Vec<String>, u64)> {
+    ) -> Result<(Vec<String>, Vec<String>)> {
         self.store.index(tag, name, now, limit).await
     }
 
-    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64> {
+    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<Vec<String>> {
         self.store.prune(tag, name, members).await
     }
 
@@ -228,11 +228,17 @@ mod tests {
             self.up()?;
             self.store.remove(t, h, u, k).await
         }
-        async fn index(&self, t: &str, u: &str, w: Millis, l: usize) -> Result<(Vec<String>, u64)> {
+        async fn index(
+            &self,
+            t: &str,
+            u: &str,
+            w: Millis,
+            l: usize,
+        ) -> Result<(Vec<String>, Vec<String>)> {
             self.up()?;
             self.store.index(t, u, w, l).await
         }
-        async fn prune(&self, t: &str, u: &str, m: &[String]) -> Result<u64> {
+        async fn prune(&self, t: &str, u: &str, m: &[String]) -> Result<Vec<String>> {
             self.up()?;
             self.store.prune(t, u, m).await
         }

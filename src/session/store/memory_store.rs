@@ -36,9 +36,9 @@ impl Mem {
 
     /// As the Redis store's prune: entries scored before `now` whose session is gone leave
     /// the index (at most [`PRUNE_PER_CALL`]) and are counted off; the others are re-scored.
-    fn prune_index(&mut self, name: &str, now: Millis) -> u64 {
+    fn prune_index(&mut self, name: &str, now: Millis) -> Vec<String> {
         let Some(mut idx) = self.index.remove(name) else {
-            return 0;
+            return Vec::new();
         };
         let mut gone = Vec::new();
         for (score, mem) in idx.iter_mut().filter(|(score, _)| *score <= now) {
@@ -58,7 +58,7 @@ impl Mem {
         if !idx.is_empty() {
             self.index.insert(name.to_owned(), idx);
         }
-        gone.len() as u64
+        gone
     }
 }
 
@@ -204,7 +204,7 @@ impl SessionStore for MemoryStore {
         name: &str,
         now: Millis,
         limit: usize,
-    ) -> Result<(Vec<String>, u64)> {
+    ) -> Result<(Vec<String>, Vec<String>)> {
         let mut m = self.lock();
         let gone = m.prune_index(name, now);
         let mut idx: Vec<(Millis, String)> = m
@@ -222,7 +222,7 @@ impl SessionStore for MemoryStore {
         Ok((idx.into_iter().map(|(_, mem)| mem).collect(), gone))
     }
 
-    async fn prune(&self, _tag: &str, name: &str, members: &[String]) -> Result<u64> {
+    async fn prune(&self, _tag: &str, name: &str, members: &[String]) -> Result<Vec<String>> {
         let mut m = self.lock();
         let gone: HashSet<&String> = members.iter().collect();
         let mut removed = Vec::new();
@@ -240,7 +240,7 @@ impl SessionStore for MemoryStore {
             *m.counts.entry("active".into()).or_default() -= 1;
             *m.counts.entry(format!("device:{kind}")).or_default() -= 1;
         }
-        Ok(removed.len() as u64)
+        Ok(removed)
     }
 
     async fn refresh_lookup(&self, _tag: &str, rt_hash: &str) -> Result<Option<String>> {

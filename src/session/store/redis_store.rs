@@ -421,7 +421,7 @@ impl SessionStore for RedisStore {
         name: &str,
         now: Millis,
         limit: usize,
-    ) -> Result<(Vec<String>, u64)> {
+    ) -> Result<(Vec<String>, Vec<String>)> {
         let mut inv = INDEX.key(self.index_key(tag, name));
         inv.arg(now)
             .arg(self.session_key(tag, ""))
@@ -430,12 +430,12 @@ impl SessionStore for RedisStore {
         let (gone, live): (Vec<String>, Vec<String>) = self.conn.invoke(&inv).await?;
         let kinds: Vec<&str> = gone.iter().map(|m| split_member(m).1).collect();
         self.count_off(&kinds).await;
-        Ok((live, gone.len() as u64))
+        Ok((live, gone))
     }
 
-    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<u64> {
+    async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<Vec<String>> {
         if members.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let index = self.index_key(tag, name);
         let mut pipe = redis::pipe();
@@ -444,14 +444,15 @@ impl SessionStore for RedisStore {
         }
         let removed: Vec<i64> = self.conn.pipeline(&pipe).await?;
         // Only what this call took off the index is counted off.
-        let kinds: Vec<&str> = members
+        let taken: Vec<String> = members
             .iter()
             .zip(&removed)
             .filter(|(_, r)| **r == 1)
-            .map(|(m, _)| split_member(m).1)
+            .map(|(m, _)| m.clone())
             .collect();
+        let kinds: Vec<&str> = taken.iter().map(|m| split_member(m).1).collect();
         self.count_off(&kinds).await;
-        Ok(kinds.len() as u64)
+        Ok(taken)
     }
 
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>> {
