@@ -73,8 +73,55 @@ support::per_backend!(
         a_thousand_concurrent_calls_never_validate_a_revoked_session,
         a_user_never_holds_more_sessions_than_the_limit,
         events_tell_an_audit_log_what_happened,
+        rotate_id_moves_the_session_and_kills_the_old_id,
     ]
 );
+
+/// After `rotate_id` the old id is worth nothing, here and on another instance; the new one
+/// carries everything (data, refresh token, listing, revoke_all).
+async fn rotate_id_moves_the_session_and_kills_the_old_id(b: Backend) {
+    let kit = b.kit().await;
+    let s = kit.sessions().build().unwrap();
+    let c = s
+        .create(login("step-up", DeviceKind::Desktop))
+        .await
+        .unwrap();
+    let old = c.session_id.expose().to_owned();
+    s.insert(&old, "cart", &vec![1_u32, 2]).await.unwrap();
+    let new = s.rotate_id(&old).await.unwrap();
+    let new = new.expose();
+    assert_ne!(new, old);
+    assert_eq!(s.validate(&old).await, Validation::Invalid);
+    let Validation::Valid(session) = s.validate(new).await else {
+        panic!("the new id validates")
+    };
+    assert_ne!(session.handle, c.session.handle);
+    assert_eq!(session.user_id, "step-up");
+    if !b.is_embedded() {
+        let other = b.kit().await.sessions().build().unwrap();
+        assert_eq!(other.validate(&old).await, Validation::Invalid);
+        assert!(valid(&other.validate(new).await));
+    }
+    assert_eq!(
+        s.get::<Vec<u32>>(new, "cart").await.unwrap(),
+        Some(vec![1, 2])
+    );
+    assert!(matches!(
+        s.rotate_id(&old).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    let listed = s.list("step-up").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].handle, session.handle);
+    let Refresh::Rotated { session: after, .. } =
+        s.refresh(c.refresh_token.expose()).await.unwrap()
+    else {
+        panic!("the refresh token follows the session")
+    };
+    assert_eq!(after.handle, session.handle);
+    assert_eq!(s.revoke_all("step-up").await.unwrap(), 1);
+    assert_eq!(s.validate(new).await, Validation::Invalid);
+}
 
 /// The event stream carries each creation, refresh, revocation (with its reason), detected
 /// reuse and expiry, in order.

@@ -51,6 +51,16 @@ pub enum SessionEvent {
         /// The session.
         handle: String,
     },
+    /// The session got a new id ([`Sessions::rotate_id`]); the old handle is gone.
+    #[serde(rename_all = "camelCase")]
+    IdRotated {
+        /// The user.
+        user_id: String,
+        /// The handle before.
+        old_handle: String,
+        /// The handle from now on.
+        new_handle: String,
+    },
     /// A retired refresh token was presented again: a stolen token, most likely. The session
     /// is revoked ([`RevokeReason::Reuse`] follows).
     #[serde(rename_all = "camelCase")]

@@ -1,6 +1,7 @@
-//! Refresh-token rotation: the presented token is retired and a new one returned; the
-//! immediately previous token stays good for `refresh_grace`, and an older one presented again
-//! revokes the session (reuse detection).
+//! Rotation of a session's secrets: refresh tokens (the presented token is retired and a new
+//! one returned; a retired token still rotates within `refresh_grace`, and presented again
+//! after it revokes the session: reuse detection), and the session id itself
+//! ([`Sessions::rotate_id`], for privilege changes).
 
 use super::events::{RevokeReason, SessionEvent};
 use super::record::{digest, new_secret, tag_of, Rotation};
@@ -11,6 +12,73 @@ use crate::error::{Error, Result};
 const CAS_ATTEMPTS: usize = 8;
 
 impl Sessions {
+    /// Gives the session a new id and retires the old one, keeping everything else (user,
+    /// device, data, refresh tokens, expiry): call it when the session's privileges change
+    /// (a login step-up, a role change), so an id seen before the change is worth nothing
+    /// after it. Returns the new id; the old one never validates again.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// use tierkit::session::{NewSession, Validation};
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let sessions = kit.sessions().build()?;
+    /// let login = sessions.create(NewSession::new("user-7")).await?;
+    /// let old = login.session_id.expose().to_owned();
+    /// let new = sessions.rotate_id(&old).await?;
+    /// assert_eq!(sessions.validate(&old).await, Validation::Invalid);
+    /// assert!(matches!(sessions.validate(new.expose()).await, Validation::Valid(_)));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] when `session_id` is not a live session; the Redis error when
+    /// Redis cannot take it (the old id then still works);
+    /// [`Error::Conflict`] when the session kept changing under the move.
+    pub async fn rotate_id(&self, session_id: &str) -> Result<Secret> {
+        let inner = &self.0;
+        let not_live = || Error::invalid("session_id", "is not a live session");
+        let tag = tag_of(session_id).ok_or_else(not_live)?;
+        let old = digest(session_id);
+        for _ in 0..CAS_ATTEMPTS {
+            if inner.revoked.contains(&old) {
+                return Err(not_live());
+            }
+            let Some(rec) = inner.store.load(tag, &old).await? else {
+                return Err(not_live());
+            };
+            let now = inner.clock.now_ms();
+            if !rec.is_live(now, &inner.cfg) || !inner.names.honours(tag, &rec.user_id) {
+                return Err(not_live());
+            }
+            let id = new_secret(tag)?;
+            let new = digest(&id);
+            let name = inner.names.index_name(tag, &rec.user_id);
+            let rt_ttl = std::time::Duration::from_millis(rec.deadline.saturating_sub(now).max(1));
+            let life = rec.life(now, &inner.cfg);
+            if inner
+                .store
+                .rekey(tag, &name, (&old, &new), &rec, life, rt_ttl)
+                .await?
+            {
+                inner.revoked.insert(old.clone(), ());
+                inner.events.emit(|| SessionEvent::IdRotated {
+                    user_id: rec.user_id.clone(),
+                    old_handle: old.clone(),
+                    new_handle: new.clone(),
+                });
+                return Ok(Secret(id));
+            }
+        }
+        Err(Error::Conflict(format!(
+            "the session changed under {CAS_ATTEMPTS} id rotations in a row"
+        )))
+    }
+
     /// Exchanges a refresh token for a new one.
     ///
     /// # Errors

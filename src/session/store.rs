@@ -112,6 +112,20 @@ pub(crate) trait SessionStore: Send + Sync {
     /// The session a refresh token belongs to.
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>>;
 
+    /// Moves session `old` to `new` (a new session id for the same record), if its stored
+    /// version is still `rec.version`: the record under the new key for `life`, the index
+    /// entry renamed, every refresh token of `rec` linked to `new` for `rt_ttl`, the old key
+    /// gone. Returns whether it moved.
+    async fn rekey(
+        &self,
+        tag: &str,
+        name: &str,
+        (old, new): (&str, &str),
+        rec: &Record,
+        life: Life,
+        rt_ttl: Duration,
+    ) -> Result<bool>;
+
     /// Links a refresh token to its session for `ttl`.
     async fn refresh_link(&self, tag: &str, rt_hash: &str, hash: &str, ttl: Duration)
         -> Result<()>;

@@ -125,6 +125,27 @@ impl<S: SessionStore> SessionStore for LocalCopy<S> {
         self.store.index(tag, name, now, limit).await
     }
 
+    async fn rekey(
+        &self,
+        tag: &str,
+        name: &str,
+        (old, new): (&str, &str),
+        rec: &Record,
+        life: Life,
+        rt_ttl: Duration,
+    ) -> Result<bool> {
+        // The old id's copy goes first: whatever the store does, it no longer validates here.
+        self.copies.remove(old);
+        let moved = self
+            .store
+            .rekey(tag, name, (old, new), rec, life, rt_ttl)
+            .await?;
+        if moved {
+            self.keep_copy(new, rec);
+        }
+        Ok(moved)
+    }
+
     async fn prune(&self, tag: &str, name: &str, members: &[String]) -> Result<Vec<String>> {
         self.store.prune(tag, name, members).await
     }
@@ -237,6 +258,18 @@ mod tests {
         ) -> Result<(Vec<String>, Vec<String>)> {
             self.up()?;
             self.store.index(t, u, w, l).await
+        }
+        async fn rekey(
+            &self,
+            t: &str,
+            n: &str,
+            o: (&str, &str),
+            r: &Record,
+            l: Life,
+            d: Duration,
+        ) -> Result<bool> {
+            self.up()?;
+            self.store.rekey(t, n, o, r, l, d).await
         }
         async fn prune(&self, t: &str, u: &str, m: &[String]) -> Result<Vec<String>> {
             self.up()?;

@@ -243,6 +243,41 @@ impl SessionStore for MemoryStore {
         Ok(removed)
     }
 
+    async fn rekey(
+        &self,
+        _tag: &str,
+        name: &str,
+        (old, new): (&str, &str),
+        rec: &Record,
+        life: Life,
+        rt_ttl: Duration,
+    ) -> Result<bool> {
+        let now = self.now();
+        let mut m = self.lock();
+        match m.sessions.get(old) {
+            Some((stored, until)) if now < *until && stored.version == rec.version => {}
+            _ => return Ok(false),
+        }
+        m.sessions.remove(old);
+        m.sessions.insert(
+            new.to_owned(),
+            (rec.clone(), now.saturating_add(px(life.ttl))),
+        );
+        let kind = rec.device.kind.as_str();
+        let (old_member, new_member) = (member(old, kind), member(new, kind));
+        if let Some(idx) = m.index.get_mut(name) {
+            for (score, mem) in idx.iter_mut().filter(|(_, mem)| *mem == old_member) {
+                *score = life.expires;
+                mem.clone_from(&new_member);
+            }
+        }
+        let until = now.saturating_add(px(rt_ttl));
+        for token in rec.refresh.iter().chain(rec.grace.iter().map(|(h, _)| h)) {
+            m.refresh.insert(token.clone(), (new.to_owned(), until));
+        }
+        Ok(true)
+    }
+
     async fn refresh_lookup(&self, _tag: &str, rt_hash: &str) -> Result<Option<String>> {
         let now = self.now();
         let m = self.lock();

@@ -137,6 +137,22 @@ static INDEX_LUA: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Moves a session to a new key in one step (see `SessionStore::rekey`).
+///
+/// KEYS: old session, new session, index, then the refresh-token keys to relink. ARGV:
+/// expected version, record, ttl ms, expiry score, old member, new member, new hash, refresh
+/// ttl ms. Returns 1 when moved, 0 when the version no longer matched.
+const REKEY_LUA: &str = "if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end \
+    redis.call('HSET', KEYS[2], 'v', ARGV[1], 'd', ARGV[2]) \
+    redis.call('PEXPIRE', KEYS[2], ARGV[3]) \
+    redis.call('DEL', KEYS[1]) \
+    if redis.call('ZREM', KEYS[3], ARGV[5]) == 1 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6]) end \
+    for i = 4, #KEYS do redis.call('SET', KEYS[i], ARGV[7], 'PX', ARGV[8]) end \
+    return 1";
+
+static REKEY: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REKEY_LUA));
+
 static INDEX: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(&INDEX_LUA));
 
@@ -453,6 +469,39 @@ impl SessionStore for RedisStore {
         let kinds: Vec<&str> = taken.iter().map(|m| split_member(m).1).collect();
         self.count_off(&kinds).await;
         Ok(taken)
+    }
+
+    async fn rekey(
+        &self,
+        tag: &str,
+        name: &str,
+        (old, new): (&str, &str),
+        rec: &Record,
+        life: Life,
+        rt_ttl: Duration,
+    ) -> Result<bool> {
+        let new_key = self.session_key(tag, new);
+        // Sealed records are bound to their key: sealed afresh for the new one.
+        let blob = self.encode(&new_key, rec)?;
+        let kind = rec.device.kind.as_str();
+        let mut inv = REKEY.key(self.session_key(tag, old));
+        inv.key(&new_key).key(self.index_key(tag, name));
+        for token in rec.refresh.iter().chain(rec.grace.iter().map(|(h, _)| h)) {
+            inv.key(self.refresh_key(tag, token));
+        }
+        inv.arg(rec.version)
+            .arg(blob)
+            .arg(px(life.ttl))
+            .arg(life.expires)
+            .arg(member(old, kind))
+            .arg(member(new, kind))
+            .arg(new)
+            .arg(px(rt_ttl));
+        let moved = self.conn.invoke::<i64>(&inv).await? == 1;
+        if moved {
+            self.replicated(&new_key).await?;
+        }
+        Ok(moved)
     }
 
     async fn refresh_lookup(&self, tag: &str, rt_hash: &str) -> Result<Option<String>> {
