@@ -26,7 +26,7 @@
 //! | `tierkit_ratelimit_degraded` | gauge | `limiter` | 1 while a Redis-backed limiter decides without Redis |
 //! | `tierkit_ratelimit_takeovers_total` | counter | `limiter` | times the local tier took over from Redis |
 //! | `tierkit_ratelimit_redis_errors_total` | counter | `limiter`, `kind` (the Redis error code) | Redis errors that are not outages, decided by the error policy |
-//! | `tierkit_session_events_total` | counter | `event` = `created`, `validated`, `validated_locally`, `refreshed`, `revoked`, `expired` | session events |
+//! | `tierkit_session_events_total` | counter | `event` = `created`, `validated`, `validated_locally`, `validated_stateless`, `refreshed`, `revoked`, `expired` | session events |
 
 //!
 //! This module takes plain labels and numbers and knows no feature's types: each feature

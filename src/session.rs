@@ -85,5 +85,6 @@ pub use data::MAX_SESSION_DATA;
 pub use events::{RevokeReason, SessionEvent};
 pub use sessions::Sessions;
 pub use types::{
-    Created, Device, DeviceKind, NewSession, Refresh, Secret, Session, SessionStats, Validation,
+    Created, Device, DeviceKind, NewSession, Refresh, Secret, Session, SessionStats,
+    StatelessVerifier, Validation,
 };

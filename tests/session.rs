@@ -614,6 +614,47 @@ async fn five_thousand_expired_logins_leave_the_index_small() {
     assert!(!keys(&b).await.iter().any(|k| k.ends_with(":idx:many")));
 }
 
+/// The "JWT-only" fallback: consulted by `validate_access` only while Redis is down, its answer
+/// marked `Stateless`; a bad token is invalid, and a session revoked here stays invalid.
+#[tokio::test]
+async fn a_stateless_verifier_vouches_only_while_redis_is_down() {
+    let b = Backend::redis();
+    let kit = b.kit().await;
+    // Stand-in for a signature check: "signed:{user}" is genuine.
+    let s = kit
+        .sessions()
+        .stateless_verifier(|_sid: &str, token: &str| {
+            token.strip_prefix("signed:").map(str::to_owned)
+        })
+        .build()
+        .unwrap();
+    let c = s.create(login("jo", DeviceKind::Mobile)).await.unwrap();
+    let sid = c.session_id.expose();
+    let gone = s.create(login("jo", DeviceKind::Mobile)).await.unwrap();
+    // Up: Redis decides; the verifier is never asked.
+    assert_eq!(
+        s.validate_access(sid, "signed:jo").await,
+        Validation::Invalid
+    );
+    assert!(valid(&s.validate_access(sid, "jwt-for-jo").await));
+    s.revoke(gone.session_id.expose()).await.unwrap();
+    kit.health().unwrap().force(HealthState::Down);
+    assert_eq!(
+        s.validate_access(sid, "signed:jo").await,
+        Validation::Stateless {
+            user_id: "jo".into()
+        }
+    );
+    assert_eq!(s.validate_access(sid, "forged").await, Validation::Invalid);
+    assert_eq!(
+        s.validate_access(gone.session_id.expose(), "signed:jo")
+            .await,
+        Validation::Invalid,
+        "revoked here"
+    );
+    kit.health().unwrap().unforce();
+}
+
 /// One user whose index cannot be read (another writer put a string there) is skipped: the
 /// sweep prunes the others and moves on instead of failing on that page for good.
 #[tokio::test]

@@ -11,6 +11,7 @@ use super::names::UserNames;
 use super::sessions::{Counters, Inner, Sessions};
 use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
+use super::types::StatelessVerifier;
 use super::window::Window;
 use crate::codec::{Codec, Keyring};
 use crate::config::{NameKey, SharedClock};
@@ -76,7 +77,6 @@ impl Default for SessionConfig {
 
 /// Configures a [`Sessions`] store; get one from [`Tierkit::sessions`](crate::Tierkit::sessions).
 #[must_use = "a builder does nothing until build() is called"]
-#[derive(Debug)]
 pub struct SessionsBuilder {
     conn: Option<Conn>,
     codec: Codec,
@@ -87,6 +87,19 @@ pub struct SessionsBuilder {
     keys: Keys,
     clock: SharedClock,
     cfg: SessionConfig,
+    verifier: Option<Arc<dyn StatelessVerifier>>,
+}
+
+impl std::fmt::Debug for SessionsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsBuilder")
+            .field("redis", &self.conn.is_some())
+            .field("encrypted", &self.keyring.is_some())
+            .field("keyed_names", &self.name_key.is_some())
+            .field("config", &self.cfg)
+            .field("stateless_verifier", &self.verifier.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionsBuilder {
@@ -106,7 +119,32 @@ impl SessionsBuilder {
             keys,
             clock,
             cfg: SessionConfig::default(),
+            verifier: None,
         }
+    }
+
+    /// The "JWT-only" fallback: while Redis cannot be reached,
+    /// [`validate_access`](Sessions::validate_access) asks `verifier` about the access token
+    /// and answers [`Validation::Stateless`](super::Validation::Stateless) when it vouches,
+    /// instead of `Unavailable`. A session revoked on this instance stays invalid. Default:
+    /// none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn check_signature(_: &str, _: &str) -> Option<String> { None }
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let sessions = kit
+    ///     .sessions()
+    ///     // A real verifier checks the token's signature, expiry and session claim.
+    ///     .stateless_verifier(|session_id: &str, token: &str| check_signature(session_id, token))
+    ///     .build()?;
+    /// # drop(sessions);
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn stateless_verifier(mut self, verifier: impl StatelessVerifier) -> Self {
+        self.verifier = Some(Arc::new(verifier));
+        self
     }
 
     /// At most `max` sessions per user; a login beyond it revokes the session that expires first
@@ -293,6 +331,7 @@ impl SessionsBuilder {
             pending: std::sync::Mutex::new(Vec::new()),
             counters: Counters::default(),
             events: Events::new(),
+            verifier: self.verifier,
             store,
             names,
             clock: self.clock,

@@ -13,7 +13,7 @@ use super::events::{Events, RevokeReason, SessionEvent};
 use super::names::{UserName, UserNames};
 use super::record::{digest, new_secret, Record};
 use super::store::{split_member, Admit, SessionStore};
-use super::types::{Created, NewSession, Secret, Session, SessionStats};
+use super::types::{Created, NewSession, Secret, Session, SessionStats, StatelessVerifier};
 use super::window::Window;
 use crate::config::SharedClock;
 use crate::error::{Error, Result};
@@ -80,6 +80,8 @@ pub(super) struct Inner {
     pub(super) counters: Counters,
     /// Session events for audit logs.
     pub(super) events: Events,
+    /// Vouches for access tokens while Redis is down, if the service gave one.
+    pub(super) verifier: Option<Arc<dyn StatelessVerifier>>,
     pub(super) _stop_sweep: oneshot::Sender<()>,
 }
 

@@ -231,6 +231,15 @@ pub enum Validation {
     Invalid,
     /// Redis is down and this instance has no recent copy: fall back to stateless checks.
     Unavailable,
+    /// Redis is down, and the store's [stateless
+    /// verifier](super::SessionsBuilder::stateless_verifier) vouched for the access token:
+    /// degraded, since nothing that happened to the session after the token was issued (a
+    /// revocation on another instance, an expiry) can be seen. Only
+    /// [`validate_access`](super::Sessions::validate_access) answers this.
+    Stateless {
+        /// The user the verifier says the token was issued to.
+        user_id: String,
+    },
 }
 
 impl Validation {
@@ -240,6 +249,26 @@ impl Validation {
             Validation::Valid(s) => Some(s),
             _ => None,
         }
+    }
+}
+
+/// Checks an access token without Redis: the "JWT-only" fallback of
+/// [`Sessions::validate_access`](super::Sessions::validate_access) while Redis is down. Any
+/// `Fn(session_id, access_token) -> Option<user_id>` is one.
+///
+/// Return the user only for a token that is genuine (its signature checks), unexpired, and
+/// issued for this `session_id`; `None` for anything else.
+pub trait StatelessVerifier: Send + Sync + 'static {
+    /// The user `access_token` was issued to for `session_id`, if it holds.
+    fn verify(&self, session_id: &str, access_token: &str) -> Option<String>;
+}
+
+impl<F> StatelessVerifier for F
+where
+    F: Fn(&str, &str) -> Option<String> + Send + Sync + 'static,
+{
+    fn verify(&self, session_id: &str, access_token: &str) -> Option<String> {
+        self(session_id, access_token)
     }
 }
 

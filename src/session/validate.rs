@@ -39,9 +39,14 @@ impl Sessions {
             }
             Ok(Read::Stored(Some(rec))) => rec,
             Ok(Read::Stored(None)) => return Validation::Invalid,
-            Ok(Read::Copy(rec)) => return self.validate_copy(&hash, &rec, access),
+            Ok(Read::Copy(rec)) => {
+                return match self.validate_copy(&hash, &rec, access) {
+                    Validation::Unavailable => self.stateless(session_id, access),
+                    answer => answer,
+                }
+            }
             // Unreachable, and no recent copy here.
-            Err(e) if e.is_connectivity() => return Validation::Unavailable,
+            Err(e) if e.is_connectivity() => return self.stateless(session_id, access),
             Err(e) => {
                 tracing::warn!(error = %e, "tierkit: unreadable session record; treating as invalid");
                 return Validation::Invalid;
@@ -92,6 +97,22 @@ impl Sessions {
         bump(&inner.counters.validated, 1);
         crate::metrics::session_event("validated");
         Validation::Valid(rec.to_session(&hash, &inner.cfg))
+    }
+
+    /// Redis cannot answer: the stateless verifier's word on the access token, if there are
+    /// both, else `Unavailable`.
+    fn stateless(&self, session_id: &str, access: Option<&str>) -> Validation {
+        let (Some(verifier), Some(token)) = (&self.0.verifier, access) else {
+            return Validation::Unavailable;
+        };
+        match verifier.verify(session_id, token) {
+            Some(user_id) => {
+                bump(&self.0.counters.validated, 1);
+                crate::metrics::session_event("validated_stateless");
+                Validation::Stateless { user_id }
+            }
+            None => Validation::Invalid,
+        }
     }
 
     /// The answer from the local copy while the store cannot be reached.
