@@ -10,18 +10,21 @@
 //! ```
 //!
 //! Environment: `BIND` (default `127.0.0.1:3000`), `RATE_LIMIT` as `LIMIT/SECONDS` (default
-//! `100/900`: 100 requests per 15 minutes), `RUST_LOG` (default `info`), and the Redis
-//! settings of [`tierkit::Config::from_env`] (`REDIS_URL`, `REDIS_HOST`, ...).
+//! `100/900`: 100 requests per 15 minutes), `ACCESS_TOKEN_SECRET` (the key access tokens are
+//! signed with; every instance needs the same; default: random per process), `RUST_LOG`
+//! (default `info`), and the Redis settings of [`tierkit::Config::from_env`] (`REDIS_URL`,
+//! `REDIS_HOST`, ...).
 //!
 //! ## Endpoints
 //!
 //! | endpoint | what |
 //! |---|---|
-//! | `POST /login` `{"user","device","deviceName"?}` | a new session: `201 {"sessionId","refreshToken"}` |
+//! | `POST /login` `{"user","device","deviceName"?}` | a new session: `201 {"sessionId","refreshToken","accessToken"}` |
 //! | `POST /logout` (bearer) | revokes the session: `204` |
 //! | `POST /refresh` `{"refreshToken"}` | rotates the refresh token: `{"refreshToken"}`; `401` unknown, `409` reused (the session is revoked) |
 //! | `GET /api/events/{id}` | an event through the cache: `{"event", "source": "l1"\|"l2"\|"loader"}`; public |
 //! | `GET /api/sessions` (bearer) | the caller's sessions, newest first |
+//! | `GET /api/me` (bearer, `X-Access-Token` optional) | `{"userId","degraded"}`: who is calling; `degraded` when only the signed access token vouched (Redis down) |
 //! | `GET /health` | the tierkit health report: `200` healthy or degraded, `503` unhealthy |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -50,6 +53,10 @@
 //!   `401` (the client should retry, not log the user out).
 //! - Login, logout, refresh and the session list answer `503`: tierkit never pretends a session
 //!   write or a revocation happened when Redis did not take it.
+//! - With `X-Access-Token` (the signed token from login), a session this instance has no copy
+//!   of is still recognised ("JWT-only validation"): the token's HMAC signature, expiry and
+//!   session binding vouch for the user, and `/api/me` says `degraded`. A revocation made
+//!   elsewhere during the outage cannot be seen that way, so keep access tokens short-lived.
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
@@ -64,8 +71,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use hmac::{Hmac, Mac};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tierkit::cache::{Namespace, Source};
 use tierkit::ratelimit::layer::{PeerAddr, RateLimitKey, RateLimitLayer};
 use tierkit::ratelimit::Quota;
@@ -186,6 +195,51 @@ pub struct Settings {
     /// How long a retired refresh token still rotates (two tabs refreshing at once); after
     /// it, presenting the token again is reuse.
     pub refresh_grace: Duration,
+    /// The key access tokens are signed with (HMAC-SHA256); the same on every instance.
+    pub access_token_secret: Vec<u8>,
+}
+
+/// How long an access token holds: it vouches on its own only while Redis is down, and a
+/// revocation cannot reach it then, so it is short.
+const ACCESS_TOKEN_LIFE: Duration = Duration::from_secs(15 * 60);
+
+/// Signed access tokens, `{user}.{expiry unix secs}.{hex HMAC-SHA256 of session id, user and
+/// expiry}`: bound to one session, checkable without Redis.
+#[derive(Clone)]
+struct AccessTokens(Arc<Vec<u8>>);
+
+impl AccessTokens {
+    fn mac(&self, session_id: &str, user: &str, expiry: u64) -> Hmac<Sha256> {
+        // A key of any length is accepted by HMAC.
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key");
+        mac.update(format!("{session_id}\n{user}\n{expiry}").as_bytes());
+        mac
+    }
+
+    fn issue(&self, session_id: &str, user: &str) -> String {
+        let expiry = unix_secs(SystemTime::now() + ACCESS_TOKEN_LIFE);
+        let sig = self.mac(session_id, user, expiry).finalize().into_bytes();
+        let hex: String = sig.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{user}.{expiry}.{hex}")
+    }
+
+    /// The user, when the token is genuine, unexpired and issued for `session_id`.
+    fn verify(&self, session_id: &str, token: &str) -> Option<String> {
+        let (rest, hex) = token.rsplit_once('.')?;
+        let (user, expiry) = rest.rsplit_once('.')?;
+        let expiry: u64 = expiry.parse().ok()?;
+        if expiry < unix_secs(SystemTime::now()) || hex.len() != 64 {
+            return None;
+        }
+        let sig: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        // Constant time, through the MAC's own comparison.
+        self.mac(session_id, user, expiry)
+            .verify_slice(&sig)
+            .ok()
+            .map(|()| user.to_owned())
+    }
 }
 
 /// Everything the handlers share. Cheap to clone: every field is a handle.
@@ -195,6 +249,7 @@ struct AppState {
     db: Arc<Database>,
     events: Namespace<Event>,
     sessions: Sessions,
+    tokens: AccessTokens,
     metrics: PrometheusHandle,
 }
 
@@ -207,10 +262,14 @@ struct AppState {
 /// ```
 pub fn app(kit: Tierkit, db: Arc<Database>, settings: Settings) -> tierkit::Result<Router> {
     let events = events_namespace(&kit)?;
-    // 14-day sliding expiry, 30 days at most.
+    // 14-day sliding expiry, 30 days at most. While Redis is down, a signed access token
+    // vouches for its session on its own.
+    let tokens = AccessTokens(Arc::new(settings.access_token_secret));
+    let verifier = tokens.clone();
     let sessions = kit
         .sessions()
         .refresh_grace(settings.refresh_grace)
+        .stateless_verifier(move |sid: &str, token: &str| verifier.verify(sid, token))
         .build()?;
     let limiter = kit.limiter("api", settings.rate_limit).build()?;
     let state = AppState {
@@ -218,12 +277,14 @@ pub fn app(kit: Tierkit, db: Arc<Database>, settings: Settings) -> tierkit::Resu
         db,
         events,
         sessions,
+        tokens,
         metrics: settings.metrics,
     };
 
     let api = Router::new()
         .route("/events/{id}", get(get_event))
         .route("/sessions", get(my_sessions))
+        .route("/me", get(me))
         // Layers run bottom-up: `authenticate` first (it tells the limiter who is calling),
         // then the limiter, then the handler. Behind a load balancer, add
         // `.trusted_proxies([its address])` so clients are keyed by X-Forwarded-For.
@@ -312,6 +373,8 @@ enum Caller {
     Invalid,
     /// Redis is down and this instance has no recent copy of the session.
     Unavailable,
+    /// Redis is down; the signed access token vouched for this user.
+    Stateless(String),
 }
 
 impl Caller {
@@ -319,11 +382,22 @@ impl Caller {
     fn session(&self) -> Result<&Session, ApiError> {
         match self {
             Caller::User(session) => Ok(session),
-            Caller::Unavailable => Err(ApiError::Unavailable),
+            Caller::Unavailable | Caller::Stateless(_) => Err(ApiError::Unavailable),
             Caller::Anonymous | Caller::Invalid => Err(ApiError::Unauthorized),
         }
     }
+
+    /// The user and whether only the access token vouched, for endpoints that need no more.
+    fn user(&self) -> Result<(&str, bool), ApiError> {
+        match self {
+            Caller::Stateless(user) => Ok((user, true)),
+            other => other.session().map(|s| (s.user_id.as_str(), false)),
+        }
+    }
 }
+
+/// `X-Access-Token`: the signed token from login.
+const ACCESS_TOKEN: &str = "x-access-token";
 
 /// The session id of `Authorization: Bearer <id>`.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -341,16 +415,31 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         let peer = PeerAddr(*addr);
         req.extensions_mut().insert(peer);
     }
+    let access = req
+        .headers()
+        .get(ACCESS_TOKEN)
+        .and_then(|v| v.to_str().ok());
     let caller = match bearer(req.headers()) {
         None => Caller::Anonymous,
-        Some(session_id) => match state.sessions.validate(session_id).await {
-            Validation::Valid(session) => Caller::User(Box::new(session)),
-            Validation::Unavailable => Caller::Unavailable,
-            _ => Caller::Invalid,
-        },
+        Some(session_id) => {
+            // The signed token is the fallback for when Redis cannot answer: Redis does not
+            // know it (it is signed over the session id, so issued after the session).
+            let validation = match (state.sessions.validate(session_id).await, access) {
+                (Validation::Unavailable, Some(token)) => {
+                    state.sessions.validate_access(session_id, token).await
+                }
+                (validation, _) => validation,
+            };
+            match validation {
+                Validation::Valid(session) => Caller::User(Box::new(session)),
+                Validation::Stateless { user_id } => Caller::Stateless(user_id),
+                Validation::Unavailable => Caller::Unavailable,
+                _ => Caller::Invalid,
+            }
+        }
     };
-    if let Caller::User(session) = &caller {
-        let key = RateLimitKey(session.user_id.clone());
+    if let Ok((user, _)) = caller.user() {
+        let key = RateLimitKey(user.to_owned());
         req.extensions_mut().insert(key);
     }
     req.extensions_mut().insert(caller);
@@ -413,6 +502,7 @@ struct LoginRequest {
 struct LoginReply<'a> {
     session_id: &'a str,
     refresh_token: &'a str,
+    access_token: String,
 }
 
 /// `POST /login`: creates a session with the client's device, user agent and IP.
@@ -449,10 +539,13 @@ async fn login(
     if let Some(Extension(ConnectInfo(addr))) = peer {
         new = new.ip(addr.ip().to_canonical().to_string());
     }
+    // The signed token is bound to the session id, which exists only once created: it is
+    // issued after, so Redis does not hold its hash and it serves only as the fallback.
     let created = state.sessions.create(new).await?;
     let reply = LoginReply {
         session_id: created.session_id.expose(),
         refresh_token: created.refresh_token.expose(),
+        access_token: state.tokens.issue(created.session_id.expose(), user),
     };
     Ok((StatusCode::CREATED, Json(reply)).into_response())
 }
@@ -515,6 +608,20 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Me<'a> {
+    user_id: &'a str,
+    degraded: bool,
+}
+
+/// `GET /api/me`: who is calling. `degraded` when Redis is down and only the signed access
+/// token vouched.
+async fn me(Extension(caller): Extension<Caller>) -> Result<Response, ApiError> {
+    let (user_id, degraded) = caller.user()?;
+    Ok(Json(Me { user_id, degraded }).into_response())
+}
+
 /// `GET /api/sessions`: the caller's sessions, newest first.
 async fn my_sessions(
     State(state): State<AppState>,
@@ -566,6 +673,20 @@ async fn metrics(State(state): State<AppState>) -> Response {
 // main
 // ---------------------------------------------------------------------------------------------
 
+/// `ACCESS_TOKEN_SECRET` (at least 32 bytes of text); without it, 32 random bytes, which only
+/// this process knows (tokens it signs are worth nothing to other instances).
+fn access_token_secret() -> Result<Vec<u8>, Box<dyn StdError>> {
+    match std::env::var("ACCESS_TOKEN_SECRET") {
+        Ok(secret) if secret.len() >= 32 => Ok(secret.into_bytes()),
+        Ok(_) => Err("ACCESS_TOKEN_SECRET must be at least 32 bytes".into()),
+        Err(_) => {
+            let mut key = vec![0u8; 32];
+            getrandom::fill(&mut key).map_err(|e| format!("OS random source: {e}"))?;
+            Ok(key)
+        }
+    }
+}
+
 /// `RATE_LIMIT=LIMIT/SECONDS`, default 100 per 15 minutes.
 fn rate_limit_from_env() -> Result<Quota, Box<dyn StdError>> {
     let spec = std::env::var("RATE_LIMIT").unwrap_or_default();
@@ -607,6 +728,7 @@ async fn main() -> Result<(), Box<dyn StdError>> {
         rate_limit: rate_limit_from_env()?,
         metrics,
         refresh_grace: Duration::from_secs(10),
+        access_token_secret: access_token_secret()?,
     };
     let db = Arc::new(Database::default());
     let warm = std::env::var("WARM")

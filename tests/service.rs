@@ -47,6 +47,7 @@ async fn serve(kit: Tierkit, db: Arc<Database>, limit: u32) -> SocketAddr {
         rate_limit: Quota::new(limit, WINDOW).unwrap(),
         metrics: metrics(),
         refresh_grace: GRACE,
+        access_token_secret: b"a test key of 32 bytes or longer".to_vec(),
     };
     let router = service::app(kit, db, settings).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -81,12 +82,16 @@ async fn send(
     path: &str,
     session: Option<&str>,
     body: Option<Value>,
+    headers: &[(&str, &str)],
 ) -> Reply {
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nUser-Agent: service-test/1.0\r\n"
     );
     if let Some(id) = session {
         request.push_str(&format!("Authorization: Bearer {id}\r\n"));
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
     }
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     if !body.is_empty() {
@@ -98,15 +103,27 @@ async fn send(
 }
 
 async fn get(addr: SocketAddr, path: &str, session: Option<&str>) -> Reply {
-    send(addr, "GET", path, session, None).await
+    send(addr, "GET", path, session, None, &[]).await
 }
 
 async fn post(addr: SocketAddr, path: &str, session: Option<&str>, body: Value) -> Reply {
-    send(addr, "POST", path, session, Some(body)).await
+    send(addr, "POST", path, session, Some(body), &[]).await
+}
+
+/// `GET /api/me` with the session and its signed access token.
+async fn me(addr: SocketAddr, session: &str, access_token: &str) -> Reply {
+    let headers = [("X-Access-Token", access_token)];
+    send(addr, "GET", "/api/me", Some(session), None, &headers).await
 }
 
 /// Logs `user` in and returns `(session id, refresh token)`.
 async fn login(addr: SocketAddr, user: &str, device: &str) -> (String, String) {
+    let (session, refresh, _) = login_with_access(addr, user, device).await;
+    (session, refresh)
+}
+
+/// Logs `user` in and returns `(session id, refresh token, access token)`.
+async fn login_with_access(addr: SocketAddr, user: &str, device: &str) -> (String, String, String) {
     let r = post(
         addr,
         "/login",
@@ -121,7 +138,11 @@ async fn login(addr: SocketAddr, user: &str, device: &str) -> (String, String) {
             .unwrap_or_else(|| panic!("no {name}: {r:?}"))
             .to_owned()
     };
-    (field("sessionId"), field("refreshToken"))
+    (
+        field("sessionId"),
+        field("refreshToken"),
+        field("accessToken"),
+    )
 }
 
 /// Reads an event and returns the `source` it came from.
@@ -260,6 +281,14 @@ async fn service_serves_through_a_redis_outage() {
         "{m:?}"
     );
 
+    // A login with a signed access token on another instance (same Redis, same signing
+    // key), checked against Redis while it is up: this instance holds no copy of it.
+    let other_kit = support::connected(&server.url()).await;
+    let other = serve(other_kit, Arc::new(Database::default()), LIMIT).await;
+    let (erin, _, erin_access) = login_with_access(other, "erin", "mobile").await;
+    let r = me(other, &erin, &erin_access).await.expect(200);
+    assert_eq!(r, json!({ "userId": "erin", "degraded": false }));
+
     // Redis crashes: the service degrades but keeps serving cached and public reads.
     server.stop();
     // Down for less than 5 minutes: degraded, still 200, so load balancers keep the instance.
@@ -276,6 +305,13 @@ async fn service_serves_through_a_redis_outage() {
     let r = get(addr, "/api/sessions", Some(&unknown)).await;
     r.expect(503);
     assert!(r.header("retry-after").is_some(), "{r:?}");
+    // JWT-only validation: the signed token vouches for its session on its own, marked
+    // degraded; a forged one does not, nor a genuine one presented with another session.
+    let r = me(addr, &erin, &erin_access).await.expect(200);
+    assert_eq!(r, json!({ "userId": "erin", "degraded": true }));
+    // (Refused callers are keyed by IP, whose local budget is nearly spent here: one check.)
+    let forged = erin_access.replace("erin.", "mallory.");
+    me(addr, &erin, &forged).await.expect(401);
     // Nothing pretends a session was created.
     post(addr, "/login", None, json!({ "user": "dave" }))
         .await
