@@ -104,7 +104,57 @@ mod decisions {
         waiting_retry_after_is_enough_for_both_algorithms,
         a_large_weighted_request_is_one_cheap_decision,
         peek_refund_and_reset_act_on_the_key,
+        several_quotas_are_decided_together_all_or_nothing,
     ]);
+
+    /// Two quotas on one key (a short burst limit and a longer one): a request is allowed
+    /// only if both have room, and a request one refuses spends on neither; on both
+    /// algorithms and every backend.
+    async fn several_quotas_are_decided_together_all_or_nothing(b: Backend) {
+        let clock = ManualClock::new();
+        let kit = b.kit_with(b.builder().clock(clock.clone())).await;
+        let short = Duration::from_millis(600);
+        for (i, algorithm) in [Algorithm::SlidingLog, Algorithm::SlidingCounter]
+            .into_iter()
+            .enumerate()
+        {
+            let api = kit
+                .limiter(format!("multi{i}"), quota(2, short))
+                .also(quota(3, Duration::from_secs(3600)))
+                .algorithm(algorithm)
+                .build()
+                .unwrap();
+            let context = format!("{algorithm:?}");
+            assert!(api.check("k").await.allowed, "{context}");
+            assert!(api.check("k").await.allowed, "{context}");
+            // The short quota refuses: the long one is not spent.
+            let refused = api.check("k").await;
+            assert!(!refused.allowed, "{context}");
+            assert_eq!(refused.limit, 2, "{context}: the quota that refused");
+            let retry = refused.retry_after.unwrap();
+            assert!(retry <= short * 2, "{context}: {retry:?}");
+            // Past the short window (real time for Redis, the clock for the local tier).
+            clock.advance(short * 2);
+            if !b.is_embedded() {
+                tokio::time::sleep(short * 2).await;
+            }
+            // One unit of the long quota is left, whatever the refusals before.
+            let last = api.check("k").await;
+            assert!(last.allowed, "{context}: {last:?}");
+            assert_eq!((last.limit, last.remaining), (3, 0), "{context}: {last:?}");
+            let long = api.check("k").await;
+            assert!(!long.allowed, "{context}");
+            assert_eq!(long.limit, 3, "{context}: the long quota refuses now");
+        }
+        assert!(kit
+            .limiter("five", quota(1, Duration::from_secs(1)))
+            .also(quota(1, Duration::from_secs(2)))
+            .also(quota(1, Duration::from_secs(3)))
+            .also(quota(1, Duration::from_secs(4)))
+            .also(quota(1, Duration::from_secs(5)))
+            .build()
+            .is_err());
+    }
 
     /// `peek` spends nothing, `refund` gives units back (never more than were spent), `reset`
     /// forgets the key and ends its block; on both algorithms, on every backend, and in the

@@ -74,8 +74,47 @@ support::per_backend!(
         a_user_never_holds_more_sessions_than_the_limit,
         events_tell_an_audit_log_what_happened,
         rotate_id_moves_the_session_and_kills_the_old_id,
+        two_tabs_refreshing_at_once_both_keep_working,
     ]
 );
+
+/// Two tabs present one refresh token at the same moment: both get a working token (one by
+/// the compare-and-set retry that finds the token in grace), and each tab refreshing once
+/// afterwards, long after the grace, succeeds: neither counts as reuse.
+async fn two_tabs_refreshing_at_once_both_keep_working(b: Backend) {
+    let (kit, clock) = with_clock(&b).await;
+    let s = kit
+        .sessions()
+        .refresh_grace(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for round in 0..10 {
+        let c = s.create(login("tabs", DeviceKind::Desktop)).await.unwrap();
+        let t0 = c.refresh_token.expose().to_owned();
+        let (a, b2) = tokio::join!(s.refresh(&t0), s.refresh(&t0));
+        let (
+            Refresh::Rotated {
+                refresh_token: ta, ..
+            },
+            Refresh::Rotated {
+                refresh_token: tb, ..
+            },
+        ) = (a.unwrap(), b2.unwrap())
+        else {
+            panic!("round {round}: both concurrent refreshes succeed")
+        };
+        assert_ne!(ta, tb);
+        clock.advance(Duration::from_secs(60));
+        for t in [&ta, &tb] {
+            let r = s.refresh(t.expose()).await.unwrap();
+            assert!(matches!(r, Refresh::Rotated { .. }), "round {round}: {r:?}");
+        }
+        assert!(
+            valid(&s.validate(c.session_id.expose()).await),
+            "round {round}"
+        );
+    }
+}
 
 /// After `rotate_id` the old id is worth nothing, here and on another instance; the new one
 /// carries everything (data, refresh token, listing, revoke_all).

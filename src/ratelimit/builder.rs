@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::block::Blocks;
 use super::decider::{Fallbacks, Picker};
 use super::limiter::Limiter;
-use super::local::Local;
+use super::local::{Local, LocalSet};
 use super::scripts::{AppClock, RedisWindow};
 use super::watch::{Registry, Watch};
 use super::{Algorithm, ErrorPolicy, Quota};
@@ -16,6 +16,9 @@ use crate::config::SharedClock;
 use crate::conn::Conn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+
+/// The most quotas one limiter decides together.
+const MAX_QUOTAS: usize = 4;
 
 /// Declares a limiter; get one from [`Tierkit::limiter`](crate::Tierkit::limiter).
 #[must_use = "a builder does nothing until build() is called"]
@@ -25,6 +28,8 @@ pub struct LimiterBuilder {
     clock: SharedClock,
     name: String,
     quota: Quota,
+    /// Further quotas decided together with `quota`.
+    extra: Vec<Quota>,
     algorithm: Algorithm,
     instances: u32,
     fail_open: bool,
@@ -40,6 +45,7 @@ impl std::fmt::Debug for LimiterBuilder {
         f.debug_struct("LimiterBuilder")
             .field("name", &self.name)
             .field("quota", &self.quota)
+            .field("also", &self.extra)
             .field("algorithm", &self.algorithm)
             .field("instances", &self.instances)
             .field("fail_open", &self.fail_open)
@@ -65,6 +71,7 @@ impl LimiterBuilder {
             clock,
             name,
             quota,
+            extra: Vec::new(),
             algorithm: Algorithm::default(),
             instances: 1,
             fail_open: false,
@@ -74,6 +81,32 @@ impl LimiterBuilder {
             app_clock: Arc::new(SystemTime::now),
             registry,
         }
+    }
+
+    /// Another quota on the same keys, decided together with the first, all or nothing: a
+    /// request is allowed only if every quota has room, and then spends on all of them (per
+    /// second and per day, say). At most four quotas in all. In Redis one key holds them all
+    /// (the log's one set serves every window), so they cost one round trip.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// use std::time::Duration;
+    /// use tierkit::ratelimit::Quota;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let api = kit
+    ///     .limiter("api", Quota::new(10, Duration::from_secs(1))?)
+    ///     .also(Quota::new(1_000, Duration::from_secs(86_400))?)
+    ///     .build()?;
+    /// assert!(api.check("user:1").await.allowed);
+    /// # Ok(()) }
+    /// ```
+    pub fn also(mut self, quota: Quota) -> Self {
+        self.extra.push(quota);
+        self
     }
 
     /// How Redis counts. Default: [`Algorithm::SlidingLog`].
@@ -132,8 +165,8 @@ impl LimiterBuilder {
     /// # Errors
     ///
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), zero
-    /// instances, a zero block duration, zero local keys, or a sliding log whose limit is
-    /// above [`Algorithm::LOG_MAX_LIMIT`].
+    /// instances, a zero block duration, zero local keys, more than four quotas, or a sliding
+    /// log with a limit above [`Algorithm::LOG_MAX_LIMIT`].
     pub fn build(self) -> Result<Limiter> {
         crate::keys::validate_name("limiter", &self.name)?;
         let instances = NonZeroU32::new(self.instances)
@@ -144,14 +177,23 @@ impl LimiterBuilder {
                 "is zero; omit it for no blocking",
             ));
         }
-        if self.algorithm == Algorithm::SlidingLog && self.quota.limit() > Algorithm::LOG_MAX_LIMIT
-        {
+        if self.extra.len() + 1 > MAX_QUOTAS {
+            return Err(Error::config(
+                "also",
+                format!(
+                    "{} quotas; at most {MAX_QUOTAS} are decided together",
+                    self.extra.len() + 1
+                ),
+            ));
+        }
+        let quotas: Vec<Quota> = std::iter::once(self.quota).chain(self.extra).collect();
+        let biggest = quotas.iter().map(Quota::limit).max().unwrap_or(0);
+        if self.algorithm == Algorithm::SlidingLog && biggest > Algorithm::LOG_MAX_LIMIT {
             return Err(Error::config(
                 "algorithm",
                 format!(
-                    "the sliding log holds an entry per admitted request, and a limit of {} is \
-                     above its ceiling of {}; use Algorithm::SlidingCounter",
-                    self.quota.limit(),
+                    "the sliding log holds an entry per admitted request, and a limit of \
+                     {biggest} is above its ceiling of {}; use Algorithm::SlidingCounter",
                     Algorithm::LOG_MAX_LIMIT
                 ),
             ));
@@ -164,24 +206,32 @@ impl LimiterBuilder {
             .block_for
             .map(|ttl| Blocks::new(ttl, self.local_max_keys, self.clock.clone()));
         let watch = Arc::new(Watch::new(&self.name));
+        // Embedded mode has no one to share with: the whole quota, as plain GCRA. With Redis,
+        // each instance's strict share while Redis is down.
+        let embedded = self.conn.is_none();
+        let local = LocalSet::new(
+            quotas
+                .iter()
+                .map(|q| {
+                    let share = if embedded {
+                        q.limit()
+                    } else {
+                        q.limit() / instances.get()
+                    };
+                    let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
+                    Local::new(*q, share, self.local_max_keys, !embedded, &self.clock)
+                })
+                .collect(),
+        );
         let picker = match self.conn {
-            // Embedded mode has no one to share with: the whole quota, as plain GCRA.
-            None => Picker::embedded(Local::new(
-                quota,
-                NonZeroU32::new(quota.limit()).unwrap_or(NonZeroU32::MIN),
-                self.local_max_keys,
-                false,
-                &self.clock,
-            )),
+            None => Picker::embedded(local),
             Some(conn) => {
-                let share =
-                    NonZeroU32::new(quota.limit() / instances.get()).unwrap_or(NonZeroU32::MIN);
-                let local = Local::new(quota, share, self.local_max_keys, true, &self.clock);
+                let share = local.share();
                 let health = conn.health().clone();
                 let redis = RedisWindow::new(
                     conn,
                     self.keys.limiter(&self.name, self.algorithm.key_segment()),
-                    quota,
+                    quotas,
                     self.algorithm,
                     self.app_clock,
                 );
@@ -194,7 +244,7 @@ impl LimiterBuilder {
                         quota,
                         fail_open: self.fail_open,
                         on_error: self.on_redis_error,
-                        share: share.get(),
+                        share,
                     },
                 )
             }

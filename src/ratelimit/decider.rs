@@ -1,6 +1,6 @@
 //! The tier choice: one [`Decider`] trait, which the Redis window
 //! ([`RedisWindow`](super::scripts::RedisWindow)) and the local share
-//! ([`Local`](super::local::Local)) implement, and the [`Picker`] that chooses between them from
+//! ([`LocalSet`](super::local::LocalSet)) implement, and the [`Picker`] that chooses between them from
 //! health, written once.
 //!
 //! Dispatch is static (`impl Future` in the trait, generics in the picker): a local decision

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::block::Blocks;
 use super::decider::{Control, Decider, Picker};
-use super::local::Local;
+use super::local::LocalSet;
 use super::scripts::RedisWindow;
 use super::watch::{LimiterReport, Watch};
 use super::{Algorithm, Decision, Quota, Tier};
@@ -44,7 +44,7 @@ struct Inner {
     name: String,
     quota: Quota,
     algorithm: Algorithm,
-    picker: Picker<RedisWindow, Local>,
+    picker: Picker<RedisWindow, LocalSet>,
     blocks: Option<Blocks>,
     watch: Arc<Watch>,
     metrics: metrics::Decisions,
@@ -66,7 +66,7 @@ impl Limiter {
         name: String,
         quota: Quota,
         algorithm: Algorithm,
-        picker: Picker<RedisWindow, Local>,
+        picker: Picker<RedisWindow, LocalSet>,
         blocks: Option<Blocks>,
         watch: Arc<Watch>,
     ) -> Self {

@@ -367,14 +367,81 @@ impl Local {
     }
 }
 
-impl Controlled for Local {
+/// The local tier for every quota of a limiter, decided together: a request spends on all of
+/// them or on none (what an earlier quota admitted is given back when a later one refuses; a
+/// key in a shared bucket gets nothing back, which is stricter, never laxer).
+pub(super) struct LocalSet(Vec<Local>);
+
+impl LocalSet {
+    /// One tier per quota, the limiter's own first; `tiers` is never empty.
+    pub(super) fn new(tiers: Vec<Local>) -> Self {
+        LocalSet(tiers)
+    }
+
+    /// The share of the limiter's own quota.
+    pub(super) fn share(&self) -> u32 {
+        self.0.first().map_or(0, Local::share)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(Local::len).sum()
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.0.iter().map(Local::bytes).sum()
+    }
+
+    fn decide_now(&self, key: &str, n: NonZeroU32) -> Decision {
+        let mut tiers = self.0.iter();
+        let Some(first) = tiers.next() else {
+            return Decision::blocked(0, Duration::ZERO);
+        };
+        let mut answer = first.decide_now(key, n);
+        if !answer.allowed {
+            return answer;
+        }
+        for (i, tier) in tiers.enumerate() {
+            let d = tier.decide_now(key, n);
+            if !d.allowed {
+                for earlier in &self.0[..=i] {
+                    earlier.adjust(key, Control::Refund(n));
+                }
+                return d;
+            }
+            if d.remaining < answer.remaining {
+                answer = d;
+            }
+        }
+        answer
+    }
+
+    /// The peek of every quota: the refusal that lasts longest, else the fewest units left.
+    fn peek(&self, key: &str) -> Decision {
+        let mut answer: Option<Decision> = None;
+        for d in self.0.iter().map(|tier| tier.peek(key)) {
+            let binds = match &answer {
+                None => true,
+                Some(a) if a.allowed => !d.allowed || d.remaining < a.remaining,
+                Some(a) => !d.allowed && d.retry_after > a.retry_after,
+            };
+            if binds {
+                answer = Some(d);
+            }
+        }
+        answer.unwrap_or_else(|| Decision::blocked(0, Duration::ZERO))
+    }
+}
+
+impl Controlled for LocalSet {
     async fn control(&self, key: &str, op: Control) -> Result<Decision, Infallible> {
-        self.adjust(key, op);
+        for tier in &self.0 {
+            tier.adjust(key, op);
+        }
         Ok(self.peek(key))
     }
 }
 
-impl Decider for Local {
+impl Decider for LocalSet {
     /// The local tier always answers.
     type Error = Infallible;
 

@@ -91,8 +91,9 @@ impl Algorithm {
         }
     }
 
-    /// The Lua source Redis runs for this algorithm (one key; `ARGV`: window in µs, limit,
-    /// units), for review or to run it by hand.
+    /// The Lua source Redis runs for this algorithm (one key; `ARGV`: units, mode
+    /// (`check`, `peek` or `refund`), the number of quotas, then each quota's window in µs and
+    /// limit), for review or to run it by hand.
     pub fn lua(self) -> &'static str {
         match self {
             Algorithm::SlidingLog => scripts::LOG_LUA,
