@@ -1138,6 +1138,15 @@ async fn an_acl_user_without_scripting_is_neither_an_outage_nor_an_allow_all() {
     }
     // The local share is 5, and its strict burst half of it: nowhere near 20.
     assert_eq!(allowed_of(&local, "k", 20).await, 3);
+    // A policy refusal says nothing of the key: it starts no block.
+    let blocking = kit
+        .limiter("acl-block", quota(5, Duration::from_secs(60)))
+        .block_for(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(blocking.check("k").await.tier, Tier::Policy);
+    }
     assert_eq!(
         kit.health().unwrap().state(),
         HealthState::Up,

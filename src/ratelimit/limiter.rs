@@ -218,7 +218,8 @@ impl Limiter {
             Some(left) => Decision::blocked(inner.quota.limit(), left),
             None => {
                 let Ok(decision) = inner.picker.decide(key, n).await;
-                if !decision.allowed {
+                // A refusal of the error policy says nothing of the key: no block for it.
+                if !decision.allowed && decision.tier != Tier::Policy {
                     if let Some(blocks) = &inner.blocks {
                         blocks.block(key);
                     }
