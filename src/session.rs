@@ -39,9 +39,10 @@
 //!   reached anyone, so they can never validate, and they expire.)
 //! - Validation waits for one read: the sliding-expiry touch and the removal of an expired
 //!   record happen in the background.
-//! - The routing tag is an unkeyed hash of the user id: whoever guesses a user id can tell
-//!   whether a session id belongs to that user (not use it). Keep user ids opaque if that
-//!   matters.
+//! - The routing tag is a hash of the user id: unkeyed by default, so whoever guesses a user
+//!   id can tell whether a session id belongs to that user (not use it); keyed with
+//!   [`session_name_key`](crate::ConfigBuilder::session_name_key), which also hides user ids
+//!   in key names.
 //! - Every time decision (timestamps, expiry, touch, refresh grace, the local copy's
 //!   staleness, how long a revocation is remembered) reads the configured
 //!   [`clock`](crate::ConfigBuilder::clock), so a test moves time with a
