@@ -145,16 +145,9 @@ impl Sessions {
         let tag = tag_of(session_id).ok_or_else(not_live)?;
         let hash = digest(session_id);
         for _ in 0..CAS_ATTEMPTS {
-            if inner.revoked.contains(&hash) {
-                return Err(not_live());
-            }
-            let Some(mut rec) = inner.store.load(tag, &hash).await? else {
+            let Some((mut rec, now)) = self.honoured(tag, &hash).await? else {
                 return Err(not_live());
             };
-            let now = inner.clock.now_ms();
-            if !rec.is_live(now, &inner.cfg) || !inner.names.honours(tag, &rec.user_id) {
-                return Err(not_live());
-            }
             let expected = rec.version;
             if !change(&mut rec)? {
                 return Ok(false);

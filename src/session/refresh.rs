@@ -45,16 +45,9 @@ impl Sessions {
         let tag = tag_of(session_id).ok_or_else(not_live)?;
         let old = digest(session_id);
         for _ in 0..CAS_ATTEMPTS {
-            if inner.revoked.contains(&old) {
-                return Err(not_live());
-            }
-            let Some(rec) = inner.store.load(tag, &old).await? else {
+            let Some((rec, now)) = self.honoured(tag, &old).await? else {
                 return Err(not_live());
             };
-            let now = inner.clock.now_ms();
-            if !rec.is_live(now, &inner.cfg) || !inner.names.honours(tag, &rec.user_id) {
-                return Err(not_live());
-            }
             let id = new_secret(tag)?;
             let new = digest(&id);
             let name = inner.names.index_name(tag, &rec.user_id);
@@ -93,18 +86,10 @@ impl Sessions {
         let Some(hash) = inner.store.refresh_lookup(tag, &presented).await? else {
             return Ok(Refresh::Invalid);
         };
-        if inner.revoked.contains(&hash) {
-            return Ok(Refresh::Invalid);
-        }
         for _ in 0..CAS_ATTEMPTS {
-            let Some(mut rec) = inner.store.load(tag, &hash).await? else {
+            let Some((mut rec, now)) = self.honoured(tag, &hash).await? else {
                 return Ok(Refresh::Invalid);
             };
-            let now = inner.clock.now_ms();
-            // As in validation: a session of another naming of users is not honoured.
-            if !rec.is_live(now, &inner.cfg) || !inner.names.honours(tag, &rec.user_id) {
-                return Ok(Refresh::Invalid);
-            }
             let token = new_secret(tag)?;
             let token_hash = digest(&token);
             let expected = rec.version;

@@ -11,7 +11,7 @@ use super::builder::AtLimit;
 use super::builder::SessionConfig;
 use super::events::{Events, RevokeReason, SessionEvent};
 use super::names::{UserName, UserNames};
-use super::record::{digest, new_secret, Record};
+use super::record::{digest, new_secret, Millis, Record};
 use super::store::{split_member, Admit, SessionStore};
 use super::types::{Created, NewSession, Secret, Session, SessionStats, StatelessVerifier};
 use super::window::Window;
@@ -191,6 +191,22 @@ impl Sessions {
     /// As [`list`](Self::list).
     pub async fn active_for(&self, user_id: &str) -> Result<usize> {
         Ok(self.list(user_id).await?.len())
+    }
+
+    /// The record of session `hash` if this instance honours it now (not revoked here, stored,
+    /// live, and named as users are named now), with the clock reading it was judged at.
+    pub(super) async fn honoured(&self, tag: &str, hash: &str) -> Result<Option<(Record, Millis)>> {
+        let inner = &self.0;
+        if inner.revoked.contains(hash) {
+            return Ok(None);
+        }
+        let Some(rec) = inner.store.load(tag, hash).await? else {
+            return Ok(None);
+        };
+        let now = inner.clock.now_ms();
+        // As in validation: a session of another naming of users is not honoured.
+        let honoured = rec.is_live(now, &inner.cfg) && inner.names.honours(tag, &rec.user_id);
+        Ok(honoured.then_some((rec, now)))
     }
 
     /// The live sessions of `user` and how many vanished ones were pruned off their index. A
