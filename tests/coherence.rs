@@ -90,11 +90,12 @@ async fn the_l1_bound_counts_decoded_bytes() {
     );
     assert!(info.l1_entries <= 8, "{} entries of 1 MiB", info.l1_entries);
     // Weighed by stored bytes, the L1 would keep all 100 MiB; other tests in this process
-    // allocate too, so the margin is wide.
+    // allocate too (a CI run on two loaded cores saw 43 MiB), so the margin is wide: what it
+    // tells apart is about 8 MiB of L1 from about 100.
     if let (Some(before), Some(after)) = (before, resident_bytes()) {
         let grown = after.saturating_sub(before);
         assert!(
-            grown < 40 * MIB as u64,
+            grown < 64 * MIB as u64,
             "resident memory grew by {} MiB reading {VALUES} values of 1 MiB into an 8 MiB L1",
             grown / MIB as u64
         );
