@@ -199,6 +199,12 @@ impl Record {
 
     /// Applies a presented refresh token (by hash). Constant-time comparisons: the hashes are
     /// of secrets.
+    /// Every refresh token (hash) that still leads to this session: the live ones and those in
+    /// grace.
+    pub(crate) fn refresh_tokens(&self) -> impl Iterator<Item = &String> {
+        self.refresh.iter().chain(self.grace.iter().map(|(h, _)| h))
+    }
+
     /// The newest refresh token's hash: the one a new session's token link names.
     pub(crate) fn newest_refresh(&self) -> &str {
         self.refresh.last().map_or("", String::as_str)

@@ -272,7 +272,7 @@ impl SessionStore for MemoryStore {
             }
         }
         let until = now.saturating_add(px(rt_ttl));
-        for token in rec.refresh.iter().chain(rec.grace.iter().map(|(h, _)| h)) {
+        for token in rec.refresh_tokens() {
             m.refresh.insert(token.clone(), (new.to_owned(), until));
         }
         Ok(true)

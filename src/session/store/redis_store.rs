@@ -486,7 +486,7 @@ impl SessionStore for RedisStore {
         let kind = rec.device.kind.as_str();
         let mut inv = REKEY.key(self.session_key(tag, old));
         inv.key(&new_key).key(self.index_key(tag, name));
-        for token in rec.refresh.iter().chain(rec.grace.iter().map(|(h, _)| h)) {
+        for token in rec.refresh_tokens() {
             inv.key(self.refresh_key(tag, token));
         }
         inv.arg(rec.version)
