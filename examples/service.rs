@@ -466,7 +466,7 @@ async fn get_event(
     let db = state.db.clone();
     let hit = state
         .events
-        .get_or_set(&id.to_string(), || async move { db.event(id).await })
+        .get_or_set(&id.to_string(), move || async move { db.event(id).await })
         .await
         .map_err(|e| match &e {
             // A missing row is not cached: each lookup of it asks the database again.

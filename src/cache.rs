@@ -73,6 +73,7 @@
 //! | `base` | what one instance's namespaces share |
 //! | `info`, `stats` | [`CacheInfo`], [`CacheStats`] |
 
+mod background;
 mod backplane;
 mod base;
 mod builder;
@@ -84,8 +85,10 @@ mod invalidate;
 mod l1;
 mod l2;
 mod lease;
+mod life;
 mod loader;
 mod namespace;
+mod options;
 mod owed;
 mod pattern;
 mod read;
@@ -97,7 +100,9 @@ mod writing;
 
 pub use builder::NamespaceBuilder;
 pub use info::CacheInfo;
+pub use life::EagerRefresh;
 pub use namespace::{Hit, Namespace, Reach, SetOptions, Source};
+pub use options::{Loaded, ReadOptions, Tiers};
 pub use stats::CacheStats;
 pub use warm::WarmProgress;
 

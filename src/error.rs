@@ -88,6 +88,11 @@ pub enum Error {
     #[error("loader failed: {0}")]
     Loader(std::sync::Arc<dyn std::error::Error + Send + Sync>),
 
+    /// A load ran past its namespace's (or the call's) hard timeout and was dropped, and no
+    /// stale copy was at hand to serve instead. Nothing is cached.
+    #[error("the loader did not finish within the hard timeout of {0:?}; raise hard_timeout or make the loader faster")]
+    LoaderTimeout(std::time::Duration),
+
     /// Concurrent updates of the same record kept winning over this one; retry.
     #[error("conflict: {0}; retry the call")]
     Conflict(String),
@@ -184,6 +189,11 @@ impl Error {
                     max: *max,
                 },
                 Error::Internal(what) => Error::Internal(what),
+                Error::LoaderTimeout(after) => Error::LoaderTimeout(*after),
+                Error::InvalidInput { what, problem } => Error::InvalidInput {
+                    what: what.clone(),
+                    problem: problem.clone(),
+                },
                 _ => Error::Loader(shared),
             },
         }

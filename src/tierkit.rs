@@ -45,6 +45,14 @@ struct Inner {
     _stop_metrics: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+impl Drop for Inner {
+    // Loads past their callers' soft timeouts and eager refreshes never outlive the instance
+    // (namespace handles kept beyond it still read and write, without them).
+    fn drop(&mut self) {
+        self.cache.close();
+    }
+}
+
 impl Tierkit {
     /// Starts tierkit. Never blocks and never fails because Redis is unreachable: with Redis
     /// configured the health state starts `Down` and turns `Up` once the background probe

@@ -710,7 +710,7 @@ async fn redis_down_reads_serve_l1_and_loader_fast_and_writes_stay_local() {
         assert_eq!(*events.get("warm").await.unwrap(), event(1));
         let loads2 = loads.clone();
         let hit = events
-            .get_or_set(&format!("cold{i}"), || async move {
+            .get_or_set(&format!("cold{i}"), move || async move {
                 loads2.fetch_add(1, Ordering::SeqCst);
                 Ok::<_, std::io::Error>(event(i))
             })
@@ -760,7 +760,7 @@ async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_l
                     let down = health.state() == HealthState::Down;
                     let started = Instant::now();
                     let hit = events
-                        .get_or_set(&key, || async move { Ok::<_, std::io::Error>(event(n)) })
+                        .get_or_set(&key, move || async move { Ok::<_, std::io::Error>(event(n)) })
                         .await
                         .expect("a read never fails because of Redis");
                     assert_eq!(*hit, event(n));

@@ -150,7 +150,7 @@ async fn a_foreign_value_is_replaced_by_the_next_fill() {
             let on_fresh = fresh.namespace::<String>("n").build().unwrap();
             let loads = loads.clone();
             let hit = on_fresh
-                .get_or_set(key, || async move {
+                .get_or_set(key, move || async move {
                     loads.fetch_add(1, Ordering::SeqCst);
                     Ok::<_, std::io::Error>(format!("loaded {key}"))
                 })

@@ -168,7 +168,7 @@ async fn work(
             30..=59 if !tagged => {
                 let (w, seed) = (world.clone(), rng.u64(..));
                 let got = ns
-                    .get_or_set(&name, || async move {
+                    .get_or_set(&name, move || async move {
                         let _held = w.locks[key].lock().await;
                         let v = w.db.lock().unwrap()[key];
                         Ok::<_, std::io::Error>(w.value(v, &mut fastrand::Rng::with_seed(seed)))

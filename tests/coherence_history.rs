@@ -1036,7 +1036,7 @@ fn pick(rng: &mut fastrand::Rng, phase: u8) -> Kind {
 
 /// Runs one operation and records it. A change holds the rows it changes for its whole call.
 async fn run(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     ns: &Namespace<Val>,
     (inst, worker): (usize, usize),
     kind: Kind,
@@ -1071,15 +1071,15 @@ async fn run(
         }
         Kind::GetOrSet => {
             rec.key = Some(key);
-            let row = &shared.rows[key];
+            let db = shared.clone();
             let pad = shared.pad.clone();
             // A query takes its snapshot, then its time to come back: a change can land in
             // between, as it can in a service's database.
             let query_time = Duration::from_micros(rng.u64(0..=2000));
             rec.invoked = shared.now();
             let hit = ns
-                .get_or_set(&key_name(key), || async move {
-                    let version = *row.lock().await;
+                .get_or_set(&key_name(key), move || async move {
+                    let version = *db.rows[key].lock().await;
                     tokio::time::sleep(query_time).await;
                     Ok::<_, std::io::Error>(Val {
                         version,

@@ -177,9 +177,9 @@ async fn tampered_moved_plain_or_foreign_key_values_are_counted_misses_then_repl
         ..profile()
     };
     let got = on_r
-        .get_or_set("bob", || {
+        .get_or_set("bob", {
             let fresh = fresh.clone();
-            async move { Ok::<_, std::io::Error>(fresh) }
+            move || async move { Ok::<_, std::io::Error>(fresh) }
         })
         .await
         .unwrap();

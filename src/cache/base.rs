@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use tokio::sync::{oneshot, watch};
 
+use super::background::Background;
 use super::l1::{self, L1};
 use super::l2::Tier;
 use super::namespace::NsShared;
@@ -43,6 +44,8 @@ pub(crate) struct CacheCore {
     /// Each server's run id, by address, as last seen.
     pub(super) runs: Mutex<Option<HashMap<String, String>>>,
     registry: Arc<RwLock<Registry>>,
+    /// Loads running past their callers.
+    pub(super) background: Background,
     /// Stops the backplane listener and the replayer when the core goes.
     _stop: Vec<oneshot::Sender<()>>,
 }
@@ -99,6 +102,7 @@ impl CacheCore {
             runs_unchecked: AtomicBool::new(false),
             runs: Mutex::new(None),
             registry,
+            background: Background::default(),
             _stop: stop,
         });
         if let (Some(subscription), Some(listen_stop), Some(replay_stop)) =
@@ -116,6 +120,11 @@ impl CacheCore {
         let mut coherent = self.coherent.subscribe();
         // Err only when the core is gone, which cannot happen while `self` lives.
         let _ = coherent.wait_for(|c| *c).await;
+    }
+
+    /// Ends the loads running in the background: the instance is going away.
+    pub(crate) fn close(&self) {
+        self.background.close();
     }
 
     /// Registers a namespace, or returns the one already declared under that name when it has

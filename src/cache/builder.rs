@@ -3,6 +3,7 @@
 
 use std::any::TypeId;
 use std::marker::PhantomData;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,8 @@ use super::base::CacheCore;
 use super::epochs::Epochs;
 use super::flight::Flights;
 use super::l2::Keyspace;
+use super::life::EagerRefresh;
+use super::options::{FailSafe, Resilience, Tiers};
 use super::namespace::{Namespace, NsShared};
 use super::owed::Owed;
 use super::stamp::Freshness;
@@ -21,6 +24,8 @@ use super::writing::Writing;
 use crate::error::{Error, Result};
 
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// FusionCache's default, and long enough that a failing database is not hammered.
+const DEFAULT_THROTTLE: Duration = Duration::from_secs(30);
 
 /// Declares a namespace; get one from [`Tierkit::namespace`](crate::Tierkit::namespace).
 ///
@@ -50,7 +55,13 @@ pub struct NamespaceBuilder<V> {
     jitter: f64,
     lease: Option<Duration>,
     encrypted: bool,
-    l1_only: bool,
+    tiers: Tiers,
+    fail_safe: Option<Duration>,
+    throttle: Duration,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    eager: Option<EagerRefresh>,
+    negative_ttl: Option<Duration>,
     _type: PhantomData<fn() -> V>,
 }
 
@@ -64,7 +75,13 @@ impl<V> std::fmt::Debug for NamespaceBuilder<V> {
             .field("jitter", &self.jitter)
             .field("single_flight", &self.lease)
             .field("encrypted", &self.encrypted)
-            .field("l1_only", &self.l1_only)
+            .field("tiers", &self.tiers)
+            .field("fail_safe", &self.fail_safe)
+            .field("fail_safe_throttle", &self.throttle)
+            .field("soft_timeout", &self.soft_timeout)
+            .field("hard_timeout", &self.hard_timeout)
+            .field("eager_refresh", &self.eager)
+            .field("negative_ttl", &self.negative_ttl)
             .finish()
     }
 }
@@ -83,7 +100,13 @@ where
             jitter: 0.0,
             lease: None,
             encrypted: false,
-            l1_only: false,
+            tiers: Tiers::Both,
+            fail_safe: None,
+            throttle: DEFAULT_THROTTLE,
+            soft_timeout: None,
+            hard_timeout: None,
+            eager: None,
+            negative_ttl: None,
             _type: PhantomData,
         }
     }
@@ -150,7 +173,97 @@ where
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn l1_only(mut self) -> Self {
-        self.l1_only = true;
+        self.tiers = Tiers::L1Only;
+        self
+    }
+
+    /// Which tiers keep this namespace's values: both (the default), the L1 only (as
+    /// [`l1_only`](Self::l1_only)), or Redis only, for values every instance must read exactly
+    /// as Redis holds them (no in-process copy; a read is a round trip). Without Redis, an
+    /// L2-only namespace uses the L1, the one tier there is.
+    pub fn tiers(mut self, tiers: Tiers) -> Self {
+        self.tiers = tiers;
+        self
+    }
+
+    /// Fail-safe: keeps each entry up to `max` past its expiry (in L1, and in Redis, whose TTL
+    /// grows by `max`), and when the loader then fails or times out, serves that expired copy,
+    /// marked [`Source::Stale`](super::Source::Stale), instead of the error. Never a copy more
+    /// than `max` past expiry, and never one a write or an invalidation replaced: those are
+    /// gone from every tier. While a key is served stale its loader is tried at most once per
+    /// [`fail_safe_throttle`](Self::fail_safe_throttle). Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let events = kit
+    ///     .namespace::<String>("events")
+    ///     .ttl(Duration::from_secs(60))
+    ///     .fail_safe(Duration::from_secs(3600))
+    ///     .fail_safe_throttle(Duration::from_secs(10))
+    ///     .soft_timeout(Duration::from_millis(100))
+    ///     .hard_timeout(Duration::from_secs(2))
+    ///     .build()?;
+    /// # let _ = events;
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn fail_safe(mut self, max: Duration) -> Self {
+        self.fail_safe = Some(max);
+        self
+    }
+
+    /// After the loader failed and a stale copy was served, how long the key's callers get
+    /// that copy before the loader is tried again. Default: 30 s.
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.throttle = throttle;
+        self
+    }
+
+    /// How long a caller waits for the loader when a stale copy is at hand (needs
+    /// [`fail_safe`](Self::fail_safe)): past it the caller gets the copy, and the load goes on
+    /// in the background (bounded, one per key) and fills the cache when it is done, unless
+    /// the hard timeout ends it first. Default: none (wait for the load).
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest a load may run: past it, the load is dropped and callers get the stale
+    /// copy (with [`fail_safe`](Self::fail_safe)) or
+    /// [`Error::LoaderTimeout`](crate::Error::LoaderTimeout). Default: none.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Refreshes an entry read in the last part of its life in the background, once, while
+    /// its readers keep getting the current value: a hot key never expires under load. Needs
+    /// the loader of [`get_or_set`](super::Namespace::get_or_set) or
+    /// [`get_or_load`](super::Namespace::get_or_load) (a plain `get` does not refresh) and a
+    /// tokio runtime to run the refresh on. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::cache::EagerRefresh;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let feed = kit.namespace::<Vec<u64>>("feed").eager_refresh(EagerRefresh::after(0.8)).build()?;
+    /// # let _ = feed;
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn eager_refresh(mut self, when: EagerRefresh) -> Self {
+        self.eager = Some(when);
+        self
+    }
+
+    /// Caches a loader's [`Loaded::not_found`](super::Loaded::not_found) for `ttl`, so a key
+    /// that does not exist does not reach the loader on every read. Default: not cached.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
         self
     }
 
@@ -195,8 +308,9 @@ where
     ///
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), a zero TTL,
     /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, a single-flight lease outside 1 ms
-    /// to 1 hour, or a name already declared with
-    /// another type or settings.
+    /// to 1 hour, a zero fail-safe, throttle or timeout, a soft timeout without fail-safe or
+    /// not shorter than the hard one, an eager refresh outside its range, or a name already
+    /// declared with another type or settings.
     pub fn build(self) -> Result<Namespace<V>> {
         crate::keys::validate_name("namespace", &self.name)?;
         if let Some(problem) = ttl_problem(self.ttl) {
@@ -229,7 +343,8 @@ where
                 ));
             }
         }
-        if self.l1_only && self.lease.is_some() {
+        let resilience = self.resilience()?;
+        if self.tiers == Tiers::L1Only && self.lease.is_some() {
             return Err(Error::config(
                 "single_flight",
                 "an L1-only namespace keeps no value in Redis for other instances to wait on; \
@@ -265,13 +380,76 @@ where
             writing: Writing::default(),
             lease: self.lease,
             keyring,
-            l1_only: self.l1_only,
+            tiers: self.tiers,
+            resilience,
+            load_nanos: AtomicU64::new(0),
         })?;
         Ok(Namespace {
             l1: core.l1.clone(),
+            l1_on: shared.uses_l1(core),
             ns: shared,
             core: self.core,
             _type: PhantomData,
+        })
+    }
+}
+
+impl<V> NamespaceBuilder<V> {
+    /// The fail-safe, timeout, refresh and negative-caching settings, checked.
+    fn resilience(&self) -> Result<Resilience> {
+        let fail_safe = match self.fail_safe {
+            None => None,
+            Some(max) => {
+                if max.is_zero() || ttl_problem(self.ttl.saturating_add(max)).is_some() {
+                    return Err(Error::config(
+                        "fail_safe",
+                        format!("{max:?} must be positive, and the TTL plus it a TTL Redis accepts"),
+                    ));
+                }
+                if self.throttle.is_zero() {
+                    return Err(Error::config(
+                        "fail_safe_throttle",
+                        "is zero: the loader would be tried on every call; give e.g. 30 s",
+                    ));
+                }
+                Some(FailSafe {
+                    max,
+                    throttle: self.throttle,
+                })
+            }
+        };
+        for (what, timeout) in [("soft_timeout", self.soft_timeout), ("hard_timeout", self.hard_timeout)] {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(Error::config(what, "is zero; give a positive timeout"));
+            }
+        }
+        if self.soft_timeout.is_some() && fail_safe.is_none() {
+            return Err(Error::config(
+                "soft_timeout",
+                "answers with a stale copy, which only fail_safe keeps: set fail_safe too, or \
+                 use hard_timeout to bound the wait",
+            ));
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
+            if soft >= hard {
+                return Err(Error::config(
+                    "soft_timeout",
+                    format!("{soft:?} must be shorter than the hard timeout {hard:?}"),
+                ));
+            }
+        }
+        if let Some(problem) = self.eager.and_then(|e| e.problem()) {
+            return Err(Error::config("eager_refresh", problem));
+        }
+        if let Some(problem) = self.negative_ttl.and_then(ttl_problem) {
+            return Err(Error::config("negative_ttl", problem));
+        }
+        Ok(Resilience {
+            fail_safe,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+            eager: self.eager,
+            negative_ttl: self.negative_ttl,
         })
     }
 }

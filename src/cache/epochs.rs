@@ -19,14 +19,21 @@ const MAX_TAGS: usize = 4096;
 #[derive(Debug, Default)]
 struct Known {
     namespace: Option<u64>,
-    tags: HashMap<Box<str>, u64>,
+    /// Each tag's epoch, and the [`Mark`] it was learnt at.
+    tags: HashMap<Box<str>, (u64, u64)>,
     /// Moves on every forgetting, so an answer that was on the wire meanwhile is not learnt.
     generation: u64,
+    /// Moves on every tag epoch learnt.
+    learnt: u64,
 }
 
 /// A namespace's epochs as this instance last saw them.
 #[derive(Debug, Default)]
 pub(super) struct Epochs(Mutex<Known>);
+
+/// A moment in what this instance learnt of tag epochs: see [`Epochs::known_at`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Mark(u64);
 
 /// When a question to Redis was asked: only answers to questions asked after the last
 /// forgetting are learnt.
@@ -43,8 +50,26 @@ impl Epochs {
         let known = self.known();
         match of {
             EpochOf::Namespace => known.namespace,
-            EpochOf::Tag(tag) => known.tags.get(tag).copied(),
+            EpochOf::Tag(tag) => known.tags.get(tag).map(|(epoch, _)| *epoch),
         }
+    }
+
+    /// Now, for [`known_at`](Self::known_at).
+    pub(super) fn mark(&self) -> Mark {
+        Mark(self.known().learnt)
+    }
+
+    /// `tag`'s epoch if this instance knew it at `mark` and still holds it. A load framing its
+    /// loader's tags under such an epoch cannot outlive an invalidation of the tag made while
+    /// it ran: the invalidation dropped that epoch in Redis (a new one is another random
+    /// number), so the entry is unreadable there, whether this instance heard of it or not.
+    pub(super) fn known_at(&self, tag: &str, mark: Mark) -> Option<u64> {
+        let known = self.known();
+        known
+            .tags
+            .get(tag)
+            .filter(|(_, learnt)| *learnt <= mark.0)
+            .map(|(epoch, _)| *epoch)
     }
 
     /// Call before asking Redis; pass to [`learn`](Self::learn) with the answer.
@@ -64,7 +89,11 @@ impl Epochs {
                 if known.tags.len() >= MAX_TAGS && !known.tags.contains_key(tag) {
                     known.tags.clear();
                 }
-                known.tags.insert(tag.into(), epoch);
+                if known.tags.get(tag).is_none_or(|(held, _)| *held != epoch) {
+                    known.learnt += 1;
+                    let learnt = known.learnt;
+                    known.tags.insert(tag.into(), (epoch, learnt));
+                }
             }
             (EpochOf::Tag(tag), None) => {
                 known.tags.remove(tag);
@@ -120,6 +149,15 @@ mod tests {
         epochs.learn(asked, EpochOf::Namespace, Some(7));
         epochs.forget_tags();
         assert_eq!(epochs.get(EpochOf::Namespace), Some(7));
+        let before = epochs.mark();
+        let asked = epochs.asking();
+        epochs.learn(asked, EpochOf::Tag("u"), Some(3));
+        assert_eq!(epochs.known_at("u", before), None);
+        let after = epochs.mark();
+        epochs.learn(asked, EpochOf::Tag("u"), Some(3));
+        assert_eq!(epochs.known_at("u", after), Some(3));
+        epochs.learn(asked, EpochOf::Tag("u"), Some(4));
+        assert_eq!(epochs.known_at("u", after), None);
         epochs.forget_all();
         assert_eq!(epochs.get(EpochOf::Namespace), None);
     }

@@ -3,7 +3,8 @@
 //!
 //! Kept apart from the L1 (moka's own single flight inserts its result unconditionally) so
 //! that a loaded value enters the L1 through the same versioned, race-checked put as every
-//! other copy. A leader whose call is dropped mid-load hands the lead to a waiter.
+//! other copy. A leader whose call is dropped mid-load hands the lead to a waiter. A lead owns
+//! its place, so a load a soft timeout sends to the background keeps it there.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -19,58 +20,59 @@ use crate::error::Error;
 pub(super) type Outcome = std::result::Result<(Arc<dyn Any + Send + Sync>, Source), Arc<Error>>;
 
 type Slot = Arc<watch::Sender<Option<Outcome>>>;
+type Slots = Arc<Mutex<HashMap<Box<str>, Slot>>>;
 
 /// The loads in flight in one namespace of this process.
 #[derive(Debug, Default)]
-pub(super) struct Flights(Mutex<HashMap<Box<str>, Slot>>);
+pub(super) struct Flights(Slots);
 
 /// A caller's place in a key's load.
-pub(super) enum Seat<'a> {
+pub(super) enum Seat {
     /// Runs the load, and must [`finish`](Lead::finish) it.
-    Lead(Lead<'a>),
+    Lead(Lead),
     /// Waits for the leader: `None` when the leader went away without an outcome.
     Wait(watch::Receiver<Option<Outcome>>),
 }
 
 /// The lead of one key's load. Dropped without finishing, it lets the waiters go, and one of
 /// them leads next.
-pub(super) struct Lead<'a> {
-    flights: &'a Flights,
+pub(super) struct Lead {
+    slots: Slots,
     key: Box<str>,
     slot: Slot,
 }
 
-impl Flights {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Slot>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock(slots: &Slots) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Slot>> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
 
+impl Flights {
     /// Joins `key`'s load in flight, or leads a new one.
-    pub(super) fn join(&self, key: &str) -> Seat<'_> {
-        let mut slots = self.slots();
+    pub(super) fn join(&self, key: &str) -> Seat {
+        let mut slots = lock(&self.0);
         if let Some(slot) = slots.get(key) {
             return Seat::Wait(slot.subscribe());
         }
         let slot: Slot = Arc::new(watch::Sender::new(None));
         slots.insert(key.into(), slot.clone());
         Seat::Lead(Lead {
-            flights: self,
+            slots: self.0.clone(),
             key: key.into(),
             slot,
         })
     }
 }
 
-impl Lead<'_> {
+impl Lead {
     /// Hands `outcome` to every waiter.
     pub(super) fn finish(self, outcome: Outcome) {
         self.slot.send_replace(Some(outcome));
     }
 }
 
-impl Drop for Lead<'_> {
+impl Drop for Lead {
     fn drop(&mut self) {
-        let mut slots = self.flights.slots();
+        let mut slots = lock(&self.slots);
         if slots
             .get(&self.key)
             .is_some_and(|s| Arc::ptr_eq(s, &self.slot))

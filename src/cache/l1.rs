@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use moka::notification::RemovalCause;
 use moka::{Equivalent, Expiry};
 
+use super::life::Life;
+
 /// A namespace id (assigned per process at declaration) plus the caller's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct L1Key {
@@ -52,10 +54,13 @@ impl Equivalent<L1Key> for KeyRef<'_> {
     }
 }
 
+/// A value of some namespace's type, or a marker (a cached "not found").
+pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
+
 /// A decoded value as L1 keeps it. Cloning it (what a moka hit does) is one `Arc` increment.
 #[derive(Clone)]
 pub(crate) struct L1Value {
-    pub(crate) value: Arc<dyn Any + Send + Sync>,
+    pub(crate) value: AnyValue,
     /// The namespace's L1 generation when the entry was made; an older one is not served.
     pub(crate) generation: u64,
     /// The namespace's count of many-key changes when the entry was made: a hit after a later
@@ -68,6 +73,9 @@ pub(crate) struct L1Value {
     /// The entry's version in Redis, or `LOCAL` for what this instance wrote or loaded:
     /// a copy never replaces a newer one.
     pub(crate) version: u64,
+    /// The logical life, in namespaces that keep expired copies or refresh early; `ttl` is
+    /// then how long moka keeps the copy, past its logical expiry.
+    pub(crate) life: Option<Arc<Life>>,
 }
 
 impl L1Value {
@@ -101,6 +109,23 @@ impl Expiry<L1Key, L1Value> for PerEntryTtl {
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.ttl)
+    }
+
+    // moka calls this on every hit with the time it has just read: the only clock an entry's
+    // logical life needs, so a hit reads none of its own.
+    #[inline]
+    fn expire_after_read(
+        &self,
+        _: &L1Key,
+        value: &L1Value,
+        now: Instant,
+        duration_until_expiry: Option<Duration>,
+        _: Instant,
+    ) -> Option<Duration> {
+        if let Some(life) = &value.life {
+            life.observe(now);
+        }
+        duration_until_expiry
     }
 }
 

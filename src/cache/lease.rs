@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::l2::count_failure;
 use super::loader::FillBasis;
-use super::namespace::{Hit, Namespace};
+use super::l1::AnyValue;
+use super::namespace::{Namespace, Source};
 use super::read::L2Read;
 use super::stamp::Stamp;
 
@@ -20,9 +21,9 @@ const POLL_FIRST: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
 /// How waiting for another instance's load ended.
-pub(super) enum Waited<V> {
-    /// Its value, read from Redis.
-    Loaded(Hit<V>),
+pub(super) enum Waited {
+    /// Its value, read from Redis, and where it was served from.
+    Loaded(AnyValue, Source),
     /// This instance loads: with the lease (`token`) when it took it, and what its fill must
     /// find, from its last read.
     Lead {
@@ -42,7 +43,7 @@ where
         lease: Duration,
         stamp: Stamp,
         mut basis: FillBasis,
-    ) -> Waited<V> {
+    ) -> Waited {
         let token = fastrand::u64(..);
         let give_up = Instant::now() + lease;
         let mut pause = POLL_FIRST;
@@ -71,9 +72,12 @@ where
             pause = (pause * 2).min(POLL_MAX);
             match self.l2_read(key).await {
                 L2Read::Hit(found) => {
-                    return Waited::Loaded(self.keep_found(key, found, stamp));
+                    let (value, source) = self.keep_found(key, found, stamp, None);
+                    return Waited::Loaded(value, source);
                 }
-                L2Read::Miss { expect, epoch } => basis = self.fill_basis(expect, epoch).await,
+                L2Read::Stale { expect, epoch, .. } | L2Read::Miss { expect, epoch } => {
+                    basis = self.fill_basis(expect, epoch).await
+                }
                 L2Read::Unreachable => {
                     return Waited::Lead {
                         token: None,

@@ -1,42 +1,114 @@
-//! The value initializer: `get_or_set`, where an L1 miss becomes one load per key per process
-//! ([`flight`](super::flight)), or per key across instances with
+//! The value initializer: `get_or_set` and `get_or_load`, where an L1 miss becomes one load per
+//! key per process ([`flight`](super::flight)), or per key across instances with
 //! [`single_flight`](super::NamespaceBuilder::single_flight). A load asks L2, then the loader;
 //! a loaded value enters L1 at once and Redis after the waiters are released, and only if the
 //! key still holds what the load's read saw there: a load never replaces a write or an
 //! invalidation that landed while it ran, on any instance.
+//!
+//! Around the loader: a hard timeout drops a load that runs too long; a soft timeout answers
+//! with a stale copy and lets the load finish in the [`background`](super::background); a
+//! failed or timed-out load is answered from a stale copy when fail-safe keeps one, and the
+//! key's loader then rests for the throttle; an entry read late in its life is refreshed in
+//! the background ([`EagerRefresh`](super::EagerRefresh)).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
-use super::flight::{self, Seat};
+use super::epochs::Mark;
+use super::flight::{self, Lead, Seat};
 use super::frame::{self, Kind};
+use super::l1::AnyValue;
 use super::l2::{count_failure, Entry, EpochOf, EpochUse, Expect};
 use super::lease::Waited;
+use super::life::Life;
 use super::namespace::{Hit, Namespace, Source};
-use super::read::L2Read;
+use super::options::{Loaded, Policy, ReadOptions};
+use super::read::{L2Read, Look, NotFound, Span, StaleCopy};
 use super::stamp::Stamp;
 use super::stats::bump;
+use super::write::check_tags;
 use crate::error::{Error, Result};
 
-/// A Redis fill a load decided on, done after the waiters of the load are released, and the
-/// lease to give back after it.
-type Pending = Option<(Fill, Option<u64>)>;
+/// What a loader returns once its error is boxed.
+type LoadResult<V> = std::result::Result<Loaded<V>, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A load in progress, owned so that a soft timeout can move it to the background.
+type LoadFuture<V> = Pin<Box<dyn Future<Output = LoadResult<V>> + Send>>;
 
 /// A Redis fill.
 struct Fill {
-    frame: Vec<u8>,
+    kind: Kind,
+    /// The namespace epoch it is framed under.
+    epoch: u64,
+    grace: Duration,
+    /// The codec envelope of a value; empty for a "not found".
+    body: Vec<u8>,
+    /// How long Redis keeps it: its TTL and the grace.
     ttl: Duration,
     /// What the key must still hold for the fill to land: what the load's read saw.
     expect: Expect,
+    /// The tag epochs it is framed under, kept alive as long as it.
+    tags: Vec<(Box<str>, u64)>,
 }
 
 /// What a read before a load leaves to the load: what a fill must find, and the namespace
 /// epoch to frame it under. `None` when Redis is not to be filled.
 pub(super) type FillBasis = Option<(Expect, u64)>;
+
+/// One load: the key, what its read saw, and what its result may replace.
+struct Job {
+    key: Box<str>,
+    /// Taken before the read: a change after it keeps the result out of both tiers.
+    stamp: Stamp,
+    /// The tag epochs known before the read: the only ones a loader's tags are framed under.
+    mark: Mark,
+    basis: FillBasis,
+    /// The cross-instance lease, given back after the fill.
+    lease: Option<u64>,
+    /// The L1 copy an eager refresh replaces, whatever its version.
+    replaces: Option<Arc<Life>>,
+    /// The copy fail-safe answers with while this load fails; rested on failure.
+    stale: Option<Arc<Life>>,
+}
+
+/// How a wait on a load ended.
+enum Raced<T> {
+    Done(T),
+    Soft,
+    Hard,
+}
+
+/// Waits for `load`, at most until `soft` (when given) or `hard`.
+async fn race<T>(
+    load: &mut (impl Future<Output = T> + Unpin),
+    soft: Option<Duration>,
+    hard: Option<Instant>,
+) -> Raced<T> {
+    let soft = async {
+        match soft {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+    };
+    let hard = async {
+        match hard {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        done = load => Raced::Done(done),
+        () = hard => Raced::Hard,
+        () = soft => Raced::Soft,
+    }
+}
 
 impl<V> Namespace<V>
 where
@@ -47,157 +119,520 @@ where
     ///
     /// Concurrent calls for one missing key run one load per process (per every instance with
     /// [`single_flight`](super::NamespaceBuilder::single_flight)): the others wait for it and
-    /// share its value, or its error.
+    /// share its value, or its error. The namespace's fail-safe, loader timeouts and eager
+    /// refresh apply; [`get_or_load`](Self::get_or_load) takes per-call options, and lets the
+    /// loader set the TTL and tags, skip caching, or answer "not found".
+    ///
+    /// The loader is `'static` (it owns what it uses, e.g. a cloned pool) because a load may
+    /// outlive the call: past a soft timeout, or as an eager refresh.
     ///
     /// # Errors
     ///
-    /// [`Error::Loader`] when the loader fails (nothing is cached); [`Error::TooLarge`] or
-    /// [`Error::Encode`] when its value cannot be stored. Never a Redis error: Redis failures
-    /// make the call skip L2.
+    /// [`Error::Loader`] when the loader fails and [`Error::LoaderTimeout`] when it runs past
+    /// the hard timeout (nothing is cached; with fail-safe, a stale copy is served instead
+    /// when there is one); [`Error::TooLarge`] or [`Error::Encode`] when its value cannot be
+    /// stored. Never a Redis error: Redis failures make the call skip L2.
     pub async fn get_or_set<F, Fut, E>(&self, key: &str, loader: F) -> Result<Hit<V>>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        if let Some(hit) = self.l1_hit(key) {
-            return Ok(hit);
+        let loader = move || async move { loader().await.map(Loaded::value) };
+        self.fetch(key, &ReadOptions::new(), loader, true)
+            .await?
+            .ok_or(Error::Internal("a value load answered \"not found\""))
+    }
+
+    /// [`get_or_set`](Self::get_or_set) with per-call options and a loader that decides how
+    /// its answer is cached ([`Loaded`]): its TTL and tags, not at all, or "not found"
+    /// (`Ok(None)`, cached for the namespace's
+    /// [`negative_ttl`](super::NamespaceBuilder::negative_ttl)).
+    ///
+    /// # Errors
+    ///
+    /// As [`get_or_set`](Self::get_or_set), and [`Error::InvalidInput`] for a zero timeout in
+    /// `opts`, or a TTL or tags the loader set that a write would refuse (nothing is cached
+    /// then).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// use std::time::Duration;
+    /// use tierkit::cache::{Loaded, ReadOptions};
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let users = kit
+    ///     .namespace::<String>("users")
+    ///     .negative_ttl(Duration::from_secs(30))
+    ///     .build()?;
+    /// let found = users
+    ///     .get_or_load("42", &ReadOptions::new(), || async {
+    ///         Ok::<_, std::io::Error>(Loaded::value("ada".to_string()).tag("team:7"))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(found.as_deref().map(String::as_str), Some("ada"));
+    /// let missing = users
+    ///     .get_or_load("43", &ReadOptions::new(), || async {
+    ///         Ok::<_, std::io::Error>(Loaded::not_found())
+    ///     })
+    ///     .await?;
+    /// assert!(missing.is_none());
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+        loader: F,
+    ) -> Result<Option<Hit<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        self.fetch(key, opts, loader, false).await
+    }
+
+    /// Both loading calls: `want_value` takes a cached "not found" as a miss.
+    async fn fetch<F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+        loader: F,
+        want_value: bool,
+    ) -> Result<Option<Hit<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let mut stale = None;
+        if !opts.skips_l1() {
+            match self.look_l1(key) {
+                Look::Fresh(hit, due) => {
+                    if let Some(life) = due {
+                        self.refresh_early(key, Some(life), loader);
+                    }
+                    return Ok(Some(hit));
+                }
+                Look::Negative if !want_value => return Ok(None),
+                Look::Stale(copy) => stale = Some(copy),
+                Look::Negative | Look::Missing => {}
+            }
         }
+        opts.check()?;
+        let policy = self.ns.resilience.for_call(opts);
+        let stale = stale.filter(|copy| policy.serves(&copy.life));
+        if let Some(copy) = &stale {
+            if copy.life.is_quiet(Instant::now()) {
+                // The loader failed less than a throttle ago: it rests.
+                bump(&self.ns.counters.stale_served);
+                return Ok(Some(copy.hit()));
+            }
+        }
+        let hard_at = policy.hard_timeout.map(|t| Instant::now() + t);
         let mut loader = Some(loader);
         loop {
             let lead = match self.ns.flights.join(key) {
-                Seat::Lead(lead) => lead,
-                Seat::Wait(wait) => match flight::outcome(wait).await {
-                    Some(outcome) => return self.shared(outcome),
-                    // The leader's call was dropped: lead (or wait for) the next load.
-                    None => continue,
-                },
+                Seat::Lead(lead) => Some(lead),
+                Seat::Wait(wait) => {
+                    let soft = policy.soft_timeout.filter(|_| stale.is_some());
+                    let mut outcome = std::pin::pin!(flight::outcome(wait));
+                    match race(&mut outcome, soft, hard_at).await {
+                        Raced::Done(None) => continue,
+                        Raced::Done(Some(Ok((value, source)))) => {
+                            let source = match source {
+                                Source::Stale => {
+                                    bump(&self.ns.counters.stale_served);
+                                    Source::Stale
+                                }
+                                _ => {
+                                    bump(&self.ns.counters.l1_hits);
+                                    Source::L1
+                                }
+                            };
+                            match self.to_hit(value, source) {
+                                Some(hit) => return Ok(Some(hit)),
+                                None if !want_value => return Ok(None),
+                                // A "not found" from a `get_or_load` of the key: this call
+                                // wants a value, and loads one itself.
+                                None => None,
+                            }
+                        }
+                        Raced::Done(Some(Err(e))) => {
+                            return self.fail_safe(stale.as_ref(), &policy, Error::from_shared(e))
+                        }
+                        Raced::Soft => {
+                            if let Some(copy) = &stale {
+                                bump(&self.ns.counters.stale_served);
+                                return Ok(Some(copy.hit()));
+                            }
+                            continue;
+                        }
+                        Raced::Hard => {
+                            let timeout = policy.hard_timeout.unwrap_or_default();
+                            return self.fail_safe(
+                                stale.as_ref(),
+                                &policy,
+                                Error::LoaderTimeout(timeout),
+                            );
+                        }
+                    }
+                }
             };
             // A load that finished while this call queued for the lead left its value in L1.
-            if let Some(hit) = self.l1_hit(key) {
-                lead.finish(Ok((hit.value.clone(), hit.source)));
-                return Ok(hit);
+            if !policy.skip_l1 {
+                if let Look::Fresh(hit, _) = self.look_l1(key) {
+                    if let Some(lead) = lead {
+                        lead.finish(Ok((hit.value.clone(), hit.source)));
+                    }
+                    return Ok(Some(hit));
+                }
             }
             let Some(loader) = loader.take() else {
                 return Err(Error::Internal("a load led twice by one call"));
             };
-            let stamp = self.ns.fresh.stamp(key);
-            let (loaded, fill) = match self.load(key, loader, stamp).await {
-                Ok(done) => done,
-                Err(e) => {
-                    let e = Arc::new(e);
-                    lead.finish(Err(e.clone()));
-                    return Err(Error::from_shared(e));
-                }
-            };
-            if self.ns.fresh.changed_since(key, stamp) {
-                // A change landed during the load: its value may be older than what a waiter
-                // that joined late has already seen, so the waiters read again instead.
-                drop(lead);
-            } else {
-                lead.finish(Ok((loaded.value.clone(), loaded.source)));
-            }
-            if let Some((fill, lease)) = fill {
-                // After the waiters are released: they need not wait for Redis to take it.
-                self.fill_l2(key, fill).await;
-                self.end_lease(key, lease).await;
-            }
-            return Ok(loaded);
+            let span = tracing::debug_span!(
+                "tierkit.cache.load",
+                cache.namespace = %self.ns.name,
+                cache.source = tracing::field::Empty,
+                cache.outcome = tracing::field::Empty,
+            );
+            return self
+                .lead(key, lead, loader, &policy, stale, hard_at, want_value)
+                .instrument(span)
+                .await;
         }
     }
 
-    /// A waiter's share of a load: the value as an L1 hit, or the load's error.
-    fn shared(&self, outcome: flight::Outcome) -> Result<Hit<V>> {
-        let (value, _) = outcome.map_err(Error::from_shared)?;
-        let value = Arc::downcast::<V>(value)
-            .map_err(|_| Error::Internal("a load of this namespace gave another type"))?;
-        bump(&self.ns.counters.l1_hits);
-        Ok(Hit {
-            value,
-            source: Source::L1,
-        })
-    }
-
     /// The lead's load: L2, then (after waiting for another instance's load, with a lease)
-    /// the loader. Returns the value, in L1 unless a change raced it, and the fill to do.
-    async fn load<F, Fut, E>(&self, key: &str, loader: F, stamp: Stamp) -> Result<(Hit<V>, Pending)>
+    /// the loader, raced against the timeouts.
+    #[allow(clippy::too_many_arguments)]
+    async fn lead<F, Fut, E>(
+        &self,
+        key: &str,
+        lead: Option<Lead>,
+        loader: F,
+        policy: &Policy,
+        mut stale: Option<StaleCopy<V>>,
+        hard_at: Option<Instant>,
+        want_value: bool,
+    ) -> Result<Option<Hit<V>>>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = std::result::Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
-        let counters = &self.ns.counters;
+        let span = tracing::Span::current();
+        let stamp = self.ns.fresh.stamp(key);
+        let mark = self.ns.epochs.mark();
         let mut basis = match self.l2_read(key).await {
-            L2Read::Hit(found) => return Ok((self.keep_found(key, found, stamp), None)),
+            L2Read::Hit(found) if found.value_is_some() || !want_value => {
+                let due = !self.l1_on && self.refresh_due(found.span);
+                let (value, source) = self.keep_found(key, found, stamp, None);
+                if let Some(lead) = lead {
+                    lead.finish(Ok((value.clone(), source)));
+                }
+                span.record("cache.source", "l2");
+                if due {
+                    // No L1 copy to carry the refresh: this read starts it.
+                    self.refresh_early(key, None, loader);
+                }
+                return Ok(self.to_hit(value, source));
+            }
+            L2Read::Hit(found) => {
+                let epoch = found.epoch;
+                self.fill_basis(Expect::Version(found.version), epoch).await
+            }
+            L2Read::Stale {
+                found,
+                expect,
+                epoch,
+            } => {
+                if policy.fail_safe.is_some() && found.value_is_some() {
+                    stale = self.stale_from_l2(key, found, stamp).or(stale);
+                }
+                self.fill_basis(expect, epoch).await
+            }
             L2Read::Miss { expect, epoch } => self.fill_basis(expect, epoch).await,
             L2Read::Unreachable => None,
         };
         let mut lease = None;
         if let (Some(_), Some(ttl)) = (&basis, self.ns.lease) {
             match self.await_other_load(key, ttl, stamp, basis).await {
-                Waited::Loaded(hit) => return Ok((hit, None)),
+                Waited::Loaded(value, source) => {
+                    if let Some(lead) = lead {
+                        lead.finish(Ok((value.clone(), source)));
+                    }
+                    return Ok(self.to_hit(value, source));
+                }
                 Waited::Lead { token, basis: b } => {
                     lease = token;
                     basis = b;
                 }
             }
         }
-        bump(&counters.misses);
-        bump(&counters.loader_calls);
+        bump(&self.ns.counters.misses);
+        let job = Job {
+            key: key.into(),
+            stamp,
+            mark,
+            basis,
+            lease,
+            replaces: None,
+            stale: stale.as_ref().map(|copy| copy.life.clone()),
+        };
+        let mut load = self.start(loader);
+        // A soft timeout sends the load to the background: room for it is taken first, or the
+        // call waits for its load after all.
+        let ticket = match (&stale, policy.soft_timeout) {
+            (Some(_), Some(_)) => self.core.background.reserve(),
+            _ => None,
+        };
+        let soft = policy.soft_timeout.filter(|_| ticket.is_some());
+        let raced = race(&mut load, soft, hard_at).await;
+        if let (Raced::Soft, Some(ticket), Some(copy)) = (&raced, ticket, &stale) {
+            let ns = self.clone();
+            let hard = policy.hard_timeout;
+            let background = async move {
+                let loaded = match race(&mut load, None, hard_at).await {
+                    Raced::Done(loaded) => ns.loaded(loaded),
+                    _ => Err(ns.timed_out(hard)),
+                };
+                // Nobody waits on this call: its waiters have the outcome from the lead.
+                let _ = ns.settle(job, lead, loaded).await;
+            }
+            .instrument(tracing::debug_span!(
+                parent: &span,
+                "tierkit.cache.background_load",
+                cache.namespace = %self.ns.name,
+            ));
+            ticket.spawn(background);
+            bump(&self.ns.counters.background_loads);
+            bump(&self.ns.counters.stale_served);
+            span.record("cache.outcome", "soft_timeout");
+            span.record("cache.source", "stale");
+            return Ok(Some(copy.hit()));
+        }
+        let loaded = match raced {
+            Raced::Done(loaded) => self.loaded(loaded),
+            _ => Err(self.timed_out(policy.hard_timeout)),
+        };
+        match self.settle(job, lead, loaded).await {
+            Ok((value, source)) => {
+                span.record("cache.outcome", "loaded");
+                Ok(self.to_hit(value, source))
+            }
+            Err(e) => {
+                span.record("cache.outcome", e.kind_name());
+                self.fail_safe(stale.as_ref(), policy, e)
+            }
+        }
+    }
+
+    /// Starts the loader, timed and counted.
+    fn start<F, Fut, E>(&self, loader: F) -> LoadFuture<V>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        bump(&self.ns.counters.loader_calls);
+        let ns = self.ns.clone();
         let started = Instant::now();
-        let span = tracing::debug_span!("tierkit.loader", namespace = %self.ns.name);
-        let loaded = tracing::Instrument::instrument(loader(), span).await;
-        crate::metrics::loader(&self.ns.name, started.elapsed());
-        let loaded = loaded.map_err(|e| {
-            bump(&counters.loader_errors);
-            Error::Loader(Arc::from(e.into()))
-        });
-        let value = match loaded {
-            Ok(value) => value,
+        let load = loader();
+        Box::pin(async move {
+            let loaded = load.await.map_err(Into::into);
+            let took = started.elapsed();
+            ns.record_load(took);
+            crate::metrics::loader(&ns.name, took);
+            loaded
+        })
+    }
+
+    /// A loader's result as a load's: its error counted and shared.
+    fn loaded(&self, loaded: LoadResult<V>) -> Result<Loaded<V>> {
+        loaded.map_err(|e| {
+            bump(&self.ns.counters.loader_errors);
+            Error::Loader(Arc::from(e))
+        })
+    }
+
+    /// The error of a load the hard timeout `after` ended.
+    fn timed_out(&self, after: Option<Duration>) -> Error {
+        bump(&self.ns.counters.loader_timeouts);
+        Error::LoaderTimeout(after.unwrap_or_default())
+    }
+
+    /// A failed load's answer: the stale copy, when fail-safe keeps one within its bound (the
+    /// key's loader then rests for the throttle), or the error.
+    fn fail_safe(
+        &self,
+        stale: Option<&StaleCopy<V>>,
+        policy: &Policy,
+        error: Error,
+    ) -> Result<Option<Hit<V>>> {
+        match (stale, policy.fail_safe) {
+            (Some(copy), Some(fail_safe)) if policy.serves(&copy.life) => {
+                copy.life.hush(Instant::now() + fail_safe.throttle);
+                bump(&self.ns.counters.stale_served);
+                tracing::debug!(cache.namespace = %self.ns.name, cache.outcome = error.kind_name(),
+                    "tierkit: the load failed; serving a stale copy (fail-safe)");
+                Ok(Some(copy.hit()))
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// An expired copy read from Redis, kept in L1 (where the throttle can rest on it) and
+    /// held for fail-safe.
+    fn stale_from_l2(
+        &self,
+        key: &str,
+        found: super::read::Found<V>,
+        stamp: Stamp,
+    ) -> Option<StaleCopy<V>> {
+        let (value, _) = self.keep_found(key, found, stamp, None);
+        let value = Arc::downcast::<V>(value).ok()?;
+        let life = match self.live_l1(key).and_then(|held| held.life) {
+            Some(life) if life.is_stale() => life,
+            // Not kept (an L2-only namespace, a racing change): a life of its own.
+            _ => Arc::new(Life::new(Instant::now(), None)),
+        };
+        Some(StaleCopy { value, life })
+    }
+
+    /// Ends a load: keeps its value in L1, hands it to the waiters, fills Redis, gives the
+    /// lease back. Returns what the leader serves.
+    async fn settle(
+        &self,
+        job: Job,
+        lead: Option<Lead>,
+        loaded: Result<Loaded<V>>,
+    ) -> Result<(AnyValue, Source)> {
+        let kept = self.keep_loaded(&job, loaded);
+        let (served, fill) = match kept {
+            Ok(kept) => kept,
             Err(e) => {
-                self.end_lease(key, lease).await;
-                return Err(e);
+                if let Some(life) = &job.stale {
+                    if let Some(fail_safe) = self.ns.resilience.fail_safe {
+                        life.hush(Instant::now() + fail_safe.throttle);
+                    }
+                }
+                let e = Arc::new(e);
+                if let Some(lead) = lead {
+                    lead.finish(Err(e.clone()));
+                }
+                self.end_lease(&job.key, job.lease).await;
+                return Err(Error::from_shared(e));
             }
         };
-        let (bytes, weight) = match self.encode(key, &value) {
-            Ok(encoded) => encoded,
-            Err(e) => {
-                self.end_lease(key, lease).await;
-                return Err(e);
+        if let Some(lead) = lead {
+            if self.ns.fresh.changed_since(&job.key, job.stamp) {
+                // A change landed during the load: its value may be older than what a waiter
+                // that joined late has already seen, so the waiters read again instead.
+                drop(lead);
+            } else {
+                lead.finish(Ok(served.clone()));
+            }
+        }
+        if let Some(fill) = fill {
+            // After the waiters are released: they need not wait for Redis to take it.
+            self.fill_l2(&job.key, fill, job.mark).await;
+        }
+        self.end_lease(&job.key, job.lease).await;
+        Ok(served)
+    }
+
+    /// A loaded answer checked, encoded and kept in L1; the Redis fill it calls for.
+    fn keep_loaded(
+        &self,
+        job: &Job,
+        loaded: Result<Loaded<V>>,
+    ) -> Result<((AnyValue, Source), Option<Fill>)> {
+        let Loaded {
+            value,
+            ttl,
+            tags,
+            cache,
+        } = loaded?;
+        let key = &*job.key;
+        let ttl = match value {
+            Some(_) => Some(ttl.unwrap_or(self.ns.ttl)),
+            None => ttl.or(self.ns.resilience.negative_ttl),
+        };
+        if let Some(problem) = ttl.and_then(super::builder::ttl_problem) {
+            return Err(Error::invalid("ttl", problem));
+        }
+        check_tags(&tags)?;
+        let (value, bytes, weight): (AnyValue, _, _) = match value {
+            Some(value) => {
+                let (bytes, weight) = self.encode(key, &value)?;
+                (Arc::new(value), bytes, weight)
+            }
+            None => {
+                let bytes = self.stores_values().then(Vec::new);
+                (Arc::new(NotFound), bytes, 0)
             }
         };
-        let ttl = self.jittered(self.ns.ttl);
-        let value = Arc::new(value);
+        let (Some(ttl), true) = (ttl, cache) else {
+            // Served to this call and its waiters, kept nowhere.
+            return Ok(((value, Source::Loader), None));
+        };
+        let ttl = self.jittered(ttl);
         // As new as what the read before the load found, and no newer: a copy L1 took from
         // Redis meanwhile reflects a write that landed after that read, and wins.
-        let version = match &basis {
+        let version = match &job.basis {
             Some((Expect::Version(v), _)) => *v,
             _ => 0,
         };
-        let entry = self.l1_value(value.clone(), weight, ttl, None, version);
-        let hit = self.keep_l1(key, value, entry, stamp, Source::Loader);
-        let fill = match (bytes, basis) {
+        let tag_list: Option<Arc<[Box<str>]>> =
+            (!tags.is_empty()).then(|| tags.iter().map(|t| t.as_str().into()).collect());
+        let entry = self.l1_value(value.clone(), weight, Span::Fresh(ttl), tag_list.clone(), version);
+        let served = self.keep_l1(
+            key,
+            entry,
+            job.stamp,
+            Source::Loader,
+            job.replaces.as_ref(),
+        );
+        let fill = match (bytes, &job.basis) {
             // A change raced the load: what it loaded may be stale already.
-            _ if self.ns.fresh.changed_since(key, stamp) => None,
-            (Some(bytes), Some((expect, epoch))) => Some(Fill {
-                frame: frame::encode(Kind::Value, epoch, &[], &bytes),
-                ttl,
-                expect,
-            }),
+            _ if self.ns.fresh.changed_since(key, job.stamp) => None,
+            (Some(bytes), Some((expect, epoch))) => {
+                let negative = served.0.is::<NotFound>();
+                let grace = if negative {
+                    Duration::ZERO
+                } else {
+                    self.ns.resilience.grace()
+                };
+                let tags: Vec<(Box<str>, u64)> = tag_list
+                    .iter()
+                    .flat_map(|t| t.iter())
+                    .map(|t| (t.clone(), 0))
+                    .collect();
+                Some(Fill {
+                    kind: if negative { Kind::Absent } else { Kind::Value },
+                    epoch: *epoch,
+                    grace,
+                    body: bytes,
+                    ttl: ttl.saturating_add(grace),
+                    expect: expect.clone(),
+                    tags,
+                })
+            }
             // The read failed: a write now would most likely wait out another timeout.
             (Some(_), None) => {
-                bump(&counters.l2_skipped);
+                bump(&self.ns.counters.l2_skipped);
                 None
             }
             // No L2 that stores values: nothing to write.
             (None, _) => None,
         };
-        if fill.is_none() {
-            self.end_lease(key, lease).await;
-            return Ok((hit, None));
-        }
-        // A lease is given back after the fill, so the waiters find the value, not a free lease.
-        Ok((hit, fill.map(|f| (f, lease))))
+        Ok((served, fill))
     }
 
     /// What a fill after a load must find and frame under, from the read before the load. The
@@ -232,21 +667,147 @@ where
         }
     }
 
-    async fn fill_l2(&self, key: &str, fill: Fill) {
-        let entry = [Entry {
-            key,
-            frame: &fill.frame,
-            ttl: fill.ttl,
-            expect: Some(&fill.expect),
-        }];
-        let filled = async { self.l2()?.write(&self.ns.keyspace, &entry, &[], None).await }.await;
+    /// Writes a load's value to Redis where the key still holds what the load's read saw.
+    /// A value the loader tagged is framed under the tag epochs this instance knew before
+    /// that read ([`Epochs::known_at`](super::epochs::Epochs::known_at)); with a tag it did not
+    /// know yet, only L1 keeps the value this time, and the tag's epoch is made for the next.
+    async fn fill_l2(&self, key: &str, mut fill: Fill, mark: Mark) {
+        for (tag, epoch) in &mut fill.tags {
+            *epoch = self.ns.epochs.known_at(tag, mark).unwrap_or(0);
+        }
+        let unknown: Vec<EpochUse<'_>> = fill
+            .tags
+            .iter()
+            .filter(|(_, epoch)| *epoch == 0)
+            .map(|(tag, _)| EpochUse {
+                of: EpochOf::Tag(tag),
+                epoch: 0,
+                ttl: fill.ttl,
+            })
+            .collect();
+        let filled = async {
+            let l2 = self.l2()?;
+            if !unknown.is_empty() {
+                let asked = self.ns.epochs.asking();
+                let made = l2.make_epochs(&self.ns.keyspace, &unknown).await?;
+                for (used, epoch) in unknown.iter().zip(made) {
+                    self.ns.epochs.learn(asked, used.of, Some(epoch));
+                }
+                return Ok(None);
+            }
+            let tags: Vec<(&str, u64)> = fill.tags.iter().map(|(t, e)| (&**t, *e)).collect();
+            let frame = frame::encode(fill.kind, fill.epoch, &tags, fill.grace, &fill.body);
+            let alive: Vec<EpochUse<'_>> = tags
+                .iter()
+                .map(|(tag, epoch)| EpochUse {
+                    of: EpochOf::Tag(tag),
+                    epoch: *epoch,
+                    ttl: fill.ttl,
+                })
+                .collect();
+            let entry = [Entry {
+                key,
+                frame: &frame,
+                ttl: fill.ttl,
+                expect: Some(&fill.expect),
+            }];
+            l2.write(&self.ns.keyspace, &entry, &alive, None)
+                .await
+                .map(Some)
+        }
+        .await;
         match filled {
-            Ok(written) if written.landed.first() == Some(&false) => {
-                tracing::debug!(namespace = %self.ns.name,
+            Ok(Some(written)) if written.landed.first() == Some(&false) => {
+                tracing::debug!(cache.namespace = %self.ns.name,
                     "tierkit: a change landed while loading; the loaded value stays out of Redis");
             }
             Ok(_) => {}
             Err(e) => count_failure(&self.ns.counters, &e),
+        }
+    }
+
+    /// Whether an entry fresh for `span` yet is in the part of its life where eager refresh
+    /// reloads it.
+    fn refresh_due(&self, span: Span) -> bool {
+        let Some(eager) = self.ns.resilience.eager else {
+            return false;
+        };
+        match span {
+            Span::Fresh(left) => left < eager.window(self.ns.ttl, self.ns.load_time()),
+            Span::Expired { .. } => true,
+        }
+    }
+
+    /// Starts the one background refresh of an entry (of the L1 copy with `life`, or of the
+    /// Redis entry an L2-only read found due). Left to a later hit when it cannot start.
+    fn refresh_early<F, Fut, E>(&self, key: &str, life: Option<Arc<Life>>, loader: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        if life.as_ref().is_some_and(|life| !life.claim()) {
+            return;
+        }
+        let ns = self.clone();
+        let key: Box<str> = key.into();
+        let claimed = life.clone();
+        let span = tracing::debug_span!("tierkit.cache.refresh", cache.namespace = %self.ns.name);
+        let refresh = async move { ns.refresh(key, life, loader).await }.instrument(span);
+        if self.core.background.spawn(refresh) {
+            bump(&self.ns.counters.background_loads);
+        } else if let Some(life) = claimed {
+            life.unclaim();
+        }
+    }
+
+    /// An eager refresh: takes a newer entry another instance put in Redis, or loads.
+    async fn refresh<F, Fut, E>(&self, key: Box<str>, life: Option<Arc<Life>>, loader: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
+        let Seat::Lead(lead) = self.ns.flights.join(&key) else {
+            // A load of the key is in flight already.
+            return;
+        };
+        let stamp = self.ns.fresh.stamp(&key);
+        let mark = self.ns.epochs.mark();
+        let basis = match self.l2_read(&key).await {
+            L2Read::Hit(found) if !self.refresh_due(found.span) && self.l1_on => {
+                let served = self.keep_found(&key, found, stamp, life.as_ref());
+                lead.finish(Ok(served));
+                return;
+            }
+            L2Read::Hit(found) => {
+                let epoch = found.epoch;
+                self.fill_basis(Expect::Version(found.version), epoch).await
+            }
+            L2Read::Stale { expect, epoch, .. } | L2Read::Miss { expect, epoch } => {
+                self.fill_basis(expect, epoch).await
+            }
+            L2Read::Unreachable => None,
+        };
+        let hard = self.ns.resilience.hard_timeout;
+        let hard_at = hard.map(|t| Instant::now() + t);
+        let mut load = self.start(loader);
+        let loaded = match race(&mut load, None, hard_at).await {
+            Raced::Done(loaded) => self.loaded(loaded),
+            _ => Err(self.timed_out(hard)),
+        };
+        let job = Job {
+            key,
+            stamp,
+            mark,
+            basis,
+            lease: None,
+            replaces: life,
+            stale: None,
+        };
+        if let Err(e) = self.settle(job, Some(lead), loaded).await {
+            tracing::debug!(cache.namespace = %self.ns.name, cache.outcome = e.kind_name(),
+                "tierkit: an eager refresh failed; the current copy stays until it expires");
         }
     }
 }

@@ -6,6 +6,7 @@
 use std::any::TypeId;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use super::epochs::Epochs;
 use super::flight::Flights;
 use super::l1::L1;
 use super::l2::{count_failure, Keyspace, L2};
+use super::options::{Resilience, Tiers};
 use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::{CacheStats, Counters};
@@ -53,9 +55,12 @@ pub(super) struct NsShared {
     /// With [`NamespaceBuilder::encrypted`](super::NamespaceBuilder::encrypted): the keys its
     /// values are sealed with in Redis.
     pub(super) keyring: Option<Keyring>,
-    /// With [`NamespaceBuilder::l1_only`](super::NamespaceBuilder::l1_only): values never go
-    /// to Redis; changes are only announced to the other instances.
-    pub(super) l1_only: bool,
+    /// Where values are kept ([`NamespaceBuilder::tiers`](super::NamespaceBuilder::tiers)).
+    pub(super) tiers: Tiers,
+    /// Fail-safe, loader timeouts, eager refresh, negative caching.
+    pub(super) resilience: Resilience,
+    /// A moving average of the loader's time, in nanoseconds: XFetch's `δ`.
+    pub(super) load_nanos: AtomicU64,
 }
 
 impl NsShared {
@@ -67,7 +72,28 @@ impl NsShared {
             && self.jitter == other.jitter
             && self.lease == other.lease
             && self.keyring.is_some() == other.keyring.is_some()
-            && self.l1_only == other.l1_only
+            && self.tiers == other.tiers
+            && self.resilience == other.resilience
+    }
+
+    /// Whether an L1 holds this namespace's values: not in an L2-only namespace that has a
+    /// Redis to use instead.
+    pub(super) fn uses_l1(&self, core: &CacheCore) -> bool {
+        self.tiers != Tiers::L2Only || !core.l2.stores_values()
+    }
+
+    /// Takes a loader's time into the moving average.
+    pub(super) fn record_load(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.load_nanos.load(Ordering::Relaxed);
+        // A lost update between two loads only skews an average.
+        let new = if old == 0 { took } else { old - old / 8 + took / 8 };
+        self.load_nanos.store(new, Ordering::Relaxed);
+    }
+
+    /// The loader's usual time.
+    pub(super) fn load_time(&self) -> Duration {
+        Duration::from_nanos(self.load_nanos.load(Ordering::Relaxed))
     }
 }
 
@@ -82,6 +108,9 @@ pub enum Source {
     L2,
     /// The `get_or_set` loader.
     Loader,
+    /// An expired copy, served by fail-safe because the loader failed or timed out (or was
+    /// throttled after it did), or a soft timeout passed while the load goes on.
+    Stale,
 }
 
 /// A cached value and where it came from. Derefs to the value.
@@ -219,6 +248,8 @@ impl SetOptions {
 pub struct Namespace<V> {
     // The L1 handle is kept here as well as in the core: one pointer less on the hit path.
     pub(super) l1: L1,
+    /// [`NsShared::uses_l1`], kept here for the hit path.
+    pub(super) l1_on: bool,
     pub(super) ns: Arc<NsShared>,
     pub(super) core: Arc<CacheCore>,
     pub(super) _type: PhantomData<fn() -> V>,
@@ -228,6 +259,7 @@ impl<V> Clone for Namespace<V> {
     fn clone(&self) -> Self {
         Namespace {
             l1: self.l1.clone(),
+            l1_on: self.l1_on,
             ns: self.ns.clone(),
             core: self.core.clone(),
             _type: PhantomData,
@@ -295,7 +327,7 @@ where
     /// Whether this namespace's values go to an L2: not in an L1-only namespace, nor with no
     /// Redis.
     pub(super) fn stores_values(&self) -> bool {
-        !self.ns.l1_only && self.core.l2.stores_values()
+        self.ns.tiers != Tiers::L1Only && self.core.l2.stores_values()
     }
 
     /// A change of a namespace whose values stay in L1 (see

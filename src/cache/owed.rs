@@ -210,7 +210,7 @@ impl CacheCore {
         let l2 = self.l2.pick()?;
         let space = &ns.keyspace;
         for op in debts.ops(&ns.name) {
-            if ns.l1_only {
+            if ns.tiers == super::options::Tiers::L1Only {
                 // Nothing of it is in Redis: the other instances are only told again.
                 l2.publish(&op).await?;
                 continue;
@@ -252,7 +252,7 @@ impl CacheCore {
                  what was written, so every cache namespace is cleared"
             );
             // L1-only namespaces keep nothing in Redis that the restart could have aged.
-            for ns in self.namespaces().iter().filter(|ns| !ns.l1_only) {
+            for ns in self.namespaces().iter().filter(|ns| ns.tiers != super::options::Tiers::L1Only) {
                 ns.owed.owe_everything();
             }
         }

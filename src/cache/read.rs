@@ -2,19 +2,20 @@
 //! current epochs, and keeping what L2 answered in L1 unless it is older than what L1 holds or
 //! a change raced the read.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::frame::{self, Kind};
-use super::l1::{weight, KeyRef, L1Key, L1Value};
+use super::l1::{weight, AnyValue, KeyRef, L1Key, L1Value};
 use super::l2::{count_failure, EpochOf, Expect, Stored};
+use super::life::Life;
 use super::namespace::{Hit, Namespace, Source};
+use super::options::ReadOptions;
 use super::stamp::Stamp;
 use super::stats::bump;
 use crate::codec::Codec;
@@ -25,8 +26,15 @@ pub(super) const LOCAL: u64 = u64::MAX;
 
 /// What an L2 read found.
 pub(super) enum L2Read<V> {
-    /// A value to serve.
+    /// A fresh entry to serve: a value, or a cached "not found".
     Hit(Found<V>),
+    /// An entry past its logical expiry, kept for fail-safe ([`frame`](super::frame)'s grace):
+    /// served only when the loader fails, otherwise a miss whose fill must find `expect`.
+    Stale {
+        found: Found<V>,
+        expect: Expect,
+        epoch: Option<u64>,
+    },
     /// Nothing to serve. A fill after a load must still find `expect` to land, and is framed
     /// under `epoch`, the namespace's epoch when the read was made (`None`: absent).
     Miss { expect: Expect, epoch: Option<u64> },
@@ -34,14 +42,61 @@ pub(super) enum L2Read<V> {
     Unreachable,
 }
 
-/// A value read from L2, with its L1 weight, how long an L1 copy may live (the namespace's L1
-/// TTL cut to what the L2 entry has left), its version and tags.
+/// An entry read from L2: its value (`None`: a cached "not found"), L1 weight, how long it is
+/// fresh (or has been expired), its version and tags, and the namespace epoch it was read
+/// under, for a fill that replaces it.
 pub(super) struct Found<V> {
-    value: V,
+    value: Option<V>,
     weight: u32,
-    ttl: Duration,
-    version: u64,
+    pub(super) span: Span,
+    pub(super) version: u64,
     tags: Option<Arc<[Box<str>]>>,
+    pub(super) epoch: Option<u64>,
+}
+
+impl<V> Found<V> {
+    /// Whether it is a value, not a cached "not found".
+    pub(super) fn value_is_some(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+/// Where a copy is in its logical life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Span {
+    /// Fresh for this long yet.
+    Fresh(Duration),
+    /// Expired this long ago, and kept (for fail-safe) this long yet.
+    Expired { ago: Duration, kept: Duration },
+}
+
+/// The value an L1 entry holds for a cached "not found".
+pub(super) struct NotFound;
+
+/// What the L1 holds for a key, as a read sees it.
+pub(super) enum Look<V> {
+    /// A fresh copy; with its life when an eager refresh is due.
+    Fresh(Hit<V>, Option<Arc<Life>>),
+    /// A cached "not found".
+    Negative,
+    /// A copy past its logical expiry, kept for fail-safe.
+    Stale(StaleCopy<V>),
+    Missing,
+}
+
+/// An expired copy at hand for fail-safe, and its life (when it expired; the throttle).
+pub(super) struct StaleCopy<V> {
+    pub(super) value: Arc<V>,
+    pub(super) life: Arc<Life>,
+}
+
+impl<V> StaleCopy<V> {
+    pub(super) fn hit(&self) -> Hit<V> {
+        Hit {
+            value: self.value.clone(),
+            source: Source::Stale,
+        }
+    }
 }
 
 impl<V> Namespace<V>
@@ -51,19 +106,56 @@ where
     /// An L1 hit, counted. The hot path: one lookup, one `Arc` clone, one relaxed add. An L1
     /// miss is answered by this instance's write of the key in flight, if any
     /// ([`writing`](super::writing)).
+    #[inline]
     pub(super) fn l1_hit(&self, key: &str) -> Option<Hit<V>> {
-        let held = match self.live_l1(key) {
-            Some(found) => found.value,
-            None => self.ns.writing.get(key)?,
+        match self.look_l1(key) {
+            Look::Fresh(hit, _) => Some(hit),
+            _ => None,
+        }
+    }
+
+    /// What L1 holds for `key`; a fresh copy is counted as a hit.
+    #[inline]
+    pub(super) fn look_l1(&self, key: &str) -> Look<V> {
+        if !self.l1_on {
+            return Look::Missing;
+        }
+        let (held, life) = match self.live_l1(key) {
+            Some(found) => (found.value, found.life),
+            None => match self.ns.writing.get(key) {
+                Some(value) => (value, None),
+                None => return Look::Missing,
+            },
         };
-        // Namespace ids are bound to one type at declaration, so this cannot fail; if it did,
-        // a miss is the safe answer.
-        let value = Arc::downcast::<V>(held).ok()?;
-        bump(&self.ns.counters.l1_hits);
-        Some(Hit {
-            value,
-            source: Source::L1,
-        })
+        let due = match life {
+            None => None,
+            Some(life) if life.is_stale() => {
+                return match Arc::downcast::<V>(held) {
+                    Ok(value) => Look::Stale(StaleCopy { value, life }),
+                    Err(_) => Look::Missing,
+                };
+            }
+            Some(life) => life.wants_refresh().then_some(life),
+        };
+        match Arc::downcast::<V>(held) {
+            Ok(value) => {
+                bump(&self.ns.counters.l1_hits);
+                Look::Fresh(
+                    Hit {
+                        value,
+                        source: Source::L1,
+                    },
+                    due,
+                )
+            }
+            Err(other) if other.is::<NotFound>() => {
+                bump(&self.ns.counters.negative_hits);
+                Look::Negative
+            }
+            // Namespace ids are bound to one type at declaration, so this cannot happen; if
+            // it did, a miss is the safe answer.
+            Err(_) => Look::Missing,
+        }
     }
 
     /// `key`'s L1 entry, if it may be served. One that may not (made before the L1 was
@@ -93,26 +185,75 @@ where
                 || !fresh.retired(key, entry.tags.as_deref(), entry.epoch))
     }
 
-    /// Reads `key`: L1, then Redis. `None` when neither has it. Never returns a Redis error:
-    /// when Redis is down or fails, the read is answered from L1 alone.
+    /// Reads `key`: L1, then Redis. `None` when neither has it (or holds a cached "not
+    /// found"). Never returns a Redis error: when Redis is down or fails, the read is answered
+    /// from L1 alone.
     pub async fn get(&self, key: &str) -> Option<Hit<V>> {
         if let Some(hit) = self.l1_hit(key) {
             return Some(hit);
         }
+        self.get_with(key, &ReadOptions::new()).await
+    }
+
+    /// [`get`](Self::get) with per-call options: [`ReadOptions::skip_l1`] reads Redis even
+    /// when L1 holds a copy. An expired copy is served (as [`Source::Stale`]) only with
+    /// fail-safe on and Redis unable to answer: a read has no loader to fail.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// use tierkit::cache::ReadOptions;
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let names = kit.namespace::<String>("names").build()?;
+    /// names.set("1", "ada".to_string()).await?;
+    /// let fresh = names.get_with("1", &ReadOptions::new().skip_l1()).await;
+    /// # let _ = fresh;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with(&self, key: &str, opts: &ReadOptions) -> Option<Hit<V>> {
+        let mut stale = None;
+        if !opts.skips_l1() {
+            match self.look_l1(key) {
+                Look::Fresh(hit, _) => return Some(hit),
+                Look::Negative => return None,
+                Look::Stale(copy) => stale = Some(copy),
+                Look::Missing => {}
+            }
+        }
         let stamp = self.ns.fresh.stamp(key);
         let read = self.l2_read(key).await;
+        if matches!(read, L2Read::Unreachable) {
+            let policy = self.ns.resilience.for_call(opts);
+            if let Some(copy) = stale.filter(|c| policy.serves(&c.life)) {
+                bump(&self.ns.counters.stale_served);
+                return Some(copy.hit());
+            }
+        }
         self.serve(key, read, stamp)
     }
 
     /// A read's answer: a hit kept in L1 (or the newer copy L1 already holds), or a counted miss.
     fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp) -> Option<Hit<V>> {
         match read {
-            L2Read::Hit(found) => Some(self.keep_found(key, found, stamp)),
+            L2Read::Hit(found) => {
+                let (value, source) = self.keep_found(key, found, stamp, None);
+                self.to_hit(value, source)
+            }
             _ => {
                 bump(&self.ns.counters.misses);
                 None
             }
         }
+    }
+
+    /// What an L1 value is to a caller: the namespace's value, or `None` for a cached "not
+    /// found".
+    pub(super) fn to_hit(&self, value: AnyValue, source: Source) -> Option<Hit<V>> {
+        let value = Arc::downcast::<V>(value).ok()?;
+        Some(Hit { value, source })
     }
 
     /// Reads `key` from L2, counting hits, errors and decode failures. A miss is counted by
@@ -206,35 +347,57 @@ where
                     self.undecodable(expect, ns_epoch)
                 }
                 (Stored::Value { ttl, .. }, Some(f)) => {
-                    let trusted = f.kind == Kind::Value
+                    let trusted = f.kind != Kind::Tombstone
                         && Some(f.ns_epoch) == ns_epoch
                         && f.tags
                             .iter()
                             .all(|(tag, e)| current(EpochOf::Tag(tag)) == Some(*e));
+                    let expect = Expect::Version(f.version);
                     if !trusted {
                         L2Read::Miss {
-                            expect: Expect::Version(f.version),
+                            expect,
                             epoch: ns_epoch,
                         }
                     } else {
-                        match self.decode_body(key, f.body) {
+                        let value = match f.kind {
+                            Kind::Value => self.decode_body(key, f.body).map(|(v, len)| (Some(v), len)),
+                            _ => Ok((None, 0)),
+                        };
+                        match value {
                             Ok((value, body_len)) => {
-                                bump(&self.ns.counters.l2_hits);
                                 let tags = (!f.tags.is_empty())
                                     .then(|| f.tags.iter().map(|(t, _)| (*t).into()).collect());
-                                L2Read::Hit(Found {
+                                let span = match *ttl {
+                                    None => Span::Fresh(self.ns.l1_ttl),
+                                    Some(left) if left > f.grace => Span::Fresh(left - f.grace),
+                                    Some(left) => Span::Expired {
+                                        ago: f.grace - left,
+                                        kept: left,
+                                    },
+                                };
+                                let found = Found {
                                     value,
                                     weight: weight(body_len),
-                                    ttl: ttl
-                                        .map_or(self.ns.l1_ttl, |left| left.min(self.ns.l1_ttl)),
+                                    span,
                                     version: f.version,
                                     tags,
-                                })
+                                    epoch: ns_epoch,
+                                };
+                                if let Span::Fresh(_) = span {
+                                    bump(&self.ns.counters.l2_hits);
+                                    L2Read::Hit(found)
+                                } else {
+                                    L2Read::Stale {
+                                        found,
+                                        expect,
+                                        epoch: ns_epoch,
+                                    }
+                                }
                             }
                             Err(e) => {
                                 tracing::debug!(namespace = %self.ns.name, error = %e,
                                     "tierkit: stored value does not decode; treating as a miss");
-                                self.undecodable(Expect::Version(f.version), ns_epoch)
+                                self.undecodable(expect, ns_epoch)
                             }
                         }
                     }
@@ -268,81 +431,124 @@ where
         L2Read::Miss { expect, epoch }
     }
 
-    /// Keeps what L2 answered in L1 ([`keep_l1`](Self::keep_l1)).
-    pub(super) fn keep_found(&self, key: &str, found: Found<V>, stamp: Stamp) -> Hit<V> {
-        let value = Arc::new(found.value);
-        let entry = self.l1_value(
-            value.clone(),
-            found.weight,
-            found.ttl,
-            found.tags,
-            found.version,
-        );
-        self.keep_l1(key, value, entry, stamp, Source::L2)
+    /// Keeps what L2 answered in L1 ([`keep_l1`](Self::keep_l1)); an expired copy is kept as
+    /// such, and served as [`Source::Stale`].
+    pub(super) fn keep_found(
+        &self,
+        key: &str,
+        found: Found<V>,
+        stamp: Stamp,
+        replaces: Option<&Arc<Life>>,
+    ) -> (AnyValue, Source) {
+        let value: AnyValue = match found.value {
+            Some(value) => Arc::new(value),
+            None => Arc::new(NotFound),
+        };
+        let source = match found.span {
+            Span::Fresh(_) => Source::L2,
+            Span::Expired { .. } => Source::Stale,
+        };
+        let entry = self.l1_value(value, found.weight, found.span, found.tags, found.version);
+        self.keep_l1(key, entry, stamp, source, replaces)
     }
 
     /// Keeps `entry` in L1 unless L1 holds a copy at least as new, or `key` changed since
     /// `stamp` (taken before the read or load): an older value never replaces a newer one,
     /// so reads on this instance never go back in a key's history. Returns what to serve: the
-    /// newer copy L1 holds, or `entry`'s value (with `source`).
+    /// newer copy L1 holds, or `entry`'s value (with `source`). A held copy that is expired,
+    /// or is the one a refresh `replaces`, is no newer copy.
     ///
     /// Runs under the key's put lock, so no other put lands between the look at the held copy
     /// and the insert.
     pub(super) fn keep_l1(
         &self,
         key: &str,
-        value: Arc<V>,
         entry: L1Value,
         stamp: Stamp,
         source: Source,
-    ) -> Hit<V> {
+        replaces: Option<&Arc<Life>>,
+    ) -> (AnyValue, Source) {
+        if !self.l1_on {
+            return (entry.value, source);
+        }
         let fresh = &self.ns.fresh;
         let key_ref = KeyRef {
             ns: self.ns.id,
             key,
         };
         let _put = fresh.put_lock(key);
-        let held = self.l1.get(&key_ref).filter(|held| self.is_live(key, held));
+        let held = self.l1.get(&key_ref).filter(|held| {
+            self.is_live(key, held)
+                && held.life.as_ref().is_none_or(|life| {
+                    !life.is_stale() && !replaces.is_some_and(|r| Arc::ptr_eq(r, life))
+                })
+        });
         let raced = fresh.changed_since(key, stamp);
         match held {
             // L1 holds a newer copy, or one put there after a change that raced this read.
             Some(held) if raced || held.version >= entry.version => {
-                if let Ok(held) = Arc::downcast::<V>(held.value) {
-                    return Hit {
-                        value: held,
-                        source: Source::L1,
-                    };
-                }
+                return (held.value, Source::L1);
             }
             _ if raced => {}
             _ => {
+                let value = entry.value.clone();
                 self.l1.insert(L1Key::new(self.ns.id, key), entry);
                 // A change that landed between the check and the insert evicted nothing yet.
                 if fresh.changed_since(key, stamp) {
                     self.l1.invalidate(&key_ref);
                 }
+                return (value, source);
             }
         }
-        Hit { value, source }
+        (entry.value, source)
     }
 
-    /// An L1 entry for `value`, living `ttl` but never longer than the namespace's L1 TTL.
+    /// An L1 entry for `value`, fresh for what `span` says but never longer than the
+    /// namespace's L1 TTL. In a namespace with fail-safe or eager refresh it carries its
+    /// [`Life`], and L1 keeps it for the fail-safe grace past its expiry.
     pub(super) fn l1_value(
         &self,
-        value: Arc<V>,
+        value: AnyValue,
         weight: u32,
-        ttl: Duration,
+        span: Span,
         tags: Option<Arc<[Box<str>]>>,
         version: u64,
     ) -> L1Value {
+        let resilience = &self.ns.resilience;
+        let (ttl, life) = if !resilience.tracks_life() {
+            let fresh = match span {
+                Span::Fresh(fresh) => fresh,
+                // No grace: nothing is kept past its expiry.
+                Span::Expired { kept, .. } => kept,
+            };
+            (fresh.min(self.ns.l1_ttl), None)
+        } else {
+            let now = Instant::now();
+            let grace = resilience.grace();
+            let (fresh_until, kept, refresh_at) = match span {
+                Span::Fresh(fresh) => {
+                    let fresh = fresh.min(self.ns.l1_ttl);
+                    let until = now + fresh;
+                    let refresh_at = resilience
+                        .eager
+                        .map(|e| until - e.window(fresh, self.ns.load_time()));
+                    (until, fresh + grace, refresh_at)
+                }
+                Span::Expired { ago, kept } => {
+                    (now.checked_sub(ago).unwrap_or(now), kept.min(grace), None)
+                }
+            };
+            (kept, Some(Arc::new(Life::new(fresh_until, refresh_at))))
+        };
         L1Value {
-            value: value as Arc<dyn Any + Send + Sync>,
+            value,
             generation: self.ns.fresh.generation(),
             epoch: self.ns.fresh.epoch(),
             weight,
-            ttl: ttl.min(self.ns.l1_ttl),
+            ttl: ttl.max(Duration::from_millis(1)),
             tags,
             version,
+            life,
         }
     }
 

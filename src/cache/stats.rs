@@ -49,6 +49,14 @@ pub struct CacheStats {
     /// Time spent encoding (and compressing) values for Redis, in nanoseconds of wall-clock
     /// time on the calling thread (so it includes any preemption meanwhile).
     pub encode_nanos: u64,
+    /// Expired copies served by fail-safe ([`Source::Stale`](super::Source::Stale)).
+    pub stale_served: u64,
+    /// Loads a hard timeout ended.
+    pub loader_timeouts: u64,
+    /// Loads that went on in the background: past a soft timeout, or an eager refresh.
+    pub background_loads: u64,
+    /// Reads answered by a cached "not found" ([`Loaded::not_found`](super::Loaded::not_found)).
+    pub negative_hits: u64,
 }
 
 impl CacheStats {
@@ -93,6 +101,10 @@ impl AddAssign for CacheStats {
         self.encoded_bytes += o.encoded_bytes;
         self.stored_bytes += o.stored_bytes;
         self.encode_nanos += o.encode_nanos;
+        self.stale_served += o.stale_served;
+        self.loader_timeouts += o.loader_timeouts;
+        self.background_loads += o.background_loads;
+        self.negative_hits += o.negative_hits;
     }
 }
 
@@ -111,6 +123,10 @@ pub(crate) struct Counters {
     pub(crate) encoded_bytes: AtomicU64,
     pub(crate) stored_bytes: AtomicU64,
     pub(crate) encode_nanos: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) loader_timeouts: AtomicU64,
+    pub(crate) background_loads: AtomicU64,
+    pub(crate) negative_hits: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -137,6 +153,10 @@ impl Counters {
             encoded_bytes: get(&self.encoded_bytes),
             stored_bytes: get(&self.stored_bytes),
             encode_nanos: get(&self.encode_nanos),
+            stale_served: get(&self.stale_served),
+            loader_timeouts: get(&self.loader_timeouts),
+            background_loads: get(&self.background_loads),
+            negative_hits: get(&self.negative_hits),
         }
     }
 }

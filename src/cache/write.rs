@@ -14,7 +14,7 @@ use super::frame::{self, Kind};
 use super::l1::{weight, L1Key};
 use super::l2::{Entry, EpochOf, EpochUse, Written, L2};
 use super::namespace::{Namespace, Reach, SetOptions};
-use super::read::LOCAL;
+use super::read::{Span, LOCAL};
 use super::stats::add;
 use super::writing::Value;
 use crate::error::{Error, Result};
@@ -33,6 +33,29 @@ struct Prepared<V> {
     weight: u32,
     ttl: Duration,
     tags: Option<Arc<[Box<str>]>>,
+}
+
+/// The tags of one entry, checked: 1 to 32 of them, each 1 to 256 bytes.
+pub(super) fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.iter().any(String::is_empty) {
+        return Err(Error::invalid(
+            "tag",
+            "is empty; tags need at least one character",
+        ));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(Error::invalid(
+            "tags",
+            format!("{} tags on one entry; at most {MAX_TAGS}", tags.len()),
+        ));
+    }
+    if let Some(long) = tags.iter().find(|t| t.len() > MAX_TAG_LEN) {
+        return Err(Error::invalid(
+            "tag",
+            format!("is {} bytes long; at most {MAX_TAG_LEN}", long.len()),
+        ));
+    }
+    Ok(())
 }
 
 impl<V> Namespace<V>
@@ -81,24 +104,7 @@ where
         if let Some(problem) = ttl_problem(ttl) {
             return Err(Error::invalid("ttl", problem));
         }
-        if opts.tags.iter().any(String::is_empty) {
-            return Err(Error::invalid(
-                "tag",
-                "is empty; tags need at least one character",
-            ));
-        }
-        if opts.tags.len() > MAX_TAGS {
-            return Err(Error::invalid(
-                "tags",
-                format!("{} tags on one entry; at most {MAX_TAGS}", opts.tags.len()),
-            ));
-        }
-        if let Some(long) = opts.tags.iter().find(|t| t.len() > MAX_TAG_LEN) {
-            return Err(Error::invalid(
-                "tag",
-                format!("is {} bytes long; at most {MAX_TAG_LEN}", long.len()),
-            ));
-        }
+        check_tags(&opts.tags)?;
         let (bytes, weight) = self.encode(key, &value)?;
         let tags: Option<Arc<[Box<str>]>> =
             (!opts.tags.is_empty()).then(|| opts.tags.iter().map(|t| t.as_str().into()).collect());
@@ -153,14 +159,22 @@ where
         let mut keys = Vec::with_capacity(batch.len());
         for p in &mut batch {
             self.ns.fresh.bump_key(&p.key);
-            let value = self.l1_value(p.value.clone(), p.weight, p.ttl, p.tags.clone(), LOCAL);
+            let value = self.l1_value(
+                p.value.clone(),
+                p.weight,
+                Span::Fresh(p.ttl),
+                p.tags.clone(),
+                LOCAL,
+            );
             // Under the key's put lock, so the writes in flight and L1 agree on which of two
             // writes of the key came later.
             let _put = self.ns.fresh.put_lock(&p.key);
             if let Some(batch) = in_flight.as_mut() {
                 batch.add(&p.key, p.value.clone() as Value, p.tags.clone());
             }
-            self.l1.insert(L1Key::new(self.ns.id, &p.key), value);
+            if self.l1_on {
+                self.l1.insert(L1Key::new(self.ns.id, &p.key), value);
+            }
             drop(_put);
             // Moved, not copied: from here on the op holds the keys.
             keys.push(std::mem::take(&mut p.key));
@@ -253,6 +267,7 @@ where
         uses: &[EpochUse<'_>],
     ) -> Result<Written> {
         let epoch_of = |of: EpochOf<'_>| uses.iter().find(|u| u.of == of).map_or(0, |u| u.epoch);
+        let grace = self.ns.resilience.grace();
         let frames: Vec<Vec<u8>> = batch
             .iter()
             .map(|p| {
@@ -264,7 +279,7 @@ where
                     .map(|t| (&**t, epoch_of(EpochOf::Tag(t))))
                     .collect();
                 let body = p.bytes.as_deref().unwrap_or_default();
-                frame::encode(Kind::Value, epoch_of(EpochOf::Namespace), &tags, body)
+                frame::encode(Kind::Value, epoch_of(EpochOf::Namespace), &tags, grace, body)
             })
             .collect();
         let entries: Vec<Entry<'_>> = op
@@ -275,7 +290,8 @@ where
             .map(|((key, p), frame)| Entry {
                 key,
                 frame,
-                ttl: p.ttl,
+                // Kept the fail-safe grace past its expiry, which the frame records.
+                ttl: p.ttl.saturating_add(grace),
                 expect: None,
             })
             .collect();

@@ -67,16 +67,18 @@ impl Instance {
         match (op.ns, op.read) {
             (Ns::Pages, true) => read(
                 self.pages
-                    .get_or_set(&key, || async {
-                        Ok::<_, Infallible>(db.page(op.key).await)
+                    .get_or_set(&key, {
+                        let (db, id) = (db.clone(), op.key);
+                        move || async move { Ok::<_, Infallible>(db.page(id).await) }
                     })
                     .await
                     .map(|h| h.source()),
             ),
             (Ns::Users, true) => read(
                 self.users
-                    .get_or_set(&key, || async {
-                        Ok::<_, Infallible>(db.user(op.key).await)
+                    .get_or_set(&key, {
+                        let (db, id) = (db.clone(), op.key);
+                        move || async move { Ok::<_, Infallible>(db.user(id).await) }
                     })
                     .await
                     .map(|h| h.source()),
