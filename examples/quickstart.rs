@@ -95,7 +95,9 @@ async fn main() -> tierkit::Result<()> {
     let started = Instant::now();
     for round in 0..50u64 {
         let id = round % 5;
-        let event = events.get_or_set(&id.to_string(), move || DB.event(id)).await?;
+        let event = events
+            .get_or_set(&id.to_string(), move || DB.event(id))
+            .await?;
         let profile = profiles
             .get_or_set(&(id + 100).to_string(), move || DB.profile(id + 100))
             .await?;

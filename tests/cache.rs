@@ -760,7 +760,10 @@ async fn hanging_and_killing_the_server_mid_load_never_fails_a_read_and_bounds_l
                     let down = health.state() == HealthState::Down;
                     let started = Instant::now();
                     let hit = events
-                        .get_or_set(&key, move || async move { Ok::<_, std::io::Error>(event(n)) })
+                        .get_or_set(
+                            &key,
+                            move || async move { Ok::<_, std::io::Error>(event(n)) },
+                        )
                         .await
                         .expect("a read never fails because of Redis");
                     assert_eq!(*hit, event(n));

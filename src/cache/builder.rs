@@ -15,8 +15,8 @@ use super::epochs::Epochs;
 use super::flight::Flights;
 use super::l2::Keyspace;
 use super::life::EagerRefresh;
-use super::options::{FailSafe, Resilience, Tiers};
 use super::namespace::{Namespace, NsShared};
+use super::options::{FailSafe, Resilience, Tiers};
 use super::owed::Owed;
 use super::stamp::Freshness;
 use super::stats::Counters;
@@ -403,7 +403,9 @@ impl<V> NamespaceBuilder<V> {
                 if max.is_zero() || ttl_problem(self.ttl.saturating_add(max)).is_some() {
                     return Err(Error::config(
                         "fail_safe",
-                        format!("{max:?} must be positive, and the TTL plus it a TTL Redis accepts"),
+                        format!(
+                            "{max:?} must be positive, and the TTL plus it a TTL Redis accepts"
+                        ),
                     ));
                 }
                 if self.throttle.is_zero() {
@@ -418,7 +420,10 @@ impl<V> NamespaceBuilder<V> {
                 })
             }
         };
-        for (what, timeout) in [("soft_timeout", self.soft_timeout), ("hard_timeout", self.hard_timeout)] {
+        for (what, timeout) in [
+            ("soft_timeout", self.soft_timeout),
+            ("hard_timeout", self.hard_timeout),
+        ] {
             if timeout.is_some_and(|t| t.is_zero()) {
                 return Err(Error::config(what, "is zero; give a positive timeout"));
             }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::l1::AnyValue;
 use super::l2::count_failure;
 use super::loader::FillBasis;
-use super::l1::AnyValue;
 use super::namespace::{Namespace, Source};
-use super::read::L2Read;
+use super::read::{L2Read, Replace};
 use super::stamp::Stamp;
 
 /// The first pause before polling a key another instance is loading, and the longest.
@@ -72,7 +72,7 @@ where
             pause = (pause * 2).min(POLL_MAX);
             match self.l2_read(key).await {
                 L2Read::Hit(found) => {
-                    let (value, source) = self.keep_found(key, found, stamp, None);
+                    let (value, source) = self.keep_found(key, found, stamp, &Replace::Older);
                     return Waited::Loaded(value, source);
                 }
                 L2Read::Stale { expect, epoch, .. } | L2Read::Miss { expect, epoch } => {

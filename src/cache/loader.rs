@@ -29,7 +29,7 @@ use super::lease::Waited;
 use super::life::Life;
 use super::namespace::{Hit, Namespace, Source};
 use super::options::{Loaded, Policy, ReadOptions};
-use super::read::{L2Read, Look, NotFound, Span, StaleCopy};
+use super::read::{L2Read, Look, NotFound, Replace, Span, StaleCopy};
 use super::stamp::Stamp;
 use super::stats::bump;
 use super::write::check_tags;
@@ -71,8 +71,8 @@ struct Job {
     basis: FillBasis,
     /// The cross-instance lease, given back after the fill.
     lease: Option<u64>,
-    /// The L1 copy an eager refresh replaces, whatever its version.
-    replaces: Option<Arc<Life>>,
+    /// The L1 copy it may replace besides an older one.
+    replace: Replace,
     /// The copy fail-safe answers with while this load fails; rested on failure.
     stale: Option<Arc<Life>>,
 }
@@ -327,12 +327,17 @@ where
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
         let span = tracing::Span::current();
+        let replace = if policy.skip_l1 {
+            Replace::Any
+        } else {
+            Replace::Older
+        };
         let stamp = self.ns.fresh.stamp(key);
         let mark = self.ns.epochs.mark();
         let mut basis = match self.l2_read(key).await {
             L2Read::Hit(found) if found.value_is_some() || !want_value => {
                 let due = !self.l1_on && self.refresh_due(found.span);
-                let (value, source) = self.keep_found(key, found, stamp, None);
+                let (value, source) = self.keep_found(key, found, stamp, &replace);
                 if let Some(lead) = lead {
                     lead.finish(Ok((value.clone(), source)));
                 }
@@ -382,7 +387,7 @@ where
             mark,
             basis,
             lease,
-            replaces: None,
+            replace,
             stale: stale.as_ref().map(|copy| copy.life.clone()),
         };
         let mut load = self.start(loader);
@@ -495,7 +500,7 @@ where
         found: super::read::Found<V>,
         stamp: Stamp,
     ) -> Option<StaleCopy<V>> {
-        let (value, _) = self.keep_found(key, found, stamp, None);
+        let (value, _) = self.keep_found(key, found, stamp, &Replace::Older);
         let value = Arc::downcast::<V>(value).ok()?;
         let life = match self.live_l1(key).and_then(|held| held.life) {
             Some(life) if life.is_stale() => life,
@@ -591,14 +596,14 @@ where
         };
         let tag_list: Option<Arc<[Box<str>]>> =
             (!tags.is_empty()).then(|| tags.iter().map(|t| t.as_str().into()).collect());
-        let entry = self.l1_value(value.clone(), weight, Span::Fresh(ttl), tag_list.clone(), version);
-        let served = self.keep_l1(
-            key,
-            entry,
-            job.stamp,
-            Source::Loader,
-            job.replaces.as_ref(),
+        let entry = self.l1_value(
+            value.clone(),
+            weight,
+            Span::Fresh(ttl),
+            tag_list.clone(),
+            version,
         );
+        let served = self.keep_l1(key, entry, job.stamp, Source::Loader, &job.replace);
         let fill = match (bytes, &job.basis) {
             // A change raced the load: what it loaded may be stale already.
             _ if self.ns.fresh.changed_since(key, job.stamp) => None,
@@ -774,9 +779,10 @@ where
         };
         let stamp = self.ns.fresh.stamp(&key);
         let mark = self.ns.epochs.mark();
+        let replace = life.map_or(Replace::Older, Replace::Life);
         let basis = match self.l2_read(&key).await {
             L2Read::Hit(found) if !self.refresh_due(found.span) && self.l1_on => {
-                let served = self.keep_found(&key, found, stamp, life.as_ref());
+                let served = self.keep_found(&key, found, stamp, &replace);
                 lead.finish(Ok(served));
                 return;
             }
@@ -802,7 +808,7 @@ where
             mark,
             basis,
             lease: None,
-            replaces: life,
+            replace,
             stale: None,
         };
         if let Err(e) = self.settle(job, Some(lead), loaded).await {

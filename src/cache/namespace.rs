@@ -87,7 +87,11 @@ impl NsShared {
         let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let old = self.load_nanos.load(Ordering::Relaxed);
         // A lost update between two loads only skews an average.
-        let new = if old == 0 { took } else { old - old / 8 + took / 8 };
+        let new = if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        };
         self.load_nanos.store(new, Ordering::Relaxed);
     }
 

@@ -165,10 +165,16 @@ impl ReadOptions {
     }
 
     pub(super) fn check(&self) -> Result<()> {
-        let timeouts = [("soft_timeout", self.soft_timeout), ("hard_timeout", self.hard_timeout)];
+        let timeouts = [
+            ("soft_timeout", self.soft_timeout),
+            ("hard_timeout", self.hard_timeout),
+        ];
         for (what, timeout) in timeouts {
             if timeout.flatten().is_some_and(|t| t.is_zero()) {
-                return Err(Error::invalid(what, "is zero; give a positive timeout or None"));
+                return Err(Error::invalid(
+                    what,
+                    "is zero; give a positive timeout or None",
+                ));
             }
         }
         Ok(())

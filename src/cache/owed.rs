@@ -252,7 +252,11 @@ impl CacheCore {
                  what was written, so every cache namespace is cleared"
             );
             // L1-only namespaces keep nothing in Redis that the restart could have aged.
-            for ns in self.namespaces().iter().filter(|ns| ns.tiers != super::options::Tiers::L1Only) {
+            for ns in self
+                .namespaces()
+                .iter()
+                .filter(|ns| ns.tiers != super::options::Tiers::L1Only)
+            {
                 ns.owed.owe_everything();
             }
         }

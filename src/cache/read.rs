@@ -70,6 +70,18 @@ pub(super) enum Span {
     Expired { ago: Duration, kept: Duration },
 }
 
+/// Which L1 copy a put may replace, besides an older or expired one.
+#[derive(Clone, Default)]
+pub(super) enum Replace {
+    /// No other.
+    #[default]
+    Older,
+    /// The copy with this life, whatever its version: the one an eager refresh renews.
+    Life(Arc<Life>),
+    /// Any: a read that skips L1 takes what Redis holds (unless a change raced it).
+    Any,
+}
+
 /// The value an L1 entry holds for a cached "not found".
 pub(super) struct NotFound;
 
@@ -232,14 +244,19 @@ where
                 return Some(copy.hit());
             }
         }
-        self.serve(key, read, stamp)
+        let replace = if opts.skips_l1() {
+            Replace::Any
+        } else {
+            Replace::Older
+        };
+        self.serve(key, read, stamp, &replace)
     }
 
     /// A read's answer: a hit kept in L1 (or the newer copy L1 already holds), or a counted miss.
-    fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp) -> Option<Hit<V>> {
+    fn serve(&self, key: &str, read: L2Read<V>, stamp: Stamp, replace: &Replace) -> Option<Hit<V>> {
         match read {
             L2Read::Hit(found) => {
-                let (value, source) = self.keep_found(key, found, stamp, None);
+                let (value, source) = self.keep_found(key, found, stamp, replace);
                 self.to_hit(value, source)
             }
             _ => {
@@ -308,7 +325,11 @@ where
         // Epochs to ask Redis for: those a value's frame names that this instance does not
         // know, or knows otherwise (a clear or an eviction it has not heard of).
         let mut ask: Vec<EpochOf<'_>> = Vec::new();
-        for f in frames.iter().flatten().filter(|f| f.kind == Kind::Value) {
+        for f in frames
+            .iter()
+            .flatten()
+            .filter(|f| f.kind != Kind::Tombstone)
+        {
             let named = std::iter::once((EpochOf::Namespace, f.ns_epoch))
                 .chain(f.tags.iter().map(|(tag, e)| (EpochOf::Tag(tag), *e)));
             for (of, epoch) in named {
@@ -360,7 +381,9 @@ where
                         }
                     } else {
                         let value = match f.kind {
-                            Kind::Value => self.decode_body(key, f.body).map(|(v, len)| (Some(v), len)),
+                            Kind::Value => {
+                                self.decode_body(key, f.body).map(|(v, len)| (Some(v), len))
+                            }
                             _ => Ok((None, 0)),
                         };
                         match value {
@@ -438,7 +461,7 @@ where
         key: &str,
         found: Found<V>,
         stamp: Stamp,
-        replaces: Option<&Arc<Life>>,
+        replace: &Replace,
     ) -> (AnyValue, Source) {
         let value: AnyValue = match found.value {
             Some(value) => Arc::new(value),
@@ -449,14 +472,15 @@ where
             Span::Expired { .. } => Source::Stale,
         };
         let entry = self.l1_value(value, found.weight, found.span, found.tags, found.version);
-        self.keep_l1(key, entry, stamp, source, replaces)
+        self.keep_l1(key, entry, stamp, source, replace)
     }
 
     /// Keeps `entry` in L1 unless L1 holds a copy at least as new, or `key` changed since
     /// `stamp` (taken before the read or load): an older value never replaces a newer one,
     /// so reads on this instance never go back in a key's history. Returns what to serve: the
     /// newer copy L1 holds, or `entry`'s value (with `source`). A held copy that is expired,
-    /// or is the one a refresh `replaces`, is no newer copy.
+    /// or one `replace` names, is no newer copy; a cached "not found" gives way to a value of
+    /// the same version (a load that wanted a value).
     ///
     /// Runs under the key's put lock, so no other put lands between the look at the held copy
     /// and the insert.
@@ -466,7 +490,7 @@ where
         entry: L1Value,
         stamp: Stamp,
         source: Source,
-        replaces: Option<&Arc<Life>>,
+        replace: &Replace,
     ) -> (AnyValue, Source) {
         if !self.l1_on {
             return (entry.value, source);
@@ -478,15 +502,23 @@ where
         };
         let _put = fresh.put_lock(key);
         let held = self.l1.get(&key_ref).filter(|held| {
-            self.is_live(key, held)
-                && held.life.as_ref().is_none_or(|life| {
-                    !life.is_stale() && !replaces.is_some_and(|r| Arc::ptr_eq(r, life))
-                })
+            let renewed = match (replace, &held.life) {
+                (Replace::Older, _) => false,
+                (Replace::Life(r), Some(life)) => Arc::ptr_eq(r, life),
+                (Replace::Life(_), None) => false,
+                (Replace::Any, _) => true,
+            };
+            self.is_live(key, held) && !renewed && !held.life.as_ref().is_some_and(|l| l.is_stale())
         });
         let raced = fresh.changed_since(key, stamp);
+        let newer = |held: &L1Value| {
+            held.version > entry.version
+                || (held.version == entry.version
+                    && !(held.value.is::<NotFound>() && !entry.value.is::<NotFound>()))
+        };
         match held {
             // L1 holds a newer copy, or one put there after a change that raced this read.
-            Some(held) if raced || held.version >= entry.version => {
+            Some(held) if raced || newer(&held) => {
                 return (held.value, Source::L1);
             }
             _ if raced => {}
@@ -571,7 +603,7 @@ where
         let stamps: Vec<Stamp> = wanted.iter().map(|k| self.ns.fresh.stamp(k)).collect();
         let reads = self.l2_read_many(&wanted).await;
         for (((i, key), stamp), read) in missing.into_iter().zip(wanted).zip(stamps).zip(reads) {
-            out[i] = self.serve(key, read, stamp);
+            out[i] = self.serve(key, read, stamp, &Replace::Older);
         }
         out
     }

@@ -279,7 +279,13 @@ where
                     .map(|t| (&**t, epoch_of(EpochOf::Tag(t))))
                     .collect();
                 let body = p.bytes.as_deref().unwrap_or_default();
-                frame::encode(Kind::Value, epoch_of(EpochOf::Namespace), &tags, grace, body)
+                frame::encode(
+                    Kind::Value,
+                    epoch_of(EpochOf::Namespace),
+                    &tags,
+                    grace,
+                    body,
+                )
             })
             .collect();
         let entries: Vec<Entry<'_>> = op
