@@ -512,9 +512,9 @@ where
         });
         let raced = fresh.changed_since(key, stamp);
         let newer = |held: &L1Value| {
-            held.version > entry.version
-                || (held.version == entry.version
-                    && !(held.value.is::<NotFound>() && !entry.value.is::<NotFound>()))
+            // A value is news to a "not found" of its version.
+            let value_over_negative = held.value.is::<NotFound>() && !entry.value.is::<NotFound>();
+            held.version > entry.version || (held.version == entry.version && !value_over_negative)
         };
         match held {
             // L1 holds a newer copy, or one put there after a change that raced this read.
