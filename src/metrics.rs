@@ -8,10 +8,12 @@
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
-//! | `tierkit_cache_requests_total` | counter | `namespace`, `result` = `l1_hit`, `l2_hit`, `miss` | cache reads by outcome |
+//! | `tierkit_cache_requests_total` | counter | `namespace`, `result` = `l1_hit`, `l2_hit`, `miss`, `stale`, `negative_hit` | cache reads by outcome (`stale`: served by fail-safe) |
 //! | `tierkit_cache_loader_calls_total` | counter | `namespace` | `get_or_set` loader runs |
 //! | `tierkit_cache_loader_errors_total` | counter | `namespace` | loader failures |
 //! | `tierkit_cache_loader_duration_seconds` | histogram | `namespace` | loader latency |
+//! | `tierkit_cache_loader_timeouts_total` | counter | `namespace` | loads a hard timeout ended |
+//! | `tierkit_cache_background_loads_total` | counter | `namespace` | loads past a soft timeout, and eager refreshes |
 //! | `tierkit_cache_l2_errors_total` | counter | `namespace` | failed or timed-out L2 calls |
 //! | `tierkit_cache_l2_skipped_total` | counter | `namespace` | L2 reads and writes skipped while Redis was down |
 //! | `tierkit_cache_decode_failures_total` | counter | `namespace` | stored values that no longer decode |
@@ -47,6 +49,10 @@ pub(crate) struct NamespaceFigures<'a> {
     pub(crate) decode_failures: u64,
     pub(crate) evictions: u64,
     pub(crate) bytes_saved: u64,
+    pub(crate) stale_served: u64,
+    pub(crate) negative_hits: u64,
+    pub(crate) loader_timeouts: u64,
+    pub(crate) background_loads: u64,
 }
 
 /// Rows of the decision counters of a limiter: who decided.
@@ -177,6 +183,8 @@ mod imp {
                 ("l1_hit", s.l1_hits),
                 ("l2_hit", s.l2_hits),
                 ("miss", s.misses),
+                ("stale", s.stale_served),
+                ("negative_hit", s.negative_hits),
             ] {
                 ::metrics::counter!("tierkit_cache_requests_total", "namespace" => ns.clone(), "result" => result)
                     .absolute(value);
@@ -188,6 +196,8 @@ mod imp {
             counter("tierkit_cache_decode_failures_total", s.decode_failures);
             counter("tierkit_cache_evictions_total", s.evictions);
             counter("tierkit_cache_bytes_saved_total", s.bytes_saved);
+            counter("tierkit_cache_loader_timeouts_total", s.loader_timeouts);
+            counter("tierkit_cache_background_loads_total", s.background_loads);
         }
         ::metrics::gauge!("tierkit_cache_l1_entries").set(l1_entries as f64);
         ::metrics::gauge!("tierkit_cache_l1_bytes").set(l1_bytes as f64);

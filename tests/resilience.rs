@@ -831,3 +831,84 @@ async fn one_history(kit: &Tierkit, seed: u64) {
         }
     }
 }
+
+// ---- Traces ---------------------------------------------------------------------------------
+
+/// Loads, fail-safe answers, timeouts and refreshes leave spans an OpenTelemetry collector can
+/// take (`tierkit.cache.*`, dotted `cache.*` fields), and none of them names a key or a value.
+#[test]
+fn traces_name_namespaces_and_outcomes_never_keys_or_values() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let kit = Tierkit::embedded();
+            let ns = kit
+                .namespace::<String>("traced")
+                .ttl(Duration::from_millis(50))
+                .fail_safe(Duration::from_secs(10))
+                .soft_timeout(Duration::from_millis(10))
+                .hard_timeout(Duration::from_millis(200))
+                .eager_refresh(EagerRefresh::after(0.5))
+                .build()
+                .unwrap();
+            let key = "secret-key-8d1f";
+            ns.get_or_set(key, || async {
+                Ok::<_, std::io::Error>("secret-value-77ab".to_string())
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            // Due for refresh: a background refresh runs.
+            ns.get_or_set(key, || async {
+                Ok::<_, std::io::Error>("secret-value-77ab".to_string())
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Expired: the loader fails, the stale copy answers.
+            let hit = ns
+                .get_or_set(key, || async { Err::<String, _>(io_err()) })
+                .await
+                .unwrap();
+            assert_eq!(hit.source(), Source::Stale);
+        });
+    });
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    for wanted in [
+        "tierkit.cache.load",
+        "tierkit.cache.refresh",
+        "cache.namespace=traced",
+        "cache.outcome=\"loaded\"",
+        "cache.source=\"stale\"",
+        "cache.loader_ms=",
+    ] {
+        assert!(out.contains(wanted), "no {wanted} in:\n{out}");
+    }
+    for secret in ["secret-key-8d1f", "secret-value-77ab"] {
+        assert!(!out.contains(secret), "{secret} leaked into traces:\n{out}");
+    }
+}

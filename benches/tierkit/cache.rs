@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use tierkit::cache::EagerRefresh;
 use tierkit::health::HealthState;
 use tierkit::{Config, Tierkit};
 
@@ -94,6 +95,70 @@ pub fn l1_hit(c: &mut Criterion) {
             0,
             "every tierkit read must be an L1 hit: {s:?}"
         );
+    }
+}
+
+/// An L1 hit in a namespace with fail-safe, a soft timeout and eager refresh on, beside the
+/// same hit with them off: the logical life they need is one atomic load on the hit path
+/// (moka hands its own clock to the expiry policy), so the two should cost the same.
+pub fn l1_hit_resilience(c: &mut Criterion) {
+    let keys: Vec<String> = (0..L1_KEYS).map(|i| format!("event:{i}")).collect();
+    let value = payload(1, 200);
+    for (flavor, rt) in runtimes() {
+        let mut group = c.benchmark_group(format!("l1_hit_resilience/{flavor}"));
+        group.throughput(Throughput::Elements(1));
+        let moka: moka::sync::Cache<String, Arc<Payload>> = moka::sync::Cache::new(1 << 20);
+        let kit = Tierkit::new(Config::builder().l1_capacity(1 << 30).build().unwrap()).unwrap();
+        let plain = kit.namespace::<Payload>("plain").build().unwrap();
+        let resilient = kit
+            .namespace::<Payload>("resilient")
+            .fail_safe(Duration::from_secs(3600))
+            .soft_timeout(Duration::from_millis(100))
+            .hard_timeout(Duration::from_secs(2))
+            .eager_refresh(EagerRefresh::after(0.9))
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for k in &keys {
+                moka.insert(k.clone(), Arc::new(value.clone()));
+                plain.set(k, value.clone()).await.unwrap();
+                resilient.set(k, value.clone()).await.unwrap();
+            }
+        });
+        let next = AtomicUsize::new(0);
+        group.bench_function("raw_moka_get", |b| {
+            b.to_async(&rt).iter(|| async {
+                let k = &keys[cycle(&next, L1_KEYS)];
+                moka.get(k).expect("present")
+            })
+        });
+        for (name, ns) in [("off", &plain), ("on", &resilient)] {
+            group.bench_function(format!("tierkit_get/{name}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let k = &keys[cycle(&next, L1_KEYS)];
+                    ns.get(k).await.expect("present")
+                })
+            });
+            group.bench_function(format!("tierkit_get_or_set/{name}"), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let k = &keys[cycle(&next, L1_KEYS)];
+                    ns.get_or_set(k, || async {
+                        Err::<Payload, std::io::Error>(std::io::Error::other("never"))
+                    })
+                    .await
+                    .expect("present")
+                })
+            });
+        }
+        group.finish();
+        for ns in [&plain, &resilient] {
+            let s = ns.stats();
+            assert_eq!(
+                s.l2_hits + s.misses + s.loader_calls,
+                0,
+                "every read must be an L1 hit: {s:?}"
+            );
+        }
     }
 }
 

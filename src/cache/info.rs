@@ -86,6 +86,10 @@ impl CacheCore {
                 decode_failures: s.decode_failures,
                 evictions: s.evictions,
                 bytes_saved: s.bytes_saved(),
+                stale_served: s.stale_served,
+                negative_hits: s.negative_hits,
+                loader_timeouts: s.loader_timeouts,
+                background_loads: s.background_loads,
             })
             .collect();
         crate::metrics::publish_cache(&figures, info.l1_entries, info.l1_bytes);

@@ -300,6 +300,7 @@ where
                 cache.namespace = %self.ns.name,
                 cache.source = tracing::field::Empty,
                 cache.outcome = tracing::field::Empty,
+                cache.loader_ms = tracing::field::Empty,
             );
             return self
                 .lead(key, lead, loader, &policy, stale, hard_at, want_value)
@@ -341,7 +342,7 @@ where
                 if let Some(lead) = lead {
                     lead.finish(Ok((value.clone(), source)));
                 }
-                span.record("cache.source", "l2");
+                span.record("cache.source", source_name(source));
                 if due {
                     // No L1 copy to carry the refresh: this read starts it.
                     self.refresh_early(key, None, loader);
@@ -414,6 +415,7 @@ where
                 parent: &span,
                 "tierkit.cache.background_load",
                 cache.namespace = %self.ns.name,
+                cache.loader_ms = tracing::field::Empty,
             ));
             ticket.spawn(background);
             bump(&self.ns.counters.background_loads);
@@ -429,11 +431,16 @@ where
         match self.settle(job, lead, loaded).await {
             Ok((value, source)) => {
                 span.record("cache.outcome", "loaded");
+                span.record("cache.source", source_name(source));
                 Ok(self.to_hit(value, source))
             }
             Err(e) => {
                 span.record("cache.outcome", e.kind_name());
-                self.fail_safe(stale.as_ref(), policy, e)
+                let answer = self.fail_safe(stale.as_ref(), policy, e);
+                if answer.is_ok() {
+                    span.record("cache.source", "stale");
+                }
+                answer
             }
         }
     }
@@ -452,6 +459,7 @@ where
         Box::pin(async move {
             let loaded = load.await.map_err(Into::into);
             let took = started.elapsed();
+            tracing::Span::current().record("cache.loader_ms", took.as_secs_f64() * 1e3);
             ns.record_load(took);
             crate::metrics::loader(&ns.name, took);
             loaded
@@ -757,7 +765,11 @@ where
         let ns = self.clone();
         let key: Box<str> = key.into();
         let claimed = life.clone();
-        let span = tracing::debug_span!("tierkit.cache.refresh", cache.namespace = %self.ns.name);
+        let span = tracing::debug_span!(
+            "tierkit.cache.refresh",
+            cache.namespace = %self.ns.name,
+            cache.loader_ms = tracing::field::Empty,
+        );
         let refresh = async move { ns.refresh(key, life, loader).await }.instrument(span);
         if self.core.background.spawn(refresh) {
             bump(&self.ns.counters.background_loads);
@@ -815,5 +827,15 @@ where
             tracing::debug!(cache.namespace = %self.ns.name, cache.outcome = e.kind_name(),
                 "tierkit: an eager refresh failed; the current copy stays until it expires");
         }
+    }
+}
+
+/// A source as trace fields name it.
+fn source_name(source: Source) -> &'static str {
+    match source {
+        Source::L1 => "l1",
+        Source::L2 => "l2",
+        Source::Loader => "loader",
+        Source::Stale => "stale",
     }
 }
