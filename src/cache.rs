@@ -69,6 +69,8 @@
 //! | `l1` | the moka L1 |
 //! | `l2` | the L2 trait, the embedded tier, the health-driven picker; `l2/redis` the Redis tier |
 //! | `backplane` | coherence messages and their listener |
+//! | `tracking` | server-assisted coherence: Redis's client-side-caching pushes |
+//! | `options`, `life`, `background` | resilient loading: per-call options, an entry's logical life, loads past their callers |
 //! | `pattern` | the glob dialect of `invalidate_pattern` |
 //! | `base` | what one instance's namespaces share |
 //! | `info`, `stats` | [`CacheInfo`], [`CacheStats`] |
@@ -94,6 +96,7 @@ mod pattern;
 mod read;
 mod stamp;
 mod stats;
+mod tracking;
 mod warm;
 mod write;
 mod writing;

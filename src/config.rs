@@ -60,6 +60,7 @@ pub struct Config {
     pub(crate) codec: Codec,
     pub(crate) l1_capacity: u64,
     pub(crate) l1_eviction_counts: bool,
+    pub(crate) client_tracking: bool,
     /// The keys of encrypted namespaces; `None`: no namespace may be encrypted.
     pub(crate) keyring: Option<Keyring>,
     /// The secret user ids are named by in session keys; `None`: plain names.
@@ -145,6 +146,7 @@ impl Default for Config {
             codec: Codec::default(),
             l1_capacity: DEFAULT_L1_CAPACITY,
             l1_eviction_counts: true,
+            client_tracking: false,
             keyring: None,
             session_name_key: None,
             #[cfg(feature = "tls")]
@@ -231,6 +233,12 @@ impl Config {
         self.l1_eviction_counts
     }
 
+    /// Whether Redis's client-side-caching pushes also evict L1 copies
+    /// ([`ConfigBuilder::client_tracking`]).
+    pub fn client_tracking(&self) -> bool {
+        self.client_tracking
+    }
+
     /// The keys encrypted namespaces seal and open values with, if any were given.
     pub fn encryption_keys(&self) -> Option<&Keyring> {
         self.keyring.as_ref()
@@ -292,6 +300,7 @@ impl fmt::Debug for Config {
             .field("codec", &self.codec)
             .field("l1_capacity", &self.l1_capacity)
             .field("l1_eviction_counts", &self.l1_eviction_counts)
+            .field("client_tracking", &self.client_tracking)
             .field("encryption_keys", &self.keyring)
             .field("session_name_key", &self.session_name_key)
             .finish()

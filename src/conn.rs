@@ -51,8 +51,10 @@ mod cluster;
 mod pubsub;
 #[cfg(feature = "tls")]
 mod tls;
+mod tracking;
 
 pub(crate) use pubsub::{Event, Subscription};
+pub(crate) use tracking::{Tracked, Tracking};
 
 /// A handle to the Redis connection. Cheap to clone; all clones share one multiplexed
 /// connection and one health monitor.

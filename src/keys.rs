@@ -105,6 +105,20 @@ impl Keys {
         format!("{}:c:{namespace}:v{version}:", self.prefix)
     }
 
+    /// `{prefix}:c:`: every key of the cache.
+    pub(crate) fn cache_all(&self) -> String {
+        format!("{}:c:", self.prefix)
+    }
+
+    /// The namespace, version and caller's key of a cache entry's Redis key; `None` for any
+    /// other key. Namespace names hold no `:`, so the split is exact.
+    pub(crate) fn parse_cache_entry<'a>(&self, key: &'a str) -> Option<(&'a str, u32, &'a str)> {
+        let rest = key.strip_prefix(&*self.prefix)?.strip_prefix(":c:")?;
+        let (namespace, rest) = rest.split_once(':')?;
+        let (version, key) = rest.strip_prefix('v')?.split_once(':')?;
+        Some((namespace, version.parse().ok()?, key))
+    }
+
     /// `{prefix}:c:{namespace}:e{version}`: the namespace's epoch.
     pub(crate) fn cache_epoch(&self, namespace: &str, version: u32) -> String {
         format!("{}:c:{namespace}:e{version}", self.prefix)
@@ -164,6 +178,27 @@ impl Keys {
 
 #[cfg(test)]
 mod tests {
+    use super::Keys;
+
+    #[test]
+    fn a_cache_entry_key_parses_back() {
+        let keys = Keys::new("app").unwrap();
+        let entry = format!("{}user:42:x", keys.cache_entries("profiles", 3));
+        assert_eq!(
+            keys.parse_cache_entry(&entry),
+            Some(("profiles", 3, "user:42:x"))
+        );
+        for other in [
+            keys.cache_epoch("profiles", 3),
+            format!("{}t", keys.cache_tag_epochs("profiles", 3)),
+            format!("{}k", keys.cache_leases("profiles", 3)),
+            "other:c:profiles:v3:k".to_owned(),
+            "app:s:abc".to_owned(),
+        ] {
+            assert_eq!(keys.parse_cache_entry(&other), None, "{other}");
+        }
+    }
+
     use super::*;
 
     #[test]

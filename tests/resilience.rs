@@ -832,6 +832,71 @@ async fn one_history(kit: &Tierkit, seed: u64) {
     }
 }
 
+// ---- Server-assisted coherence ------------------------------------------------------------
+
+/// Runs `redis-cli` against `server`, as an operator or another program would.
+fn redis_cli(server: &support::RedisServer, args: &[&str]) {
+    let status = std::process::Command::new("redis-cli")
+        .args(["-p", &server.port().to_string()])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli runs");
+    assert!(status.success());
+}
+
+/// With client tracking, a write made with plain `redis-cli` evicts every instance's L1 copy;
+/// without it, only tierkit's own writes do (through the backplane), and the copy stays.
+#[tokio::test]
+async fn client_tracking_evicts_l1_copies_on_a_write_by_redis_cli() {
+    let b = Backend::redis();
+    let server = b.server().unwrap();
+    let tracked = b.kit_with(b.builder().client_tracking(true)).await;
+    let plain = b.kit().await;
+    let on_tracked = tracked.namespace::<u64>("ext").build().unwrap();
+    let on_plain = plain.namespace::<u64>("ext").build().unwrap();
+    on_plain.set("k", 1).await.unwrap();
+    // Both instances hold an L1 copy.
+    assert_eq!(on_tracked.get("k").await.unwrap().source(), Source::L2);
+    assert_eq!(on_tracked.get("k").await.unwrap().source(), Source::L1);
+    assert_eq!(on_plain.get("k").await.unwrap().source(), Source::L1);
+    let redis_key = on_plain.redis_key("k");
+    let started = Instant::now();
+    redis_cli(server, &["SET", &redis_key, "written by another program"]);
+    let took = eventually(Duration::from_secs(5), || async {
+        on_tracked.get("k").await.is_none()
+    })
+    .await
+    .expect("the tracked instance dropped its copy");
+    eprintln!("client tracking: L1 copy dropped {:?} after redis-cli SET (polled every 10 ms; {:?} in all)", took, started.elapsed());
+    assert_eq!(
+        on_plain.get("k").await.map(|h| *h),
+        Some(1),
+        "the backplane alone hears nothing"
+    );
+    // A tierkit write still reaches both, as before.
+    on_plain.set("k", 2).await.unwrap();
+    let seen = eventually(Duration::from_secs(5), || async {
+        on_tracked.get("k").await.is_some_and(|h| *h == 2)
+    })
+    .await;
+    assert!(seen.is_some());
+    // FLUSHALL drops every copy.
+    assert_eq!(on_tracked.get("k").await.unwrap().source(), Source::L1);
+    redis_cli(server, &["FLUSHALL"]);
+    let gone = eventually(Duration::from_secs(5), || async {
+        on_tracked.get("k").await.is_none()
+    })
+    .await;
+    assert!(gone.is_some(), "a flush drops every tracked copy");
+    // A cluster cannot be tracked by one connection: refused by name.
+    let refused = tierkit::Config::builder()
+        .redis_cluster(["127.0.0.1:7000", "127.0.0.1:7001"])
+        .client_tracking(true)
+        .build();
+    assert!(matches!(refused, Err(Error::Config { field, .. }) if field == "client_tracking"));
+}
+
 // ---- Traces ---------------------------------------------------------------------------------
 
 /// Loads, fail-safe answers, timeouts and refreshes leave spans an OpenTelemetry collector can

@@ -11,7 +11,7 @@ use super::background::Background;
 use super::l1::{self, L1};
 use super::l2::Tier;
 use super::namespace::NsShared;
-use super::{backplane, owed, stats};
+use super::{backplane, owed, stats, tracking};
 use crate::codec::{Codec, Keyring};
 use crate::config::Config;
 use crate::conn::Conn;
@@ -75,17 +75,24 @@ impl CacheCore {
         });
         let l1 = l1::build(config.l1_capacity, on_evict);
         let origin = fastrand::u64(..);
-        let (l2, subscription) = match conn {
+        let (l2, subscription, tracking) = match conn {
             Some(conn) => {
                 let channel = config.keys.backplane_channel();
                 let subscription = conn.subscribe(channel.clone());
-                (Tier::redis(conn, channel, origin), Some(subscription))
+                let tracking = config
+                    .client_tracking
+                    .then(|| conn.track(vec![config.keys.cache_all()]));
+                (
+                    Tier::redis(conn, channel, origin),
+                    Some(subscription),
+                    tracking,
+                )
             }
-            None => (Tier::none(), None),
+            None => (Tier::none(), None, None),
         };
         let (mut stop, mut stop_rx) = (Vec::new(), Vec::new());
         if subscription.is_some() {
-            for _ in 0..2 {
+            for _ in 0..3 {
                 let (tx, rx) = oneshot::channel();
                 stop.push(tx);
                 stop_rx.push(rx);
@@ -105,11 +112,14 @@ impl CacheCore {
             background: Background::default(),
             _stop: stop,
         });
-        if let (Some(subscription), Some(listen_stop), Some(replay_stop)) =
-            (subscription, stop_rx.pop(), stop_rx.pop())
+        if let (Some(subscription), Some(listen_stop), Some(replay_stop), Some(track_stop)) =
+            (subscription, stop_rx.pop(), stop_rx.pop(), stop_rx.pop())
         {
             let weak = Arc::downgrade(&core);
             tokio::spawn(backplane::listen(weak.clone(), subscription, listen_stop));
+            if let Some(tracking) = tracking {
+                tokio::spawn(tracking::listen(weak.clone(), tracking, track_stop));
+            }
             tokio::spawn(owed::settle_debts(weak, replay_stop));
         }
         core

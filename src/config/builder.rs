@@ -358,11 +358,34 @@ impl ConfigBuilder {
         self
     }
 
+    /// Server-assisted coherence: a connection of its own asks Redis (6 or later) to push the
+    /// name of every cache entry anyone modifies (`CLIENT TRACKING ... BCAST`, RESP3), so a
+    /// write by a program that does not use tierkit (`redis-cli`, a service in another
+    /// language) also evicts every instance's L1 copy within a round trip. It runs beside the
+    /// backplane, which still carries tag, pattern and namespace invalidations. Costs: this
+    /// instance's own writes and fills evict its own L1 copy too (the next read is an L2 hit),
+    /// and Redis pushes every cache write to every instance. A single server only. Default:
+    /// off.
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder()
+    ///     .redis_url("redis://127.0.0.1:6379")
+    ///     .client_tracking(true)
+    ///     .build()?;
+    /// assert!(config.client_tracking());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn client_tracking(mut self, on: bool) -> Self {
+        self.config.client_tracking = on;
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for the first invalid value, naming the setting.
+    /// [`Error::Config`] for the first invalid value, naming the setting, and for
+    /// [`client_tracking`](Self::client_tracking) on a cluster.
     pub fn build(self) -> Result<Config> {
         if let Some(err) = self.error {
             return Err(err);
@@ -402,6 +425,12 @@ impl ConfigBuilder {
             if n == 0 {
                 return Err(Error::config(field, "is zero; use 1 or more"));
             }
+        }
+        if c.client_tracking && c.is_cluster() {
+            return Err(Error::config(
+                "client_tracking",
+                "tracks one server's keys; on a Redis Cluster rely on the backplane (turn it off)",
+            ));
         }
         // TLS settings meet the target last: setters may come in any order.
         #[cfg(feature = "tls")]
