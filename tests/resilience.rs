@@ -90,6 +90,7 @@ mod every_backend {
         background_loads_end_with_the_instance,
         bad_settings_are_named,
         each_tier_keeps_values_where_it_says,
+        extreme_durations_never_panic,
     ]);
 }
 
@@ -830,6 +831,97 @@ async fn one_history(kit: &Tierkit, seed: u64) {
             }
         }
     }
+}
+
+async fn extreme_durations_never_panic(b: Backend) {
+    let kit = b.kit().await;
+    let ns = kit
+        .namespace::<u64>("extreme")
+        .ttl(Duration::from_millis(100))
+        .fail_safe(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::MAX)
+        .hard_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    ns.set("k", 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let opts = ReadOptions::new()
+        .hard_timeout(Some(Duration::MAX))
+        .soft_timeout(Some(Duration::MAX))
+        .fail_safe(Some(Duration::MAX));
+    let hit = ns
+        .get_or_load("k", &opts, || async { Err::<Loaded<u64>, _>(io_err()) })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((*hit, hit.source()), (1, Source::Stale));
+    // Rested "for ever": the loader is not asked again.
+    let db = Db::default();
+    assert_eq!(
+        ns.get_or_set("k", db.ok(2, Duration::ZERO))
+            .await
+            .unwrap()
+            .source(),
+        Source::Stale
+    );
+    assert_eq!(db.calls(), 0);
+    let huge = ns
+        .get_or_load("other", &opts, || async {
+            Ok::<_, std::io::Error>(Loaded::value(3).ttl(Duration::MAX))
+        })
+        .await;
+    assert!(matches!(huge, Err(Error::InvalidInput { .. })), "{huge:?}");
+}
+
+/// With `single_flight`, a caller holding a stale copy does not wait past its soft timeout for
+/// the instance that holds the lease: that instance's value reaches Redis, and it is read from
+/// there next.
+#[tokio::test]
+async fn a_load_on_another_instance_is_waited_for_within_the_soft_timeout() {
+    let b = Backend::redis();
+    let declare = |kit: &Tierkit| {
+        kit.namespace::<u64>("leased")
+            .ttl(Duration::from_millis(200))
+            .fail_safe(Duration::from_secs(30))
+            .soft_timeout(Duration::from_millis(50))
+            .single_flight(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let (kit_a, kit_b) = (b.kit().await, b.kit().await);
+    let (a, on_b) = (declare(&kit_a), declare(&kit_b));
+    a.set("k", 1).await.unwrap();
+    assert_eq!(*on_b.get("k").await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // A takes the lease and loads for 800 ms (answering its caller stale at 50 ms).
+    let db_a = Db::default();
+    let hit = a
+        .get_or_set("k", db_a.ok(2, Duration::from_millis(800)))
+        .await
+        .unwrap();
+    assert_eq!(hit.source(), Source::Stale);
+    // B finds the lease taken and answers from its stale copy at its own soft timeout.
+    let db_b = Db::default();
+    let started = Instant::now();
+    let hit = on_b
+        .get_or_set("k", db_b.ok(9, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!((*hit, hit.source()), (1, Source::Stale));
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(db_b.calls(), 0, "B left the load to the lease holder");
+    let seen = eventually(Duration::from_secs(5), || async {
+        on_b.get_or_set("k", db_b.ok(9, Duration::ZERO))
+            .await
+            .is_ok_and(|h| *h == 2)
+    })
+    .await;
+    assert!(seen.is_some(), "A's value reached B through Redis");
+    assert_eq!((db_a.calls(), db_b.calls()), (1, 0));
 }
 
 // ---- Server-assisted coherence ------------------------------------------------------------

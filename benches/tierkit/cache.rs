@@ -510,6 +510,110 @@ pub fn set(c: &mut Criterion) {
     }
 }
 
+/// Coherence by the backplane against server-assisted tracking (`client_tracking`), one
+/// current-thread runtime: what a write costs the writer (a write and a read back on the same
+/// instance; with tracking the server's push drops the writer's own copy), and how long after
+/// a write another instance serves the change (polled with `get`, which pays one L2 read once
+/// the copy is gone). The raw baseline is one `SET` and one `GET` round trip: no instance can
+/// see a change sooner.
+pub fn coherence(c: &mut Criterion) {
+    let server = RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("coherence/current_thread");
+    let value = payload(1, 200);
+    let (plain_a, plain_b, tracked_a, tracked_b, conn) = rt.block_on(async {
+        let kit = |tracking: bool| {
+            crate::support::connected_with(
+                Config::builder()
+                    .redis_url(server.url())
+                    .client_tracking(tracking)
+                    .build()
+                    .unwrap(),
+            )
+        };
+        let (pa, pb, ta, tb) = (
+            kit(false).await,
+            kit(false).await,
+            kit(true).await,
+            kit(true).await,
+        );
+        (pa, pb, ta, tb, server.async_connection().await)
+    });
+    let ns = |kit: &Tierkit, name: &str| kit.namespace::<Payload>(name).build().unwrap();
+    let next = AtomicUsize::new(0);
+    group.bench_function("raw_set_get", |b| {
+        b.to_async(&rt).iter(|| async {
+            let mut conn = conn.clone();
+            let key = format!("raw:coh:{}", cycle(&next, L2_KEYS));
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(b"v")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let _: Vec<u8> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        })
+    });
+    for (mode, kit) in [("backplane", &plain_a), ("tracking", &tracked_a)] {
+        let ns = ns(kit, "coh-write");
+        group.bench_function(format!("set_then_get/{mode}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let key = (cycle(&next, 1000)).to_string();
+                ns.set(&key, value.clone()).await.unwrap();
+                ns.get(&key).await.expect("present")
+            })
+        });
+    }
+    // Another instance sees a tierkit write: through the backplane, or the tracking push.
+    for (mode, (writer, reader)) in [
+        ("backplane", (&plain_b, &plain_a)),
+        ("tracking", (&tracked_b, &tracked_a)),
+    ] {
+        let (w, r) = (ns(writer, "coh-seen"), ns(reader, "coh-seen"));
+        let round = AtomicUsize::new(0);
+        group.bench_function(format!("write_seen_elsewhere/{mode}"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let n = round.fetch_add(1, Ordering::Relaxed) as u64;
+                let mut v = value.clone();
+                v.id = n;
+                w.set("k", v).await.unwrap();
+                while r.get("k").await.map(|h| h.id) != Some(n) {
+                    tokio::task::yield_now().await;
+                }
+            })
+        });
+    }
+    // A write by another program: only tracking sees it.
+    let r = ns(&tracked_a, "coh-ext");
+    let redis_key = r.redis_key("k");
+    group.bench_function("foreign_write_seen/tracking", |b| {
+        b.to_async(&rt).iter(|| async {
+            r.set("k", value.clone()).await.unwrap();
+            while r.get("k").await.is_none() {
+                tokio::task::yield_now().await;
+            }
+            let mut conn = conn.clone();
+            let _: () = redis::cmd("SET")
+                .arg(&redis_key)
+                .arg(b"foreign")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            while r.get("k").await.is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+    });
+    group.finish();
+}
+
 /// 100 keys at once from Redis: tierkit `get_many` (every key an L1 miss) next to a raw
 /// pipeline of 100 `GET`s with the same decoding.
 pub fn get_many(c: &mut Criterion) {

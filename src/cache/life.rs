@@ -96,9 +96,15 @@ impl Life {
             .is_some_and(|until| now < until)
     }
 
-    /// No loader call for this key before `until`.
-    pub(crate) fn hush(&self, until: Instant) {
-        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+    /// No loader call for this key for `throttle` from now (for ever, as far as a process
+    /// lives, when `throttle` is past what `Instant` can hold).
+    pub(crate) fn hush_for(&self, throttle: Duration) {
+        let now = Instant::now();
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        let until = now
+            .checked_add(throttle)
+            .or_else(|| now.checked_add(CENTURY));
+        *self.quiet_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
     }
 }
 
@@ -200,8 +206,12 @@ mod tests {
         let past = Life::new(now - Duration::from_millis(1), None);
         assert!(past.is_stale());
         assert!(!past.is_quiet(now));
-        past.hush(now + Duration::from_secs(1));
-        assert!(past.is_quiet(now) && !past.is_quiet(now + Duration::from_secs(2)));
+        past.hush_for(Duration::from_secs(1));
+        assert!(past.is_quiet(Instant::now()));
+        assert!(!past.is_quiet(Instant::now() + Duration::from_secs(2)));
+        // A throttle no clock can reach rests the loader, and does not panic.
+        past.hush_for(Duration::MAX);
+        assert!(past.is_quiet(Instant::now() + Duration::from_secs(3600)));
     }
 
     #[test]

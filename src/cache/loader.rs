@@ -233,7 +233,10 @@ where
                 return Ok(Some(copy.hit()));
             }
         }
-        let hard_at = policy.hard_timeout.map(|t| Instant::now() + t);
+        // A deadline past what `Instant` holds is no deadline.
+        let hard_at = policy
+            .hard_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let mut loader = Some(loader);
         loop {
             let lead = match self.ns.flights.join(key) {
@@ -368,16 +371,32 @@ where
         };
         let mut lease = None;
         if let (Some(_), Some(ttl)) = (&basis, self.ns.lease) {
-            match self.await_other_load(key, ttl, stamp, basis).await {
-                Waited::Loaded(value, source) => {
+            // Another instance's load is bounded by this call's timeouts as its own would be.
+            let soft = policy.soft_timeout.filter(|_| stale.is_some());
+            let mut waiting = std::pin::pin!(self.await_other_load(key, ttl, stamp, basis));
+            match race(&mut waiting, soft, hard_at).await {
+                Raced::Done(Waited::Loaded(value, source)) => {
                     if let Some(lead) = lead {
                         lead.finish(Ok((value.clone(), source)));
                     }
                     return Ok(self.to_hit(value, source));
                 }
-                Waited::Lead { token, basis: b } => {
+                Raced::Done(Waited::Lead { token, basis: b }) => {
                     lease = token;
                     basis = b;
+                }
+                // The instance holding the lease is loading: its value will reach Redis.
+                Raced::Soft => {
+                    let Some(copy) = &stale else {
+                        return Err(Error::Internal("a soft timeout without a stale copy"));
+                    };
+                    bump(&self.ns.counters.stale_served);
+                    span.record("cache.outcome", "soft_timeout");
+                    return Ok(Some(copy.hit()));
+                }
+                Raced::Hard => {
+                    let timeout = self.timed_out(policy.hard_timeout);
+                    return self.fail_safe(stale.as_ref(), policy, timeout);
                 }
             }
         }
@@ -490,7 +509,7 @@ where
     ) -> Result<Option<Hit<V>>> {
         match (stale, policy.fail_safe) {
             (Some(copy), Some(fail_safe)) if policy.serves(&copy.life) => {
-                copy.life.hush(Instant::now() + fail_safe.throttle);
+                copy.life.hush_for(fail_safe.throttle);
                 bump(&self.ns.counters.stale_served);
                 tracing::debug!(cache.namespace = %self.ns.name, cache.outcome = error.kind_name(),
                     "tierkit: the load failed; serving a stale copy (fail-safe)");
@@ -532,7 +551,7 @@ where
             Err(e) => {
                 if let Some(life) = &job.stale {
                     if let Some(fail_safe) = self.ns.resilience.fail_safe {
-                        life.hush(Instant::now() + fail_safe.throttle);
+                        life.hush_for(fail_safe.throttle);
                     }
                 }
                 let e = Arc::new(e);
@@ -808,7 +827,7 @@ where
             L2Read::Unreachable => None,
         };
         let hard = self.ns.resilience.hard_timeout;
-        let hard_at = hard.map(|t| Instant::now() + t);
+        let hard_at = hard.and_then(|t| Instant::now().checked_add(t));
         let mut load = self.start(loader);
         let loaded = match race(&mut load, None, hard_at).await {
             Raced::Done(loaded) => self.loaded(loaded),
