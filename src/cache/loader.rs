@@ -41,6 +41,20 @@ type LoadResult<V> = std::result::Result<Loaded<V>, Box<dyn std::error::Error + 
 /// A load in progress, owned so that a soft timeout can move it to the background.
 type LoadFuture<V> = Pin<Box<dyn Future<Output = LoadResult<V>> + Send>>;
 
+/// A caller's loader, once past the L1 hit: one type for every loader, so the load path is
+/// compiled once per value type rather than once per closure.
+type Loader<V> = Box<dyn FnOnce() -> LoadFuture<V> + Send>;
+
+/// `loader` as a [`Loader`], its error boxed.
+fn erase<V, F, Fut, E>(loader: F) -> Loader<V>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+{
+    Box::new(move || Box::pin(async move { loader().await.map_err(Into::into) }) as LoadFuture<V>)
+}
+
 /// A Redis fill.
 struct Fill {
     kind: Kind,
@@ -214,7 +228,7 @@ where
             match self.look_l1(key) {
                 Look::Fresh(hit, due) => {
                     if let Some(life) = due {
-                        self.refresh_early(key, Some(life), loader);
+                        self.refresh_early(key, Some(life), erase(loader));
                     }
                     return Ok(Some(hit));
                 }
@@ -306,7 +320,15 @@ where
                 cache.loader_ms = tracing::field::Empty,
             );
             return self
-                .lead(key, lead, loader, &policy, stale, hard_at, want_value)
+                .lead(
+                    key,
+                    lead,
+                    erase(loader),
+                    &policy,
+                    stale,
+                    hard_at,
+                    want_value,
+                )
                 .instrument(span)
                 .await;
         }
@@ -315,21 +337,16 @@ where
     /// The lead's load: L2, then (after waiting for another instance's load, with a lease)
     /// the loader, raced against the timeouts.
     #[allow(clippy::too_many_arguments)]
-    async fn lead<F, Fut, E>(
+    async fn lead(
         &self,
         key: &str,
         lead: Option<Lead>,
-        loader: F,
+        loader: Loader<V>,
         policy: &Policy,
         mut stale: Option<StaleCopy<V>>,
         hard_at: Option<Instant>,
         want_value: bool,
-    ) -> Result<Option<Hit<V>>>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
+    ) -> Result<Option<Hit<V>>> {
         let span = tracing::Span::current();
         let replace = if policy.skip_l1 {
             Replace::Any
@@ -465,18 +482,13 @@ where
     }
 
     /// Starts the loader, timed and counted.
-    fn start<F, Fut, E>(&self, loader: F) -> LoadFuture<V>
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
+    fn start(&self, loader: Loader<V>) -> LoadFuture<V> {
         bump(&self.ns.counters.loader_calls);
         let ns = self.ns.clone();
         let started = Instant::now();
         let load = loader();
         Box::pin(async move {
-            let loaded = load.await.map_err(Into::into);
+            let loaded = load.await;
             let took = started.elapsed();
             tracing::Span::current().record("cache.loader_ms", took.as_secs_f64() * 1e3);
             ns.record_load(took);
@@ -772,12 +784,7 @@ where
 
     /// Starts the one background refresh of an entry (of the L1 copy with `life`, or of the
     /// Redis entry an L2-only read found due). Left to a later hit when it cannot start.
-    fn refresh_early<F, Fut, E>(&self, key: &str, life: Option<Arc<Life>>, loader: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
+    fn refresh_early(&self, key: &str, life: Option<Arc<Life>>, loader: Loader<V>) {
         if life.as_ref().is_some_and(|life| !life.claim()) {
             return;
         }
@@ -798,12 +805,7 @@ where
     }
 
     /// An eager refresh: takes a newer entry another instance put in Redis, or loads.
-    async fn refresh<F, Fut, E>(&self, key: Box<str>, life: Option<Arc<Life>>, loader: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
-        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
-    {
+    async fn refresh(&self, key: Box<str>, life: Option<Arc<Life>>, loader: Loader<V>) {
         let Seat::Lead(lead) = self.ns.flights.join(&key) else {
             // A load of the key is in flight already.
             return;
