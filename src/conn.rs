@@ -48,13 +48,15 @@ use crate::error::{Error, Result};
 use crate::health::Health;
 
 mod cluster;
+mod kept;
 mod pubsub;
 #[cfg(feature = "tls")]
 mod tls;
 mod tracking;
 
-pub(crate) use pubsub::{Event, Subscription};
-pub(crate) use tracking::{Tracked, Tracking};
+pub(crate) use kept::Report;
+pub(crate) use pubsub::Subscription;
+pub(crate) use tracking::{Invalidated, Tracking};
 
 /// A handle to the Redis connection. Cheap to clone; all clones share one multiplexed
 /// connection and one health monitor.

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::base::CacheCore;
 use crate::codec::Codec;
-use crate::conn::{Event, Subscription};
+use crate::conn::{Report, Subscription};
 
 /// What changed, by namespace name (ids are per process).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ pub(super) async fn listen(
         let Some(event) = event else { return };
         let Some(core) = core.upgrade() else { return };
         match event {
-            Event::Subscribed => {
+            Report::Up => {
                 // A restarted server's data is retired (messages queue meanwhile), and changes
                 // owed while Redis or the subscription was away go out.
                 core.runs_unchecked
@@ -133,8 +133,8 @@ pub(super) async fn listen(
                     lost_logged = false;
                 }
             }
-            Event::Message(payload) => core.on_message(&payload).await,
-            Event::Lost(reason) => {
+            Report::Item(payload) => core.on_message(&payload).await,
+            Report::Lost(reason) => {
                 core.coherent.send_replace(false);
                 if !lost_logged {
                     tracing::warn!(

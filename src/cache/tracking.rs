@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::backplane::Op;
 use super::base::CacheCore;
-use crate::conn::{Tracked, Tracking};
+use crate::conn::{Invalidated, Report, Tracking};
 
 impl CacheCore {
     /// Drops the L1 copy of the entry at Redis key `key`, if it is one of a declared
@@ -53,19 +53,19 @@ pub(super) async fn listen(
         let Some(core) = core.upgrade() else { return };
         match event {
             // Modifications made while tracking was down went unheard.
-            Tracked::Started | Tracked::All => {
+            Report::Up | Report::Item(Invalidated::All) => {
                 core.forget_all();
                 if lost_logged {
                     tracing::info!("tierkit: client tracking restarted; L1 dropped");
                     lost_logged = false;
                 }
             }
-            Tracked::Keys(keys) => {
+            Report::Item(Invalidated::Keys(keys)) => {
                 for key in keys {
                     core.on_modified(&key).await;
                 }
             }
-            Tracked::Lost(reason) => {
+            Report::Lost(reason) => {
                 if !lost_logged {
                     tracing::warn!(
                         reason,

@@ -1,157 +1,59 @@
 //! Server-assisted invalidation (Redis 6+ client-side caching): a RESP3 connection of its own
 //! asks the server, with `CLIENT TRACKING ON BCAST PREFIX ...`, to push the name of every key
-//! under the prefixes that anyone modifies, tierkit or not. Kept up like a subscription
-//! ([`pubsub`](super::pubsub)): it waits while health is `Down`, PINGs its own connection, and
-//! reports when it started and when it lost track, since pushes may have been missed between.
+//! under the prefixes that anyone modifies, tierkit or not. Kept up by [`kept`](super::kept),
+//! which says when tracking started and when it was lost, since pushes may have been missed
+//! between.
 
 use std::time::Duration;
 
 use redis::{ProtocolVersion, PushKind, Value};
 use tokio::sync::mpsc;
 
+use super::kept::{Opener, Reports, Session};
 use super::Conn;
-use crate::health::{Health, HealthState};
 
-/// What a tracking connection reports, in order.
+/// What the server said was modified.
 #[derive(Debug)]
-pub(crate) enum Tracked {
-    /// Tracking (again): every modification from now on is pushed.
-    Started,
-    /// The connection dropped; modifications may be missed until the next `Started`.
-    Lost(&'static str),
-    /// These keys were modified.
+pub(crate) enum Invalidated {
+    /// These keys.
     Keys(Vec<Vec<u8>>),
     /// Every key may have been (`FLUSHALL`, `FLUSHDB`).
     All,
 }
 
-/// Tracking kept alive in the background; dropping it ends it.
-pub(crate) struct Tracking {
-    rx: mpsc::Receiver<Tracked>,
-}
-
-impl Tracking {
-    /// The next report; `None` once the connection handle is gone.
-    pub(crate) async fn next(&mut self) -> Option<Tracked> {
-        self.rx.recv().await
-    }
-}
-
-const RETRY: Duration = Duration::from_millis(100);
-const BUFFER: usize = 1024;
+/// Client tracking's reports.
+pub(crate) type Tracking = Reports<Invalidated>;
 
 impl Conn {
     /// Tracks every key under `prefixes` on the server. A single server only: on a cluster a
     /// tracking connection sees one node's keys (the configuration refuses it there).
     pub(crate) fn track(&self, prefixes: Vec<String>) -> Tracking {
-        let (tx, rx) = mpsc::channel(BUFFER);
-        let worker = Worker {
-            clients: self.pubsub_clients(),
-            health: self.health().clone(),
-            prefixes,
-            connect_timeout: self.0.connect_timeout,
-            op_timeout: self.0.op_timeout,
-        };
-        tokio::spawn(worker.run(tx));
-        Tracking { rx }
+        self.keep(Track { prefixes })
     }
 }
 
-struct Worker {
-    clients: Vec<redis::Client>,
-    health: Health,
+struct Track {
     prefixes: Vec<String>,
-    connect_timeout: Duration,
-    op_timeout: Duration,
 }
 
-impl Worker {
-    async fn run(self, tx: mpsc::Sender<Tracked>) {
-        let mut health = self.health.subscribe();
-        loop {
-            tokio::select! {
-                _ = tx.closed() => return,
-                r = health.wait_for(|s| s.state.is_available()) => if r.is_err() { return },
-            }
-            let (push_tx, mut pushes) = mpsc::unbounded_channel();
-            let started = tokio::select! {
-                _ = tx.closed() => return,
-                s = self.start(push_tx) => s,
-            };
-            let mut conn = match started {
-                Ok(conn) => conn,
-                Err(why) => {
-                    tracing::debug!(%why, "tierkit: client tracking failed to start; retrying");
-                    tokio::select! {
-                        _ = tx.closed() => return,
-                        _ = tokio::time::sleep(RETRY) => continue,
-                    }
-                }
-            };
-            if tx.send(Tracked::Started).await.is_err() {
-                return;
-            }
-            let mut liveness = tokio::time::interval(self.health.config().probe_interval);
-            liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            liveness.tick().await;
-            let reason = loop {
-                tokio::select! {
-                    _ = tx.closed() => return,
-                    _ = liveness.tick() => {
-                        let ping = redis::cmd("PING");
-                        let answer = ping.query_async::<Value>(&mut conn);
-                        if !matches!(tokio::time::timeout(self.op_timeout, answer).await, Ok(Ok(_))) {
-                            break "tracking connection not answering PING";
-                        }
-                    }
-                    push = pushes.recv() => {
-                        let Some(push) = push else { break "tracking connection closed" };
-                        let report = match push.kind {
-                            PushKind::Invalidate => invalidated(push.data),
-                            PushKind::Disconnection => break "tracking connection closed",
-                            _ => None,
-                        };
-                        if let Some(report) = report {
-                            if tx.send(report).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    changed = health.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        if health.borrow_and_update().state == HealthState::Down {
-                            break "Redis health is down";
-                        }
-                    }
-                }
-            };
-            if tx.send(Tracked::Lost(reason)).await.is_err() {
-                return;
-            }
-        }
+struct Tracked {
+    conn: redis::aio::MultiplexedConnection,
+    pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+}
+
+impl Opener for Track {
+    type Session = Tracked;
+
+    fn what(&self) -> &'static str {
+        "client tracking"
     }
 
-    async fn start(
-        &self,
-        pushes: mpsc::UnboundedSender<redis::PushInfo>,
-    ) -> Result<redis::aio::MultiplexedConnection, String> {
-        let mut last = "no server to track on".to_owned();
-        for client in &self.clients {
-            match self.start_on(client, pushes.clone()).await {
-                Ok(conn) => return Ok(conn),
-                Err(why) => last = why,
-            }
-        }
-        Err(last)
-    }
-
-    async fn start_on(
+    async fn open(
         &self,
         client: &redis::Client,
-        pushes: mpsc::UnboundedSender<redis::PushInfo>,
-    ) -> Result<redis::aio::MultiplexedConnection, String> {
+        connect: Duration,
+        op: Duration,
+    ) -> Result<Tracked, String> {
         let info = client.get_connection_info().clone();
         let resp3 = info
             .redis_settings()
@@ -159,10 +61,11 @@ impl Worker {
             .set_protocol(ProtocolVersion::RESP3);
         let client =
             redis::Client::open(info.set_redis_settings(resp3)).map_err(|e| e.to_string())?;
+        let (tx, pushes) = mpsc::unbounded_channel();
         let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.op_timeout))
-            .set_push_sender(pushes);
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(op))
+            .set_push_sender(tx);
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -175,14 +78,45 @@ impl Worker {
         cmd.query_async::<()>(&mut conn)
             .await
             .map_err(|e| format!("CLIENT TRACKING: {e}"))?;
-        Ok(conn)
+        Ok(Tracked { conn, pushes })
     }
 }
 
-/// The report an `invalidate` push makes: its keys, or every key for a null (a flush).
-fn invalidated(data: Vec<Value>) -> Option<Tracked> {
+impl Session for Tracked {
+    type Item = Invalidated;
+
+    async fn ping(&mut self) -> bool {
+        redis::cmd("PING")
+            .query_async::<Value>(&mut self.conn)
+            .await
+            .is_ok()
+    }
+
+    async fn next(&mut self) -> Result<Invalidated, &'static str> {
+        loop {
+            let push = self
+                .pushes
+                .recv()
+                .await
+                .ok_or("tracking connection closed")?;
+            match push.kind {
+                PushKind::Invalidate => {
+                    if let Some(invalidated) = invalidated(push.data) {
+                        return Ok(invalidated);
+                    }
+                }
+                PushKind::Disconnection => return Err("tracking connection closed"),
+                // Nothing else is asked of this connection.
+                _ => {}
+            }
+        }
+    }
+}
+
+/// What an `invalidate` push says: its keys, or every key for a null (a flush).
+fn invalidated(data: Vec<Value>) -> Option<Invalidated> {
     match data.into_iter().next()? {
-        Value::Array(keys) => Some(Tracked::Keys(
+        Value::Array(keys) => Some(Invalidated::Keys(
             keys.into_iter()
                 .filter_map(|k| match k {
                     Value::BulkString(bytes) => Some(bytes),
@@ -191,7 +125,29 @@ fn invalidated(data: Vec<Value>) -> Option<Tracked> {
                 })
                 .collect(),
         )),
-        Value::Nil => Some(Tracked::All),
+        Value::Nil => Some(Invalidated::All),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushes_read_as_keys_or_a_flush() {
+        let keys = vec![Value::Array(vec![
+            Value::BulkString(b"p:c:ns:v1:a".to_vec()),
+            Value::Int(7),
+        ])];
+        assert!(
+            matches!(invalidated(keys), Some(Invalidated::Keys(k)) if k == [b"p:c:ns:v1:a".to_vec()])
+        );
+        assert!(matches!(
+            invalidated(vec![Value::Nil]),
+            Some(Invalidated::All)
+        ));
+        assert!(invalidated(vec![]).is_none());
+        assert!(invalidated(vec![Value::Int(1)]).is_none());
     }
 }
