@@ -1,6 +1,7 @@
-//! No session id, token or password ever reaches a log line or `Debug` output. Alone in its
-//! test binary: it installs a thread-local subscriber, and tracing caches which call sites are
-//! enabled process-wide, so a test running beside it could hide events from it.
+//! No session id, token, password, cache key or cached value ever reaches a log line, a trace
+//! or `Debug` output. Apart from the other suites: each test installs a thread-local
+//! subscriber, and tracing caches which call sites are enabled process-wide, so a test running
+//! beside them without one could hide events from them.
 
 mod support;
 
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::RedisServer;
+use tierkit::cache::{EagerRefresh, Source};
 use tierkit::health::HealthState;
 use tierkit::session::{NewSession, Refresh};
 use tierkit::Tierkit;
@@ -100,5 +102,77 @@ fn no_secret_reaches_a_log_line_or_debug_output() {
     for secret in &secrets {
         assert!(!logs.contains(secret.as_str()), "a secret in the logs");
         assert!(!debug.contains(secret.as_str()), "a secret in Debug output");
+    }
+}
+
+// ---- Traces ---------------------------------------------------------------------------------
+
+/// Loads, fail-safe answers, timeouts and refreshes leave spans an OpenTelemetry collector can
+/// take (`tierkit.cache.*`, dotted `cache.*` fields), and none of them names a key or a value.
+#[test]
+fn traces_name_namespaces_and_outcomes_never_keys_or_values() {
+    use tracing_subscriber::fmt::format::FmtSpan;
+
+    let buf = Capture::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let kit = Tierkit::embedded();
+            let ns = kit
+                .namespace::<String>("traced")
+                .ttl(Duration::from_millis(50))
+                .fail_safe(Duration::from_secs(10))
+                .soft_timeout(Duration::from_millis(10))
+                .hard_timeout(Duration::from_millis(200))
+                .eager_refresh(EagerRefresh::after(0.5))
+                .build()
+                .unwrap();
+            let key = "secret-key-8d1f";
+            ns.get_or_set(key, || async {
+                Ok::<_, std::io::Error>("secret-value-77ab".to_string())
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            // Due for refresh: a background refresh runs.
+            ns.get_or_set(key, || async {
+                Ok::<_, std::io::Error>("secret-value-77ab".to_string())
+            })
+            .await
+            .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Expired: the loader fails, the stale copy answers.
+            let hit = ns
+                .get_or_set(key, || async {
+                    Err::<String, _>(std::io::Error::other("the database is down"))
+                })
+                .await
+                .unwrap();
+            assert_eq!(hit.source(), Source::Stale);
+        });
+    });
+    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    for wanted in [
+        "tierkit.cache.load",
+        "tierkit.cache.refresh",
+        "cache.namespace=traced",
+        "cache.outcome=\"loaded\"",
+        "cache.source=\"stale\"",
+        "cache.loader_ms=",
+    ] {
+        assert!(out.contains(wanted), "no {wanted} in:\n{out}");
+    }
+    for secret in ["secret-key-8d1f", "secret-value-77ab"] {
+        assert!(!out.contains(secret), "{secret} leaked into traces:\n{out}");
     }
 }
