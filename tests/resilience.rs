@@ -873,6 +873,57 @@ async fn extreme_durations_never_panic(b: Backend) {
     assert!(matches!(huge, Err(Error::InvalidInput { .. })), "{huge:?}");
 }
 
+/// Redis hung and the database failing at once: the L1's expired copy still answers, both to
+/// a load and to a plain read (which serves stale only while Redis cannot answer).
+#[tokio::test]
+async fn fail_safe_answers_while_redis_and_the_database_are_both_down() {
+    let mut b = Backend::redis();
+    let kit = b.kit().await;
+    let ns = kit
+        .namespace::<u64>("both-down")
+        .ttl(Duration::from_millis(200))
+        .fail_safe(Duration::from_secs(30))
+        .hard_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    ns.get_or_set("k", || async { Ok::<u64, std::io::Error>(1) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    b.server_mut().unwrap().hang();
+    let hit = ns
+        .get_or_set("k", || async { Err::<u64, _>(io_err()) })
+        .await
+        .unwrap();
+    assert_eq!((*hit, hit.source()), (1, Source::Stale));
+    let read = ns
+        .get("k")
+        .await
+        .expect("a plain read serves stale while Redis is down");
+    assert_eq!(read.source(), Source::Stale);
+    // Within the throttle even a hung loader is not asked: the copy answers at once.
+    let hit = ns
+        .get_or_load("k", &ReadOptions::new(), || async {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(Loaded::value(2))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hit.source(), Source::Stale);
+    b.server_mut().unwrap().resume();
+    let fresh = eventually(Duration::from_secs(10), || async {
+        ns.get_or_set("k", || async { Ok::<u64, std::io::Error>(3) })
+            .await
+            .is_ok_and(|h| *h == 3)
+    })
+    .await;
+    assert!(
+        fresh.is_some(),
+        "a good load after the outage ends the stale answers"
+    );
+}
+
 /// With `single_flight`, a caller holding a stale copy does not wait past its soft timeout for
 /// the instance that holds the lease: that instance's value reaches Redis, and it is read from
 /// there next.
