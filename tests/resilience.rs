@@ -1039,3 +1039,29 @@ async fn client_tracking_evicts_l1_copies_on_a_write_by_redis_cli() {
         .build();
     assert!(matches!(refused, Err(Error::Config { field, .. }) if field == "client_tracking"));
 }
+
+/// Embedded mode needs no tokio runtime, timeouts and eager refresh included: without one
+/// there is no timer and no background, so a load simply runs to its end.
+#[test]
+fn an_embedded_namespace_with_timeouts_runs_without_a_runtime() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let kit = Tierkit::embedded();
+    let ns = kit
+        .namespace::<u64>("no-runtime")
+        .fail_safe(Duration::from_secs(60))
+        .soft_timeout(Duration::from_millis(10))
+        .hard_timeout(Duration::from_millis(100))
+        .eager_refresh(EagerRefresh::after(0.01))
+        .build()
+        .unwrap();
+    let mut cx = Context::from_waker(Waker::noop());
+    for expected in [Source::Loader, Source::L1] {
+        let call = std::pin::pin!(ns.get_or_set("k", || async { Ok::<u64, std::io::Error>(1) }));
+        match call.poll(&mut cx) {
+            Poll::Ready(hit) => assert_eq!(hit.unwrap().source(), expected),
+            Poll::Pending => panic!("an embedded load of a ready loader completes at once"),
+        }
+    }
+}

@@ -98,12 +98,16 @@ enum Raced<T> {
     Hard,
 }
 
-/// Waits for `load`, at most until `soft` (when given) or `hard`.
+/// Waits for `load`, at most until `soft` (when given) or `hard`. Outside a tokio runtime
+/// (an embedded cache driven by another executor) there is no timer, and it waits for `load`.
 async fn race<T>(
     load: &mut (impl Future<Output = T> + Unpin),
     soft: Option<Duration>,
     hard: Option<Instant>,
 ) -> Raced<T> {
+    if (soft.is_some() || hard.is_some()) && tokio::runtime::Handle::try_current().is_err() {
+        return Raced::Done(load.await);
+    }
     let soft = async {
         match soft {
             Some(after) => tokio::time::sleep(after).await,

@@ -550,8 +550,8 @@ where
         let (ttl, life) = if !resilience.tracks_life() {
             let fresh = match span {
                 Span::Fresh(fresh) => fresh,
-                // No grace: nothing is kept past its expiry.
-                Span::Expired { kept, .. } => kept,
+                // No grace here: an expired copy is not kept.
+                Span::Expired { .. } => Duration::ZERO,
             };
             (fresh.min(self.ns.l1_ttl), None)
         } else {
