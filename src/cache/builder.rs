@@ -216,7 +216,8 @@ where
     }
 
     /// After the loader failed and a stale copy was served, how long the key's callers get
-    /// that copy before the loader is tried again. Default: 30 s.
+    /// that copy before the loader is tried again. The rest is kept with the L1 copy, so an
+    /// L2-only namespace (which keeps none) asks its loader on every call. Default: 30 s.
     pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
         self.throttle = throttle;
         self
@@ -225,7 +226,9 @@ where
     /// How long a caller waits for the loader when a stale copy is at hand (needs
     /// [`fail_safe`](Self::fail_safe)): past it the caller gets the copy, and the load goes on
     /// in the background (bounded, one per key) and fills the cache when it is done, unless
-    /// the hard timeout ends it first. Default: none (wait for the load).
+    /// the hard timeout ends it first: set one too, or a hung loader holds one of the
+    /// instance's 256 background places until the instance closes. Default: none (wait for
+    /// the load).
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.soft_timeout = Some(timeout);
         self
