@@ -998,3 +998,34 @@ async fn after_an_outage_each_instance_forgets_its_l1() {
     // Back up, nothing in L1 is trusted: the restarted server has no such key, so: a miss.
     assert!(eb.get("k").await.is_none());
 }
+
+/// An L1 hit takes part in tokio's cooperative scheduling: a task reading cached values in a
+/// loop yields now and then, so another task's timer on the same worker still fires on time.
+#[tokio::test(flavor = "current_thread")]
+async fn a_loop_of_l1_hits_lets_other_tasks_run() {
+    let kit = Tierkit::embedded();
+    let events = kit.namespace::<Event>("coop").build().unwrap();
+    events.set("hot", event(1)).await.unwrap();
+    let timer = tokio::spawn(async {
+        let due = Instant::now() + Duration::from_millis(1);
+        tokio::time::sleep_until(due.into()).await;
+        Instant::now().saturating_duration_since(due)
+    });
+    // Let the timer task start and arm its timer.
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    for _ in 0..100_000 {
+        assert!(events.get("hot").await.is_some());
+        let hit = events
+            .get_or_set("hot", || async { Ok::<_, std::io::Error>(event(2)) })
+            .await
+            .unwrap();
+        assert_eq!(hit.source(), Source::L1);
+    }
+    let looped = started.elapsed();
+    let late = timer.await.unwrap();
+    assert!(
+        late < Duration::from_millis(50),
+        "the 1 ms timer fired {late:?} late during a {looped:?} loop of L1 hits"
+    );
+}

@@ -227,6 +227,8 @@ where
         Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
     {
+        // See `get`: an L1 hit takes part in tokio's cooperative budget.
+        tokio::task::consume_budget().await;
         let mut stale = None;
         if !opts.skips_l1() {
             match self.look_l1(key) {

@@ -201,6 +201,9 @@ where
     /// found"). Never returns a Redis error: when Redis is down or fails, the read is answered
     /// from L1 alone.
     pub async fn get(&self, key: &str) -> Option<Hit<V>> {
+        // An L1 hit never waits on anything: without this, a task reading in a loop would
+        // keep its worker thread from every other task (tokio's cooperative budget).
+        tokio::task::consume_budget().await;
         if let Some(hit) = self.l1_hit(key) {
             return Some(hit);
         }
@@ -226,6 +229,7 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn get_with(&self, key: &str, opts: &ReadOptions) -> Option<Hit<V>> {
+        tokio::task::consume_budget().await;
         let mut stale = None;
         if !opts.skips_l1() {
             match self.look_l1(key) {
@@ -587,6 +591,7 @@ where
     /// Reads many keys: L1 first, then every L1 miss from Redis in one round trip. The result
     /// lines up with `keys`.
     pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Option<Hit<V>>> {
+        tokio::task::consume_budget().await;
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, key) in keys.iter().enumerate() {
