@@ -241,7 +241,7 @@ pub fn l2_hit(c: &mut Criterion) {
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
                     .unwrap();
-                let mut conn = server.async_connection().await;
+                let mut conn = server.fastest_connection().await;
                 let mut compressed = false;
                 for (i, (k, rk)) in keys.iter().zip(&raw_keys).enumerate() {
                     let v = payload(i as u64, size);
@@ -422,7 +422,7 @@ pub fn get_or_set_cold(c: &mut Criterion) {
                 .namespace::<Payload>(format!("cold_{flavor}"))
                 .build()
                 .unwrap();
-            let conn = server.async_connection().await;
+            let conn = server.fastest_connection().await;
             (kit, ns, conn)
         });
         let value = payload(1, 200);
@@ -476,7 +476,7 @@ pub fn set(c: &mut Criterion) {
             )
             .await;
             let ns = kit.namespace::<Payload>("set").build().unwrap();
-            let conn = server.async_connection().await;
+            let conn = server.fastest_connection().await;
             (kit, ns, conn)
         });
         let keys: Vec<String> = (0..L2_KEYS).map(|i| i.to_string()).collect();
@@ -540,7 +540,7 @@ pub fn coherence(c: &mut Criterion) {
             kit(true).await,
             kit(true).await,
         );
-        (pa, pb, ta, tb, server.async_connection().await)
+        (pa, pb, ta, tb, server.fastest_connection().await)
     });
     let ns = |kit: &Tierkit, name: &str| kit.namespace::<Payload>(name).build().unwrap();
     let next = AtomicUsize::new(0);
@@ -639,7 +639,7 @@ pub fn get_many(c: &mut Criterion) {
             )
             .await
             .unwrap();
-            let conn = server.async_connection().await;
+            let conn = server.fastest_connection().await;
             (kit, ns, conn)
         });
         // The same, without per-namespace eviction counts (no moka eviction listener).

@@ -36,7 +36,7 @@ pub fn redis_decision(c: &mut Criterion) {
             )
             .await;
             let limiter = kit.limiter("bench", quota).build().unwrap();
-            let conn = server.async_connection().await;
+            let conn = server.fastest_connection().await;
             (kit, limiter, conn)
         });
         let script = redis::Script::new(Algorithm::SlidingLog.lua());
@@ -124,7 +124,7 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
                 .algorithm(Algorithm::SlidingLog)
                 .build()
                 .unwrap();
-            let mut conn = server.async_connection().await;
+            let mut conn = server.fastest_connection().await;
             for k in keys.iter() {
                 let _: () = redis::cmd("SET")
                     .arg(format!("raw:{k}"))

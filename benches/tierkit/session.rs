@@ -47,7 +47,7 @@ pub fn validate(c: &mut Criterion) {
                         .to_owned(),
                 );
             }
-            let conn = server.async_connection().await;
+            let conn = server.fastest_connection().await;
             (kit, sessions, ids, conn)
         });
         // The keys validate reads: found by the same scan a service's ops would use.

@@ -344,6 +344,22 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("connect to redis-server on {}: {e}", self.addr()))
     }
 
+    /// The fastest honest configuration of the raw client, for benchmark baselines: a
+    /// multiplexed connection without redis-rs's per-request response timeout (a timer per
+    /// call, which tierkit's own connection turns off too). Not for tests that hang the
+    /// server: a call then waits for ever.
+    ///
+    /// # Panics
+    /// If the server does not accept the connection.
+    #[allow(dead_code)] // benches only
+    pub async fn fastest_connection(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        self.client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .unwrap_or_else(|e| panic!("connect to redis-server on {}: {e}", self.addr()))
+    }
+
     /// How many keys the server has evicted for `maxmemory` (`INFO stats`, `evicted_keys`).
     ///
     /// # Panics
