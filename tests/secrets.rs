@@ -15,9 +15,22 @@ use tierkit::health::HealthState;
 use tierkit::session::{NewSession, Refresh};
 use tierkit::Tierkit;
 
-/// Collects every log line, at every level, of every crate.
+/// Collects every log line and closed span, at every level, of every crate.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    /// A subscriber writing every event, and every span as it closes with its fields, here.
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+    }
+}
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -32,11 +45,7 @@ impl Write for Capture {
 #[test]
 fn no_secret_reaches_a_log_line_or_debug_output() {
     let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = capture.subscriber();
     let password = "s3cret-pa55word";
     let server = RedisServer::start_with(&["--requirepass", password]);
     let url = format!("redis://:{password}@127.0.0.1:{}", server.port());
@@ -111,16 +120,8 @@ fn no_secret_reaches_a_log_line_or_debug_output() {
 /// take (`tierkit.cache.*`, dotted `cache.*` fields), and none of them names a key or a value.
 #[test]
 fn traces_name_namespaces_and_outcomes_never_keys_or_values() {
-    use tracing_subscriber::fmt::format::FmtSpan;
-
     let buf = Capture::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(FmtSpan::CLOSE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber = buf.subscriber();
     tracing::subscriber::with_default(subscriber, || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
