@@ -12,7 +12,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{eventually, Backend};
@@ -91,6 +91,9 @@ mod every_backend {
         bad_settings_are_named,
         each_tier_keeps_values_where_it_says,
         extreme_durations_never_panic,
+        an_answer_kept_nowhere_retires_the_copies_it_replaces,
+        a_tagged_entry_stays_trusted_through_its_grace,
+        an_l2_only_refresh_keeps_readers_off_its_load,
     ]);
 }
 
@@ -226,6 +229,7 @@ async fn a_soft_timeout_answers_stale_while_the_load_fills_the_cache(b: Backend)
             .ttl(Duration::from_millis(200))
             .fail_safe(Duration::from_secs(30))
             .soft_timeout(Duration::from_millis(30))
+            .hard_timeout(Duration::from_secs(10))
             .build()
             .unwrap()
     };
@@ -277,6 +281,7 @@ async fn eager_refresh_keeps_a_hot_key_from_ever_missing(b: Backend) {
         .namespace::<u64>("eager")
         .ttl(Duration::from_millis(300))
         .eager_refresh(EagerRefresh::after(0.5))
+        .hard_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let db = Db::default();
@@ -317,6 +322,7 @@ async fn xfetch_refreshes_before_expiry(b: Backend) {
         .namespace::<u64>("xfetch")
         .ttl(Duration::from_millis(300))
         .eager_refresh(EagerRefresh::xfetch(5.0))
+        .hard_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let db = Db::default();
@@ -504,6 +510,7 @@ async fn background_loads_end_with_the_instance(b: Backend) {
         .ttl(Duration::from_millis(100))
         .fail_safe(Duration::from_secs(30))
         .soft_timeout(Duration::from_millis(20))
+        .hard_timeout(Duration::from_secs(3600))
         .build()
         .unwrap();
     ns.set("k", 1).await.unwrap();
@@ -594,6 +601,138 @@ async fn bad_settings_are_named(b: Backend) {
         .await;
     assert!(matches!(bad, Err(Error::InvalidInput { .. })), "{bad:?}");
     assert!(ns.get("k").await.is_none());
+    // Background work must end: a soft timeout or an eager refresh needs a hard timeout, in
+    // the namespace and in a call's options alike.
+    named(
+        kit.namespace::<u64>("b8")
+            .fail_safe(Duration::from_secs(1))
+            .soft_timeout(Duration::from_millis(5))
+            .build(),
+        "soft_timeout",
+    );
+    named(
+        kit.namespace::<u64>("b9")
+            .eager_refresh(EagerRefresh::after(0.5))
+            .build(),
+        "eager_refresh",
+    );
+    let soft = kit
+        .namespace::<u64>("b10")
+        .fail_safe(Duration::from_secs(1))
+        .soft_timeout(Duration::from_millis(5))
+        .hard_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let unbounded = ReadOptions::new().hard_timeout(None);
+    let bad = soft
+        .get_or_load("k", &unbounded, || async {
+            Ok::<_, std::io::Error>(Loaded::value(1))
+        })
+        .await;
+    match bad {
+        Err(Error::InvalidInput { what, .. }) => assert_eq!(what, "soft_timeout"),
+        other => panic!("expected an input error on soft_timeout, got {other:?}"),
+    }
+    assert!(soft.get("k").await.is_none());
+}
+
+/// A loader's answer kept nowhere (`uncached`, or a "not found" with no negative TTL) is newer
+/// than the copies it replaces: neither this instance nor another serves them stale after it.
+async fn an_answer_kept_nowhere_retires_the_copies_it_replaces(b: Backend) {
+    let here = b.kit().await;
+    // Embedded, there is no other instance to hold a copy.
+    let there = if b.is_embedded() {
+        here.clone()
+    } else {
+        b.kit().await
+    };
+    let declare = |kit: &Tierkit| {
+        kit.namespace::<u64>("kept-nowhere")
+            .ttl(Duration::from_millis(100))
+            .fail_safe(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let (ns, other) = (declare(&here), declare(&there));
+    let answers: [fn() -> Loaded<u64>; 2] =
+        [|| Loaded::value(2).uncached(), Loaded::<u64>::not_found];
+    for (i, answer) in answers.into_iter().enumerate() {
+        let key = format!("k{i}");
+        let db = Db::default();
+        ns.get_or_set(&key, db.ok(1, Duration::ZERO)).await.unwrap();
+        // The other instance holds a copy too.
+        assert_eq!(other.get(&key).await.map(|h| *h), Some(1));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let opts = ReadOptions::new();
+        let fresh = ns
+            .get_or_load(&key, &opts, move || async move {
+                Ok::<_, std::io::Error>(answer())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            fresh.map(|h| (*h, h.source())),
+            (i == 0).then_some((2, Source::Loader))
+        );
+        for (who, ns) in [("here", &ns), ("there", &other)] {
+            let failed = ns.get_or_set(&key, db.failing()).await;
+            assert!(
+                matches!(failed, Err(Error::Loader(_))),
+                "{who}: {failed:?} after {:?}",
+                if i == 0 { "uncached" } else { "not found" }
+            );
+        }
+    }
+}
+
+/// A tag's epoch lives as long as Redis keeps the entries framed under it, fail-safe's grace
+/// included: an expired tagged entry is still served stale from Redis.
+async fn a_tagged_entry_stays_trusted_through_its_grace(b: Backend) {
+    let kit = b.kit().await;
+    let ns = kit
+        .namespace::<u64>("tagged-grace")
+        .ttl(Duration::from_millis(100))
+        .fail_safe(Duration::from_secs(30))
+        .tiers(Tiers::L2Only)
+        .build()
+        .unwrap();
+    let tagged = tierkit::cache::SetOptions::new().tag("t");
+    ns.set_with("k", 1, tagged).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hit = ns.get_or_set("k", Db::default().failing()).await.unwrap();
+    assert_eq!((*hit, hit.source()), (1, Source::Stale));
+}
+
+/// An eager refresh of an L2-only namespace keeps no caller waiting: they read Redis, whose
+/// entry is still fresh, while the refresh loads.
+async fn an_l2_only_refresh_keeps_readers_off_its_load(b: Backend) {
+    let kit = b.kit().await;
+    let ns = kit
+        .namespace::<u64>("l2-refresh")
+        .ttl(Duration::from_millis(400))
+        .eager_refresh(EagerRefresh::after(0.25))
+        .hard_timeout(Duration::from_secs(5))
+        .tiers(Tiers::L2Only)
+        .build()
+        .unwrap();
+    let db = Db::default();
+    ns.get_or_set("k", db.ok(1, Duration::ZERO)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Due: this read starts the refresh, a load of 2 s.
+    let hit = ns
+        .get_or_set("k", db.ok(2, Duration::from_secs(2)))
+        .await
+        .unwrap();
+    assert_eq!(*hit, 1);
+    eventually(Duration::from_secs(2), || async { db.calls() == 2 })
+        .await
+        .expect("the refresh started");
+    // Readers meanwhile get the current value, not a seat behind the refresh.
+    for _ in 0..3 {
+        let hit = ns.get_or_set("k", db.failing()).await.unwrap();
+        assert_eq!(*hit, 1);
+    }
+    assert_eq!(db.calls(), 2);
 }
 
 async fn each_tier_keeps_values_where_it_says(b: Backend) {
@@ -662,172 +801,378 @@ async fn each_tier_keeps_values_where_it_says(b: Backend) {
 
 // ---- The fail-safe invariant on random histories ---------------------------------------------
 
+/// Which instance a change is made on: the one that loads, or another one sharing its Redis
+/// (whose change reaches the first through Redis and the backplane).
+#[derive(Clone, Copy, Debug)]
+enum On {
+    Here,
+    There,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Change {
+    /// A write; tagged `all` when `true`.
+    Set(bool, On),
+    Invalidate(On),
+    /// Invalidates the tag every tagged value carries.
+    InvalidateTag(On),
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    LoadOk,
+    /// A load that answers a value (tagged `all` when `true`).
+    LoadOk(bool),
     LoadFail,
     LoadHang,
-    Set,
-    Invalidate,
+    /// A load whose loader fails only once `Change` has landed (on every instance).
+    FailDuring(Change),
+    Change(Change),
     Sleep(u64),
 }
 
-/// What the model knows of a key: its last value, and when the call that made it began and
-/// ended (the entry's life started in between).
+/// What the model knows of a key: its last value, whether it is tagged, and when the call that
+/// made it began and ended (the entry's life started in between).
 #[derive(Clone, Copy, Debug)]
 struct Last {
     value: u64,
+    tagged: bool,
     began: Instant,
     ended: Instant,
 }
 
 async fn fail_safe_history(b: Backend) {
-    let seeds: u64 = std::env::var("TIERKIT_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    for seed in 0..seeds {
-        let kit = b.kit().await;
-        one_history(&kit, seed).await;
+    let var = |name| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    // `TIERKIT_SEED=n` replays the one seed a failure names.
+    let seeds = match var("TIERKIT_SEED") {
+        Some(seed) => seed..seed + 1,
+        None => 0..var("TIERKIT_SEEDS").unwrap_or(3),
+    };
+    for seed in seeds {
+        let here = b.kit().await;
+        // Embedded, there is no other instance: "there" is here.
+        let there = if b.is_embedded() {
+            here.clone()
+        } else {
+            b.kit().await
+        };
+        History::new(&here, &there, seed, !b.is_embedded())
+            .run()
+            .await;
     }
 }
 
-async fn one_history(kit: &Tierkit, seed: u64) {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let ttl = Duration::from_millis(rng.u64(40..120));
-    let max = Duration::from_millis(rng.u64(40..200));
-    let throttle = Duration::from_millis(rng.u64(5..60));
-    let hard = Duration::from_millis(30);
-    let ns = kit
-        .namespace::<u64>(&format!("hist{seed}"))
-        .ttl(ttl)
-        .fail_safe(max)
-        .fail_safe_throttle(throttle)
-        .hard_timeout(hard)
-        .build()
-        .unwrap();
-    // Milliseconds of slack for Redis's TTL granularity and two clocks (moka's and ours).
-    let slack = Duration::from_millis(5);
-    let keys = ["k0", "k1", "k2"];
-    let mut model: [Option<Last>; 3] = [None; 3];
-    let mut next = 1u64;
-    let log = Arc::new(Mutex::new(Vec::new()));
-    for step in 0..150 {
-        let k = rng.usize(..keys.len());
-        let op = match rng.u8(..100) {
-            0..=24 => Op::LoadOk,
-            25..=54 => Op::LoadFail,
-            55..=59 => Op::LoadHang,
-            60..=69 => Op::Set,
-            70..=74 => Op::Invalidate,
-            _ => Op::Sleep(rng.u64(1..80)),
+/// One randomized history of loads (good, failing, hung, failing while a change lands) and
+/// changes on two instances, checked against a model of each key's last value.
+struct History {
+    seed: u64,
+    rng: fastrand::Rng,
+    ttl: Duration,
+    max: Duration,
+    /// The loading instance's namespace, and the other instance's.
+    here: tierkit::cache::Namespace<u64>,
+    there: tierkit::cache::Namespace<u64>,
+    /// Namespaces whose invalidation of [`PROBE`] tells that the other instance's changes
+    /// have landed here: the backplane delivers them in order.
+    probes: [tierkit::cache::Namespace<u64>; 2],
+    two: bool,
+    l2_only: bool,
+    model: [Option<Last>; 3],
+    next: u64,
+    log: Vec<String>,
+}
+
+/// One hash tag: in a cluster, every key (and the probe, and the tag's epoch) is on one node,
+/// whose messages reach the other instance in the order they were sent.
+const KEYS: [&str; 3] = ["{s}k0", "{s}k1", "{s}k2"];
+const PROBE: &str = "{s}probe";
+const TAG: &str = "{s}all";
+/// Milliseconds of slack for Redis's TTL granularity and two clocks (moka's and ours).
+const SLACK: Duration = Duration::from_millis(5);
+
+impl History {
+    fn new(here: &Tierkit, there: &Tierkit, seed: u64, two: bool) -> History {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let ttl = Duration::from_millis(rng.u64(40..120));
+        let max = Duration::from_millis(rng.u64(40..200));
+        let throttle = Duration::from_millis(rng.u64(5..60));
+        let tiers = if rng.bool() {
+            Tiers::Both
+        } else {
+            Tiers::L2Only
         };
-        log.lock()
-            .unwrap()
-            .push(format!("{step}: {op:?} {}", keys[k]));
+        // Some seeds answer stale at a soft timeout, and load on in the background.
+        let soft = rng.bool().then(|| Duration::from_millis(rng.u64(2..20)));
+        let declare = |kit: &Tierkit| {
+            let ns = kit
+                .namespace::<u64>(format!("hist{seed}"))
+                .ttl(ttl)
+                .fail_safe(max)
+                .fail_safe_throttle(throttle)
+                .hard_timeout(Duration::from_millis(30));
+            let ns = match soft {
+                Some(soft) => ns.soft_timeout(soft),
+                None => ns,
+            };
+            ns.tiers(tiers).build().unwrap()
+        };
+        let probe = |kit: &Tierkit| {
+            kit.namespace::<u64>(format!("probe{seed}"))
+                .build()
+                .unwrap()
+        };
+        let mut log = Vec::new();
+        log.push(format!(
+            "seed {seed} ttl {ttl:?} max {max:?} throttle {throttle:?} soft {soft:?} {tiers:?}"
+        ));
+        History {
+            seed,
+            rng,
+            ttl,
+            max,
+            here: declare(here),
+            there: declare(there),
+            probes: [probe(here), probe(there)],
+            two,
+            l2_only: tiers == Tiers::L2Only,
+            model: [None; 3],
+            next: 1,
+            log,
+        }
+    }
+
+    fn why(&self) -> String {
+        format!("{:#?}", self.log)
+    }
+
+    fn change(&mut self) -> Change {
+        let on = if self.rng.bool() { On::Here } else { On::There };
+        match self.rng.u8(..10) {
+            0..=5 => Change::Set(self.rng.bool(), on),
+            6..=8 => Change::Invalidate(on),
+            _ => Change::InvalidateTag(on),
+        }
+    }
+
+    async fn run(mut self) {
+        for step in 0..150 {
+            let k = self.rng.usize(..KEYS.len());
+            let op = match self.rng.u8(..100) {
+                0..=19 => Op::LoadOk(self.rng.bool()),
+                20..=44 => Op::LoadFail,
+                45..=49 => Op::LoadHang,
+                50..=64 => Op::FailDuring(self.change()),
+                65..=79 => Op::Change(self.change()),
+                _ => Op::Sleep(self.rng.u64(1..80)),
+            };
+            self.log.push(format!("{step}: {op:?} {}", KEYS[k]));
+            let began = Instant::now();
+            match op {
+                Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Op::Change(change) => self.apply(k, change).await,
+                Op::LoadOk(tagged) => {
+                    // An L2-only namespace caches no load under a tag it has not seen yet
+                    // (see the README): the model would count it cached.
+                    let tagged = tagged && !self.l2_only;
+                    self.next += 1;
+                    let value = self.next;
+                    let got = self
+                        .here
+                        .get_or_load(KEYS[k], &ReadOptions::new(), move || async move {
+                            let loaded = Loaded::value(value);
+                            Ok::<_, std::io::Error>(if tagged { loaded.tag(TAG) } else { loaded })
+                        })
+                        .await;
+                    let ended = Instant::now();
+                    if let Ok(Some(hit)) = &got {
+                        if hit.source() == Source::Loader {
+                            assert_eq!(**hit, value, "{}", self.why());
+                            self.model[k] = Some(Last {
+                                value,
+                                tagged,
+                                began,
+                                ended,
+                            });
+                        }
+                    }
+                    self.check(k, op, began, ended, got, true);
+                }
+                Op::LoadFail | Op::LoadHang => {
+                    let hang = matches!(op, Op::LoadHang);
+                    let got = self
+                        .here
+                        .get_or_load(KEYS[k], &ReadOptions::new(), move || async move {
+                            if hang {
+                                std::future::pending::<()>().await;
+                            }
+                            Err::<Loaded<u64>, _>(io_err())
+                        })
+                        .await;
+                    self.check(k, op, began, Instant::now(), got, true);
+                }
+                Op::FailDuring(change) => self.fail_during(k, change, began).await,
+            }
+        }
+    }
+
+    /// A load whose loader waits for `change` to land everywhere, then fails.
+    async fn fail_during(&mut self, k: usize, change: Change, began: Instant) {
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let ns = self.here.clone();
+        // Long enough for the change to land: the namespace's 30 ms would end the load first.
+        let opts = ReadOptions::new().hard_timeout(Some(Duration::from_secs(10)));
+        let call = tokio::spawn(async move {
+            let got = ns
+                .get_or_load(KEYS[k], &opts, move || async move {
+                    let _ = entered_tx.send(());
+                    let _ = released.await;
+                    Err::<Loaded<u64>, _>(io_err())
+                })
+                .await;
+            (got, Instant::now())
+        });
+        // Answered without the loader (a fresh copy, or a resting loader's stale one), the
+        // call ends and drops the loader unrun.
+        if entered.await.is_err() {
+            let (got, ended) = call.await.unwrap();
+            self.check(k, Op::LoadFail, began, ended, got, true);
+            return;
+        }
+        let before = self.model[k];
+        self.apply(k, change).await;
+        let changed = Instant::now();
+        let _ = release.send(());
+        let (got, ended) = call.await.unwrap();
+        let op = Op::FailDuring(change);
+        // The copy at hand was replaced: an error is a fair answer now, a stale copy of what
+        // the change replaced is not, unless the call was answered (at its soft timeout)
+        // while the change was still being made.
+        let after = self.verdict(self.model[k], op, began, ended, &got, false);
+        if let Err(why) = after {
+            let concurrent = ended < changed;
+            if !concurrent || self.verdict(before, op, began, ended, &got, false).is_err() {
+                panic!("seed {}: {why}: {got:?} {}", self.seed, self.why());
+            }
+        }
+    }
+
+    /// Makes `change` of key `k`, and waits until it has landed on this instance too.
+    async fn apply(&mut self, k: usize, change: Change) {
         let began = Instant::now();
-        let why = || {
-            format!(
-                "seed {seed} ttl {ttl:?} max {max:?} throttle {throttle:?}: {:?}",
-                log.lock().unwrap()
-            )
+        let on = match change {
+            Change::Set(_, on) | Change::Invalidate(on) | Change::InvalidateTag(on) => on,
         };
-        match op {
-            Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-            Op::Set => {
-                next += 1;
-                ns.set(keys[k], next).await.unwrap();
-                model[k] = Some(Last {
-                    value: next,
+        let ns = match on {
+            On::Here => &self.here,
+            On::There => &self.there,
+        };
+        match change {
+            Change::Set(tagged, _) => {
+                self.next += 1;
+                let opts = if tagged {
+                    tierkit::cache::SetOptions::new().tag(TAG)
+                } else {
+                    tierkit::cache::SetOptions::new()
+                };
+                ns.set_with(KEYS[k], self.next, opts).await.unwrap();
+                self.model[k] = Some(Last {
+                    value: self.next,
+                    tagged,
                     began,
                     ended: Instant::now(),
                 });
             }
-            Op::Invalidate => {
-                ns.invalidate(keys[k]).await.unwrap();
-                model[k] = None;
+            Change::Invalidate(_) => {
+                ns.invalidate(KEYS[k]).await.unwrap();
+                self.model[k] = None;
             }
-            Op::LoadOk | Op::LoadFail | Op::LoadHang => {
-                next += 1;
-                let value = next;
-                let got = match op {
-                    Op::LoadOk => {
-                        ns.get_or_set(
-                            keys[k],
-                            move || async move { Ok::<_, std::io::Error>(value) },
-                        )
-                        .await
-                    }
-                    Op::LoadFail => {
-                        ns.get_or_set(keys[k], || async { Err::<u64, _>(io_err()) })
-                            .await
-                    }
-                    _ => {
-                        ns.get_or_set(keys[k], || async {
-                            std::future::pending::<()>().await;
-                            Ok::<u64, std::io::Error>(0)
-                        })
-                        .await
-                    }
-                };
-                let ended = Instant::now();
-                match got {
-                    Ok(hit) if hit.source() == Source::Loader => {
-                        assert_eq!(*hit, value, "{}", why());
-                        model[k] = Some(Last {
-                            value,
-                            began,
-                            ended,
-                        });
-                    }
-                    Ok(hit) if hit.source() == Source::Stale => {
-                        let last = model[k].unwrap_or_else(|| {
-                            panic!("a stale copy of an invalidated key: {}", why())
-                        });
-                        assert_eq!(
-                            *hit,
-                            last.value,
-                            "a stale copy is the last value: {}",
-                            why()
-                        );
-                        // Its life ended at the latest `ttl` after the call that made it did.
-                        let past = began.saturating_duration_since(last.ended + ttl);
-                        assert!(
-                            past <= max + slack,
-                            "served {past:?} past expiry: {}",
-                            why()
-                        );
-                    }
-                    Ok(hit) => {
-                        let last = model[k]
-                            .unwrap_or_else(|| panic!("a hit on an invalidated key: {}", why()));
-                        assert_eq!(*hit, last.value, "{}", why());
-                        // Fresh: within its life, which ended at the latest `ttl` after the call
-                        // that made it did.
-                        assert!(
-                            began <= last.ended + ttl + slack,
-                            "served past its life: {}",
-                            why()
-                        );
-                    }
-                    Err(e) => {
-                        assert!(
-                            matches!(e, Error::Loader(_) | Error::LoaderTimeout(_)),
-                            "{e:?}"
-                        );
-                        assert!(!matches!(op, Op::LoadOk), "{}", why());
-                        // An error only when no copy within the bound could be at hand: the
-                        // last value's life had ended more than `max` before the call ended.
-                        if let Some(last) = model[k] {
-                            let past = ended.saturating_duration_since(last.began + ttl);
-                            assert!(
-                                past + slack >= max,
-                                "an error with a copy {past:?} past expiry at hand: {}",
-                                why()
-                            );
-                        }
+            Change::InvalidateTag(_) => {
+                ns.invalidate_tag(TAG).await.unwrap();
+                for last in &mut self.model {
+                    if last.is_some_and(|l| l.tagged) {
+                        *last = None;
                     }
                 }
+            }
+        }
+        if matches!(on, On::There) && self.two {
+            // A message sent after the change arrives after it.
+            self.next += 1;
+            self.probes[0].set(PROBE, self.next).await.unwrap();
+            self.probes[1].invalidate(PROBE).await.unwrap();
+            let landed = eventually(Duration::from_secs(10), || async {
+                self.probes[0].get(PROBE).await.is_none()
+            })
+            .await;
+            assert!(landed.is_some(), "the backplane delivers: {}", self.why());
+        }
+    }
+
+    /// Checks a load's answer against the model's last value of the key.
+    fn check(
+        &self,
+        k: usize,
+        op: Op,
+        began: Instant,
+        ended: Instant,
+        got: tierkit::Result<Option<tierkit::cache::Hit<u64>>>,
+        strict: bool,
+    ) {
+        if let Err(why) = self.verdict(self.model[k], op, began, ended, &got, strict) {
+            panic!("seed {}: {why}: {got:?} {}", self.seed, self.why());
+        }
+    }
+
+    /// Whether a load's answer is right when `last` is the key's last value. `strict`: an
+    /// error only when no copy within the bound could have been at hand.
+    fn verdict(
+        &self,
+        last: Option<Last>,
+        op: Op,
+        began: Instant,
+        ended: Instant,
+        got: &tierkit::Result<Option<tierkit::cache::Hit<u64>>>,
+        strict: bool,
+    ) -> Result<(), String> {
+        let (ttl, max) = (self.ttl, self.max);
+        match got {
+            Ok(None) => Err("no \"not found\" was loaded".into()),
+            Ok(Some(hit)) if hit.source() == Source::Loader => match op {
+                Op::LoadOk(_) => Ok(()),
+                _ => Err("a failing loader's answer".into()),
+            },
+            Ok(Some(hit)) => {
+                let Some(last) = last else {
+                    return Err("a copy of an invalidated key".into());
+                };
+                if **hit != last.value {
+                    return Err(format!("not the last value {}", last.value));
+                }
+                if hit.source() == Source::Stale {
+                    // Its life ended at the latest `ttl` after the call that made it did.
+                    let past = began.saturating_duration_since(last.ended + ttl);
+                    if past > max + SLACK {
+                        return Err(format!("served {past:?} past expiry"));
+                    }
+                } else if began > last.ended + ttl + SLACK {
+                    return Err("a fresh answer past its life".into());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if !matches!(e, Error::Loader(_) | Error::LoaderTimeout(_)) {
+                    return Err(format!("an unexpected error {e:?}"));
+                }
+                // A good loader can meet an error too: a call that joins a load in flight
+                // (one a soft timeout sent to the background) shares its outcome.
+                // The last value's life had ended more than `max` before the call ended.
+                if let (Some(last), true) = (last, strict) {
+                    let past = ended.saturating_duration_since(last.began + ttl);
+                    if past + SLACK < max {
+                        return Err(format!("an error with a copy {past:?} past expiry at hand"));
+                    }
+                }
+                Ok(())
             }
         }
     }
@@ -847,7 +1192,7 @@ async fn extreme_durations_never_panic(b: Backend) {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let opts = ReadOptions::new()
         .hard_timeout(Some(Duration::MAX))
-        .soft_timeout(Some(Duration::MAX))
+        .soft_timeout(Some(Duration::MAX - Duration::from_nanos(1)))
         .fail_safe(Some(Duration::MAX));
     let hit = ns
         .get_or_load("k", &opts, || async { Err::<Loaded<u64>, _>(io_err()) })
@@ -935,6 +1280,7 @@ async fn a_load_on_another_instance_is_waited_for_within_the_soft_timeout() {
             .ttl(Duration::from_millis(200))
             .fail_safe(Duration::from_secs(30))
             .soft_timeout(Duration::from_millis(50))
+            .hard_timeout(Duration::from_secs(10))
             .single_flight(Duration::from_secs(5))
             .build()
             .unwrap()
@@ -1064,4 +1410,37 @@ fn an_embedded_namespace_with_timeouts_runs_without_a_runtime() {
             Poll::Pending => panic!("an embedded load of a ready loader completes at once"),
         }
     }
+}
+
+/// With `single_flight`, a `get_or_set` that waits on another instance's lease and finds that
+/// load answered "not found" loads a value itself: it asked for one.
+#[tokio::test]
+async fn a_lease_wait_that_meets_a_not_found_loads_a_value() {
+    let b = Backend::redis();
+    let declare = |kit: &Tierkit| {
+        kit.namespace::<u64>("leased-negative")
+            .negative_ttl(Duration::from_secs(30))
+            .single_flight(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let (kit_a, kit_b) = (b.kit().await, b.kit().await);
+    let (a, on_b) = (declare(&kit_a), declare(&kit_b));
+    let slow_not_found = a.clone();
+    let first = tokio::spawn(async move {
+        slow_not_found
+            .get_or_load("k", &ReadOptions::new(), || async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok::<_, std::io::Error>(Loaded::<u64>::not_found())
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let db = Db::default();
+    let hit = on_b
+        .get_or_set("k", db.ok(7, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!((*hit, hit.source()), (7, Source::Loader));
+    assert!(first.await.unwrap().unwrap().is_none());
 }

@@ -225,10 +225,10 @@ where
 
     /// How long a caller waits for the loader when a stale copy is at hand (needs
     /// [`fail_safe`](Self::fail_safe)): past it the caller gets the copy, and the load goes on
-    /// in the background (bounded, one per key) and fills the cache when it is done, unless
-    /// the hard timeout ends it first: set one too, or a hung loader holds one of the
-    /// instance's 256 background places until the instance closes. Default: none (wait for
-    /// the load).
+    /// in the background (one per key, at most 256 per instance) and fills the cache when it
+    /// is done, unless the [`hard_timeout`](Self::hard_timeout) ends it first. Needs both: a
+    /// copy to answer with, and a hard timeout, so that a hung load ends. Default: none (wait
+    /// for the load).
     pub fn soft_timeout(mut self, timeout: Duration) -> Self {
         self.soft_timeout = Some(timeout);
         self
@@ -245,16 +245,23 @@ where
     /// Refreshes an entry read in the last part of its life in the background, once, while
     /// its readers keep getting the current value: a hot key never expires under load. Needs
     /// the loader of [`get_or_set`](super::Namespace::get_or_set) or
-    /// [`get_or_load`](super::Namespace::get_or_load) (a plain `get` does not refresh) and a
-    /// tokio runtime to run the refresh on. Default: off.
+    /// [`get_or_load`](super::Namespace::get_or_load) (a plain `get` does not refresh), a
+    /// tokio runtime to run the refresh on, and a [`hard_timeout`](Self::hard_timeout) that
+    /// ends a hung refresh (a caller that misses the key waits for the refresh in flight).
+    /// Default: off.
     ///
     /// # Examples
     ///
     /// ```
+    /// use std::time::Duration;
     /// use tierkit::cache::EagerRefresh;
     ///
     /// let kit = tierkit::Tierkit::embedded();
-    /// let feed = kit.namespace::<Vec<u64>>("feed").eager_refresh(EagerRefresh::after(0.8)).build()?;
+    /// let feed = kit
+    ///     .namespace::<Vec<u64>>("feed")
+    ///     .eager_refresh(EagerRefresh::after(0.8))
+    ///     .hard_timeout(Duration::from_secs(2))
+    ///     .build()?;
     /// # let _ = feed;
     /// # Ok::<(), tierkit::Error>(())
     /// ```
@@ -312,7 +319,8 @@ where
     /// [`Error::Config`] for a name outside `A-Z a-z 0-9 _ - .` (1-64 characters), a zero TTL,
     /// an L1 TTL above the TTL, a jitter outside `[0, 1)`, a single-flight lease outside 1 ms
     /// to 1 hour, a zero fail-safe, throttle or timeout, a soft timeout without fail-safe or
-    /// not shorter than the hard one, an eager refresh outside its range, or a name already
+    /// without a longer hard timeout, an eager refresh outside its range or without a hard
+    /// timeout, or a name already
     /// declared with another type or settings.
     pub fn build(self) -> Result<Namespace<V>> {
         crate::keys::validate_name("namespace", &self.name)?;
@@ -380,6 +388,7 @@ where
             epochs: Epochs::default(),
             owed: Owed::default(),
             flights: Flights::default(),
+            refreshes: Flights::default(),
             writing: Writing::default(),
             lease: self.lease,
             keyring,
@@ -438,16 +447,19 @@ impl<V> NamespaceBuilder<V> {
                  use hard_timeout to bound the wait",
             ));
         }
-        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
-            if soft >= hard {
-                return Err(Error::config(
-                    "soft_timeout",
-                    format!("{soft:?} must be shorter than the hard timeout {hard:?}"),
-                ));
-            }
+        if let Some(problem) = soft_problem(self.soft_timeout, self.hard_timeout) {
+            return Err(Error::config("soft_timeout", problem));
         }
         if let Some(problem) = self.eager.and_then(|e| e.problem()) {
             return Err(Error::config("eager_refresh", problem));
+        }
+        if self.eager.is_some() && self.hard_timeout.is_none() {
+            return Err(Error::config(
+                "eager_refresh",
+                "runs the loader in the background, which must end: set hard_timeout too \
+                 (a refresh leads the key's load, so a hung one would hold every caller \
+                 that misses)",
+            ));
         }
         if let Some(problem) = self.negative_ttl.and_then(ttl_problem) {
             return Err(Error::config("negative_ttl", problem));
@@ -459,6 +471,20 @@ impl<V> NamespaceBuilder<V> {
             eager: self.eager,
             negative_ttl: self.negative_ttl,
         })
+    }
+}
+
+/// The problem with a soft timeout beside `hard`, if any: a load it sends to the background
+/// must end, so it needs a hard timeout, and a longer one.
+pub(super) fn soft_problem(soft: Option<Duration>, hard: Option<Duration>) -> Option<String> {
+    match (soft?, hard) {
+        (_, None) => {
+            Some("sends a load to the background, which must end: set hard_timeout too".to_string())
+        }
+        (soft, Some(hard)) if soft >= hard => Some(format!(
+            "{soft:?} must be shorter than the hard timeout {hard:?}"
+        )),
+        _ => None,
     }
 }
 

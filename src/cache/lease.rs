@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::l1::AnyValue;
-use super::l2::count_failure;
+use super::l2::{count_failure, Expect};
 use super::loader::FillBasis;
 use super::namespace::{Namespace, Source};
 use super::read::{L2Read, Replace};
@@ -29,6 +29,10 @@ pub(super) enum Waited {
     Lead {
         token: Option<u64>,
         basis: FillBasis,
+        /// Whether a read while waiting found the key replaced (a tombstone, an entry an
+        /// invalidation retired, a cached "not found" where a value is wanted): no copy this
+        /// instance held may be served for it.
+        replaced: bool,
     },
 }
 
@@ -43,7 +47,9 @@ where
         lease: Duration,
         stamp: Stamp,
         mut basis: FillBasis,
+        want_value: bool,
     ) -> Waited {
+        let mut replaced = false;
         let token = fastrand::u64(..);
         let give_up = Instant::now() + lease;
         let mut pause = POLL_FIRST;
@@ -59,29 +65,54 @@ where
                     return Waited::Lead {
                         token: Some(token),
                         basis,
+                        replaced,
                     }
                 }
                 Ok(false) if Instant::now() < give_up => {}
-                Ok(false) => return Waited::Lead { token: None, basis },
+                Ok(false) => {
+                    return Waited::Lead {
+                        token: None,
+                        basis,
+                        replaced,
+                    }
+                }
                 Err(e) => {
                     count_failure(&self.ns.counters, &e);
-                    return Waited::Lead { token: None, basis };
+                    return Waited::Lead {
+                        token: None,
+                        basis,
+                        replaced,
+                    };
                 }
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
             match self.l2_read(key).await {
-                L2Read::Hit(found) => {
+                L2Read::Hit(found) if found.value_is_some() || !want_value => {
                     let (value, source) = self.keep_found(key, found, stamp, &Replace::Older);
                     return Waited::Loaded(value, source);
                 }
-                L2Read::Stale { expect, epoch, .. } | L2Read::Miss { expect, epoch } => {
+                // The other instance found nothing, and this call wants a value: it loads
+                // one itself once the lease is free.
+                L2Read::Hit(found) => {
+                    replaced = true;
+                    let expect = Expect::Version(found.version);
+                    basis = self.fill_basis(expect, found.epoch).await;
+                }
+                L2Read::Stale { expect, epoch, .. } => basis = self.fill_basis(expect, epoch).await,
+                L2Read::Miss {
+                    expect,
+                    epoch,
+                    replaced: r,
+                } => {
+                    replaced |= r;
                     basis = self.fill_basis(expect, epoch).await
                 }
                 L2Read::Unreachable => {
                     return Waited::Lead {
                         token: None,
                         basis: None,
+                        replaced,
                     }
                 }
             }

@@ -23,7 +23,7 @@ use tracing::Instrument;
 use super::epochs::Mark;
 use super::flight::{self, Lead, Seat};
 use super::frame::{self, Kind};
-use super::l1::AnyValue;
+use super::l1::{AnyValue, KeyRef};
 use super::l2::{count_failure, Entry, EpochOf, EpochUse, Expect};
 use super::lease::Waited;
 use super::life::Life;
@@ -238,29 +238,36 @@ where
                     }
                     return Ok(Some(hit));
                 }
-                Look::Negative if !want_value => return Ok(None),
+                Look::Negative if !want_value => {
+                    bump(&self.ns.counters.negative_hits);
+                    return Ok(None);
+                }
                 Look::Stale(copy) => stale = Some(copy),
                 Look::Negative | Look::Missing => {}
             }
         }
         opts.check()?;
         let policy = self.ns.resilience.for_call(opts);
-        let stale = stale.filter(|copy| policy.serves(&copy.life));
-        if let Some(copy) = &stale {
-            if copy.life.is_quiet(Instant::now()) {
-                // The loader failed less than a throttle ago: it rests.
-                bump(&self.ns.counters.stale_served);
-                return Ok(Some(copy.hit()));
+        policy.check()?;
+        let mut stale = stale.filter(|copy| policy.serves(&copy.life));
+        if stale
+            .as_ref()
+            .is_some_and(|copy| copy.life.is_quiet(Instant::now()))
+        {
+            // The loader failed less than a throttle ago: it rests.
+            if let Some(hit) = self.serve_stale(key, stale.as_ref(), &policy) {
+                return Ok(Some(hit));
             }
+            stale = None;
         }
         // A deadline past what `Instant` holds is no deadline.
         let hard_at = policy
             .hard_timeout
             .and_then(|t| Instant::now().checked_add(t));
-        let mut loader = Some(loader);
-        loop {
-            let lead = match self.ns.flights.join(key) {
-                Seat::Lead(lead) => Some(lead),
+        // The lead of the key's load, or `None` to load without one (after a "not found").
+        let lead = loop {
+            match self.ns.flights.join(key) {
+                Seat::Lead(lead) => break Some(lead),
                 Seat::Wait(wait) => {
                     let soft = policy.soft_timeout.filter(|_| stale.is_some());
                     let mut outcome = std::pin::pin!(flight::outcome(wait));
@@ -282,62 +289,50 @@ where
                                 None if !want_value => return Ok(None),
                                 // A "not found" from a `get_or_load` of the key: this call
                                 // wants a value, and loads one itself.
-                                None => None,
+                                None => break None,
                             }
                         }
                         Raced::Done(Some(Err(e))) => {
-                            return self.fail_safe(stale.as_ref(), &policy, Error::from_shared(e))
+                            let e = Error::from_shared(e);
+                            return self.failed_wait(key, stale, &policy, e).await;
                         }
                         Raced::Soft => {
-                            if let Some(copy) = &stale {
-                                bump(&self.ns.counters.stale_served);
-                                return Ok(Some(copy.hit()));
+                            if let Some(hit) = self.serve_stale(key, stale.as_ref(), &policy) {
+                                return Ok(Some(hit));
                             }
+                            // Retired meanwhile: this call waits for the load after all.
+                            stale = None;
                             continue;
                         }
                         Raced::Hard => {
                             let timeout = policy.hard_timeout.unwrap_or_default();
-                            return self.fail_safe(
-                                stale.as_ref(),
-                                &policy,
-                                Error::LoaderTimeout(timeout),
-                            );
+                            let e = Error::LoaderTimeout(timeout);
+                            return self.failed_wait(key, stale, &policy, e).await;
                         }
                     }
                 }
-            };
-            // A load that finished while this call queued for the lead left its value in L1.
-            if !policy.skip_l1 {
-                if let Look::Fresh(hit, _) = self.look_l1(key) {
-                    if let Some(lead) = lead {
-                        lead.finish(Ok((hit.value.clone(), hit.source)));
-                    }
-                    return Ok(Some(hit));
-                }
             }
-            let Some(loader) = loader.take() else {
-                return Err(Error::Internal("a load led twice by one call"));
-            };
-            let span = tracing::debug_span!(
-                "tierkit.cache.load",
-                cache.namespace = %self.ns.name,
-                cache.source = tracing::field::Empty,
-                cache.outcome = tracing::field::Empty,
-                cache.loader_ms = tracing::field::Empty,
-            );
-            return self
-                .lead(
-                    key,
-                    lead,
-                    erase(loader),
-                    &policy,
-                    stale,
-                    hard_at,
-                    want_value,
-                )
-                .instrument(span)
-                .await;
+        };
+        // A load that finished while this call queued for the lead left its value in L1.
+        if !policy.skip_l1 {
+            if let Look::Fresh(hit, _) = self.look_l1(key) {
+                if let Some(lead) = lead {
+                    lead.finish(Ok((hit.value.clone(), hit.source)));
+                }
+                return Ok(Some(hit));
+            }
         }
+        let span = tracing::debug_span!(
+            "tierkit.cache.load",
+            cache.namespace = %self.ns.name,
+            cache.source = tracing::field::Empty,
+            cache.outcome = tracing::field::Empty,
+            cache.loader_ms = tracing::field::Empty,
+        );
+        let loader = erase(loader);
+        self.lead(key, lead, loader, &policy, stale, hard_at, want_value)
+            .instrument(span)
+            .await
     }
 
     /// The lead's load: L2, then (after waiting for another instance's load, with a lease)
@@ -375,7 +370,10 @@ where
                 }
                 return Ok(self.to_hit(value, source));
             }
+            // A cached "not found", and this call wants a value: whatever copy it held is
+            // older than that answer.
             L2Read::Hit(found) => {
+                stale = None;
                 let epoch = found.epoch;
                 self.fill_basis(Expect::Version(found.version), epoch).await
             }
@@ -384,42 +382,64 @@ where
                 expect,
                 epoch,
             } => {
-                if policy.fail_safe.is_some() && found.value_is_some() {
-                    stale = self.stale_from_l2(key, found, stamp).or(stale);
+                // A copy L1 still holds is as new as Redis's: a newer write would have
+                // retired it (the backplane). It also carries the key's throttle.
+                if policy.fail_safe.is_some() && stale.is_none() {
+                    stale = self.stale_from_l2(key, found, stamp);
                 }
                 self.fill_basis(expect, epoch).await
             }
-            L2Read::Miss { expect, epoch } => self.fill_basis(expect, epoch).await,
+            L2Read::Miss {
+                expect,
+                epoch,
+                replaced,
+            } => {
+                if replaced {
+                    stale = None;
+                }
+                self.fill_basis(expect, epoch).await
+            }
             L2Read::Unreachable => None,
         };
         let mut lease = None;
         if let (Some(_), Some(ttl)) = (&basis, self.ns.lease) {
             // Another instance's load is bounded by this call's timeouts as its own would be.
-            let soft = policy.soft_timeout.filter(|_| stale.is_some());
-            let mut waiting = std::pin::pin!(self.await_other_load(key, ttl, stamp, basis));
-            match race(&mut waiting, soft, hard_at).await {
-                Raced::Done(Waited::Loaded(value, source)) => {
-                    if let Some(lead) = lead {
-                        lead.finish(Ok((value.clone(), source)));
+            let mut soft = policy.soft_timeout.filter(|_| stale.is_some());
+            let wait = self.await_other_load(key, ttl, stamp, basis, want_value);
+            let mut waiting = std::pin::pin!(wait);
+            loop {
+                match race(&mut waiting, soft, hard_at).await {
+                    Raced::Done(Waited::Loaded(value, source)) => {
+                        if let Some(lead) = lead {
+                            lead.finish(Ok((value.clone(), source)));
+                        }
+                        return Ok(self.to_hit(value, source));
                     }
-                    return Ok(self.to_hit(value, source));
-                }
-                Raced::Done(Waited::Lead { token, basis: b }) => {
-                    lease = token;
-                    basis = b;
-                }
-                // The instance holding the lease is loading: its value will reach Redis.
-                Raced::Soft => {
-                    let Some(copy) = &stale else {
-                        return Err(Error::Internal("a soft timeout without a stale copy"));
-                    };
-                    bump(&self.ns.counters.stale_served);
-                    span.record("cache.outcome", "soft_timeout");
-                    return Ok(Some(copy.hit()));
-                }
-                Raced::Hard => {
-                    let timeout = self.timed_out(policy.hard_timeout);
-                    return self.fail_safe(stale.as_ref(), policy, timeout);
+                    Raced::Done(Waited::Lead {
+                        token,
+                        basis: b,
+                        replaced,
+                    }) => {
+                        lease = token;
+                        basis = b;
+                        if replaced {
+                            stale = None;
+                        }
+                        break;
+                    }
+                    // The instance holding the lease is loading: its value will reach Redis.
+                    Raced::Soft => {
+                        if let Some(hit) = self.serve_stale(key, stale.as_ref(), policy) {
+                            span.record("cache.outcome", "soft_timeout");
+                            return Ok(Some(hit));
+                        }
+                        stale = None;
+                        soft = None;
+                    }
+                    Raced::Hard => {
+                        let e = Error::LoaderTimeout(policy.hard_timeout.unwrap_or_default());
+                        return self.fail_safe(key, stale.as_ref(), policy, e);
+                    }
                 }
             }
         }
@@ -437,35 +457,25 @@ where
         // A soft timeout sends the load to the background: room for it is taken first, or the
         // call waits for its load after all.
         let ticket = match (&stale, policy.soft_timeout) {
-            (Some(_), Some(_)) => self.core.background.reserve(),
+            (Some(_), Some(soft)) => self.core.background.reserve().map(|t| (t, soft)),
             _ => None,
         };
-        let soft = policy.soft_timeout.filter(|_| ticket.is_some());
-        let raced = race(&mut load, soft, hard_at).await;
-        if let (Raced::Soft, Some(ticket), Some(copy)) = (&raced, ticket, &stale) {
-            let ns = self.clone();
-            let hard = policy.hard_timeout;
-            let background = async move {
-                let loaded = match race(&mut load, None, hard_at).await {
-                    Raced::Done(loaded) => ns.loaded(loaded),
-                    _ => Err(ns.timed_out(hard)),
-                };
-                // Nobody waits on this call: its waiters have the outcome from the lead.
-                let _ = ns.settle(job, lead, loaded).await;
-            }
-            .instrument(tracing::debug_span!(
-                parent: &span,
-                "tierkit.cache.background_load",
-                cache.namespace = %self.ns.name,
-                cache.loader_ms = tracing::field::Empty,
-            ));
-            ticket.spawn(background);
-            bump(&self.ns.counters.background_loads);
-            bump(&self.ns.counters.stale_served);
-            span.record("cache.outcome", "soft_timeout");
-            span.record("cache.source", "stale");
-            return Ok(Some(copy.hit()));
-        }
+        let raced = match ticket {
+            Some((ticket, soft)) => match race(&mut load, Some(soft), hard_at).await {
+                Raced::Soft => match self.serve_stale(key, stale.as_ref(), policy) {
+                    Some(hit) => {
+                        self.to_background(load, job, lead, hard_at, policy, ticket, &span);
+                        span.record("cache.outcome", "soft_timeout");
+                        span.record("cache.source", "stale");
+                        return Ok(Some(hit));
+                    }
+                    // Retired meanwhile: this call waits for its load after all.
+                    None => race(&mut load, None, hard_at).await,
+                },
+                raced => raced,
+            },
+            None => race(&mut load, None, hard_at).await,
+        };
         let loaded = match raced {
             Raced::Done(loaded) => self.loaded(loaded),
             _ => Err(self.timed_out(policy.hard_timeout)),
@@ -478,13 +488,49 @@ where
             }
             Err(e) => {
                 span.record("cache.outcome", e.kind_name());
-                let answer = self.fail_safe(stale.as_ref(), policy, e);
-                if answer.is_ok() {
+                let answer = self.fail_safe(key, stale.as_ref(), policy, e);
+                if answer
+                    .as_ref()
+                    .is_ok_and(|hit| hit.as_ref().is_some_and(|h| h.source == Source::Stale))
+                {
                     span.record("cache.source", "stale");
                 }
                 answer
             }
         }
+    }
+
+    /// Lets a load the soft timeout cut short finish in the background (with its lead, so its
+    /// waiters keep waiting on it), bounded by the hard timeout, which a soft one requires.
+    #[allow(clippy::too_many_arguments)]
+    fn to_background(
+        &self,
+        mut load: LoadFuture<V>,
+        job: Job,
+        lead: Option<Lead>,
+        hard_at: Option<Instant>,
+        policy: &Policy,
+        ticket: super::background::Ticket,
+        span: &tracing::Span,
+    ) {
+        let ns = self.clone();
+        let hard = policy.hard_timeout;
+        let background = async move {
+            let loaded = match race(&mut load, None, hard_at).await {
+                Raced::Done(loaded) => ns.loaded(loaded),
+                _ => Err(ns.timed_out(hard)),
+            };
+            // Nobody waits on this call: its waiters have the outcome from the lead.
+            let _ = ns.settle(job, lead, loaded).await;
+        }
+        .instrument(tracing::debug_span!(
+            parent: span,
+            "tierkit.cache.background_load",
+            cache.namespace = %self.ns.name,
+            cache.loader_ms = tracing::field::Empty,
+        ));
+        ticket.spawn(background);
+        bump(&self.ns.counters.background_loads);
     }
 
     /// Starts the loader, timed and counted.
@@ -517,42 +563,59 @@ where
         Error::LoaderTimeout(after.unwrap_or_default())
     }
 
-    /// A failed load's answer: the stale copy, when fail-safe keeps one within its bound (the
-    /// key's loader then rests for the throttle), or the error.
+    /// The answer of a call whose wait on another call's load failed. Holding no copy of its
+    /// own (an L2-only namespace keeps none; L1 may have let it go), it asks Redis, which may
+    /// hold a value written meanwhile, or an expired copy for fail-safe.
+    async fn failed_wait(
+        &self,
+        key: &str,
+        mut stale: Option<StaleCopy<V>>,
+        policy: &Policy,
+        error: Error,
+    ) -> Result<Option<Hit<V>>> {
+        if stale.is_none() && self.stores_values() {
+            let stamp = self.ns.fresh.stamp(key);
+            match self.l2_read(key).await {
+                L2Read::Hit(found) if found.value_is_some() => {
+                    let (value, source) = self.keep_found(key, found, stamp, &Replace::Older);
+                    if let Some(hit) = self.to_hit(value, source) {
+                        return Ok(Some(hit));
+                    }
+                }
+                L2Read::Stale { found, .. } if policy.fail_safe.is_some() => {
+                    stale = self.stale_from_l2(key, found, stamp);
+                }
+                _ => {}
+            }
+        }
+        self.fail_safe(key, stale.as_ref(), policy, error)
+    }
+
+    /// A failed load's answer: a fresh copy a write put in L1 while it ran; else the stale
+    /// copy, when fail-safe may still serve it (the key's loader then rests for the
+    /// throttle); else the error.
     fn fail_safe(
         &self,
+        key: &str,
         stale: Option<&StaleCopy<V>>,
         policy: &Policy,
         error: Error,
     ) -> Result<Option<Hit<V>>> {
-        match (stale, policy.fail_safe) {
-            (Some(copy), Some(fail_safe)) if policy.serves(&copy.life) => {
-                copy.life.hush_for(fail_safe.throttle);
-                bump(&self.ns.counters.stale_served);
-                tracing::debug!(cache.namespace = %self.ns.name, cache.outcome = error.kind_name(),
-                    "tierkit: the load failed; serving a stale copy (fail-safe)");
-                Ok(Some(copy.hit()))
+        if !policy.skip_l1 {
+            if let Look::Fresh(hit, _) = self.look_l1(key) {
+                return Ok(Some(hit));
             }
-            _ => Err(error),
         }
-    }
-
-    /// An expired copy read from Redis, kept in L1 (where the throttle can rest on it) and
-    /// held for fail-safe.
-    fn stale_from_l2(
-        &self,
-        key: &str,
-        found: super::read::Found<V>,
-        stamp: Stamp,
-    ) -> Option<StaleCopy<V>> {
-        let (value, _) = self.keep_found(key, found, stamp, &Replace::Older);
-        let value = Arc::downcast::<V>(value).ok()?;
-        let life = match self.live_l1(key).and_then(|held| held.life) {
-            Some(life) if life.is_stale() => life,
-            // Not kept (an L2-only namespace, a racing change): a life of its own.
-            _ => Arc::new(Life::new(Instant::now(), None)),
+        let (Some(copy), Some(fail_safe)) = (stale, policy.fail_safe) else {
+            return Err(error);
         };
-        Some(StaleCopy { value, life })
+        let Some(hit) = self.serve_stale(key, Some(copy), policy) else {
+            return Err(error);
+        };
+        copy.life.hush_for(fail_safe.throttle);
+        tracing::debug!(cache.namespace = %self.ns.name, cache.outcome = error.kind_name(),
+            "tierkit: the load failed; serving a stale copy (fail-safe)");
+        Ok(Some(hit))
     }
 
     /// Ends a load: keeps its value in L1, hands it to the waiters, fills Redis, gives the
@@ -610,11 +673,16 @@ where
             cache,
         } = loaded?;
         let key = &*job.key;
-        let ttl = match value {
-            Some(_) => Some(ttl.unwrap_or(self.ns.ttl)),
-            None => ttl.or(self.ns.resilience.negative_ttl),
+        // A "not found" is never served stale: it has no grace.
+        let (ttl, grace) = match value {
+            Some(_) => (Some(ttl.unwrap_or(self.ns.ttl)), self.ns.resilience.grace()),
+            None => (ttl.or(self.ns.resilience.negative_ttl), Duration::ZERO),
         };
-        if let Some(problem) = ttl.and_then(super::builder::ttl_problem) {
+        let problem = ttl.and_then(|ttl| {
+            super::builder::ttl_problem(ttl)
+                .or_else(|| super::builder::ttl_problem(ttl.saturating_add(grace)))
+        });
+        if let Some(problem) = problem {
             return Err(Error::invalid("ttl", problem));
         }
         check_tags(&tags)?;
@@ -630,7 +698,7 @@ where
         };
         let (Some(ttl), true) = (ttl, cache) else {
             // Served to this call and its waiters, kept nowhere.
-            return Ok(((value, Source::Loader), None));
+            return Ok(((value, Source::Loader), self.retire_replaced(job)));
         };
         let ttl = self.jittered(ttl);
         // As new as what the read before the load found, and no newer: a copy L1 took from
@@ -654,11 +722,6 @@ where
             _ if self.ns.fresh.changed_since(key, job.stamp) => None,
             (Some(bytes), Some((expect, epoch))) => {
                 let negative = served.0.is::<NotFound>();
-                let grace = if negative {
-                    Duration::ZERO
-                } else {
-                    self.ns.resilience.grace()
-                };
                 let tags: Vec<(Box<str>, u64)> = tag_list
                     .iter()
                     .flat_map(|t| t.iter())
@@ -683,6 +746,39 @@ where
             (None, _) => None,
         };
         Ok((served, fill))
+    }
+
+    /// Retires the copies an answer kept nowhere replaces, so that fail-safe never serves
+    /// one older than it: L1's expired copy the load started from, and (through a tombstone,
+    /// where Redis still holds what the load's read saw) Redis's, which another instance's
+    /// fail-safe would read. Returns that tombstone's fill.
+    fn retire_replaced(&self, job: &Job) -> Option<Fill> {
+        self.ns.resilience.fail_safe?;
+        if let Some(life) = &job.stale {
+            let key_ref = KeyRef {
+                ns: self.ns.id,
+                key: &job.key,
+            };
+            let _put = self.ns.fresh.put_lock(&job.key);
+            let held = self.l1.get(&key_ref).and_then(|held| held.life);
+            if held.is_some_and(|held| Arc::ptr_eq(&held, life)) {
+                self.l1.invalidate(&key_ref);
+            }
+        }
+        if self.ns.fresh.changed_since(&job.key, job.stamp) {
+            // A change raced the load, and replaced those copies itself.
+            return None;
+        }
+        let (expect, epoch) = job.basis.clone()?;
+        Some(Fill {
+            kind: Kind::Tombstone,
+            epoch,
+            grace: Duration::ZERO,
+            body: Vec::new(),
+            ttl: self.ns.ttl,
+            expect,
+            tags: Vec::new(),
+        })
     }
 
     /// What a fill after a load must find and frame under, from the read before the load. The
@@ -790,10 +886,23 @@ where
 
     /// Starts the one background refresh of an entry (of the L1 copy with `life`, or of the
     /// Redis entry an L2-only read found due). Left to a later hit when it cannot start.
+    ///
+    /// With an L1, the refresh leads the key's load, so a caller that finds the copy gone
+    /// waits for it. Without one (L2-only), readers go to Redis, whose entry is fresh yet, and
+    /// must not wait on the refresh: it leads among refreshes only.
     fn refresh_early(&self, key: &str, life: Option<Arc<Life>>, loader: Loader<V>) {
         if life.as_ref().is_some_and(|life| !life.claim()) {
             return;
         }
+        let flights = if self.l1_on {
+            &self.ns.flights
+        } else {
+            &self.ns.refreshes
+        };
+        // A load or refresh of the key is in flight already: it renews the copy.
+        let Seat::Lead(lead) = flights.join(key) else {
+            return;
+        };
         let ns = self.clone();
         let key: Box<str> = key.into();
         let claimed = life.clone();
@@ -802,7 +911,7 @@ where
             cache.namespace = %self.ns.name,
             cache.loader_ms = tracing::field::Empty,
         );
-        let refresh = async move { ns.refresh(key, life, loader).await }.instrument(span);
+        let refresh = async move { ns.refresh(key, lead, life, loader).await }.instrument(span);
         if self.core.background.spawn(refresh) {
             bump(&self.ns.counters.background_loads);
         } else if let Some(life) = claimed {
@@ -811,16 +920,12 @@ where
     }
 
     /// An eager refresh: takes a newer entry another instance put in Redis, or loads.
-    async fn refresh(&self, key: Box<str>, life: Option<Arc<Life>>, loader: Loader<V>) {
-        let Seat::Lead(lead) = self.ns.flights.join(&key) else {
-            // A load of the key is in flight already.
-            return;
-        };
+    async fn refresh(&self, key: Box<str>, lead: Lead, life: Option<Arc<Life>>, loader: Loader<V>) {
         let stamp = self.ns.fresh.stamp(&key);
         let mark = self.ns.epochs.mark();
         let replace = life.map_or(Replace::Older, Replace::Life);
         let basis = match self.l2_read(&key).await {
-            L2Read::Hit(found) if !self.refresh_due(found.span) && self.l1_on => {
+            L2Read::Hit(found) if !self.refresh_due(found.span) => {
                 let served = self.keep_found(&key, found, stamp, &replace);
                 lead.finish(Ok(served));
                 return;
@@ -829,7 +934,7 @@ where
                 let epoch = found.epoch;
                 self.fill_basis(Expect::Version(found.version), epoch).await
             }
-            L2Read::Stale { expect, epoch, .. } | L2Read::Miss { expect, epoch } => {
+            L2Read::Stale { expect, epoch, .. } | L2Read::Miss { expect, epoch, .. } => {
                 self.fill_basis(expect, epoch).await
             }
             L2Read::Unreachable => None,

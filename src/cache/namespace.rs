@@ -47,6 +47,9 @@ pub(super) struct NsShared {
     pub(super) owed: Owed,
     /// The loads in flight in this process, one per key.
     pub(super) flights: Flights,
+    /// The eager refreshes in flight of an L2-only namespace, whose readers never wait on
+    /// them ([`Namespace::refresh_early`](super::Namespace)).
+    pub(super) refreshes: Flights,
     /// This instance's writes Redis has not answered yet.
     pub(super) writing: Writing,
     /// With [`NamespaceBuilder::single_flight`](super::NamespaceBuilder::single_flight): how

@@ -94,6 +94,15 @@ pub(super) struct Policy {
 }
 
 impl Policy {
+    /// Refuses a soft timeout left without a longer hard one (a call's options can make one
+    /// of a namespace's).
+    pub(super) fn check(&self) -> Result<()> {
+        match super::builder::soft_problem(self.soft_timeout, self.hard_timeout) {
+            Some(problem) => Err(Error::invalid("soft_timeout", problem)),
+            None => Ok(()),
+        }
+    }
+
     /// Whether fail-safe may serve a copy of this life now: it is on, and the copy is within
     /// its bound past expiry.
     pub(super) fn serves(&self, life: &Life) -> bool {
@@ -230,7 +239,9 @@ impl<V> Loaded<V> {
         }
     }
 
-    /// This entry's TTL instead of the namespace's (jitter still applies; at least 1 ms).
+    /// This entry's TTL instead of the namespace's (jitter still applies). From 1 ms to what
+    /// Redis takes, fail-safe's grace included: outside, the call answers
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) and caches nothing.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(ttl);
         self

@@ -15,7 +15,7 @@ use super::l1::{weight, AnyValue, KeyRef, L1Key, L1Value};
 use super::l2::{count_failure, EpochOf, Expect, Stored};
 use super::life::Life;
 use super::namespace::{Hit, Namespace, Source};
-use super::options::ReadOptions;
+use super::options::{Policy, ReadOptions};
 use super::stamp::Stamp;
 use super::stats::bump;
 use crate::codec::Codec;
@@ -37,7 +37,16 @@ pub(super) enum L2Read<V> {
     },
     /// Nothing to serve. A fill after a load must still find `expect` to land, and is framed
     /// under `epoch`, the namespace's epoch when the read was made (`None`: absent).
-    Miss { expect: Expect, epoch: Option<u64> },
+    /// `replaced`: the key's place holds a tombstone or bytes that are not a value of this
+    /// namespace, so whatever copy of it an instance holds was replaced. (An absent key, or
+    /// an entry under an epoch that is gone, tells nothing of the sort: Redis may have let it
+    /// expire or evicted it, and a clear or tag invalidation reaches every instance's copies
+    /// through the backplane.)
+    Miss {
+        expect: Expect,
+        epoch: Option<u64>,
+        replaced: bool,
+    },
     /// Redis failed, timed out or is down.
     Unreachable,
 }
@@ -96,19 +105,17 @@ pub(super) enum Look<V> {
     Missing,
 }
 
-/// An expired copy at hand for fail-safe, and its life (when it expired; the throttle).
+/// An expired copy at hand for fail-safe, and its life (when it expired; the throttle). It is
+/// served only if nothing retired it since it was found ([`serve_stale`](Namespace::serve_stale)).
 pub(super) struct StaleCopy<V> {
-    pub(super) value: Arc<V>,
+    value: Arc<V>,
     pub(super) life: Arc<Life>,
-}
-
-impl<V> StaleCopy<V> {
-    pub(super) fn hit(&self) -> Hit<V> {
-        Hit {
-            value: self.value.clone(),
-            source: Source::Stale,
-        }
-    }
+    /// Taken when the copy was found: a change of the key since retires it.
+    stamp: Stamp,
+    /// Whether L1 holds it: it is then served only while L1 still does, as every change of
+    /// the key on this instance (a write, an invalidation, one another instance announced)
+    /// replaces or retires L1's entry.
+    held: bool,
 }
 
 impl<V> Namespace<V>
@@ -141,12 +148,7 @@ where
         };
         let due = match life {
             None => None,
-            Some(life) if life.is_stale() => {
-                return match Arc::downcast::<V>(held) {
-                    Ok(value) => Look::Stale(StaleCopy { value, life }),
-                    Err(_) => Look::Missing,
-                };
-            }
+            Some(life) if life.is_stale() => return self.look_stale(key),
             Some(life) => life.wants_refresh().then_some(life),
         };
         match Arc::downcast::<V>(held) {
@@ -160,14 +162,99 @@ where
                     due,
                 )
             }
-            Err(other) if other.is::<NotFound>() => {
-                bump(&self.ns.counters.negative_hits);
-                Look::Negative
-            }
+            Err(other) if other.is::<NotFound>() => Look::Negative,
             // Namespace ids are bound to one type at declaration, so this cannot happen; if
             // it did, a miss is the safe answer.
             Err(_) => Look::Missing,
         }
+    }
+
+    /// L1's expired copy of `key`, looked at again under a stamp taken first: a change that
+    /// lands from here on retires it, and one that landed before has replaced or retired the
+    /// entry already.
+    #[cold]
+    fn look_stale(&self, key: &str) -> Look<V> {
+        let stamp = self.ns.fresh.stamp(key);
+        let Some(entry) = self.live_l1(key) else {
+            return Look::Missing;
+        };
+        match (&entry.life, Arc::downcast::<V>(entry.value.clone())) {
+            (Some(life), Ok(value)) if life.is_stale() => Look::Stale(StaleCopy {
+                value,
+                life: life.clone(),
+                stamp,
+                held: true,
+            }),
+            // Replaced meanwhile by a fresh copy or a "not found": taken as a miss, which
+            // loads (and finds that copy first).
+            _ => Look::Missing,
+        }
+    }
+
+    /// Serves `copy` for fail-safe, if it may still be served: within the call's bound past
+    /// its expiry, the key unchanged since the copy was found, and (for a copy L1 held) still
+    /// L1's entry. Every stale answer goes through here, at the moment it is given.
+    pub(super) fn serve_stale(
+        &self,
+        key: &str,
+        copy: Option<&StaleCopy<V>>,
+        policy: &Policy,
+    ) -> Option<Hit<V>> {
+        let copy = copy?;
+        if !policy.serves(&copy.life) || self.ns.fresh.changed_since(key, copy.stamp) {
+            return None;
+        }
+        if copy.held {
+            let entry = self.live_l1(key)?;
+            if !entry
+                .life
+                .is_some_and(|life| Arc::ptr_eq(&life, &copy.life))
+            {
+                return None;
+            }
+        }
+        bump(&self.ns.counters.stale_served);
+        Some(Hit {
+            value: copy.value.clone(),
+            source: Source::Stale,
+        })
+    }
+
+    /// An expired copy Redis answered, for fail-safe: kept in L1 (where the throttle rests on
+    /// it) unless L1 holds a newer copy or a change raced the read, and then not at hand.
+    /// `None` too for a "not found", or an expiry further back than this process's clock.
+    pub(super) fn stale_from_l2(
+        &self,
+        key: &str,
+        found: Found<V>,
+        stamp: Stamp,
+    ) -> Option<StaleCopy<V>> {
+        let Span::Expired { ago, .. } = found.span else {
+            return None;
+        };
+        Instant::now().checked_sub(ago)?;
+        let value = Arc::new(found.value?);
+        let entry = self.l1_value(
+            value.clone(),
+            found.weight,
+            found.span,
+            found.tags,
+            found.version,
+        );
+        let life = entry.life.clone()?;
+        let held = self.l1_on;
+        if held {
+            let (_, source) = self.keep_l1(key, entry, stamp, Source::Stale, &Replace::Older);
+            if source != Source::Stale || self.ns.fresh.changed_since(key, stamp) {
+                return None;
+            }
+        }
+        Some(StaleCopy {
+            value,
+            life,
+            stamp,
+            held,
+        })
     }
 
     /// `key`'s L1 entry, if it may be served. One that may not (made before the L1 was
@@ -234,7 +321,10 @@ where
         if !opts.skips_l1() {
             match self.look_l1(key) {
                 Look::Fresh(hit, _) => return Some(hit),
-                Look::Negative => return None,
+                Look::Negative => {
+                    bump(&self.ns.counters.negative_hits);
+                    return None;
+                }
                 Look::Stale(copy) => stale = Some(copy),
                 Look::Missing => {}
             }
@@ -243,9 +333,8 @@ where
         let read = self.l2_read(key).await;
         if matches!(read, L2Read::Unreachable) {
             let policy = self.ns.resilience.for_call(opts);
-            if let Some(copy) = stale.filter(|c| policy.serves(&c.life)) {
-                bump(&self.ns.counters.stale_served);
-                return Some(copy.hit());
+            if let Some(hit) = self.serve_stale(key, stale.as_ref(), &policy) {
+                return Some(hit);
             }
         }
         let replace = if opts.skips_l1() {
@@ -301,6 +390,7 @@ where
                 .map(|_| L2Read::Miss {
                     expect: Expect::Absent,
                     epoch: None,
+                    replaced: false,
                 })
                 .collect();
         }
@@ -365,6 +455,7 @@ where
                 (Stored::Absent, _) => L2Read::Miss {
                     expect: Expect::Absent,
                     epoch: ns_epoch,
+                    replaced: false,
                 },
                 (Stored::Foreign, _) => self.undecodable(Expect::Foreign, ns_epoch),
                 (Stored::Value { bytes, .. }, None) => {
@@ -382,6 +473,7 @@ where
                         L2Read::Miss {
                             expect,
                             epoch: ns_epoch,
+                            replaced: f.kind == Kind::Tombstone,
                         }
                     } else {
                         let value = match f.kind {
@@ -455,7 +547,11 @@ where
         bump(&self.ns.counters.decode_failures);
         tracing::debug!(namespace = %self.ns.name,
             "tierkit: an entry's place holds something that is not a value of this namespace");
-        L2Read::Miss { expect, epoch }
+        L2Read::Miss {
+            expect,
+            epoch,
+            replaced: true,
+        }
     }
 
     /// Keeps what L2 answered in L1 ([`keep_l1`](Self::keep_l1)); an expired copy is kept as
@@ -510,7 +606,8 @@ where
                 (Replace::Older, _) => false,
                 (Replace::Life(r), Some(life)) => Arc::ptr_eq(r, life),
                 (Replace::Life(_), None) => false,
-                (Replace::Any, _) => true,
+                // ...but this instance's own write, which Redis may not hold yet.
+                (Replace::Any, _) => held.version != LOCAL || self.ns.writing.get(key).is_none(),
             };
             self.is_live(key, held) && !renewed && !held.life.as_ref().is_some_and(|l| l.is_stale())
         });
@@ -570,6 +667,8 @@ where
                         .map(|e| until - e.window(fresh, self.ns.load_time()));
                     (until, fresh + grace, refresh_at)
                 }
+                // An expiry further back than this process's clock (which `stale_from_l2`
+                // refuses to serve): the TTL below still ends the copy when Redis's would.
                 Span::Expired { ago, kept } => {
                     (now.checked_sub(ago).unwrap_or(now), kept.min(grace), None)
                 }

@@ -208,14 +208,17 @@ where
             epoch: 0,
             ttl: Duration::ZERO,
         }];
+        // As long as Redis keeps the entries: past their expiry by the fail-safe grace.
+        let grace = self.ns.resilience.grace();
         for p in batch {
+            let ttl = p.ttl.saturating_add(grace);
             for tag in p.tags.as_deref().unwrap_or_default() {
                 match uses.iter_mut().find(|u| u.of == EpochOf::Tag(tag)) {
-                    Some(u) => u.ttl = u.ttl.max(p.ttl),
+                    Some(u) => u.ttl = u.ttl.max(ttl),
                     None => uses.push(EpochUse {
                         of: EpochOf::Tag(tag),
                         epoch: 0,
-                        ttl: p.ttl,
+                        ttl,
                     }),
                 }
             }
