@@ -17,10 +17,15 @@ use serde::Serialize;
                   top of loadgen/src/main.rs."
 )]
 pub struct Args {
-    /// How long the workload runs: 500ms, 20s, 2m, or plain seconds.
+    /// How long the workload is measured: 500ms, 20s, 2m, or plain seconds (after the warm-up).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     #[serde(serialize_with = "as_secs")]
     pub duration: Duration,
+    /// A warm-up of the same workload before the measured part, reported as a phase of its
+    /// own, so the steady state is not mixed with the cold start.
+    #[arg(long, default_value = "0s", value_parser = parse_duration_or_zero)]
+    #[serde(serialize_with = "as_secs")]
+    pub warmup: Duration,
     /// Distinct keys per namespace.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
@@ -42,8 +47,10 @@ pub struct Args {
     /// Tasks issuing operations, spread round-robin over the instances.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
-    /// Operations per second offered in total, spread evenly over the tasks; default: each task
-    /// goes as fast as it can (closed loop), which measures capacity, not latency at a load.
+    /// Operations per second offered in total, spread evenly over the tasks, open loop: each
+    /// operation's latency counts from when it was due, so a stall counts for every operation
+    /// it held back. Default: each task goes as fast as it can (closed loop), which measures
+    /// capacity, not latency at a load.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
     /// The simulated database's answer time on a miss, in µs (tokio sleeps in whole ms).
@@ -68,6 +75,11 @@ pub struct Args {
     /// Print one JSON document instead of the text report.
     #[arg(long)]
     pub json: bool,
+    /// Draw throughput and p50/p99 over time into this SVG file (one per backend: the peer's
+    /// gets its name appended), with the warm-up and an outage shaded and health transitions
+    /// marked.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -107,6 +119,17 @@ pub fn parse() -> Args {
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// A duration that may be zero (`0s`: none).
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .parse::<f64>()
+        == Ok(0.0)
+    {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -151,6 +174,14 @@ mod tests {
     #[test]
     fn the_command_is_well_formed() {
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn a_warmup_may_be_none() {
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration_or_zero("-1s").is_err());
     }
 
     #[test]

@@ -12,11 +12,12 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
 use crate::args::Args;
-use crate::backend::Backend;
+use crate::backend::{Backend, Outcome};
 use crate::database::{Corpus, Database};
 use crate::phases::Phases;
 use crate::report::{HealthChange, NamespaceReport, PhaseReport, RunReport};
 use crate::tally::Tally;
+use crate::timeline::{self, Recorder, Timeline};
 use crate::workload::Mix;
 use crate::Result;
 
@@ -28,15 +29,18 @@ pub async fn drive(
     start: Instant,
 ) -> Result<RunReport> {
     let phases = Phases {
+        warmup: args.warmup,
         outage: args.outage.is_some(),
         duration: args.duration,
     };
+    let total = args.warmup + args.duration;
+    let timeline = Timeline::new(start, timeline::width_for(total));
     let mix = Mix::new(args)?;
     let db = Database {
         corpus: corpus.clone(),
         latency: Duration::from_micros(args.load_latency_us),
     };
-    let end = start + args.duration;
+    let end = start + total;
     let ops = Arc::new(AtomicU64::new(0));
 
     let progress = progress_bar(args);
@@ -44,7 +48,7 @@ pub async fn drive(
     let ticker = async {
         while Instant::now() < end {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let elapsed = start.elapsed().min(args.duration);
+            let elapsed = start.elapsed().min(total);
             progress.set_position(elapsed.as_millis() as u64);
             let rate = ops.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64().max(1e-3);
             progress.set_message(format!("{} {rate:.0} ops/s", backend.label()));
@@ -55,6 +59,7 @@ pub async fn drive(
     let tasks: Vec<_> = (0..args.concurrency as usize)
         .map(|t| {
             let (backend, db, ops) = (backend.clone(), db.clone(), ops.clone());
+            let mut timeline = Recorder::new(timeline.clone());
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64);
             let mut pace = args
                 .rate
@@ -63,16 +68,19 @@ pub async fn drive(
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut tallies = vec![Tally::new(); phases.count()];
                 loop {
-                    if let Some(pace) = &mut pace {
-                        pace.wait().await;
-                    }
-                    let began = Instant::now();
+                    // Open loop at a rate: an operation's time runs from when it was due.
+                    let began = match &mut pace {
+                        Some(pace) => pace.wait().await,
+                        None => Instant::now(),
+                    };
                     if began >= end {
                         break;
                     }
                     let op = mix.draw(&mut rng);
                     let outcome = backend.run(t, op, &db).await;
-                    tallies[phases.of(began - start)].record(began.elapsed(), outcome);
+                    let took = began.elapsed();
+                    timeline.record(began, took, matches!(outcome, Outcome::Error));
+                    tallies[phases.of(began - start)].record(took, outcome);
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
                 tallies
@@ -102,6 +110,7 @@ pub async fn drive(
     Ok(RunReport {
         backend: backend.label(),
         phases,
+        timeline: timeline.points(),
         namespaces,
         redis_used_memory: None,
         redis_keys: None,
@@ -127,11 +136,14 @@ impl Pace {
         }
     }
 
-    /// Sleeps until the next operation is due. The schedule does not slip when an operation
-    /// runs late: the ones behind it are due at once, so the offered rate holds.
-    async fn wait(&mut self) {
+    /// Sleeps until the next operation is due, and returns when it was due. The schedule does
+    /// not slip when an operation runs late: the ones behind it are due at once, so the offered
+    /// rate holds, and their wait counts in their latency.
+    async fn wait(&mut self) -> Instant {
         tokio::time::sleep_until(self.due.into()).await;
+        let due = self.due;
         self.due += self.every;
+        due
     }
 }
 

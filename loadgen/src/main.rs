@@ -20,11 +20,17 @@
 //! cargo run --release -p tierkit-loadgen -- --duration 20s --instances 2
 //! cargo run --release -p tierkit-loadgen -- --duration 20s --embedded      # no Redis at all
 //! cargo run --release -p tierkit-loadgen -- --duration 20s --json > run.json
+//! cargo run --release -p tierkit-loadgen -- --warmup 10s --duration 30s --rate 50000 \
+//!     --outage hang --svg hang.svg                                          # a picture
 //! ```
 //!
 //! Flags (defaults in brackets; `--help` lists them too):
 //!
-//! - `--duration` [30s]: how long the workload runs (`500ms`, `20s`, `2m`, or plain seconds).
+//! - `--duration` [30s]: how long the workload is measured (`500ms`, `20s`, `2m`, or plain
+//!   seconds), after the warm-up.
+//! - `--warmup` [0s]: the same workload first, for this long, reported as a `warmup` phase of
+//!   its own; the measured part is then the `steady` phase (or the outage's three). Give one
+//!   for steady-state figures: a cold start is dominated by the loader.
 //! - `--keys` [100000]: distinct keys per namespace.
 //! - `--skew` [1.0]: zipf exponent of key popularity; 0 is uniform, higher is a hotter head.
 //! - `--value-size` [1024]: bytes of text in each `pages` value.
@@ -32,9 +38,10 @@
 //! - `--read-ratio` [0.9]: share of operations that are reads, 0..1.
 //! - `--instances` [1]: tierkit instances in the process, each with its own L1.
 //! - `--concurrency` [64]: tasks issuing operations, spread round-robin over the instances.
-//! - `--rate` [none]: operations per second offered in total, paced evenly over the tasks.
-//!   Without it every task goes as fast as it can, which measures capacity; with it two
-//!   backends compare at the same load. Latency counts from when an operation starts.
+//! - `--rate` [none]: operations per second offered in total, paced evenly over the tasks,
+//!   open loop. Without it every task goes as fast as it can, which measures capacity; with it
+//!   two backends compare at the same load. Latency then counts from when an operation was
+//!   due, so a stall counts for every operation it held back (no coordinated omission).
 //! - `--load-latency-us` [1000]: the simulated database's answer time on a miss (tokio's timer
 //!   has millisecond granularity, so anything from 1 to 1000 µs sleeps about 1 ms; 0 = none).
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
@@ -45,7 +52,11 @@
 //! - `--embedded`: tierkit with no Redis (L1 and loader only).
 //! - `--redis-url URL`: use this Redis instead of starting one. Its memory figure then includes
 //!   whatever else it holds, and nothing is flushed.
-//! - `--json`: print one JSON document instead of the text report (and no progress bar).
+//! - `--json`: print one JSON document instead of the text report (and no progress bar); each
+//!   run carries its `timeline`: throughput, errors, p50 and p99 per ~1/120 of the run.
+//! - `--svg PATH`: draw that timeline (throughput above, p50/p99 on a log scale below) into an
+//!   SVG file, the warm-up and an outage shaded and tierkit's health transitions marked; a
+//!   peer's picture goes to `PATH` with the peer's name before `.svg`.
 //! - `--seed` [1]: seed of the key and operation choices.
 //!
 //! Two namespaces share the keys: `pages` (three reads or writes in four), holding
@@ -59,11 +70,13 @@ mod database;
 mod driver;
 mod outage;
 mod phases;
+mod picture;
 mod redis_figures;
 mod report;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod tally;
+mod timeline;
 mod workload;
 
 use std::error::Error;
@@ -85,6 +98,24 @@ fn main() {
         eprintln!("loadgen: {e}");
         std::process::exit(1);
     }
+}
+
+/// The workload in a few words, for a picture's title.
+fn settings_line(args: &Args) -> String {
+    let load = match args.rate {
+        Some(rate) => format!("{rate} ops/s offered"),
+        None => format!("{} tasks, closed loop", args.concurrency),
+    };
+    let outage = match args.outage {
+        Some(kind) => format!(", Redis {kind:?} for the middle third").to_lowercase(),
+        None => String::new(),
+    };
+    format!(
+        "{} keys zipf {}, {:.0}% reads, {load}{outage}",
+        args.keys,
+        args.skew,
+        args.read_ratio * 100.0
+    )
 }
 
 fn run(args: Args) -> Result<()> {
@@ -122,7 +153,11 @@ fn run(args: Args) -> Result<()> {
             let outage = match (args.outage, server.as_mut()) {
                 (Some(kind), Some(s)) => {
                     let backend = &*backend;
-                    Some(scope.spawn(move || outage::cause(s, kind, start, args.duration, backend)))
+                    // The outage is in the measured part, after the warm-up.
+                    let measured = start + args.warmup;
+                    Some(scope.spawn(move || {
+                        outage::cause(s, kind, measured, args.duration, start, backend)
+                    }))
                 }
                 _ => None,
             };
@@ -138,6 +173,14 @@ fn run(args: Args) -> Result<()> {
             let (memory, keys) = rt.block_on(redis_figures::read(url));
             report.redis_used_memory = memory;
             report.redis_keys = keys;
+        }
+        if let Some(path) = &args.svg {
+            let path = match n {
+                0 => path.clone(),
+                _ => path.with_extension(format!("{name}.svg")),
+            };
+            let title = format!("{name}: {}", settings_line(&args));
+            picture::draw(&report, args.warmup.as_secs_f64(), &title, &path)?;
         }
         runs.push(report);
         drop(backend);

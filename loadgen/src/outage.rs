@@ -13,30 +13,39 @@ use crate::support::RedisServer;
 /// What an outage left to report: when it happened, and the counters at its two boundaries.
 pub struct Outage {
     times: OutageTimes,
-    /// Every namespace's counters added up, just before the server went and came back.
-    marks: [CacheStats; 2],
+    /// Every namespace's counters added up at the phase boundaries: the end of the warm-up
+    /// (when there is one), and just before the server went and came back.
+    marks: Vec<CacheStats>,
 }
 
-/// Takes the server away at one third of the run and brings it back at two thirds, taking a
-/// snapshot of the counters just before each, so each phase's Redis errors can be told apart.
+/// Takes the server away at one third of the measured part (which begins at `measured` and
+/// lasts `duration`) and brings it back at two thirds, taking a snapshot of the counters just
+/// before each, so each phase's Redis errors can be told apart. Times are reported from
+/// `start`, the start of the run.
 pub fn cause(
     server: &mut RedisServer,
     kind: OutageKind,
-    start: Instant,
+    measured: Instant,
     duration: Duration,
+    start: Instant,
     backend: &Backend,
 ) -> Outage {
     let sleep_until =
         |at: Instant| std::thread::sleep(at.saturating_duration_since(Instant::now()));
-    sleep_until(start + duration / 3);
-    let before = total(backend);
+    let mut marks = Vec::new();
+    if measured > start {
+        sleep_until(measured);
+        marks.push(total(backend));
+    }
+    sleep_until(measured + duration / 3);
+    marks.push(total(backend));
     match kind {
         OutageKind::Kill => server.stop(),
         OutageKind::Hang => server.hang(),
     }
     let down_at_ms = start.elapsed().as_millis() as u64;
-    sleep_until(start + duration * 2 / 3);
-    let during = total(backend);
+    sleep_until(measured + duration * 2 / 3);
+    marks.push(total(backend));
     match kind {
         // Restart waits until the server answers PING again.
         OutageKind::Kill => server.restart(),
@@ -48,7 +57,7 @@ pub fn cause(
             down_at_ms,
             back_at_ms,
         },
-        marks: [before, during],
+        marks,
     }
 }
 
@@ -57,16 +66,14 @@ impl Outage {
     /// Redis calls: the difference of the counters at the phase's two ends.
     pub fn apply_to(self, report: &mut RunReport, backend: &Backend) {
         report.outage = Some(self.times);
-        let marks = [
-            CacheStats::default(),
-            self.marks[0],
-            self.marks[1],
-            total(backend),
-        ];
+        let marks: Vec<CacheStats> = std::iter::once(CacheStats::default())
+            .chain(self.marks)
+            .chain([total(backend)])
+            .collect();
         if matches!(backend, Backend::Tierkit(_)) {
-            for (i, p) in report.phases.iter_mut().enumerate() {
-                p.l2_errors = Some(marks[i + 1].l2_errors - marks[i].l2_errors);
-                p.l2_skipped = Some(marks[i + 1].l2_skipped - marks[i].l2_skipped);
+            for (p, ends) in report.phases.iter_mut().zip(marks.windows(2)) {
+                p.l2_errors = Some(ends[1].l2_errors - ends[0].l2_errors);
+                p.l2_skipped = Some(ends[1].l2_skipped - ends[0].l2_skipped);
             }
         }
     }

@@ -9,6 +9,7 @@ use tierkit::health::HealthState;
 
 use crate::args::Args;
 use crate::tally::Tally;
+use crate::timeline::Point;
 
 pub use self::text::Text;
 
@@ -72,6 +73,8 @@ pub struct HealthChange {
 pub struct RunReport {
     pub backend: &'static str,
     pub phases: Vec<PhaseReport>,
+    /// Throughput and latency over time, from the start of the run (warm-up included).
+    pub timeline: Vec<Point>,
     pub namespaces: Vec<NamespaceReport>,
     /// `used_memory` from `INFO memory` after the run, when Redis answered.
     pub redis_used_memory: Option<u64>,

@@ -14,9 +14,14 @@ impl fmt::Display for Text<'_> {
         let s = &r.settings;
         writeln!(
             f,
-            "loadgen: {:?}, {} keys (zipf {}), pages {} B ({:.0}% repetitive), {:.0}% reads, \
+            "loadgen: {:?}{}, {} keys (zipf {}), pages {} B ({:.0}% repetitive), {:.0}% reads, \
              {} instance(s), {} tasks{}, loader {} µs; Redis: {}",
             s.duration,
+            if s.warmup.is_zero() {
+                String::new()
+            } else {
+                format!(" after a {:?} warm-up", s.warmup)
+            },
             s.keys,
             s.skew,
             s.value_size,
@@ -25,7 +30,7 @@ impl fmt::Display for Text<'_> {
             s.instances,
             s.concurrency,
             s.rate
-                .map_or_else(String::new, |r| format!(" at {r} ops/s")),
+                .map_or_else(String::new, |r| format!(" at {r} ops/s (open loop)")),
             s.load_latency_us,
             r.redis
         )?;
