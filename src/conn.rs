@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{Config, Target};
 use crate::error::{Error, Result};
-use crate::health::Health;
+use crate::health::{Health, HealthState, HealthStatus};
 
 mod cluster;
 mod kept;
@@ -486,21 +486,34 @@ impl ConnectionLike for LinkConn {
     }
 }
 
-/// PINGs on every interval until the last [`Conn`] drops. Holds the connection only for the
-/// length of one probe, so it never keeps the handle alive.
+/// PINGs on every interval until the last [`Conn`] drops: every `probe_interval`, and every
+/// [`recovery_interval`](Health::recovery_interval) while Redis is seen `Down` (from the
+/// moment calls failing together take it there), so it is used again soon after it answers.
+/// Holds the connection only for the length of one probe, so it never keeps the handle alive.
 async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
-    let Some(interval) = conn.upgrade().map(|c| c.health.config().probe_interval) else {
+    let Some(health) = conn.upgrade().map(|c| c.health.clone()) else {
         return;
     };
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut states = health.subscribe();
+    let down = |s: &HealthStatus| s.observed == HealthState::Down;
+    // The first probe goes out at once: starting never waits on a probe interval.
+    let mut pause = Duration::ZERO;
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = ticker.tick() => {}
+            () = tokio::time::sleep(pause) => {}
+            // Taken Down by failing calls: recovery probing starts now, not at the next tick.
+            Ok(_) = states.wait_for(down), if !down(&states.borrow()) => {
+                pause = health.recovery_interval();
+                continue;
+            }
         }
+        pause = if down(&health.status()) {
+            health.recovery_interval()
+        } else {
+            health.config().probe_interval
+        };
         let Some(inner) = conn.upgrade() else { return };
-        let health = inner.health.clone();
         let timeout = health.config().probe_timeout;
         let started = Instant::now();
         let probe = async {

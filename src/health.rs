@@ -8,9 +8,13 @@
 //!   and never waits on hysteresis either.
 //! - `fail_threshold` consecutive failures (probes, or operations that met a connection error
 //!   or timeout) move the state to `Down`, so an outage is noticed before the next probe.
-//!   Operation failures count at most once per `op_timeout`: many calls in flight failing
-//!   together during one short stall are one failure, not many.
-//! - From `Down`, `recover_threshold` consecutive successful probes bring it back. A probe
+//!   Operations corroborate each other: `fail_threshold` calls failing within one
+//!   `op_timeout` with no call succeeding meanwhile are enough at once, so a hang under load is
+//!   noticed about one `op_timeout` after it began, and every call after that stops waiting on
+//!   Redis. A lone failure among successes counts once per `op_timeout` window.
+//! - From `Down`, `recover_threshold` consecutive successful probes bring it back. While
+//!   `Down`, the probe runs every `op_timeout` (not every `probe_interval`), so a server that
+//!   is back, or a stall taken for an outage, is used again within a few round trips. A probe
 //!   slower than `degraded_latency` gives `Degraded` (Redis answers, but slowly); from
 //!   `Degraded`, `recover_threshold` fast probes give `Up`.
 //! - While `Down`, calls through [`Conn`](crate::conn::Conn) fail at once with
@@ -185,8 +189,11 @@ impl std::fmt::Debug for Health {
 
 pub(crate) struct Shared {
     cfg: HealthConfig,
-    /// Operation failures closer together than this count once.
+    /// Operation failures closer together than this count once, unless `fail_threshold` of
+    /// them corroborate each other; also how often a `Down` Redis is probed.
     failure_window: Duration,
+    /// Operation failures in the current window, with no success since.
+    burst: AtomicU32,
     started: Instant,
     /// When the last operation failure was counted, in nanoseconds since `started` (+1, so 0
     /// means never).
@@ -300,6 +307,7 @@ impl Health {
             failure_window,
             started: Instant::now(),
             last_counted: AtomicU64::new(0),
+            burst: AtomicU32::new(0),
             effective: AtomicU8::new(HealthState::Down.as_u8()),
             fails: AtomicU32::new(0),
             machine: Mutex::new(machine),
@@ -369,18 +377,49 @@ impl Health {
         if self.0.fails.load(Ordering::Relaxed) != 0 {
             self.0.fails.store(0, Ordering::Relaxed);
         }
+        if self.0.burst.load(Ordering::Relaxed) != 0 {
+            self.0.burst.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How often the probe runs while the observed state is `Down`: every operation timeout,
+    /// so recovery takes a few round trips, not a few probe intervals.
+    pub(crate) fn recovery_interval(&self) -> Duration {
+        self.0
+            .failure_window
+            .clamp(Duration::from_millis(10), self.0.cfg.probe_interval)
     }
 
     /// Passive feed and probe: a call met a connection error or timeout.
     pub(crate) fn record_failure(&self, error: &dyn std::fmt::Display, probe: bool) {
-        if !probe && !self.0.claim_failure_window() {
-            return;
-        }
-        let fails = self
-            .0
-            .fails
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
+        let threshold = self.0.cfg.fail_threshold;
+        let fails = if probe {
+            self.0
+                .fails
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else if self.0.claim_failure_window() {
+            self.0.burst.store(1, Ordering::Relaxed);
+            self.0
+                .fails
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            // Within the window: only a corroborated burst moves the count, straight to the
+            // threshold.
+            let burst = self
+                .0
+                .burst
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1);
+            if burst < threshold {
+                return;
+            }
+            self.0
+                .fails
+                .fetch_max(threshold, Ordering::Relaxed)
+                .max(threshold)
+        };
         let mut m = self.0.lock();
         if probe {
             m.last_probe = Some(Instant::now());
@@ -624,19 +663,38 @@ mod tests {
     }
 
     #[test]
-    fn operation_failures_within_one_window_count_once() {
+    fn a_lone_failure_among_successes_counts_once_per_window() {
         let h = Health::new(cfg(), Duration::from_secs(60));
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
         for _ in 0..50 {
-            h.record_failure(&"stall", false);
+            h.record_failure(&"slow call", false);
+            h.record_success();
         }
-        assert_eq!(h.status().consecutive_failures, 1);
         assert_eq!(h.state(), HealthState::Up);
         // Probes always count.
-        h.record_failure(&"probe", true);
-        h.record_failure(&"probe", true);
+        for _ in 0..3 {
+            h.record_failure(&"probe", true);
+        }
         assert_eq!(h.state(), HealthState::Down);
+    }
+
+    #[test]
+    fn calls_failing_together_are_evidence_enough() {
+        let h = Health::new(cfg(), Duration::from_secs(60));
+        h.record_probe_ok(FAST);
+        h.record_probe_ok(FAST);
+        // cfg() needs three: two calls failing together are not enough...
+        h.record_failure(&"timeout", false);
+        h.record_failure(&"timeout", false);
+        assert_eq!(h.state(), HealthState::Up);
+        // ...a third in the same window, with no success between, is.
+        h.record_failure(&"timeout", false);
+        assert_eq!(h.state(), HealthState::Down);
+        assert_eq!(h.status().consecutive_failures, 3);
+        assert_eq!(h.recovery_interval(), cfg().probe_interval);
+        let fast = Health::new(cfg(), Duration::from_millis(100));
+        assert_eq!(fast.recovery_interval(), Duration::from_millis(100));
     }
 
     #[test]

@@ -67,10 +67,11 @@ pub async fn drive(
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut tallies = vec![Tally::new(); phases.count()];
+                let mut ended = start;
                 loop {
-                    // Open loop at a rate: an operation's time runs from when it was due.
+                    // Open loop at a rate: a late operation's time runs from when it was due.
                     let began = match &mut pace {
-                        Some(pace) => pace.wait().await,
+                        Some(pace) => started(pace.wait().await, ended),
                         None => Instant::now(),
                     };
                     if began >= end {
@@ -78,7 +79,8 @@ pub async fn drive(
                     }
                     let op = mix.draw(&mut rng);
                     let outcome = backend.run(t, op, &db).await;
-                    let took = began.elapsed();
+                    ended = Instant::now();
+                    let took = ended - began;
                     timeline.record(began, took, matches!(outcome, Outcome::Error));
                     tallies[phases.of(began - start)].record(took, outcome);
                     ops.fetch_add(1, Ordering::Relaxed);
@@ -125,6 +127,18 @@ struct Pace {
     due: Instant,
 }
 
+/// When an operation's time starts under `--rate`: when it was due if the task was still busy
+/// with the one before (a backlog, which a closed loop would hide), else when the timer woke
+/// the task. tokio's timer wakes up to a millisecond late; that is the harness's, not the
+/// system's.
+fn started(due: Instant, previous_ended: Instant) -> Instant {
+    if previous_ended > due {
+        due
+    } else {
+        Instant::now()
+    }
+}
+
 impl Pace {
     /// Task `t` of `tasks`. The tasks start staggered over one interval, so the load is even,
     /// not bursty.
@@ -138,7 +152,7 @@ impl Pace {
 
     /// Sleeps until the next operation is due, and returns when it was due. The schedule does
     /// not slip when an operation runs late: the ones behind it are due at once, so the offered
-    /// rate holds, and their wait counts in their latency.
+    /// rate holds, and their wait counts in their latency ([`started`]).
     async fn wait(&mut self) -> Instant {
         tokio::time::sleep_until(self.due.into()).await;
         let due = self.due;

@@ -40,8 +40,10 @@
 //! - `--concurrency` [64]: tasks issuing operations, spread round-robin over the instances.
 //! - `--rate` [none]: operations per second offered in total, paced evenly over the tasks,
 //!   open loop. Without it every task goes as fast as it can, which measures capacity; with it
-//!   two backends compare at the same load. Latency then counts from when an operation was
-//!   due, so a stall counts for every operation it held back (no coordinated omission).
+//!   two backends compare at the same load. An operation held back by a slow one before it
+//!   counts from when it was due, so a stall counts for every operation it held back (no
+//!   coordinated omission); one on time counts from when it started (the timer's own
+//!   millisecond of slack is the harness's).
 //! - `--load-latency-us` [1000]: the simulated database's answer time on a miss (tokio's timer
 //!   has millisecond granularity, so anything from 1 to 1000 µs sleeps about 1 ms; 0 = none).
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
