@@ -99,6 +99,13 @@ pub enum OutageKind {
 pub enum PeerKind {
     /// `cached::AsyncRedisCache` (cached 2.x, feature `redis_connection_manager`).
     Cached,
+    /// A moka cache in front of redis-rs, cache-aside, bincode values: what a team writes
+    /// itself in fifty lines.
+    #[value(name = "hand-rolled")]
+    #[serde(rename = "hand-rolled")]
+    HandRolled,
+    /// Both peers, one after the other.
+    All,
 }
 
 /// The arguments of this process, or the usage error and exit, as clap does for its own checks.

@@ -1,7 +1,9 @@
 //! The systems under test behind one interface: tierkit (any number of instances sharing one
-//! Redis) and the `cached` peer. The driver hands each an operation and records the `Outcome`.
+//! Redis) and the peers, the `cached` crate and a hand-rolled moka + redis-rs cache-aside. The
+//! driver hands each an operation and records the `Outcome`.
 
 mod cached;
+mod handrolled;
 mod tierkit;
 
 use std::time::Duration;
@@ -14,6 +16,7 @@ use crate::workload::Op;
 use crate::Result;
 
 pub use self::cached::CachedPeer;
+pub use self::handrolled::HandRolled;
 pub use self::tierkit::Instance;
 
 /// TTL of every cached value, far longer than a run: nothing expires while measuring.
@@ -35,14 +38,22 @@ pub enum Outcome {
 pub enum Backend {
     Tierkit(Vec<Instance>),
     Cached(CachedPeer),
+    HandRolled(HandRolled),
 }
 
 impl Backend {
     /// `name` is a label from [`Backend::label`]; `url` is `None` for embedded tierkit.
     pub async fn connect(name: &str, args: &Args, url: Option<&str>) -> Result<Backend> {
-        if name == "cached" {
-            let url = url.ok_or("the cached peer needs Redis")?;
-            return Ok(Backend::Cached(CachedPeer::connect(url).await?));
+        match name {
+            "cached" => {
+                let url = url.ok_or("the cached peer needs Redis")?;
+                return Ok(Backend::Cached(CachedPeer::connect(url).await?));
+            }
+            "hand-rolled" => {
+                let url = url.ok_or("the hand-rolled peer needs Redis")?;
+                return Ok(Backend::HandRolled(HandRolled::connect(url).await?));
+            }
+            _ => {}
         }
         let mut instances = Vec::new();
         for _ in 0..args.instances {
@@ -55,6 +66,7 @@ impl Backend {
         match self {
             Backend::Tierkit(_) => "tierkit",
             Backend::Cached(_) => "cached",
+            Backend::HandRolled(_) => "hand-rolled",
         }
     }
 
@@ -62,6 +74,7 @@ impl Backend {
         match self {
             Backend::Tierkit(instances) => instances[task % instances.len()].run(op, db).await,
             Backend::Cached(peer) => peer.run(op, db).await,
+            Backend::HandRolled(peer) => peer.run(op, db).await,
         }
     }
 

@@ -49,8 +49,11 @@
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
 //! - `--outage [kill|hang]`: stop (SIGKILL) or freeze (SIGSTOP) the harness's redis-server for
 //!   the middle third of the run, then restart or resume it. Not with `--redis-url`.
-//! - `--peer cached`: after the tierkit run, run the same workload through
-//!   `cached::AsyncRedisCache` (JSON values, a `ConnectionManager`) on the same Redis.
+//! - `--peer cached|hand-rolled|all`: after the tierkit run, run the same workload through
+//!   `cached::AsyncRedisCache` (JSON values, a `ConnectionManager`), through a hand-rolled
+//!   cache-aside (a moka cache of 60,000 entries per namespace in front of redis-rs's
+//!   `ConnectionManager`, bincode values: what a team writes itself), or both, on the same
+//!   Redis, flushed between runs.
 //! - `--embedded`: tierkit with no Redis (L1 and loader only).
 //! - `--redis-url URL`: use this Redis instead of starting one. Its memory figure then includes
 //!   whatever else it holds, and nothing is flushed.
@@ -138,6 +141,8 @@ fn run(args: Args) -> Result<()> {
     let mut runs = Vec::new();
     let backends: &[&str] = match args.peer {
         Some(PeerKind::Cached) => &["tierkit", "cached"],
+        Some(PeerKind::HandRolled) => &["tierkit", "hand-rolled"],
+        Some(PeerKind::All) => &["tierkit", "hand-rolled", "cached"],
         None => &["tierkit"],
     };
     for (n, name) in backends.iter().enumerate() {
