@@ -49,7 +49,7 @@ pub struct Args {
     pub concurrency: u64,
     /// Operations per second offered in total, spread evenly over the tasks, open loop: an
     /// operation held back by a slow one before it counts from when it was due, so a stall
-    /// counts for every operation it held back. Default: each task goes as fast as it can (closed loop), which measures
+    /// counts for every operation it held back (the timer's own lateness does not). Default: each task goes as fast as it can (closed loop), which measures
     /// capacity, not latency at a load.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,

@@ -51,7 +51,9 @@ impl Backend {
             }
             "hand-rolled" => {
                 let url = url.ok_or("the hand-rolled peer needs Redis")?;
-                return Ok(Backend::HandRolled(HandRolled::connect(url).await?));
+                return Ok(Backend::HandRolled(
+                    HandRolled::connect(url, args.l1_mib).await?,
+                ));
             }
             _ => {}
         }

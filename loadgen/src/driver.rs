@@ -67,11 +67,10 @@ pub async fn drive(
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut tallies = vec![Tally::new(); phases.count()];
-                let mut ended = start;
                 loop {
                     // Open loop at a rate: a late operation's time runs from when it was due.
                     let began = match &mut pace {
-                        Some(pace) => started(pace.wait().await, ended),
+                        Some(pace) => pace.wait().await,
                         None => Instant::now(),
                     };
                     if began >= end {
@@ -79,8 +78,7 @@ pub async fn drive(
                     }
                     let op = mix.draw(&mut rng);
                     let outcome = backend.run(t, op, &db).await;
-                    ended = Instant::now();
-                    let took = ended - began;
+                    let took = began.elapsed();
                     timeline.record(began, took, matches!(outcome, Outcome::Error));
                     tallies[phases.of(began - start)].record(took, outcome);
                     ops.fetch_add(1, Ordering::Relaxed);
@@ -125,18 +123,8 @@ pub async fn drive(
 struct Pace {
     every: Duration,
     due: Instant,
-}
-
-/// When an operation's time starts under `--rate`: when it was due if the task was still busy
-/// with the one before (a backlog, which a closed loop would hide), else when the timer woke
-/// the task. tokio's timer wakes up to a millisecond late; that is the harness's, not the
-/// system's.
-fn started(due: Instant, previous_ended: Instant) -> Instant {
-    if previous_ended > due {
-        due
-    } else {
-        Instant::now()
-    }
+    /// When the task last woke from waiting for an operation to be due.
+    woke: Instant,
 }
 
 impl Pace {
@@ -147,17 +135,25 @@ impl Pace {
         Pace {
             every,
             due: start + every.mul_f64(t as f64 / tasks as f64),
+            woke: start,
         }
     }
 
-    /// Sleeps until the next operation is due, and returns when it was due. The schedule does
-    /// not slip when an operation runs late: the ones behind it are due at once, so the offered
-    /// rate holds, and their wait counts in their latency ([`started`]).
+    /// Sleeps until the next operation is due, and returns when its time starts. The schedule
+    /// does not slip when an operation runs late: the ones behind it are due at once, so the
+    /// offered rate holds, and their wait behind it counts in their latency (no coordinated
+    /// omission). What does not count is the timer's own lateness (tokio wakes a sleeping task
+    /// up to a millisecond late, so with operations due closer together than that, several
+    /// fall due during one sleep): an operation that fell due while the task slept starts
+    /// when it woke.
     async fn wait(&mut self) -> Instant {
-        tokio::time::sleep_until(self.due.into()).await;
         let due = self.due;
         self.due += self.every;
-        due
+        if due > Instant::now() {
+            tokio::time::sleep_until(due.into()).await;
+            self.woke = Instant::now();
+        }
+        due.max(self.woke)
     }
 }
 

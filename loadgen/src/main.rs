@@ -42,8 +42,8 @@
 //!   open loop. Without it every task goes as fast as it can, which measures capacity; with it
 //!   two backends compare at the same load. An operation held back by a slow one before it
 //!   counts from when it was due, so a stall counts for every operation it held back (no
-//!   coordinated omission); one on time counts from when it started (the timer's own
-//!   millisecond of slack is the harness's).
+//!   coordinated omission); the timer's own lateness (tokio wakes a task up to a millisecond
+//!   late) is the harness's and does not count.
 //! - `--load-latency-us` [1000]: the simulated database's answer time on a miss (tokio's timer
 //!   has millisecond granularity, so anything from 1 to 1000 µs sleeps about 1 ms; 0 = none).
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
@@ -51,7 +51,8 @@
 //!   the middle third of the run, then restart or resume it. Not with `--redis-url`.
 //! - `--peer cached|hand-rolled|all`: after the tierkit run, run the same workload through
 //!   `cached::AsyncRedisCache` (JSON values, a `ConnectionManager`), through a hand-rolled
-//!   cache-aside (a moka cache of 60,000 entries per namespace in front of redis-rs's
+//!   cache-aside (a moka cache per namespace, of as many entries as `--l1-mib` holds 1 KiB
+//!   pages, in front of redis-rs's
 //!   `ConnectionManager`, bincode values: what a team writes itself), or both, on the same
 //!   Redis, flushed between runs.
 //! - `--embedded`: tierkit with no Redis (L1 and loader only).

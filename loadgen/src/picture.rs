@@ -102,10 +102,13 @@ where
     Y: Ranged<ValueType = f64>,
 {
     if warmup_s > 0.0 {
-        chart.draw_series([Rectangle::new(
-            [(0.0, lo), (warmup_s, hi)],
-            WARMUP.mix(0.6).filled(),
-        )])?;
+        chart
+            .draw_series([Rectangle::new(
+                [(0.0, lo), (warmup_s, hi)],
+                WARMUP.mix(0.6).filled(),
+            )])?
+            .label("warm-up")
+            .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 18, y + 5)], WARMUP.filled()));
     }
     if let Some(o) = run.outage {
         let (down, back) = (o.down_at_ms as f64 / 1e3, o.back_at_ms as f64 / 1e3);
@@ -144,5 +147,64 @@ fn bucket_s(run: &RunReport) -> f64 {
     match run.timeline.as_slice() {
         [a, b, ..] => b.at_s - a.at_s,
         _ => 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tierkit::health::HealthState;
+
+    use super::*;
+    use crate::report::{HealthChange, OutageTimes};
+    use crate::timeline::Point;
+
+    #[test]
+    fn a_run_is_drawn_with_its_phases_and_transitions() {
+        let timeline = (0..40)
+            .map(|i| Point {
+                at_s: f64::from(i) * 0.5,
+                ops_per_sec: 20_000.0,
+                errors: 0,
+                p50_us: 3,
+                p99_us: if (20..30).contains(&i) { 60_000 } else { 4_000 },
+            })
+            .collect();
+        let run = RunReport {
+            backend: "tierkit",
+            phases: Vec::new(),
+            timeline,
+            namespaces: Vec::new(),
+            redis_used_memory: None,
+            redis_keys: None,
+            health: vec![
+                HealthChange {
+                    at_ms: 0,
+                    state: HealthState::Up,
+                },
+                HealthChange {
+                    at_ms: 10_100,
+                    state: HealthState::Down,
+                },
+            ],
+            outage: Some(OutageTimes {
+                down_at_ms: 10_000,
+                back_at_ms: 15_000,
+            }),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.svg");
+        draw(&run, 5.0, "a test run", &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        for text in [
+            "a test run",
+            "warm-up",
+            "Redis away",
+            "throughput",
+            "p50",
+            "p99",
+            "down",
+        ] {
+            assert!(svg.contains(text), "{text} is drawn");
+        }
     }
 }

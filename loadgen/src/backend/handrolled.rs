@@ -16,8 +16,8 @@ use crate::database::{user, Database, Page, User};
 use crate::workload::{Ns, Op};
 use crate::Result;
 
-/// In-process entries per namespace: about tierkit's 64 MiB L1 for 1 KiB pages.
-const L1_ENTRIES: u64 = 60_000;
+/// Bytes an L1 entry of a 1 KiB page takes, to size the L1 as `--l1-mib` sizes tierkit's.
+const PAGE_BYTES: u64 = 1100;
 
 /// One namespace: the L1 and its Redis key prefix.
 struct Tier<V> {
@@ -26,10 +26,10 @@ struct Tier<V> {
 }
 
 impl<V: Send + Sync + 'static> Tier<V> {
-    fn new(prefix: &'static str) -> Tier<V> {
+    fn new(prefix: &'static str, entries: u64) -> Tier<V> {
         Tier {
             l1: Cache::builder()
-                .max_capacity(L1_ENTRIES)
+                .max_capacity(entries)
                 .time_to_live(TTL)
                 .build(),
             prefix,
@@ -44,12 +44,15 @@ pub struct HandRolled {
 }
 
 impl HandRolled {
-    pub async fn connect(url: &str) -> Result<HandRolled> {
+    /// Each namespace's L1 holds as many entries as `l1_mib` holds 1 KiB pages (tierkit's
+    /// 64 MiB by default): a team sizes a moka cache by count.
+    pub async fn connect(url: &str, l1_mib: Option<u64>) -> Result<HandRolled> {
         let redis = ConnectionManager::new(redis::Client::open(url)?).await?;
+        let entries = l1_mib.unwrap_or(64) * 1024 * 1024 / PAGE_BYTES;
         Ok(HandRolled {
             redis,
-            pages: Tier::new("loadgen-hand:pages:"),
-            users: Tier::new("loadgen-hand:users:"),
+            pages: Tier::new("loadgen-hand:pages:", entries),
+            users: Tier::new("loadgen-hand:users:", entries),
         })
     }
 
