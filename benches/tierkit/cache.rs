@@ -98,6 +98,91 @@ pub fn l1_hit(c: &mut Criterion) {
     }
 }
 
+/// L1 hits from every core at once, the shape of a multi-threaded service: one thread per
+/// core, each with a current-thread runtime, reading its own walk of the keys. Beside tierkit,
+/// raw moka `get` (the hand-rolled cache's read), and moka `get` plus one counter every thread
+/// adds to (what a hit counter shared by the cores costs: the line they all write bounces).
+pub fn l1_hit_parallel(c: &mut Criterion) {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let keys: Vec<String> = (0..L1_KEYS).map(|i| format!("event:{i}")).collect();
+    let value = Arc::new(payload(1, 200));
+    let moka: moka::sync::Cache<String, Arc<Payload>> = moka::sync::Cache::new(1 << 20);
+    let kit = Tierkit::new(Config::builder().l1_capacity(1 << 30).build().unwrap()).unwrap();
+    let ns = kit.namespace::<Payload>("events").build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for k in &keys {
+            moka.insert(k.clone(), value.clone());
+            ns.set(k, (*value).clone()).await.unwrap();
+        }
+    });
+    // `iters` hits spread over the threads; the time from the start line to the last one done.
+    let parallel = |iters: u64, hits: &(dyn Fn(usize, u64) + Sync)| -> Duration {
+        let per = iters.div_ceil(threads as u64);
+        let start = std::sync::Barrier::new(threads + 1);
+        let began = std::thread::scope(|scope| {
+            for t in 0..threads {
+                let start = &start;
+                scope.spawn(move || {
+                    start.wait();
+                    hits(t, per);
+                });
+            }
+            start.wait();
+            Instant::now()
+        });
+        began.elapsed()
+    };
+    let key =
+        |t: usize, i: u64| &keys[(i as usize).wrapping_mul(7).wrapping_add(t * 50_021) % L1_KEYS];
+    let mut group = c.benchmark_group(format!("l1_hit_parallel/{threads}_threads"));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("raw_moka_get", |b| {
+        b.iter_custom(|iters| {
+            parallel(iters, &|t, n| {
+                for i in 0..n {
+                    std::hint::black_box(moka.get(key(t, i)));
+                }
+            })
+        })
+    });
+    let shared = std::sync::atomic::AtomicU64::new(0);
+    group.bench_function("raw_moka_get_shared_counter", |b| {
+        b.iter_custom(|iters| {
+            parallel(iters, &|t, n| {
+                for i in 0..n {
+                    std::hint::black_box(moka.get(key(t, i)));
+                    shared.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+    });
+    group.bench_function("tierkit_get", |b| {
+        b.iter_custom(|iters| {
+            parallel(iters, &|t, n| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    for i in 0..n {
+                        std::hint::black_box(ns.get(key(t, i)).await);
+                    }
+                });
+            })
+        })
+    });
+    group.finish();
+    let s = ns.stats();
+    assert_eq!(
+        s.l2_hits + s.misses,
+        0,
+        "every tierkit read must be an L1 hit: {s:?}"
+    );
+}
+
 /// An L1 hit in a namespace with fail-safe, a soft timeout and eager refresh on, beside the
 /// same hit with them off: the logical life they need is one atomic load on the hit path
 /// (moka hands its own clock to the expiry policy), so the two should cost the same.

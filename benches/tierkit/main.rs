@@ -49,7 +49,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = cache::l1_hit, cache::l1_hit_resilience, cache::l2_hit, cache::get_or_set_cold, cache::set, cache::coherence, cache::get_many,
+    targets = cache::l1_hit, cache::l1_hit_parallel, cache::l1_hit_resilience, cache::l2_hit, cache::get_or_set_cold, cache::set, cache::coherence, cache::get_many,
         cache::down_read, codec::context_reuse, codec::encryption, ratelimit::redis_decision,
         ratelimit::redis_decision_64_tasks, ratelimit::local_decision, session::validate
 }
