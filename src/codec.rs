@@ -29,6 +29,7 @@ use zstd::bulk::{Compressor, Decompressor};
 
 use crate::error::{DecodeError, Error, Result};
 
+pub(crate) mod json_time;
 mod keyring;
 
 pub use keyring::{Keyring, KEY_LEN};

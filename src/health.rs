@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::codec::json_time;
 use crate::config::HealthConfig;
 
 /// The state of the Redis tier as the health monitor sees it.
@@ -111,7 +112,11 @@ impl std::fmt::Display for HealthState {
 /// }
 /// # }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It serializes (camelCase, like the health report) with times as milliseconds:
+/// `latencyMs`, and `lastProbeAgoMs` and `sinceAgoMs`, how long before serializing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct HealthStatus {
     /// The state in force: the forced one if any, else the observed one.
@@ -121,10 +126,13 @@ pub struct HealthStatus {
     /// Whether `state` was set by [`Health::force`].
     pub forced: bool,
     /// Round-trip time of the last successful probe.
+    #[serde(rename = "latencyMs", serialize_with = "json_time::opt_millis")]
     pub latency: Option<Duration>,
     /// When the last probe finished, successful or not.
+    #[serde(rename = "lastProbeAgoMs", serialize_with = "json_time::opt_ago")]
     pub last_probe: Option<Instant>,
     /// When the observed state last changed (or the monitor started).
+    #[serde(rename = "sinceAgoMs", serialize_with = "json_time::ago")]
     pub since: Instant,
     /// Failures in a row (probes and operations) since the last success.
     pub consecutive_failures: u32,
@@ -148,6 +156,7 @@ pub struct HealthStatus {
 /// # }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct UnreachableShard {
     /// The primary's `host:port`.

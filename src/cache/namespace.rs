@@ -177,8 +177,9 @@ impl<V> Deref for Hit<V> {
     }
 }
 
-/// How far a write or invalidation reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How far a write or invalidation reached. Serializes as `"allTiers"` or `"l1Only"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub enum Reach {
     /// Every configured tier: L1, and with Redis, L2 and the other instances' L1 copies.

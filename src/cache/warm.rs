@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 /// Keys checked for presence in one round trip.
 const BATCH: usize = 1000;
 
-/// Progress of [`Namespace::warm`], reported after every key.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Progress of [`Namespace::warm`], reported after every key. Serializes in camelCase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct WarmProgress {
     /// Keys handled so far.

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use super::Quota;
+use crate::codec::json_time;
 
 /// Which tier made a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -65,7 +66,11 @@ pub enum ErrorPolicy {
 /// assert!(third.retry_after.is_some());
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It serializes (camelCase, like the health report) with times as milliseconds:
+/// `resetAfterMs`, `retryAfterMs`, and `decidedAtMs` since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct Decision {
     /// Whether the request may go ahead.
@@ -75,12 +80,15 @@ pub struct Decision {
     /// Units left in the current window after this decision.
     pub remaining: u32,
     /// Time until the whole quota is available again.
+    #[serde(rename = "resetAfterMs", serialize_with = "json_time::millis")]
     pub reset_after: Duration,
     /// When refused: time until a request of the same size could be allowed.
+    #[serde(rename = "retryAfterMs", serialize_with = "json_time::opt_millis")]
     pub retry_after: Option<Duration>,
     /// Who decided.
     pub tier: Tier,
     /// The Redis server clock when Redis decided.
+    #[serde(rename = "decidedAtMs", serialize_with = "json_time::opt_epoch_millis")]
     pub decided_at: Option<SystemTime>,
     /// Whether a Redis-backed limiter decided without Redis (the local tier during an outage,
     /// a `fail_open` allowance, or the [`ErrorPolicy`]): the decision holds this instance's
