@@ -104,7 +104,10 @@ pub enum PeerKind {
     #[value(name = "hand-rolled")]
     #[serde(rename = "hand-rolled")]
     HandRolled,
-    /// Both peers, one after the other.
+    /// amalgam-cache 0.4 (a FusionCache port: moka L1, Redis L2 and backplane), as its Redis
+    /// example sets it up, with 100 ms L2 timeouts and 1 s circuit breakers.
+    Amalgam,
+    /// Every peer, one after the other.
     All,
 }
 

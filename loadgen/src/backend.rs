@@ -2,6 +2,7 @@
 //! Redis) and the peers, the `cached` crate and a hand-rolled moka + redis-rs cache-aside. The
 //! driver hands each an operation and records the `Outcome`.
 
+mod amalgam;
 mod cached;
 mod handrolled;
 mod tierkit;
@@ -15,6 +16,7 @@ use crate::database::Database;
 use crate::workload::Op;
 use crate::Result;
 
+pub use self::amalgam::AmalgamPeer;
 pub use self::cached::CachedPeer;
 pub use self::handrolled::HandRolled;
 pub use self::tierkit::Instance;
@@ -39,6 +41,7 @@ pub enum Backend {
     Tierkit(Vec<Instance>),
     Cached(CachedPeer),
     HandRolled(HandRolled),
+    Amalgam(AmalgamPeer),
 }
 
 impl Backend {
@@ -48,6 +51,12 @@ impl Backend {
             "cached" => {
                 let url = url.ok_or("the cached peer needs Redis")?;
                 return Ok(Backend::Cached(CachedPeer::connect(url).await?));
+            }
+            "amalgam" => {
+                let url = url.ok_or("the amalgam peer needs Redis")?;
+                return Ok(Backend::Amalgam(
+                    AmalgamPeer::connect(url, args.l1_mib).await?,
+                ));
             }
             "hand-rolled" => {
                 let url = url.ok_or("the hand-rolled peer needs Redis")?;
@@ -69,6 +78,7 @@ impl Backend {
             Backend::Tierkit(_) => "tierkit",
             Backend::Cached(_) => "cached",
             Backend::HandRolled(_) => "hand-rolled",
+            Backend::Amalgam(_) => "amalgam",
         }
     }
 
@@ -77,6 +87,7 @@ impl Backend {
             Backend::Tierkit(instances) => instances[task % instances.len()].run(op, db).await,
             Backend::Cached(peer) => peer.run(op, db).await,
             Backend::HandRolled(peer) => peer.run(op, db).await,
+            Backend::Amalgam(peer) => peer.run(op, db).await,
         }
     }
 

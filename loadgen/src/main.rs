@@ -49,8 +49,10 @@
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
 //! - `--outage [kill|hang]`: stop (SIGKILL) or freeze (SIGSTOP) the harness's redis-server for
 //!   the middle third of the run, then restart or resume it. Not with `--redis-url`.
-//! - `--peer cached|hand-rolled|all`: after the tierkit run, run the same workload through
-//!   `cached::AsyncRedisCache` (JSON values, a `ConnectionManager`), through a hand-rolled
+//! - `--peer amalgam|cached|hand-rolled|all`: after the tierkit run, run the same workload
+//!   through amalgam-cache 0.4 (moka L1, Redis L2 and backplane, JSON values, 100 ms L2
+//!   timeouts, 1 s circuit breakers; its hits are not split by tier, so they count as L1),
+//!   through `cached::AsyncRedisCache` (JSON values, a `ConnectionManager`), through a hand-rolled
 //!   cache-aside (a moka cache per namespace, of as many entries as `--l1-mib` holds 1 KiB
 //!   pages, in front of redis-rs's
 //!   `ConnectionManager`, bincode values: what a team writes itself), or both, on the same
@@ -143,7 +145,8 @@ fn run(args: Args) -> Result<()> {
     let backends: &[&str] = match args.peer {
         Some(PeerKind::Cached) => &["tierkit", "cached"],
         Some(PeerKind::HandRolled) => &["tierkit", "hand-rolled"],
-        Some(PeerKind::All) => &["tierkit", "hand-rolled", "cached"],
+        Some(PeerKind::Amalgam) => &["tierkit", "amalgam"],
+        Some(PeerKind::All) => &["tierkit", "amalgam", "hand-rolled", "cached"],
         None => &["tierkit"],
     };
     for (n, name) in backends.iter().enumerate() {
