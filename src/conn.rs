@@ -508,7 +508,7 @@ async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
                 continue;
             }
         }
-        pause = if down(&health.status()) {
+        pause = if down(&states.borrow()) {
             health.recovery_interval()
         } else {
             health.config().probe_interval

@@ -24,6 +24,25 @@ pub use self::tierkit::Instance;
 /// TTL of every cached value, far longer than a run: nothing expires while measuring.
 const TTL: Duration = Duration::from_secs(3600);
 
+/// Bytes an L1 entry of a 1 KiB page takes.
+const PAGE_BYTES: u64 = 1100;
+
+/// Entries per namespace of a peer's count-bounded L1: as many 1 KiB pages as `--l1-mib`
+/// (tierkit's 64 MiB by default) holds, so it is sized as tierkit's byte-bounded one.
+fn l1_entries(l1_mib: Option<u64>) -> u64 {
+    l1_mib.unwrap_or(64) * 1024 * 1024 / PAGE_BYTES
+}
+
+/// A peer's write that went to Redis, or failed.
+fn written<T, E>(r: std::result::Result<T, E>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Write {
+            reached_redis: true,
+        },
+        Err(_) => Outcome::Error,
+    }
+}
+
 /// What one operation did.
 #[derive(Clone, Copy, Debug)]
 pub enum Outcome {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serializer;
+use serde::{Serialize, Serializer};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -16,10 +16,7 @@ pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 pub(crate) fn opt_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_some(&ms(*d)),
-        None => s.serialize_none(),
-    }
+    d.map(ms).serialize(s)
 }
 
 pub(crate) fn ago<S: Serializer>(at: &Instant, s: S) -> Result<S::Ok, S::Error> {
@@ -27,10 +24,7 @@ pub(crate) fn ago<S: Serializer>(at: &Instant, s: S) -> Result<S::Ok, S::Error> 
 }
 
 pub(crate) fn opt_ago<S: Serializer>(at: &Option<Instant>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => s.serialize_some(&ms(at.elapsed())),
-        None => s.serialize_none(),
-    }
+    at.map(|at| ms(at.elapsed())).serialize(s)
 }
 
 pub(crate) fn opt_epoch_millis<S: Serializer>(
@@ -38,8 +32,7 @@ pub(crate) fn opt_epoch_millis<S: Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     // A clock before the epoch is no time to report.
-    match at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
-        Some(since) => s.serialize_some(&ms(since)),
-        None => s.serialize_none(),
-    }
+    at.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(ms)
+        .serialize(s)
 }

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tierkit::cache::Source;
 
-use super::{Outcome, TTL};
+use super::{l1_entries, written, Outcome, TTL};
 use crate::database::{user, Database, Page, User};
 use crate::workload::{Ns, Op};
 use crate::Result;
@@ -27,8 +27,6 @@ use crate::Result;
 const L2_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long an open circuit keeps calls off Redis.
 const BREAKER: Duration = Duration::from_secs(1);
-/// Bytes an L1 entry of a 1 KiB page takes, to size the L1 as `--l1-mib` sizes tierkit's.
-const PAGE_BYTES: u64 = 1100;
 
 pub struct AmalgamPeer {
     pages: Cache<Page>,
@@ -37,7 +35,7 @@ pub struct AmalgamPeer {
 
 impl AmalgamPeer {
     pub async fn connect(url: &str, l1_mib: Option<u64>) -> Result<AmalgamPeer> {
-        let entries = l1_mib.unwrap_or(64) * 1024 * 1024 / PAGE_BYTES;
+        let entries = l1_entries(l1_mib);
         Ok(AmalgamPeer {
             pages: cache(url, "loadgen-amalgam-pages", entries).await?,
             users: cache(url, "loadgen-amalgam-users", entries).await?,
@@ -102,15 +100,6 @@ where
     match got {
         Ok(_) if ran.load(Ordering::Relaxed) => Outcome::Read(Source::Loader),
         Ok(_) => Outcome::Read(Source::L1),
-        Err(_) => Outcome::Error,
-    }
-}
-
-fn written<E>(r: std::result::Result<(), E>) -> Outcome {
-    match r {
-        Ok(()) => Outcome::Write {
-            reached_redis: true,
-        },
         Err(_) => Outcome::Error,
     }
 }

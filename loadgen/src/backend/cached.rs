@@ -4,7 +4,7 @@ use cached::{AsyncRedisCache, ConcurrentCachedAsync};
 use serde::Serialize;
 use tierkit::cache::Source;
 
-use super::{Outcome, TTL};
+use super::{written, Outcome, TTL};
 use crate::database::{user, Database, Page, User};
 use crate::workload::{Ns, Op};
 use crate::Result;
@@ -70,14 +70,5 @@ where
             load().await;
             Outcome::Error
         }
-    }
-}
-
-fn written<T, E>(r: Result<T, E>) -> Outcome {
-    match r {
-        Ok(_) => Outcome::Write {
-            reached_redis: true,
-        },
-        Err(_) => Outcome::Error,
     }
 }

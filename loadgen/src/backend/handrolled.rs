@@ -11,13 +11,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tierkit::cache::Source;
 
-use super::{Outcome, TTL};
+use super::{l1_entries, written, Outcome, TTL};
 use crate::database::{user, Database, Page, User};
 use crate::workload::{Ns, Op};
 use crate::Result;
-
-/// Bytes an L1 entry of a 1 KiB page takes, to size the L1 as `--l1-mib` sizes tierkit's.
-const PAGE_BYTES: u64 = 1100;
 
 /// One namespace: the L1 and its Redis key prefix.
 struct Tier<V> {
@@ -48,7 +45,7 @@ impl HandRolled {
     /// 64 MiB by default): a team sizes a moka cache by count.
     pub async fn connect(url: &str, l1_mib: Option<u64>) -> Result<HandRolled> {
         let redis = ConnectionManager::new(redis::Client::open(url)?).await?;
-        let entries = l1_mib.unwrap_or(64) * 1024 * 1024 / PAGE_BYTES;
+        let entries = l1_entries(l1_mib);
         Ok(HandRolled {
             redis,
             pages: Tier::new("loadgen-hand:pages:", entries),
@@ -110,12 +107,7 @@ impl HandRolled {
             .store(&mut redis, &format!("{}{key}", tier.prefix), &value)
             .await;
         tier.l1.insert(key, Arc::new(value));
-        match stored {
-            Ok(()) => Outcome::Write {
-                reached_redis: true,
-            },
-            Err(_) => Outcome::Error,
-        }
+        written(stored)
     }
 
     async fn store<V: Serialize>(
