@@ -69,14 +69,23 @@ async fn main() -> tierkit::Result<()> {
     match kit.health() {
         None => println!("embedded mode: no Redis configured, L1-only cache in this process"),
         Some(health) => {
-            let up = health
-                .wait_for(HealthState::Up, Duration::from_secs(2))
-                .await;
-            println!(
-                "redis: {} (up: {up}, ping {:?})",
-                health.state(),
-                health.latency()
-            );
+            // Up, or a setting Redis refuses (a password, a database): no need to wait longer.
+            let mut changes = health.subscribe();
+            let settled =
+                changes.wait_for(|s| s.state == HealthState::Up || s.misconfigured.is_some());
+            let _ = tokio::time::timeout(Duration::from_secs(2), settled).await;
+            let status = health.status();
+            match (&status.misconfigured, status.state) {
+                (Some(problem), state) => println!(
+                    "redis: {state}: configuration error ({}): {}",
+                    problem.kind, problem.fix
+                ),
+                (None, HealthState::Up) => println!("redis: up (ping {:?})", status.latency),
+                (None, state) => println!(
+                    "redis: {state} ({}); serving from the in-process tier",
+                    status.last_error.as_deref().unwrap_or("no answer yet")
+                ),
+            }
         }
     }
 
@@ -111,22 +120,27 @@ async fn main() -> tierkit::Result<()> {
             );
         }
     }
+    let queries = db.queries.load(Ordering::Relaxed);
     println!(
-        "50 rounds in {:?}; the database was queried {} times",
-        started.elapsed(),
-        db.queries.load(Ordering::Relaxed)
+        "50 rounds in {:?}; the database was queried {queries} times",
+        started.elapsed()
     );
+    // Ten keys, each loaded once at most (none, when a Redis already holds them).
+    assert!(queries <= 10, "{queries} queries for 10 keys");
+    if kit.is_embedded() {
+        assert_eq!(queries, 10);
+    }
 
     // An update: write-through, and every other instance drops its L1 copy.
     let mut changed = (*events.get_or_set("1", || DB.event(1)).await?).clone();
     changed.title = "Meetup #1 (moved)".into();
     events.set("1", changed).await?;
-    println!(
-        "after update: {:?}",
-        events.get("1").await.map(|e| e.title.clone())
-    );
+    let title = events.get("1").await.map(|e| e.title.clone());
+    println!("after update: {title:?}");
+    assert_eq!(title.as_deref(), Some("Meetup #1 (moved)"));
 
     let info = kit.cache_info().await;
+    assert_eq!(info.namespaces.len(), 2);
     for (name, s) in &info.namespaces {
         println!(
             "{name:>9}: L1 hits {:>3}, L2 hits {:>3}, misses {:>3}, hit ratio {:.0}%, {} bytes stored",

@@ -339,6 +339,8 @@ impl Conn {
         };
         if passive && result.is_connectivity() {
             health.record_failure(&result, false);
+        } else if !result.is_connectivity() {
+            health.record_refusal(&result);
         }
         Err(result)
     }

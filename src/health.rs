@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 use crate::codec::json_time;
 use crate::config::HealthConfig;
+use crate::error::Error;
 
 /// The state of the Redis tier as the health monitor sees it.
 ///
@@ -142,6 +143,133 @@ pub struct HealthStatus {
     /// serve (keys there fail until a replica takes over); empty when all answered, and
     /// always empty on a single server.
     pub unreachable: Vec<UnreachableShard>,
+    /// A setting Redis refused (credentials, database index, ACL permissions): not an outage
+    /// but something to fix in the configuration. `None` while nothing was refused.
+    pub misconfigured: Option<Misconfiguration>,
+}
+
+/// A setting of tierkit's that Redis refused: retrying will not help, the configuration must
+/// change. Carried by [`HealthStatus::misconfigured`] and the health report, and logged once at
+/// error level when it first shows.
+///
+/// Credentials or a database index that Redis refuses keep health `Down` (nothing can be sent)
+/// until a probe gets through. A command the ACL user may not run fails only the calls that
+/// use it; the problem is shown until a minute passes without another refusal.
+///
+/// # Examples
+///
+/// ```
+/// # fn demo(health: &tierkit::health::Health) {
+/// if let Some(problem) = &health.status().misconfigured {
+///     eprintln!("redis configuration error ({}): {}", problem.kind, problem.fix);
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Misconfiguration {
+    /// What was refused.
+    pub kind: MisconfigurationKind,
+    /// What to change.
+    pub fix: String,
+    /// What Redis answered. It may name the ACL user; left out of the public health report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What Redis refused.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::health::MisconfigurationKind;
+///
+/// assert_eq!(MisconfigurationKind::Authentication.to_string(), "authentication");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum MisconfigurationKind {
+    /// No credentials where the server requires them (`NOAUTH`), or wrong ones (`WRONGPASS`).
+    Authentication,
+    /// A database index the server does not have.
+    Database,
+    /// The ACL user may not run a command tierkit sends (`NOPERM`).
+    Permission,
+}
+
+impl MisconfigurationKind {
+    /// The lowercase name: `authentication`, `database` or `permission`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MisconfigurationKind::Authentication => "authentication",
+            MisconfigurationKind::Database => "database",
+            MisconfigurationKind::Permission => "permission",
+        }
+    }
+}
+
+impl std::fmt::Display for MisconfigurationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long a refused command stays in the status after the last refusal: nothing else tells
+/// when an operator granted it.
+const PERMISSION_MEMORY: Duration = Duration::from_secs(60);
+
+impl Misconfiguration {
+    /// The configuration problem `error` shows, if it is one.
+    pub(crate) fn of(error: &Error) -> Option<Self> {
+        use redis::{ErrorKind, ServerErrorKind};
+        let Error::Redis(e) = error else {
+            return None;
+        };
+        // Only an error that may be one of these is rendered.
+        let said = match (e.kind(), e.code()) {
+            (ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm), _)
+            | (_, Some("NOAUTH" | "WRONGPASS" | "NOPERM" | "ERR")) => e.to_string(),
+            _ => return None,
+        };
+        let (kind, fix) = match (e.kind(), e.code()) {
+            (ErrorKind::AuthenticationFailed, _) | (_, Some("NOAUTH" | "WRONGPASS")) => (
+                MisconfigurationKind::Authentication,
+                "Redis refused the credentials: set the password (and the ACL user, if any) in \
+                 REDIS_URL (redis://user:password@host:port) or REDIS_PASSWORD and \
+                 REDIS_USERNAME"
+                    .to_owned(),
+            ),
+            (ErrorKind::Server(ServerErrorKind::NoPerm), _) | (_, Some("NOPERM")) => {
+                let command = said
+                    .split('\'')
+                    .nth(1)
+                    .filter(|c| !c.is_empty() && c.len() < 64)
+                    .map_or_else(String::new, |c| format!(" ({c})"));
+                (
+                    MisconfigurationKind::Permission,
+                    format!(
+                        "the Redis ACL user may not run a command tierkit sends{command}: grant \
+                         it (ACL SETUSER <user> +<command>), or see the README's Security \
+                         section for the commands each feature needs"
+                    ),
+                )
+            }
+            _ if said.contains("refused to switch database") || said.contains("DB index") => (
+                MisconfigurationKind::Database,
+                "Redis has no such database: use an index below the server's `databases` \
+                 setting (16 by default) in REDIS_URL's path or REDIS_DB"
+                    .to_owned(),
+            ),
+            _ => return None,
+        };
+        Some(Misconfiguration {
+            kind,
+            fix,
+            error: Some(said),
+        })
+    }
 }
 
 /// A cluster primary that did not answer the probe, and the part of the keyspace it serves.
@@ -227,6 +355,8 @@ struct Machine {
     since: Instant,
     last_error: Option<String>,
     unreachable: Vec<UnreachableShard>,
+    /// What Redis refused, and when it last did.
+    misconfigured: Option<(Misconfiguration, Instant)>,
 }
 
 impl Machine {
@@ -299,6 +429,7 @@ impl Health {
             since: Instant::now(),
             last_error: Some("not connected yet".to_owned()),
             unreachable: Vec::new(),
+            misconfigured: None,
         };
         let (tx, _) = watch::channel(HealthStatus {
             state: HealthState::Down,
@@ -310,6 +441,7 @@ impl Health {
             consecutive_failures: 0,
             last_error: machine.last_error.clone(),
             unreachable: Vec::new(),
+            misconfigured: None,
         });
         Health(Arc::new(Shared {
             cfg,
@@ -399,10 +531,27 @@ impl Health {
             .clamp(Duration::from_millis(10), self.0.cfg.probe_interval)
     }
 
-    /// Passive feed and probe: a call met a connection error or timeout.
-    pub(crate) fn record_failure(&self, error: &dyn std::fmt::Display, probe: bool) {
+    /// Passive feed: Redis answered a call with a refusal that only configuration can change
+    /// (a `NOPERM`). Not a failure: Redis is there, and other calls go on.
+    pub(crate) fn record_refusal(&self, error: &Error) {
+        if let Some(problem) = Misconfiguration::of(error) {
+            let mut m = self.0.lock();
+            note_misconfiguration(&mut m, problem);
+            self.0.publish(&m);
+        }
+    }
+
+    /// Passive feed and probe: a call met a connection error or timeout. Credentials or a
+    /// database Redis refuses are a failure too, and a certain one: health is `Down` at once.
+    pub(crate) fn record_failure(&self, error: &Error, probe: bool) {
         let threshold = self.0.cfg.fail_threshold;
-        let fails = if probe {
+        let problem = Misconfiguration::of(error);
+        let fails = if problem.is_some() {
+            self.0
+                .fails
+                .fetch_max(threshold, Ordering::Relaxed)
+                .max(threshold)
+        } else if probe {
             self.0
                 .fails
                 .fetch_add(1, Ordering::Relaxed)
@@ -436,6 +585,9 @@ impl Health {
             m.unreachable.clear();
         }
         m.last_error = Some(error.to_string());
+        if let Some(problem) = problem {
+            note_misconfiguration(&mut m, problem);
+        }
         let from = m.observed;
         if let Some(to) = m.on_failure(fails, &self.0.cfg) {
             crate::metrics::health_transition(from.as_str(), to.as_str(), to.level());
@@ -469,6 +621,15 @@ impl Health {
         self.0.fails.store(0, Ordering::Relaxed);
         let mut m = self.0.lock();
         m.last_probe = Some(Instant::now());
+        // A probe got through: the credentials and database are right now. A refused command
+        // is forgotten only when a while passes without another refusal.
+        let fixed = m.misconfigured.as_ref().is_some_and(|(p, seen)| {
+            p.kind != MisconfigurationKind::Permission || seen.elapsed() >= PERMISSION_MEMORY
+        });
+        if fixed {
+            m.misconfigured = None;
+            tracing::info!("tierkit: Redis no longer refuses tierkit's configuration");
+        }
         let partial = !unreachable.is_empty();
         if partial {
             let nodes: Vec<&str> = unreachable.iter().map(|u| u.node.as_str()).collect();
@@ -501,6 +662,24 @@ impl Health {
         }
         self.0.publish(&m);
     }
+}
+
+/// Keeps `problem` as the configuration problem in force; logs it once, when it first shows
+/// or changes, never once per refused call.
+fn note_misconfiguration(m: &mut Machine, problem: Misconfiguration) {
+    let known = m
+        .misconfigured
+        .as_ref()
+        .is_some_and(|(p, _)| p.kind == problem.kind && p.fix == problem.fix);
+    if !known {
+        tracing::error!(
+            kind = %problem.kind,
+            error = problem.error.as_deref().unwrap_or_default(),
+            "tierkit: Redis refused tierkit's configuration: {}",
+            problem.fix
+        );
+    }
+    m.misconfigured = Some((problem, Instant::now()));
 }
 
 impl Shared {
@@ -538,6 +717,7 @@ impl Shared {
             consecutive_failures: self.fails.load(Ordering::Relaxed),
             last_error: m.last_error.clone(),
             unreachable: m.unreachable.clone(),
+            misconfigured: m.misconfigured.as_ref().map(|(p, _)| p.clone()),
         };
         self.tx.send_if_modified(|old| {
             let changed = *old != status;
@@ -583,7 +763,7 @@ mod tests {
         let h = health();
         h.record_probe_ok(FAST);
         for _ in 0..3 {
-            h.record_failure(&"boom", true);
+            h.record_failure(&Error::Internal("boom"), true);
         }
         assert_eq!(h.state(), HealthState::Down);
         h.record_probe_ok(FAST);
@@ -597,16 +777,19 @@ mod tests {
         let h = health();
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
-        h.record_failure(&"boom", false);
-        h.record_failure(&"boom", false);
+        h.record_failure(&Error::Internal("boom"), false);
+        h.record_failure(&Error::Internal("boom"), false);
         h.record_success(); // a success in between resets the count
-        h.record_failure(&"boom", false);
-        h.record_failure(&"boom", true);
+        h.record_failure(&Error::Internal("boom"), false);
+        h.record_failure(&Error::Internal("boom"), true);
         assert_eq!(h.state(), HealthState::Up);
-        h.record_failure(&"boom", false);
+        h.record_failure(&Error::Internal("boom"), false);
         assert_eq!(h.state(), HealthState::Down);
         assert_eq!(h.status().consecutive_failures, 3);
-        assert_eq!(h.status().last_error.as_deref(), Some("boom"));
+        assert_eq!(
+            h.status().last_error.as_deref(),
+            Some(Error::Internal("boom").to_string().as_str())
+        );
     }
 
     #[test]
@@ -614,10 +797,10 @@ mod tests {
         let h = health();
         h.record_probe_ok(FAST);
         for _ in 0..3 {
-            h.record_failure(&"boom", true);
+            h.record_failure(&Error::Internal("boom"), true);
         }
         h.record_probe_ok(FAST);
-        h.record_failure(&"boom", true);
+        h.record_failure(&Error::Internal("boom"), true);
         h.record_probe_ok(FAST);
         assert_eq!(h.state(), HealthState::Down);
         h.record_probe_ok(FAST);
@@ -661,9 +844,9 @@ mod tests {
         assert!(s.forced);
         assert_eq!(s.observed, HealthState::Up);
         // The monitor keeps observing underneath a forced state.
-        h.record_failure(&"x", true);
-        h.record_failure(&"x", true);
-        h.record_failure(&"x", true);
+        h.record_failure(&Error::Internal("x"), true);
+        h.record_failure(&Error::Internal("x"), true);
+        h.record_failure(&Error::Internal("x"), true);
         h.force(HealthState::Up);
         assert_eq!(h.state(), HealthState::Up);
         h.unforce();
@@ -677,13 +860,13 @@ mod tests {
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
         for _ in 0..50 {
-            h.record_failure(&"slow call", false);
+            h.record_failure(&Error::Internal("slow call"), false);
             h.record_success();
         }
         assert_eq!(h.state(), HealthState::Up);
         // Probes always count.
         for _ in 0..3 {
-            h.record_failure(&"probe", true);
+            h.record_failure(&Error::Internal("probe"), true);
         }
         assert_eq!(h.state(), HealthState::Down);
     }
@@ -694,11 +877,11 @@ mod tests {
         h.record_probe_ok(FAST);
         h.record_probe_ok(FAST);
         // cfg() needs three: two calls failing together are not enough...
-        h.record_failure(&"timeout", false);
-        h.record_failure(&"timeout", false);
+        h.record_failure(&Error::Internal("timeout"), false);
+        h.record_failure(&Error::Internal("timeout"), false);
         assert_eq!(h.state(), HealthState::Up);
         // ...a third in the same window, with no success between, is.
-        h.record_failure(&"timeout", false);
+        h.record_failure(&Error::Internal("timeout"), false);
         assert_eq!(h.state(), HealthState::Down);
         assert_eq!(h.status().consecutive_failures, 3);
         assert_eq!(h.recovery_interval(), cfg().probe_interval);

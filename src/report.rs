@@ -13,8 +13,10 @@
 //! | `unhealthy` | Redis has been down for `unhealthy_after` or more: a load balancer may rotate the instance out |
 //!
 //! `redis.status` is `healthy`, `degraded` (slow, or on a cluster some primaries unreachable:
-//! `redis.unreachable` then lists them with their slots), `unhealthy` (down) or `disabled`
-//! (embedded).
+//! `redis.unreachable` then lists them with their slots; or answering but refusing a command
+//! the ACL user may not run), `unhealthy` (down) or `disabled` (embedded). When Redis refuses
+//! tierkit's configuration (credentials, database index, ACL permissions) `redis.misconfigured`
+//! says what (`kind`) and what to change (`fix`): that is not an outage to wait out.
 //! A report never waits longer than the op timeout: Redis state and latency come from the
 //! health monitor's last probe, and the key count and memory from one pipelined call that is
 //! skipped while Redis is down.
@@ -36,7 +38,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::cache::{CacheCore, CacheStats};
-use crate::health::{Health, HealthState, UnreachableShard};
+use crate::health::{Health, HealthState, Misconfiguration, UnreachableShard};
 use crate::ratelimit::{LimiterReport, Registry, Tier};
 use crate::session::{SessionStats, Sessions};
 
@@ -111,6 +113,11 @@ pub struct RedisReport {
     /// left out when empty, and from the [public](HealthReport::public) form.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unreachable: Vec<UnreachableShard>,
+    /// A setting Redis refused (credentials, database index, ACL permissions): what to fix.
+    /// Left out when there is none; the [public](HealthReport::public) form keeps the kind and
+    /// the fix but not Redis's own words (`error`), which may name the ACL user.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub misconfigured: Option<Misconfiguration>,
 }
 
 /// The cache part.
@@ -184,6 +191,9 @@ impl HealthReport {
     pub fn public(mut self) -> HealthReport {
         self.redis.last_error = None;
         self.redis.unreachable = Vec::new();
+        if let Some(problem) = &mut self.redis.misconfigured {
+            problem.error = None;
+        }
         for limiter in &mut self.rate_limiter.limiters {
             limiter.last_error = None;
         }
@@ -201,6 +211,10 @@ impl HealthReport {
         let (redis_status, overall) = match &status {
             None => (Status::Disabled, Status::Healthy),
             Some(s) => match s.state {
+                // Redis answers, but refuses some of what tierkit sends.
+                HealthState::Up if s.misconfigured.is_some() => {
+                    (Status::Degraded, Status::Degraded)
+                }
                 HealthState::Up => (Status::Healthy, Status::Healthy),
                 HealthState::Degraded => (Status::Degraded, Status::Degraded),
                 _ if s.since.elapsed() >= UNHEALTHY_AFTER => (Status::Unhealthy, Status::Unhealthy),
@@ -221,6 +235,7 @@ impl HealthReport {
                 .as_ref()
                 .map(|s| s.unreachable.clone())
                 .unwrap_or_default(),
+            misconfigured: status.as_ref().and_then(|s| s.misconfigured.clone()),
         };
         // Both Redis reads at once, each skipped while Down and bounded by the op timeout
         // otherwise, so the report as a whole is too.
@@ -284,6 +299,11 @@ mod tests {
                     slots: vec![0..=5460],
                     error: "connection refused".to_owned(),
                 }],
+                misconfigured: Some(Misconfiguration {
+                    kind: crate::health::MisconfigurationKind::Permission,
+                    fix: "grant it".to_owned(),
+                    error: Some("NOPERM User alice has no permissions".to_owned()),
+                }),
             },
             cache: CacheReport {
                 total_keys: Some(12),
@@ -309,6 +329,12 @@ mod tests {
         let redis = expected["redis"].as_object_mut().unwrap();
         redis.remove("lastError");
         redis.remove("unreachable");
+        redis["misconfigured"]
+            .as_object_mut()
+            .unwrap()
+            .remove("error");
+        assert!(!public.to_string().contains("alice"), "{public}");
+        assert_eq!(public["redis"]["misconfigured"]["kind"], "permission");
         assert_eq!(public, expected);
     }
 

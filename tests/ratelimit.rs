@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::{fast_builder, per_backend, Backend};
 use tierkit::clock::{Clock, ManualClock};
-use tierkit::health::HealthState;
+use tierkit::health::{HealthState, MisconfigurationKind};
 use tierkit::ratelimit::{Algorithm, Decision, ErrorPolicy, Limiter, Quota, Tier};
 use tierkit::{Error, Tierkit};
 
@@ -1152,6 +1152,10 @@ async fn an_acl_user_without_scripting_is_neither_an_outage_nor_an_allow_all() {
         HealthState::Up,
         "errors that are answers never take health down"
     );
+    // Health names it as what it is: a command the user may not run, to grant.
+    let problem = kit.health().unwrap().status().misconfigured.expect("named");
+    assert_eq!(problem.kind, MisconfigurationKind::Permission);
+    assert!(problem.fix.contains("evalsha"), "{}", problem.fix);
     let r = refuse.report();
     assert_eq!(r.redis_errors, 20);
     assert_eq!(r.last_error_kind.as_deref(), Some("NOPERM"));
