@@ -48,12 +48,16 @@ use crate::error::{Error, Result};
 use crate::health::{Health, HealthState, HealthStatus};
 
 mod cluster;
+#[cfg(feature = "testing")]
+mod faults;
 mod kept;
 mod pubsub;
 #[cfg(feature = "tls")]
 mod tls;
 mod tracking;
 
+#[cfg(feature = "testing")]
+pub use faults::Faults;
 pub(crate) use kept::Report;
 pub(crate) use pubsub::Subscription;
 pub(crate) use tracking::{Invalidated, Tracking};
@@ -84,6 +88,8 @@ struct Inner {
     op_timeout: Duration,
     connect_timeout: Duration,
     health: Health,
+    #[cfg(feature = "testing")]
+    faults: Faults,
     // Dropping the last handle drops this sender, which ends the probe task.
     _stop_probe: oneshot::Sender<()>,
 }
@@ -132,6 +138,8 @@ impl Conn {
             op_timeout: config.op_timeout,
             connect_timeout: config.connect_timeout,
             health,
+            #[cfg(feature = "testing")]
+            faults: Faults::default(),
             _stop_probe: stop_tx,
         }));
         tokio::spawn(probe_loop(Arc::downgrade(&conn.0), stop_rx));
@@ -141,6 +149,12 @@ impl Conn {
     /// The health monitor of this connection.
     pub fn health(&self) -> &Health {
         &self.0.health
+    }
+
+    /// The faults injected into this connection's calls and probes (feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn faults(&self) -> &Faults {
+        &self.0.faults
     }
 
     /// Whether this is a Redis Cluster connection.
@@ -329,6 +343,8 @@ impl Conn {
         // On a cluster a failed call speaks for one shard, so only the probe (which asks every
         // primary) moves the state.
         let passive = !self.is_cluster();
+        #[cfg(feature = "testing")]
+        let call = self.0.faults.plan().run(call);
         let result = match tokio::time::timeout(bound, call).await {
             Ok(Ok(value)) => {
                 health.record_success();
@@ -528,6 +544,17 @@ async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
                     }
                 }
                 Link::Cluster(cluster) => cluster.probe(timeout).await,
+            }
+        };
+        #[cfg(feature = "testing")]
+        let probe = {
+            let plan = inner.faults.plan_probe();
+            async move {
+                let faulted = plan.run(async { Ok(()) }).await;
+                match faulted {
+                    Ok(()) => probe.await,
+                    Err(e) => cluster::Probe::Failed(Error::Redis(e)),
+                }
             }
         };
         let result = tokio::select! {

@@ -18,7 +18,7 @@
 //!   slower than `degraded_latency` gives `Degraded` (Redis answers, but slowly); from
 //!   `Degraded`, `recover_threshold` fast probes give `Up`.
 //! - While `Down`, calls through [`Conn`](crate::conn::Conn) fail at once with
-//!   [`Error::Unavailable`](crate::Error::Unavailable) instead of waiting for a timeout; only the
+//!   [`Error::Unavailable`] instead of waiting for a timeout; only the
 //!   probe keeps talking to Redis.
 //! - One log line per transition (warn going down or slow, info coming back), never one per
 //!   failed call.

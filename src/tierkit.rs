@@ -152,6 +152,25 @@ impl Tierkit {
         self.0.conn.as_ref().map(Conn::health)
     }
 
+    /// The faults injected into tierkit's Redis calls, for a service's tests of its degraded
+    /// mode (feature `testing`); `None` in embedded mode, which makes no Redis calls. See
+    /// [`Faults`](crate::conn::Faults).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(kit: tierkit::Tierkit) {
+    /// let faults = kit.faults().expect("Redis is configured");
+    /// faults.hang();
+    /// // ... the service answers from its in-process tier ...
+    /// faults.heal();
+    /// # }
+    /// ```
+    #[cfg(feature = "testing")]
+    pub fn faults(&self) -> Option<&crate::conn::Faults> {
+        self.0.conn.as_ref().map(Conn::faults)
+    }
+
     /// Declares a cache namespace holding values of type `V`; see
     /// [`NamespaceBuilder`] for its settings.
     ///

@@ -1,0 +1,202 @@
+//! Fault injection (feature `testing`) driving the degraded paths of the example service
+//! (`examples/degraded.rs`): a hung, an unreachable, a slow and a flaky Redis, made without
+//! signalling the server, and the service answering through each of them. This file is what
+//! the README's "Testing your service's degraded mode" shows.
+
+#![cfg(all(feature = "tower", feature = "testing"))]
+
+mod support;
+
+#[path = "../examples/degraded.rs"]
+#[allow(dead_code)]
+mod degraded;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use degraded::{app, call};
+use support::RedisServer;
+use tierkit::health::HealthState;
+use tierkit::Error;
+
+const CLIENT: &str = "203.0.113.7:40000";
+
+#[tokio::test]
+async fn the_service_answers_through_a_hung_unreachable_slow_and_flaky_redis() {
+    let server = RedisServer::start();
+    let kit = support::connected(&server.url()).await;
+    let faults = kit.faults().expect("Redis is configured");
+    let health = kit.health().unwrap();
+    let (router, state) = app(&kit, 1_000).unwrap();
+
+    // Healthy: the first read loads, the next comes from L1; Redis decides the limit.
+    let first = call(&router, CLIENT, "/events/1").await;
+    assert_eq!(
+        (first.0, first.1.as_str(), first.2.as_str()),
+        (StatusCode::OK, "Loader", "-")
+    );
+    assert_eq!(call(&router, CLIENT, "/events/1").await.1, "L1");
+
+    // Hung: every answer is still a 200, none waits past the op timeout, the limiter decides
+    // locally, and health is Down after two calls time out together.
+    faults.hang();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, source, limiter) = call(&router, CLIENT, "/events/1").await;
+        assert_eq!(
+            (status, source.as_str(), limiter.as_str()),
+            (StatusCode::OK, "L1", "local")
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    // A key never cached still answers, from the database.
+    let (status, source, _) = call(&router, CLIENT, "/events/2").await;
+    assert_eq!((status, source.as_str()), (StatusCode::OK, "Loader"));
+    let report = call_json(&router, "/health").await;
+    assert_eq!(report["status"], "degraded");
+    assert_eq!(report["redis"]["status"], "unhealthy");
+
+    // Healed: the probe brings Redis back, and Redis decides again.
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    let (status, _, limiter) = call(&router, CLIENT, "/events/1").await;
+    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "-"));
+
+    // Unreachable: refused at once, so health is Down before any call waits.
+    faults.unreachable();
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    let started = Instant::now();
+    let (status, _, limiter) = call(&router, CLIENT, "/events/3").await;
+    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "local"));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+
+    // Slower than the op timeout: each call times out, and the service still answers.
+    faults.latency(Duration::from_millis(150));
+    let conn = kit.conn().unwrap();
+    let slow = conn.query::<String>(&redis::cmd("PING")).await;
+    assert!(matches!(slow, Err(Error::Timeout(_))), "{slow:?}");
+    let (status, _, _) = call(&router, CLIENT, "/events/4").await;
+    assert_eq!(status, StatusCode::OK);
+    // Slow but within it: answered, late.
+    faults.latency(Duration::from_millis(30));
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    let started = Instant::now();
+    let pong: String = conn.query(&redis::cmd("PING")).await.unwrap();
+    assert_eq!(
+        (
+            pong.as_str(),
+            started.elapsed() >= Duration::from_millis(30)
+        ),
+        ("PONG", true)
+    );
+    faults.heal();
+
+    // Flaky: a third of the calls fail; not one request does.
+    faults.seed(3);
+    faults.error_rate(0.3).unwrap();
+    let before = faults.injected();
+    for id in 10..40 {
+        let (status, _, _) = call(&router, CLIENT, &format!("/events/{id}")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(faults.injected() > before, "some calls met the fault");
+    faults.heal();
+    assert!(state.queries.load(Ordering::Relaxed) >= 30);
+}
+
+/// The same seed gives the same faults to the same calls: a failing test replays.
+#[tokio::test]
+async fn a_seed_replays_the_same_faults() {
+    let server = RedisServer::start();
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        // Failures here must not take health down between calls, or later calls would not
+        // draw at all: a threshold no run of 40 reaches.
+        let config = support::fast_builder()
+            .fail_threshold(1_000)
+            .redis_url(server.url())
+            .build()
+            .unwrap();
+        let kit = support::connected_with(config).await;
+        let faults = kit.faults().unwrap();
+        faults.seed(11);
+        faults.error_rate(0.5).unwrap();
+        let conn = kit.conn().unwrap();
+        let mut outcomes = Vec::new();
+        for _ in 0..40 {
+            outcomes.push(conn.query::<String>(&redis::cmd("PING")).await.is_ok());
+        }
+        runs.push(outcomes);
+    }
+    assert_eq!(runs[0], runs[1]);
+    let failed = runs[0].iter().filter(|ok| !**ok).count();
+    assert!((8..=32).contains(&failed), "{failed} of 40 at 0.5");
+}
+
+/// Bad settings are refused and leave the faults in force as they were.
+#[tokio::test]
+async fn bad_fault_settings_are_refused() {
+    let server = RedisServer::start();
+    let kit = support::connected(&server.url()).await;
+    let faults = kit.faults().unwrap();
+    assert!(matches!(
+        faults.error_rate(-0.1),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(faults
+        .latency_between(Duration::from_secs(2), Duration::from_secs(1))
+        .is_err());
+    let pong: String = kit
+        .conn()
+        .unwrap()
+        .query(&redis::cmd("PING"))
+        .await
+        .unwrap();
+    assert_eq!(pong, "PONG");
+    assert_eq!(faults.injected(), 0);
+    assert!(tierkit::Tierkit::embedded().faults().is_none());
+}
+
+async fn call_json(router: &axum::Router, path: &str) -> serde_json::Value {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
