@@ -2,6 +2,7 @@
 //! degraded mode from its own tests without signalling a real server: calls made slow, failing
 //! at a rate, hung, or refused, switched at run time and reproducible under a seed.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,7 +39,14 @@ use crate::error::{Error, Result};
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Default)]
-pub struct Faults(Arc<Mutex<State>>);
+pub struct Faults(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    /// Whether any fault is in force: a call with none costs one load, not the lock.
+    active: AtomicBool,
+    state: Mutex<State>,
+}
 
 impl std::fmt::Debug for Faults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -179,6 +187,9 @@ impl Faults {
     }
 
     fn draw(&self, probe: bool) -> Plan {
+        if !self.0.active.load(Ordering::Acquire) {
+            return Plan::CLEAN;
+        }
         let mut s = self.lock();
         let State {
             mode,
@@ -215,9 +226,40 @@ impl Faults {
         plan
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Guard<'_> {
         // Every field stays valid whatever a panicking holder did.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        Guard {
+            state: self.0.state.lock().unwrap_or_else(|p| p.into_inner()),
+            active: &self.0.active,
+        }
+    }
+}
+
+/// The state, locked; on release, `active` says again whether any fault is in force.
+struct Guard<'a> {
+    state: MutexGuard<'a, State>,
+    active: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let s = &*self.state;
+        let active =
+            s.mode != Mode::Pass || !matches!(s.latency, Latency::None) || s.error_rate > 0.0;
+        self.active.store(active, Ordering::Release);
     }
 }
 
