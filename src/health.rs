@@ -251,8 +251,8 @@ impl Misconfiguration {
                     MisconfigurationKind::Permission,
                     format!(
                         "the Redis ACL user may not run a command tierkit sends{command}: grant \
-                         it (ACL SETUSER <user> +<command>), or see the README's Security \
-                         section for the commands each feature needs"
+                         it (ACL SETUSER <user> +<command>); a rate limiter without scripting \
+                         can use Algorithm::PipelinedCounter instead"
                     ),
                 )
             }

@@ -30,6 +30,20 @@
 //! - [`Algorithm::SlidingCounter`] keeps two counters per key (O(1) memory). It never allows
 //!   more than `limit` in any fixed window aligned to the window length, nor more than
 //!   `2 × limit` in any sliding window; it may refuse a little early.
+//! - [`Algorithm::PipelinedCounter`] is the same counter with no Lua script: plain counters
+//!   per fixed window, one pipeline per decision (`INCRBY` of the current window, `GET` of the
+//!   previous one; a `PEXPIRE` the first time this process counts in a window), and a `DECRBY`
+//!   giving a refused request's units back. Redis runs no script, so it costs Redis about what
+//!   two `GET`s do, and an ACL user without scripting may use it. The window is placed on the
+//!   Redis clock as the limiter reads it: its own clock plus the offset a `TIME` measured
+//!   (alone before the first decision, then riding in a decision's pipeline every 10 s), off
+//!   by at most half that round trip plus the application clock's drift since. On that
+//!   reading it keeps the counter's bound exactly (never more than `limit` in a fixed window,
+//!   nor `2 × limit` in a sliding one: a request is counted before it is judged, so
+//!   concurrent requests see each other); on the Redis clock itself a window's edges may be
+//!   off by that error, so a request within it of an edge may count in the neighbouring
+//!   window. A refused request's units are visible to others until its `DECRBY` lands:
+//!   stricter, never looser.
 //! - With [`LimiterBuilder::block_for`], a refused key is refused from process memory, with no
 //!   Redis call, until the block ends.
 //! - The local tier keeps an exact state per active key up to
@@ -48,9 +62,12 @@
 //! ## Redis keys
 //!
 //! `{prefix}:rl:{limiter}:log:{key}` (a sorted set) or `{prefix}:rl:{limiter}:ctr:{key}` (a
-//! hash), expiring on its own once idle for a window (two for the counter). The algorithm is in
-//! the name, so a limiter switched from one to the other starts afresh instead of meeting the
-//! other's data.
+//! hash), expiring on its own once idle for a window (two for the counter). The pipelined
+//! counter keeps one plain counter per quota and window,
+//! `{{prefix}:rl:{limiter}:pc:{key}}:{window ms}:{window index}`, each expiring two windows
+//! after its first count; the braces are a hash tag, so a key's counters share a cluster slot.
+//! The algorithm is in the name, so a limiter switched from one to another starts afresh
+//! instead of meeting the other's data.
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -65,6 +82,7 @@ mod limiter;
 // The tier choice: the trait and its picker, then the two tiers.
 mod decider;
 mod local;
+mod pipelined;
 mod scripts;
 // In-process time and memory: governor's clock, block windows.
 mod block;

@@ -26,6 +26,13 @@ use tierkit::{Error, Tierkit};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Every way Redis counts.
+const ALGORITHMS: [Algorithm; 3] = [
+    Algorithm::SlidingLog,
+    Algorithm::SlidingCounter,
+    Algorithm::PipelinedCounter,
+];
+
 fn quota(limit: u32, window: Duration) -> Quota {
     Quota::new(limit, window).unwrap()
 }
@@ -114,10 +121,7 @@ mod decisions {
         let clock = ManualClock::new();
         let kit = b.kit_with(b.builder().clock(clock.clone())).await;
         let short = Duration::from_millis(600);
-        for (i, algorithm) in [Algorithm::SlidingLog, Algorithm::SlidingCounter]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, algorithm) in ALGORITHMS.into_iter().enumerate() {
             let api = kit
                 .limiter(format!("multi{i}"), quota(2, short))
                 .also(quota(3, Duration::from_secs(3600)))
@@ -162,10 +166,7 @@ mod decisions {
     async fn peek_refund_and_reset_act_on_the_key(b: Backend) {
         let clock = ManualClock::new();
         let kit = b.kit_with(b.builder().clock(clock.clone())).await;
-        for (i, algorithm) in [Algorithm::SlidingLog, Algorithm::SlidingCounter]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, algorithm) in ALGORITHMS.into_iter().enumerate() {
             let api = kit
                 .limiter(format!("ctl{i}"), quota(10, Duration::from_secs(600)))
                 .algorithm(algorithm)
@@ -266,7 +267,7 @@ mod decisions {
     async fn waiting_retry_after_is_enough_for_both_algorithms(b: Backend) {
         let clock = ManualClock::new();
         let kit = b.kit_with(b.builder().clock(clock.clone())).await;
-        for algorithm in [Algorithm::SlidingLog, Algorithm::SlidingCounter] {
+        for algorithm in ALGORITHMS {
             let api = kit
                 .limiter(
                     format!("retry{}", algorithm as u8),
@@ -369,6 +370,7 @@ mod redis_window {
         the_log_records_only_admitted_requests,
         the_sliding_log_matches_the_reference_model_across_skewed_instances,
         the_sliding_counter_stays_within_its_documented_bound,
+        the_pipelined_counter_stays_within_its_documented_bound,
     ]);
 
     async fn the_log_records_only_admitted_requests(b: Backend) {
@@ -430,6 +432,59 @@ mod redis_window {
                 assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
             }
             assert!(seen.iter().filter(|s| s.allowed).count() > 20);
+        }
+    }
+
+    /// The counter without a script, on the Redis clock as each instance reads it (its own
+    /// clock, minutes off, plus the offset it measured): the same bound as the script's
+    /// counter, checked on the time each decision was placed at, and the reading itself close
+    /// to the Redis clock.
+    async fn the_pipelined_counter_stays_within_its_documented_bound(b: Backend) {
+        let window = Duration::from_millis(300);
+        let w = window.as_micros() as i64;
+        for seed in 1..=2u64 {
+            let limit = 10;
+            let seen = stress(&b, Algorithm::PipelinedCounter, limit, window, 20 + seed).await;
+            for s in seen.iter().filter(|s| s.allowed) {
+                let sliding = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
+                assert!(
+                    sliding <= 2 * limit,
+                    "seed {seed}: {sliding} in a sliding window"
+                );
+                let start = s.at_us - s.at_us.rem_euclid(w);
+                let fixed = admitted_in(&seen, s.key, start - 1, start + w - 1);
+                assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
+            }
+            let allowed = seen.iter().filter(|s| s.allowed).count();
+            let refused = seen.len() - allowed;
+            assert!(
+                allowed > 20 && refused > 20,
+                "seed {seed}: {allowed}/{refused}"
+            );
+        }
+        // Each decision was placed on the Redis clock within a round trip of it.
+        let kit = b.kit().await;
+        let api = kit
+            .limiter("placed", quota(1_000, Duration::from_secs(60)))
+            .algorithm(Algorithm::PipelinedCounter)
+            .app_clock(|| SystemTime::now() - Duration::from_secs(3_600))
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            let conn = kit.conn().unwrap();
+            let before: (i64, i64) = conn.query(&::redis::cmd("TIME")).await.unwrap();
+            let d = api.check("k").await;
+            let after: (i64, i64) = conn.query(&::redis::cmd("TIME")).await.unwrap();
+            let us = |(s, u): (i64, i64)| s * 1_000_000 + u;
+            let at = micros(d.decided_at.unwrap());
+            assert_eq!(d.tier, Tier::Redis);
+            // Loopback round trips: a few ms of slack on a loaded machine.
+            assert!(
+                at >= us(before) - 5_000 && at <= us(after) + 5_000,
+                "placed at {at}, Redis read {} then {}",
+                us(before),
+                us(after)
+            );
         }
     }
 
@@ -1156,6 +1211,16 @@ async fn an_acl_user_without_scripting_is_neither_an_outage_nor_an_allow_all() {
     let problem = kit.health().unwrap().status().misconfigured.expect("named");
     assert_eq!(problem.kind, MisconfigurationKind::Permission);
     assert!(problem.fix.contains("evalsha"), "{}", problem.fix);
+    // The counter without a script is a decision such a user may have Redis make.
+    let pipelined = kit
+        .limiter("acl-pc", quota(5, Duration::from_secs(60)))
+        .algorithm(Algorithm::PipelinedCounter)
+        .build()
+        .unwrap();
+    for i in 0..8 {
+        let d = pipelined.check("k").await;
+        assert_eq!((d.allowed, d.tier), (i < 5, Tier::Redis), "{i}: {d:?}");
+    }
     let r = refuse.report();
     assert_eq!(r.redis_errors, 20);
     assert_eq!(r.last_error_kind.as_deref(), Some("NOPERM"));
@@ -1210,4 +1275,42 @@ async fn an_algorithm_switch_stays_on_redis_and_a_foreign_key_is_not_an_outage()
     assert_eq!(kit.health().unwrap().state(), HealthState::Up);
     // Other keys are untouched.
     assert_eq!(l.check("k").await.tier, Tier::Redis);
+}
+
+/// Every counter of the counter without a script expires: the ones this instance made, and the
+/// ones made again after a reset or after Redis lost its data (a restart, an eviction), which
+/// this instance had already set an expiry on under the same name.
+#[tokio::test]
+async fn the_pipelined_counters_always_expire() {
+    let server = support::RedisServer::start();
+    let kit = support::connected(&server.url()).await;
+    let api = kit
+        .limiter("exp", quota(100, Duration::from_secs(60)))
+        .algorithm(Algorithm::PipelinedCounter)
+        .build()
+        .unwrap();
+    let client = server.client();
+    let ttls = || -> Vec<i64> {
+        let mut admin = client.get_connection().unwrap();
+        let keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg("*:pc:*")
+            .query(&mut admin)
+            .unwrap();
+        keys.iter()
+            .map(|k| ::redis::cmd("PTTL").arg(k).query(&mut admin).unwrap())
+            .collect()
+    };
+    let expiring = |ttls: Vec<i64>| !ttls.is_empty() && ttls.iter().all(|t| *t > 0);
+    assert!(api.check("k").await.allowed);
+    assert!(expiring(ttls()));
+    api.reset("k").await.unwrap();
+    assert!(ttls().is_empty());
+    assert!(api.check("k").await.allowed);
+    assert!(expiring(ttls()), "remade after a reset");
+    let _: () = ::redis::cmd("FLUSHALL")
+        .query(&mut client.get_connection().unwrap())
+        .unwrap();
+    assert!(api.check("k").await.allowed);
+    assert!(expiring(ttls()), "remade after Redis lost it");
+    assert_eq!(api.peek("k").await.remaining, 99);
 }

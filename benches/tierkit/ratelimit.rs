@@ -39,18 +39,16 @@ pub fn redis_decision(c: &mut Criterion) {
             let conn = server.fastest_connection().await;
             (kit, limiter, conn)
         });
-        let script = redis::Script::new(Algorithm::SlidingLog.lua());
+        let script = redis::Script::new(Algorithm::SlidingLog.lua().expect("a script"));
         let window_us = window.as_micros() as u64;
         let i = AtomicUsize::new(0);
         group.bench_function("raw_evalsha", |b| {
             b.to_async(&rt).iter(|| async {
                 let mut conn = conn.clone();
                 let mut inv = script.key(format!("raw:{}", keys[next(&i)]));
-                inv.arg(window_us)
-                    .arg(1_000_000)
-                    .arg(1)
-                    .arg(fastrand::u64(..));
-                let reply: (i64, i64, i64, i64, u64, u64) =
+                // ARGV as the limiter sends it: units, mode, one quota of window and limit.
+                inv.arg(1).arg("check").arg(1).arg(window_us).arg(1_000_000);
+                let reply: (i64, i64, i64, i64, u64, u64, usize) =
                     inv.invoke_async(&mut conn).await.unwrap();
                 reply
             })
@@ -109,7 +107,7 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
     for (flavor, rt) in runtimes() {
         let mut group = c.benchmark_group(format!("ratelimit_redis_64_tasks/{flavor}"));
         group.throughput(Throughput::Elements(TASKS as u64));
-        let (kit, counter, log, conn) = rt.block_on(async {
+        let (kit, counter, log, pipelined, conn) = rt.block_on(async {
             let kit = crate::support::connected_with(
                 Config::builder().redis_url(server.url()).build().unwrap(),
             )
@@ -124,6 +122,11 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
                 .algorithm(Algorithm::SlidingLog)
                 .build()
                 .unwrap();
+            let pipelined = kit
+                .limiter("bench_pipelined", quota)
+                .algorithm(Algorithm::PipelinedCounter)
+                .build()
+                .unwrap();
             let mut conn = server.fastest_connection().await;
             for k in keys.iter() {
                 let _: () = redis::cmd("SET")
@@ -133,7 +136,7 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
                     .await
                     .unwrap();
             }
-            (kit, counter, log, conn)
+            (kit, counter, log, pipelined, conn)
         });
         let _: () = redis::cmd("CONFIG")
             .arg("RESETSTAT")
@@ -156,7 +159,9 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
                 })
             })
         });
-        let script = Arc::new(redis::Script::new(Algorithm::SlidingCounter.lua()));
+        let script = Arc::new(redis::Script::new(
+            Algorithm::SlidingCounter.lua().expect("a script"),
+        ));
         let window_us = window.as_micros() as u64;
         group.bench_function(BenchmarkId::new("raw_evalsha_counter", "64_tasks"), |b| {
             b.to_async(&rt).iter_custom(|iters| {
@@ -166,15 +171,48 @@ pub fn redis_decision_64_tasks(c: &mut Criterion) {
                     let key = format!("raw:rl:{}", keys[i % KEYS]);
                     async move {
                         let mut inv = script.key(key);
-                        inv.arg(window_us).arg(1_000_000).arg(1);
-                        let reply: (i64, i64, i64, i64, u64, u64) =
+                        inv.arg(1).arg("check").arg(1).arg(window_us).arg(1_000_000);
+                        let reply: (i64, i64, i64, i64, u64, u64, usize) =
                             inv.invoke_async(&mut conn).await.unwrap();
                         assert_eq!(reply.0, 1);
                     }
                 })
             })
         });
-        for (name, limiter) in [("tierkit_counter", &counter), ("tierkit_log", &log)] {
+        // What the counter without a script sends: one pipeline per decision.
+        group.bench_function(
+            BenchmarkId::new("raw_pipeline_incrby_get", "64_tasks"),
+            |b| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    let (conn, keys) = (conn.clone(), keys.clone());
+                    concurrent(iters, move |i| {
+                        let mut conn = conn.clone();
+                        let key = format!("raw:pc:{{{}}}", keys[i % KEYS]);
+                        async move {
+                            let (count, _prev): (i64, Option<i64>) = redis::pipe()
+                                .cmd("INCRBY")
+                                .arg(format!("{key}:1"))
+                                .arg(1)
+                                .cmd("PEXPIRE")
+                                .arg(format!("{key}:1"))
+                                .arg(200)
+                                .ignore()
+                                .cmd("GET")
+                                .arg(format!("{key}:0"))
+                                .query_async(&mut conn)
+                                .await
+                                .unwrap();
+                            assert!(count > 0);
+                        }
+                    })
+                })
+            },
+        );
+        for (name, limiter) in [
+            ("tierkit_counter", &counter),
+            ("tierkit_log", &log),
+            ("tierkit_pipelined", &pipelined),
+        ] {
             group.bench_function(BenchmarkId::new(name, "64_tasks"), |b| {
                 b.to_async(&rt).iter_custom(|iters| {
                     let (limiter, keys) = (limiter.clone(), keys.clone());

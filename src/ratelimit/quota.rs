@@ -74,6 +74,13 @@ pub enum Algorithm {
     /// Sliding-window counter: two counters per key, for large limits; see the module docs
     /// for its bound.
     SlidingCounter,
+    /// The sliding-window counter with no Lua script: plain counters per fixed window, bumped
+    /// and read in one pipeline, the window placed on the Redis clock by an offset the limiter
+    /// measures with `TIME`. The cheapest decision Redis can make (no script runs on its one
+    /// thread), and one an ACL user without scripting may make. Same bound as
+    /// [`SlidingCounter`](Self::SlidingCounter) on the Redis clock as the limiter reads it; see
+    /// the module docs for what the clock's reading adds.
+    PipelinedCounter,
 }
 
 impl Algorithm {
@@ -88,16 +95,28 @@ impl Algorithm {
         match self {
             Algorithm::SlidingLog => "log",
             Algorithm::SlidingCounter => "ctr",
+            Algorithm::PipelinedCounter => "pc",
         }
     }
 
     /// The Lua source Redis runs for this algorithm (one key; `ARGV`: units, mode
     /// (`check`, `peek` or `refund`), the number of quotas, then each quota's window in µs and
-    /// limit), for review or to run it by hand.
-    pub fn lua(self) -> &'static str {
+    /// limit), for review or to run it by hand; `None` for
+    /// [`PipelinedCounter`](Self::PipelinedCounter), which runs none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::ratelimit::Algorithm;
+    ///
+    /// assert!(Algorithm::SlidingLog.lua().is_some_and(|lua| lua.contains("TIME")));
+    /// assert!(Algorithm::PipelinedCounter.lua().is_none());
+    /// ```
+    pub fn lua(self) -> Option<&'static str> {
         match self {
-            Algorithm::SlidingLog => scripts::LOG_LUA,
-            Algorithm::SlidingCounter => scripts::COUNTER_LUA,
+            Algorithm::SlidingLog => Some(scripts::LOG_LUA),
+            Algorithm::SlidingCounter => Some(scripts::COUNTER_LUA),
+            Algorithm::PipelinedCounter => None,
         }
     }
 }

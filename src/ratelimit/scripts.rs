@@ -7,6 +7,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::decider::{Control, Controlled, Decider};
+use super::pipelined::{Counters, Expiries, Mode, ServerClock};
 use super::{Algorithm, Decision, Quota, Tier};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -25,6 +26,10 @@ pub(super) struct RedisWindow {
     app_clock: AppClock,
     /// Last measured application-minus-Redis clock difference; `i64::MIN` until measured.
     drift_ms: AtomicI64,
+    /// The Redis clock as read without a script, and the counters given an expiry, for
+    /// [`Algorithm::PipelinedCounter`].
+    server_clock: ServerClock,
+    expiries: Expiries,
 }
 
 impl RedisWindow {
@@ -42,6 +47,8 @@ impl RedisWindow {
             algorithm,
             app_clock,
             drift_ms: AtomicI64::new(i64::MIN),
+            server_clock: ServerClock::default(),
+            expiries: Expiries::default(),
         }
     }
 
@@ -66,6 +73,9 @@ impl Controlled for RedisWindow {
         match op {
             Control::Peek => self.run(key, 1, "peek").await,
             Control::Refund(n) => self.run(key, n.get(), "refund").await,
+            Control::Reset if self.algorithm == Algorithm::PipelinedCounter => {
+                self.run(key, 1, "reset").await
+            }
             Control::Reset => {
                 let redis_key = format!("{}{key}", self.key_prefix);
                 self.conn
@@ -79,6 +89,27 @@ impl Controlled for RedisWindow {
 
 impl RedisWindow {
     async fn run(&self, key: &str, n: u32, mode: &str) -> Result<Decision> {
+        if self.algorithm == Algorithm::PipelinedCounter {
+            let mode = match mode {
+                "check" => Mode::Check,
+                "peek" => Mode::Peek,
+                "refund" => Mode::Refund,
+                _ => Mode::Reset,
+            };
+            let counters = Counters {
+                conn: &self.conn,
+                clock: &self.server_clock,
+                expiries: &self.expiries,
+                app_now: &*self.app_clock,
+                prefix: &self.key_prefix,
+                quotas: &self.quotas,
+            };
+            let decision = counters.decide(key, n, mode).await?;
+            if let Some(ms) = drift_ms((self.app_clock)(), &decision) {
+                self.drift_ms.store(ms, Ordering::Relaxed);
+            }
+            return Ok(decision);
+        }
         let redis_key = format!("{}{key}", self.key_prefix);
         let decision = decide(
             &self.conn,
@@ -361,6 +392,7 @@ async fn decide(
     let script = match algorithm {
         Algorithm::SlidingLog => &*LOG,
         Algorithm::SlidingCounter => &*COUNTER,
+        Algorithm::PipelinedCounter => return Err(Error::Internal("a script for the pipeline")),
     };
     let mut inv = script.key(key);
     inv.arg(n).arg(mode).arg(quotas.len());
