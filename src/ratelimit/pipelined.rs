@@ -56,6 +56,65 @@ impl Expiries {
     }
 }
 
+/// Counts of windows that are over, as read once they were: a window past its end only
+/// shrinks (refused requests' units taken back), so a decision on a hot key reads its previous
+/// window from here and sends a lone `INCRBY`. A direct-mapped table under a keyed hash
+/// (SipHash with a per-process random key, full 64 bits compared), so no key can be aimed at
+/// another's slot; a slot taken by another key only costs a `GET`. A count kept here that
+/// Redis has since lowered makes decisions stricter, never looser.
+pub(super) struct Settled {
+    slots: Box<[std::sync::Mutex<(u64, i64)>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// Entries of [`Settled`]: 192 KiB per limiter.
+const SETTLED: usize = 8_192;
+
+impl Default for Settled {
+    fn default() -> Self {
+        Settled {
+            slots: (0..SETTLED)
+                .map(|_| std::sync::Mutex::new((0, 0)))
+                .collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+}
+
+impl Settled {
+    fn slot(&self, key: &str) -> (std::sync::MutexGuard<'_, (u64, i64)>, u64) {
+        let hash = std::hash::BuildHasher::hash_one(&self.hasher, key) | 1;
+        let i = usize::try_from(hash >> 40).unwrap_or(0) % self.slots.len();
+        // A slot is two plain numbers, valid whatever a panicking holder left.
+        let slot = self.slots[i].lock().unwrap_or_else(|p| p.into_inner());
+        (slot, hash)
+    }
+
+    fn get(&self, key: &str) -> Option<i64> {
+        let (slot, hash) = self.slot(key);
+        (slot.0 == hash).then_some(slot.1)
+    }
+
+    fn put(&self, key: &str, count: i64) {
+        let (mut slot, hash) = self.slot(key);
+        *slot = (hash, count);
+    }
+
+    fn forget(&self, key: &str) {
+        let (mut slot, hash) = self.slot(key);
+        if slot.0 == hash {
+            *slot = (0, 0);
+        }
+    }
+}
+
+/// How far into a window its previous one is taken as settled: every instance has moved on by
+/// then (their readings of the Redis clock differ by far less), so no increment of it is still
+/// coming.
+fn settled_after(window: i64) -> i64 {
+    (window / 4).min(1_000_000)
+}
+
 /// The Redis clock as this process reads it: its own clock plus a measured offset.
 pub(super) struct ServerClock {
     /// Redis minus application clock, in µs; `i64::MIN` until measured.
@@ -129,9 +188,12 @@ struct Window {
     length: i64,
     elapsed: i64,
     cur_key: String,
+    prev_key: String,
     /// The current window's count, this call's units included when it added them.
     cur: i64,
     prev: i64,
+    /// Whether `prev` is read from Redis in this call (else it was settled).
+    prev_read: bool,
 }
 
 impl Window {
@@ -157,6 +219,7 @@ pub(super) struct Counters<'a> {
     pub(super) conn: &'a Conn,
     pub(super) clock: &'a ServerClock,
     pub(super) expiries: &'a Expiries,
+    pub(super) settled: &'a Settled,
     pub(super) app_now: &'a (dyn Fn() -> SystemTime + Send + Sync),
     /// `{prefix}:rl:{limiter}:pc:`, to which a key is appended.
     pub(super) prefix: &'a str,
@@ -170,6 +233,7 @@ impl Counters<'_> {
             conn,
             clock,
             expiries,
+            settled,
             app_now,
             prefix,
             quotas,
@@ -223,7 +287,15 @@ impl Counters<'_> {
                     pipe.cmd("DEL").arg(&cur_key).arg(&prev_key).ignore();
                 }
             }
-            if mode != Mode::Reset {
+            let known = match mode {
+                Mode::Check => settled.get(&prev_key),
+                Mode::Reset => {
+                    settled.forget(&prev_key);
+                    None
+                }
+                Mode::Peek | Mode::Refund => None,
+            };
+            if known.is_none() && mode != Mode::Reset {
                 pipe.cmd("GET").arg(&prev_key);
             }
             windows.push(Window {
@@ -231,8 +303,10 @@ impl Counters<'_> {
                 length,
                 elapsed: now - index * length,
                 cur_key,
+                prev_key,
                 cur: 0,
-                prev: 0,
+                prev: known.unwrap_or(0),
+                prev_read: known.is_none(),
             });
         }
         let resync = clock.claim_resync();
@@ -248,7 +322,12 @@ impl Counters<'_> {
         if mode != Mode::Reset {
             for w in &mut windows {
                 w.cur = count(values.next())?;
-                w.prev = count(values.next())?;
+                if w.prev_read {
+                    w.prev = count(values.next())?;
+                    if mode == Mode::Check && w.elapsed >= settled_after(w.length) {
+                        settled.put(&w.prev_key, w.prev);
+                    }
+                }
             }
         }
         if mode == Mode::Check {
@@ -424,6 +503,20 @@ mod tests {
     }
 
     #[test]
+    fn a_settled_count_is_kept_per_key_until_forgotten() {
+        let s = Settled::default();
+        assert_eq!(s.get("k:1"), None);
+        s.put("k:1", 7);
+        assert_eq!((s.get("k:1"), s.get("k:2")), (Some(7), None));
+        s.forget("k:2");
+        assert_eq!(s.get("k:1"), Some(7), "forgetting another key leaves it");
+        s.forget("k:1");
+        assert_eq!(s.get("k:1"), None);
+        assert_eq!(settled_after(100_000), 25_000);
+        assert_eq!(settled_after(60_000_000), 1_000_000);
+    }
+
+    #[test]
     fn the_offset_is_taken_at_the_midpoint_of_the_round_trip() {
         let clock = ServerClock::default();
         assert!(clock.offset().is_none());
@@ -442,8 +535,10 @@ mod tests {
             length: 1_000_000,
             elapsed: 250_000,
             cur_key: String::new(),
+            prev_key: String::new(),
             cur: 2,
             prev: 8,
+            prev_read: true,
         };
         assert!((w.estimate() - 8.0).abs() < 1e-9);
         let d = answer(&[w], false, 3, 5_000_000);

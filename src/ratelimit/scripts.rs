@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::decider::{Control, Controlled, Decider};
-use super::pipelined::{Counters, Expiries, Mode, ServerClock};
+use super::pipelined::{Counters, Expiries, Mode, ServerClock, Settled};
 use super::{Algorithm, Decision, Quota, Tier};
 use crate::conn::Conn;
 use crate::error::{Error, Result};
@@ -30,6 +30,7 @@ pub(super) struct RedisWindow {
     /// [`Algorithm::PipelinedCounter`].
     server_clock: ServerClock,
     expiries: Expiries,
+    settled: Settled,
 }
 
 impl RedisWindow {
@@ -49,6 +50,7 @@ impl RedisWindow {
             drift_ms: AtomicI64::new(i64::MIN),
             server_clock: ServerClock::default(),
             expiries: Expiries::default(),
+            settled: Settled::default(),
         }
     }
 
@@ -100,6 +102,7 @@ impl RedisWindow {
                 conn: &self.conn,
                 clock: &self.server_clock,
                 expiries: &self.expiries,
+                settled: &self.settled,
                 app_now: &*self.app_clock,
                 prefix: &self.key_prefix,
                 quotas: &self.quotas,
