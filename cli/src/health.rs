@@ -15,7 +15,12 @@ pub async fn run(kit: &Tierkit, wait: Duration) -> Result<Report, Failure> {
     let up = kit.ready(wait).await;
     // With the session store's global counts when one can be built here (a store with
     // encryption keys needs the session name key too).
-    let report = match kit.sessions().build() {
+    let sessions = kit
+        .sessions()
+        // A one-shot process: its background sweep never needs to run.
+        .sweep(Duration::from_secs(30 * 86_400), 1)
+        .build();
+    let report = match sessions {
         Ok(sessions) => kit.health_report_with(&sessions).await,
         Err(_) => kit.health_report().await,
     };

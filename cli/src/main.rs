@@ -24,7 +24,26 @@ use args::{Args, Command};
 use output::{Failure, Report};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // With --json, a refused command line is a JSON document too.
+            let wants_json = std::env::args().any(|a| a == "--json");
+            if wants_json && e.use_stderr() {
+                // The rendered error up to its usage lines, on one line.
+                let rendered = e.render().to_string();
+                let message = rendered
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let message = message.trim_start_matches("error: ");
+                println!("{}", serde_json::json!({ "error": message }));
+            }
+            e.exit()
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

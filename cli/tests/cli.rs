@@ -1,14 +1,19 @@
 //! The `tierkit` binary against a real redis-server (spawned on a free loopback port, never
 //! 6379), filled through the library, each command checked through its `--json` output.
 
+/// The root crate's harness: `redis-server`s (and a cluster of them) on free loopback ports.
 #[allow(dead_code, unexpected_cfgs)]
-#[path = "../../tests/support/server.rs"]
-mod server;
+#[path = "../../tests/support"]
+mod support {
+    pub mod cluster;
+    pub mod server;
+}
 
 use std::time::Duration;
 
 use serde_json::Value;
-use server::RedisServer;
+use support::cluster::RedisCluster;
+use support::server::{self as server, RedisServer};
 use tierkit::cache::{Namespace, SetOptions, Source};
 use tierkit::codec::Keyring;
 use tierkit::ratelimit::Quota;
@@ -388,6 +393,10 @@ async fn errors_exit_nonzero_with_a_message() {
     let run = tierkit_env(&env, &["--wait", "300ms", "health"]).await;
     assert_eq!(run.code, 1);
     assert_eq!(run.json["redis"]["state"], "down", "{}", run.json);
+    // A command line clap refuses: exit 2, and still one JSON document.
+    let run = tierkit_env(&env, &["limit", "peek", "login", "k"]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.json["error"].is_string(), "{}", run.json);
     // A bad environment value.
     let run = tierkit_env(
         &[
@@ -403,4 +412,45 @@ async fn errors_exit_nonzero_with_a_message() {
         "{}",
         run.stderr
     );
+}
+
+/// On a cluster, `namespaces` walks every primary and `inspect` and `invalidate` reach each
+/// key's own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_is_walked_on_every_primary() {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap();
+    let seeds = cluster.seeds().join(",");
+    let config = Config::builder()
+        .redis_cluster(cluster.seeds())
+        .build()
+        .unwrap();
+    let kit = Tierkit::new(config).unwrap();
+    assert!(
+        kit.ready(Duration::from_secs(10)).await,
+        "tierkit never ready"
+    );
+    let users = kit.namespace::<String>("users").build().unwrap();
+    for i in 0..40 {
+        users.set(&i.to_string(), "x".repeat(50)).await.unwrap();
+    }
+    let env = [("REDIS_CLUSTER_NODES", seeds.as_str())];
+    let run = tierkit_env(&env, &["namespaces", "--samples", "10"]).await;
+    let json = ok(&run);
+    assert_eq!(json["cluster"], true);
+    let row = json["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "users")
+        .unwrap()
+        .clone();
+    assert_eq!(row["parts"]["entries"], 40, "{row}");
+    assert_eq!(row["sampled"], 10, "{row}");
+    let run = tierkit_env(&env, &["inspect", "tierkit:c:users:v1:7"]).await;
+    assert_eq!(ok(&run)["entry"]["epochsHold"], true);
+    let run = tierkit_env(&env, &["invalidate", "namespace", "users"]).await;
+    assert!(ok(&run)["removed"].as_u64().unwrap() >= 40, "{}", run.json);
+    assert!(users.get("7").await.is_none());
 }
