@@ -392,7 +392,59 @@ async fn entry(
         );
     }
     if entry.kind == EntryKind::Value {
+        holders(kit, logical, out, text).await;
         read_envelope(kit, key, entry.envelope, preview, out, text);
+    }
+}
+
+/// Which instances may hold an L1 copy: any instance subscribed to the backplane (the only
+/// ones that can be told to drop it), each for at most the entry's remaining life in Redis
+/// (an L1 copy never outlives it). Best effort: left out when Redis refuses the commands
+/// (an ACL without `PUBSUB` or `CLIENT`).
+async fn holders(
+    kit: &Tierkit,
+    logical_ttl: Option<i64>,
+    out: &mut Map<String, Value>,
+    text: &mut String,
+) {
+    let Some(conn) = kit.conn() else { return };
+    let channel = admin::backplane_channel(kit.config().prefix());
+    let numsub: Option<(String, i64)> = conn
+        .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(&channel))
+        .await
+        .ok();
+    // This tool is subscribed too.
+    let others = numsub.map(|(_, n)| (n - 1).max(0));
+    // Addresses of the pub/sub connections the server sees (tierkit instances among them,
+    // this tool's own included): where the copies can be.
+    let clients: Option<String> = conn
+        .query(redis::cmd("CLIENT").arg("LIST").arg("TYPE").arg("pubsub"))
+        .await
+        .ok();
+    let addrs: Option<Vec<String>> = clients.map(|list| {
+        list.lines()
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("addr=")))
+            .map(str::to_owned)
+            .collect()
+    });
+    out.insert(
+        "l1".into(),
+        json!({
+            "otherSubscribers": others,
+            "pubsubClients": addrs,
+            "atMostMs": logical_ttl,
+        }),
+    );
+    if let Some(n) = others {
+        let _ = writeln!(
+            text,
+            "l1 copies   may be held by {n} other instance(s) on the backplane{}{}",
+            logical_ttl.map_or_else(String::new, |ms| format!(", for at most {ms} ms")),
+            addrs.map_or_else(String::new, |a| format!(
+                " (pub/sub clients: {})",
+                a.join(", ")
+            ))
+        );
     }
 }
 

@@ -153,6 +153,13 @@ async fn inspect_shows_frame_envelope_ttl_tags_and_preview() {
     assert_eq!(json["entry"]["kind"], "value");
     assert_eq!(json["entry"]["tags"][0]["tag"], "team-7");
     assert_eq!(json["entry"]["epochsHold"], true, "{json}");
+    // The filling instance is on the backplane, and may hold a copy.
+    assert_eq!(json["l1"]["otherSubscribers"], 1, "{json}");
+    assert_eq!(
+        json["l1"]["pubsubClients"].as_array().unwrap().len(),
+        2,
+        "{json}"
+    );
     assert!(json["pttlMs"].as_u64().unwrap() > 3_000_000, "{json}");
     assert_eq!(json["envelope"]["compressed"], true);
     assert_eq!(json["envelope"]["version"], 1);

@@ -167,6 +167,24 @@ pub fn epoch_keys(prefix: &str, namespace: &str, version: u32, tags: &[&str]) ->
         .collect()
 }
 
+/// The pub/sub channel of the coherence backplane under `prefix`: every instance subscribes to
+/// it, and the instances that may hold an L1 copy of an entry are among its subscribers
+/// (`PUBSUB NUMSUB`).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(tierkit::cache::admin::backplane_channel("app"), "app:c:backplane");
+/// ```
+pub fn backplane_channel(prefix: &str) -> String {
+    match Keys::new(prefix) {
+        Ok(keys) => keys.backplane_channel(),
+        // No configuration accepts such a prefix, so no instance listens on it; the
+        // layout is the same all the same.
+        Err(_) => format!("{prefix}:c:backplane"),
+    }
+}
+
 /// What an entry is, from its frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
