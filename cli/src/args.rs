@@ -18,6 +18,11 @@ pub struct Args {
     #[arg(long, global = true, default_value = "3s", value_parser = parse_duration)]
     pub wait: Duration,
 
+    /// The bound on each Redis call. Default: TIERKIT_OP_TIMEOUT_MS when set, else 2s (the
+    /// library's 100 ms suits a service's hot path, not a walk over a large keyspace).
+    #[arg(long, global = true, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -58,15 +58,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// An operator's call may take longer than a service's hot path allows.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn run(args: Args) -> Result<Report, Failure> {
-    let kit = connect()?;
-    if let Command::Health = args.command {
-        return health::run(&kit, args.wait).await;
-    }
-    ready(&kit, args.wait).await?;
+    let kit = connect(args.timeout)?;
     let progress = !args.json;
+    if !matches!(args.command, Command::Health) {
+        ready(&kit, args.wait).await?;
+    }
     match args.command {
-        Command::Health => unreachable!("answered above"),
+        Command::Health => health::run(&kit, args.wait).await,
         Command::Namespaces(a) => namespaces::run(&kit, &a, progress).await,
         Command::Inspect(a) => inspect::run(&kit, &a).await,
         Command::Invalidate(a) => invalidate::run(&kit, a).await,
@@ -75,9 +77,18 @@ async fn run(args: Args) -> Result<Report, Failure> {
     }
 }
 
-/// tierkit from the environment; refused when it names no Redis (there is nothing to look at).
-fn connect() -> Result<Tierkit, Failure> {
-    let config = Config::from_env().map_err(Failure::from)?;
+/// tierkit from the environment (with `timeout`, else `TIERKIT_OP_TIMEOUT_MS`, else
+/// [`DEFAULT_TIMEOUT`] as the op timeout); refused when it names no Redis (there is nothing to
+/// look at).
+fn connect(timeout: Option<Duration>) -> Result<Tierkit, Failure> {
+    let mut builder = Config::builder().env().map_err(Failure::from)?;
+    let from_env = std::env::var("TIERKIT_OP_TIMEOUT_MS").is_ok_and(|v| !v.trim().is_empty());
+    match timeout {
+        Some(t) => builder = builder.op_timeout(t),
+        None if !from_env => builder = builder.op_timeout(DEFAULT_TIMEOUT),
+        None => {}
+    }
+    let config = builder.build().map_err(Failure::from)?;
     if config.is_embedded() {
         return Err(Failure::new(
             "no Redis configured: set REDIS_URL (or REDIS_HOST, or REDIS_CLUSTER_NODES) as the \

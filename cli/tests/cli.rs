@@ -218,6 +218,28 @@ async fn inspect_shows_frame_envelope_ttl_tags_and_preview() {
     assert_eq!(json["kind"], "sessionCounts");
     assert!(json["fields"].is_array(), "{json}");
 
+    // Bytes another program wrote where tierkit keeps its own: described, never a panic.
+    let mut raw = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("tierkit:c:docs:v1:alien")
+        .arg(b"\xff\x00garbage")
+        .query(&mut raw)
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("tierkit:c:docs:v1:hash")
+        .arg("f")
+        .arg("v")
+        .query(&mut raw)
+        .unwrap();
+    let run = tierkit(&server, &["inspect", "tierkit:c:docs:v1:alien"]).await;
+    let json = ok(&run);
+    assert!(json["frameError"].is_string(), "{json}");
+    assert_eq!(json["preview"]["hex"], "ff 00 67 61 72 62 61 67 65");
+    let run = tierkit(&server, &["inspect", "tierkit:c:docs:v1:hash"]).await;
+    assert_eq!(ok(&run)["fields"][0]["value"], "v");
+    let run = tierkit(&server, &["namespaces"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+
     // Errors: a key that is not there.
     let run = tierkit(&server, &["inspect", "tierkit:c:docs:v1:nope"]).await;
     assert_eq!(run.code, 1);
