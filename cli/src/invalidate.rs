@@ -8,7 +8,7 @@ use tierkit::cache::{Namespace, Reach};
 use tierkit::Tierkit;
 
 use crate::args::{Invalidate, NamespaceOpts};
-use crate::output::{Failure, Report};
+use crate::output::{self, Failure, Report};
 
 /// A namespace handle for invalidating: the value type never matters, nothing is decoded.
 fn namespace(
@@ -70,7 +70,7 @@ fn reached(reach: Reach) -> Result<(), Failure> {
     }
 }
 
-pub async fn run(kit: &Tierkit, cmd: Invalidate) -> Result<Report, Failure> {
+pub async fn run(kit: &Tierkit, cmd: Invalidate, progress: bool) -> Result<Report, Failure> {
     let (what, name, target, opts) = match cmd {
         Invalidate::Key { target, opts } => match target.as_slice() {
             [ns, key] => ("key", ns.clone(), Some(key.clone()), opts),
@@ -102,26 +102,35 @@ pub async fn run(kit: &Tierkit, cmd: Invalidate) -> Result<Report, Failure> {
     let ns = namespace(kit, &name, &opts)?;
     known(kit, &name, &opts).await?;
     let arg = target.clone().unwrap_or_default();
-    let removed = match what {
-        "key" => {
-            reached(ns.invalidate(&arg).await?)?;
-            None
-        }
-        "tag" => {
-            reached(ns.invalidate_tag(&arg).await?)?;
-            None
-        }
-        "pattern" => {
-            let (reach, n) = ns.invalidate_pattern(&arg).await?;
-            reached(reach)?;
-            Some(n)
-        }
-        _ => {
-            let (reach, n) = ns.clear().await?;
-            reached(reach)?;
-            Some(n)
-        }
-    };
+    let bar = output::spinner(
+        progress && matches!(what, "pattern" | "namespace"),
+        "invalidating (SCAN over the namespace)",
+    );
+    let done = async {
+        Ok::<_, Failure>(match what {
+            "key" => {
+                reached(ns.invalidate(&arg).await?)?;
+                None
+            }
+            "tag" => {
+                reached(ns.invalidate_tag(&arg).await?)?;
+                None
+            }
+            "pattern" => {
+                let (reach, n) = ns.invalidate_pattern(&arg).await?;
+                reached(reach)?;
+                Some(n)
+            }
+            _ => {
+                let (reach, n) = ns.clear().await?;
+                reached(reach)?;
+                Some(n)
+            }
+        })
+    }
+    .await;
+    bar.finish_and_clear();
+    let removed = done?;
     let json = json!({
         "invalidated": what,
         "namespace": name,

@@ -71,7 +71,7 @@ async fn run(args: Args) -> Result<Report, Failure> {
         Command::Health => health::run(&kit, args.wait).await,
         Command::Namespaces(a) => namespaces::run(&kit, &a, progress).await,
         Command::Inspect(a) => inspect::run(&kit, &a).await,
-        Command::Invalidate(a) => invalidate::run(&kit, a).await,
+        Command::Invalidate(a) => invalidate::run(&kit, a, progress).await,
         Command::Sessions(a) => sessions::run(&kit, a).await,
         Command::Limit(a) => limit::run(&kit, a).await,
     }

@@ -95,7 +95,7 @@ pub async fn run(kit: &Tierkit, args: &NamespacesArgs, progress: bool) -> Result
     let mut scanned = 0u64;
     // SCAN may return a key twice when the keyspace is resized meanwhile; counts are then a
     // little high. Keeping every key to count each once would hold the whole keyspace here.
-    admin::scan(conn, &glob, args.count as usize, |keys| {
+    let walked = admin::scan(conn, &glob, args.count as usize, |keys| {
         for key in keys {
             scanned += 1;
             let (group, part, version) = classify(&prefix, &key);
@@ -105,9 +105,9 @@ pub async fn run(kit: &Tierkit, args: &NamespacesArgs, progress: bool) -> Result
         }
         bar.set_position(scanned);
     })
-    .await
-    .map_err(|e| Failure::new(format!("SCAN failed: {e}")))?;
+    .await;
     bar.finish_and_clear();
+    walked.map_err(|e| Failure::new(format!("SCAN failed: {e}")))?;
 
     let total_samples: usize = groups.values().map(|g| g.sample.len()).sum();
     let bar = output::progress(progress, Some(total_samples as u64), "sampling memory");

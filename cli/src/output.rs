@@ -88,6 +88,17 @@ pub fn progress(show: bool, len: Option<u64>, what: &str) -> ProgressBar {
     bar
 }
 
+/// A spinner on stderr for a wait whose length is unknown (a pattern invalidation walking the
+/// namespace), under the same rule as [`progress`].
+pub fn spinner(show: bool, what: &str) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner().with_message(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar
+}
+
 /// `n` bytes for people: `512 B`, `1.5 KiB`, `3.2 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
