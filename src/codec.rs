@@ -330,17 +330,7 @@ impl Codec {
     /// without decoding: what the value weighs once decoded, whether or not it was compressed.
     /// `None` for bytes that are not an envelope of this format.
     pub(crate) fn body_len(bytes: &[u8]) -> Option<usize> {
-        let (&[m0, m1, version, flags], rest) = bytes.split_first_chunk::<RAW_HEADER_LEN>()?;
-        if [m0, m1] != MAGIC || version == 0 || version > VERSION {
-            return None;
-        }
-        match Compression::try_from(flags).ok()? {
-            Compression::None => Some(rest.len()),
-            Compression::Zstd => {
-                let (declared, _) = rest.split_first_chunk::<4>()?;
-                usize::try_from(u32::from_le_bytes(*declared)).ok()
-            }
-        }
+        Codec::envelope(bytes).ok()?.body_len
     }
 
     /// Decodes a stored envelope back into a value.
