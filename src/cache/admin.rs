@@ -99,7 +99,14 @@ impl CacheKey<'_> {
 ///
 /// # Examples
 ///
-/// See [`CacheKey`].
+/// ```
+/// use tierkit::cache::admin::{parse_key, CacheKey};
+///
+/// let key = parse_key("app", "app:c:events:l3:42").unwrap();
+/// assert_eq!(key, CacheKey::Lease { namespace: "events", version: 3, key: "42" });
+/// assert_eq!(parse_key("app", "app:c:backplane"), Some(CacheKey::Backplane));
+/// assert_eq!(parse_key("app", "other:c:events:v1:42"), None);
+/// ```
 pub fn parse_key<'a>(prefix: &str, key: &'a str) -> Option<CacheKey<'a>> {
     let rest = key.strip_prefix(prefix)?.strip_prefix(":c:")?;
     if rest == "backplane" {
@@ -186,6 +193,17 @@ pub fn backplane_channel(prefix: &str) -> String {
 }
 
 /// What an entry is, from its frame.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::cache::admin::{parse_entry, EntryKind};
+///
+/// let mut absent = b"TE\x01\x02".to_vec(); // kind 2: a cached "not found"
+/// absent.extend_from_slice(&[b'0'; 16]);
+/// absent.extend_from_slice(&[0; 10]);
+/// assert_eq!(parse_entry(&absent).map(|e| e.kind), Some(EntryKind::Absent));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EntryKind {
@@ -205,10 +223,20 @@ pub enum EntryKind {
 /// # Examples
 ///
 /// ```
-/// use tierkit::cache::admin::parse_entry;
+/// use tierkit::cache::admin::{parse_entry, EntryKind};
 ///
-/// // What a GET of an entry's key returns: bytes that are no frame (here a bare codec
-/// // envelope) give `None`; an entry's `envelope` goes to `Codec::envelope`.
+/// // What a GET of an invalidated key returns, written out by hand: magic `TE`, frame
+/// // format 1, kind 1 (a tombstone), the version as 16 digits, the epoch, the tag count.
+/// let mut tombstone = b"TE\x01\x01".to_vec();
+/// tombstone.extend_from_slice(b"0000000000000042"); // the version Redis gave the write
+/// tombstone.extend_from_slice(&7u64.to_le_bytes()); // the namespace epoch
+/// tombstone.extend_from_slice(&0u16.to_le_bytes()); // no tags
+/// let entry = parse_entry(&tombstone).unwrap();
+/// assert_eq!(entry.kind, EntryKind::Tombstone);
+/// assert_eq!((entry.version, entry.namespace_epoch), (42, 7));
+/// assert!(entry.tags.is_empty() && entry.envelope.is_empty());
+///
+/// // Bytes that are no frame (here a bare codec envelope) give `None`.
 /// assert!(parse_entry(b"TK\x01\x00not a frame").is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,7 +261,23 @@ pub struct StoredEntry<'a> {
 ///
 /// # Examples
 ///
-/// See [`StoredEntry`].
+/// ```
+/// use tierkit::cache::admin::{parse_entry, EntryKind};
+///
+/// // What a GET of an invalidated key returns, written out by hand: magic `TE`, frame
+/// // format 1, kind 1 (a tombstone), the version as 16 digits, the epoch, the tag count.
+/// let mut tombstone = b"TE\x01\x01".to_vec();
+/// tombstone.extend_from_slice(b"0000000000000042"); // the version Redis gave the write
+/// tombstone.extend_from_slice(&7u64.to_le_bytes()); // the namespace epoch
+/// tombstone.extend_from_slice(&0u16.to_le_bytes()); // no tags
+/// let entry = parse_entry(&tombstone).unwrap();
+/// assert_eq!(entry.kind, EntryKind::Tombstone);
+/// assert_eq!((entry.version, entry.namespace_epoch), (42, 7));
+/// assert!(entry.tags.is_empty() && entry.envelope.is_empty());
+///
+/// // Bytes that are no frame (here a bare codec envelope) give `None`.
+/// assert!(parse_entry(b"TK\x01\x00not a frame").is_none());
+/// ```
 pub fn parse_entry(bytes: &[u8]) -> Option<StoredEntry<'_>> {
     let frame = frame::parse(bytes)?;
     Some(StoredEntry {
