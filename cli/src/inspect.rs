@@ -125,14 +125,14 @@ fn read_envelope(
     out.insert("envelope".into(), envelope_json(&header));
     let _ = writeln!(
         text,
-        "envelope    format {}, flags {:#04x}{}{}, {} stored",
+        "envelope    format {}, flags {:#04x}{}{}, {} bytes stored",
         header.version,
         header.flags,
         if header.compressed { ", zstd" } else { "" },
         header
             .key_id
             .map_or_else(String::new, |id| format!(", encrypted with key {id}")),
-        output::bytes(header.stored_len as u64)
+        header.stored_len
     );
     let codec = kit.codec();
     let body = match header.key_id {
@@ -158,7 +158,8 @@ fn read_envelope(
             out.insert("decodedLen".into(), body.len().into());
             let _ = writeln!(
                 text,
-                "decoded     {} (bincode body)",
+                "decoded     {} bytes ({}), the bincode body",
+                body.len(),
                 output::bytes(body.len() as u64)
             );
             add_preview(&body, preview_len, out, text);

@@ -483,3 +483,73 @@ async fn a_cluster_is_walked_on_every_primary() {
     assert!(ok(&run)["removed"].as_u64().unwrap() >= 40, "{}", run.json);
     assert!(users.get("7").await.is_none());
 }
+
+/// Runs `tierkit ARGS` (text output) and gives stdout; the run must succeed.
+async fn text(server: &RedisServer, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tierkit"))
+        .env("REDIS_URL", server.url())
+        .args(args)
+        .output()
+        .await
+        .expect("the tierkit binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("$ tierkit {}\n{stdout}", args.join(" "));
+    stdout
+}
+
+/// Without `--json`, each command answers in lines a person reads (and no progress bar when
+/// stderr is not a terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_reads_well() {
+    let server = RedisServer::start();
+    let kit = kit(&server, false).await;
+    let docs = kit.namespace::<String>("docs").build().unwrap();
+    docs.set_with(
+        "readme",
+        "hello world ".repeat(500),
+        SetOptions::new().tag("t"),
+    )
+    .await
+    .unwrap();
+    let sessions = kit.sessions().build().unwrap();
+    sessions.create(NewSession::new("ada")).await.unwrap();
+    let quota = Quota::new(5, Duration::from_secs(60)).unwrap();
+    kit.limiter("login", quota)
+        .build()
+        .unwrap()
+        .check("ip:1")
+        .await;
+
+    let out = text(&server, &["health"]).await;
+    assert!(out.contains("status      healthy"), "{out}");
+    let out = text(&server, &["namespaces"]).await;
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("cache") && l.contains("docs")),
+        "{out}"
+    );
+    let out = text(&server, &["inspect", "tierkit:c:docs:v1:readme"]).await;
+    for line in [
+        "entry       value",
+        "tags        t",
+        "zstd",
+        "decoded     6003 bytes (5.9 KiB)",
+        "utf8",
+    ] {
+        assert!(out.contains(line), "{line:?} in {out}");
+    }
+    let out = text(&server, &["sessions", "list", "ada"]).await;
+    assert!(out.contains("other"), "{out}");
+    let peek = [
+        "limit", "peek", "login", "ip:1", "--limit", "5", "--window", "1m",
+    ];
+    let out = text(&server, &peek).await;
+    assert!(out.contains("1 used, 4 of 5 left"), "{out}");
+    let out = text(&server, &["invalidate", "tag", "docs", "t"]).await;
+    assert!(out.contains("every instance"), "{out}");
+}
