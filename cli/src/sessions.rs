@@ -52,7 +52,7 @@ pub async fn run(kit: &Tierkit, cmd: SessionsCmd) -> Result<Report, Failure> {
                     s.handle,
                     s.device.kind.as_str(),
                     s.device.name,
-                    s.ip,
+                    if s.ip.is_empty() { "-" } else { &s.ip },
                     now.saturating_sub(output::millis(s.created_at)) / 1000,
                     now.saturating_sub(output::millis(s.last_seen)) / 1000,
                     output::millis(s.expires_at).saturating_sub(now) / 1000,
