@@ -74,7 +74,9 @@
 //! | `pattern` | the glob dialect of `invalidate_pattern` |
 //! | `base` | what one instance's namespaces share |
 //! | `info`, `stats` | [`CacheInfo`], [`CacheStats`] |
+//! | [`admin`] | operators' view: what a Redis key is, an entry's frame, walks over every node's keys |
 
+pub mod admin;
 mod background;
 mod backplane;
 mod base;

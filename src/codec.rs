@@ -128,6 +128,36 @@ pub struct EncodeInfo {
     pub compressed: bool,
 }
 
+/// What an envelope's header says, from [`Codec::envelope`]: read without decoding the value.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::Codec;
+///
+/// let header = Codec::envelope(&Codec::new().encode(&42u64)?)?;
+/// assert_eq!((header.version, header.flags, header.compressed), (1, 0, false));
+/// assert_eq!(header.body_len, Some(1)); // bincode's varint of 42
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Envelope {
+    /// The format version (`1` today).
+    pub version: u8,
+    /// The flags byte as stored: bit 0 zstd, `0b10` sealed.
+    pub flags: u8,
+    /// Whether the body is zstd-compressed.
+    pub compressed: bool,
+    /// The id of the key that sealed it, when encrypted ([`Keyring`]).
+    pub key_id: Option<u8>,
+    /// The whole envelope's length in bytes, header included.
+    pub stored_len: usize,
+    /// The body's length once decompressed (what the header declares for a compressed one);
+    /// `None` when sealed (open it first) or not representable on this platform.
+    pub body_len: Option<usize>,
+}
+
 impl Codec {
     /// A codec with the default settings (see [`CodecBuilder`]).
     ///
@@ -300,17 +330,7 @@ impl Codec {
     /// without decoding: what the value weighs once decoded, whether or not it was compressed.
     /// `None` for bytes that are not an envelope of this format.
     pub(crate) fn body_len(bytes: &[u8]) -> Option<usize> {
-        let (&[m0, m1, version, flags], rest) = bytes.split_first_chunk::<RAW_HEADER_LEN>()?;
-        if [m0, m1] != MAGIC || version == 0 || version > VERSION {
-            return None;
-        }
-        match Compression::try_from(flags).ok()? {
-            Compression::None => Some(rest.len()),
-            Compression::Zstd => {
-                let (declared, _) = rest.split_first_chunk::<4>()?;
-                usize::try_from(u32::from_le_bytes(*declared)).ok()
-            }
-        }
+        Codec::envelope(bytes).ok()?.body_len
     }
 
     /// Decodes a stored envelope back into a value.
@@ -335,6 +355,99 @@ impl Codec {
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        decode_body(&self.body_bytes(bytes)?)
+    }
+
+    /// What the header of the envelope `bytes` says (format version, flags, sizes, the id of
+    /// the key that sealed it), read without decoding the value, so without knowing its type:
+    /// for operators' tools, such as the `tierkit` command-line tool's `inspect`.
+    ///
+    /// # Errors
+    ///
+    /// The [`DecodeError`] that says why `bytes` are no envelope this build reads: too short,
+    /// foreign, a newer format version, unknown flags.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::{Codec, DecodeError};
+    ///
+    /// let codec = Codec::new();
+    /// let big = codec.encode(&"abc".repeat(1000))?;
+    /// let header = Codec::envelope(&big)?;
+    /// assert_eq!((header.version, header.compressed, header.key_id), (1, true, None));
+    /// assert_eq!(header.stored_len, big.len());
+    /// assert_eq!(header.body_len, Some(codec.body(&big)?.len()));
+    /// assert_eq!(Codec::envelope(b"{\"json\":1}"), Err(DecodeError::Foreign));
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn envelope(bytes: &[u8]) -> std::result::Result<Envelope, DecodeError> {
+        let (&[m0, m1, version, flags], rest) = bytes
+            .split_first_chunk::<RAW_HEADER_LEN>()
+            .ok_or(DecodeError::Truncated(bytes.len()))?;
+        if [m0, m1] != MAGIC {
+            return Err(DecodeError::Foreign);
+        }
+        if version > VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        if version == 0 {
+            return Err(DecodeError::Corrupt(
+                "format version 0 was never written".into(),
+            ));
+        }
+        let mut header = Envelope {
+            version,
+            flags,
+            compressed: false,
+            key_id: None,
+            stored_len: bytes.len(),
+            body_len: None,
+        };
+        if flags == keyring::SEALED {
+            let id = rest.first().ok_or(DecodeError::Truncated(bytes.len()))?;
+            header.key_id = Some(*id);
+            return Ok(header);
+        }
+        match Compression::try_from(flags)? {
+            Compression::None => header.body_len = Some(rest.len()),
+            Compression::Zstd => {
+                let (declared, _) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or(DecodeError::Truncated(bytes.len()))?;
+                header.compressed = true;
+                header.body_len = usize::try_from(u32::from_le_bytes(*declared)).ok();
+            }
+        }
+        Ok(header)
+    }
+
+    /// The body of the envelope `bytes`, decompressed but not deserialized: the value's bincode
+    /// encoding, which is not self-describing, so only a reader that knows the type can make
+    /// sense of it. For operators' tools (a hex preview); services read with
+    /// [`decode`](Self::decode).
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`](Self::decode), except that nothing is deserialized: a sealed envelope is
+    /// [`DecodeError::Sealed`] (open it with [`Keyring::open`] first).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::Codec;
+    ///
+    /// let codec = Codec::new();
+    /// // bincode writes a string as its length, then its bytes.
+    /// assert_eq!(codec.body(&codec.encode("hi")?)?, b"\x02hi");
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn body(&self, bytes: &[u8]) -> Result<Vec<u8>> {
+        self.body_bytes(bytes).map(std::borrow::Cow::into_owned)
+    }
+
+    /// The body of an envelope, borrowed when it is stored uncompressed.
+    fn body_bytes<'a>(&self, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>> {
         let (&[m0, m1, version, flags], rest) = bytes
             .split_first_chunk::<RAW_HEADER_LEN>()
             .ok_or(DecodeError::Truncated(bytes.len()))?;
@@ -353,7 +466,7 @@ impl Codec {
         match Compression::try_from(flags)? {
             Compression::None => {
                 self.check_size(rest.len())?;
-                decode_body(rest)
+                Ok(std::borrow::Cow::Borrowed(rest))
             }
             Compression::Zstd => {
                 let (declared, frame) = rest
@@ -363,8 +476,7 @@ impl Codec {
                 // The declared length bounds the output buffer, so a small frame that inflates
                 // to gigabytes is refused before any of it is produced.
                 self.check_size(declared)?;
-                let body = decompress(frame, declared)?;
-                decode_body(&body)
+                decompress(frame, declared).map(std::borrow::Cow::Owned)
             }
         }
     }
@@ -625,6 +737,42 @@ mod tests {
         assert_eq!(Codec::body_len(&bytes), Some(info.body_len));
         assert_eq!(Codec::body_len(b"not ours"), None);
         assert_eq!(Codec::body_len(b"TK"), None);
+    }
+
+    #[test]
+    fn the_envelope_header_reads_without_the_type() {
+        let codec = Codec::new();
+        let big = "a".repeat(1 << 20);
+        let (bytes, info) = codec.encode_with_info(&big).unwrap();
+        let header = Codec::envelope(&bytes).unwrap();
+        assert!(header.compressed && header.key_id.is_none());
+        assert_eq!(
+            (header.body_len, header.stored_len),
+            (Some(info.body_len), bytes.len())
+        );
+        let body = codec.body(&bytes).unwrap();
+        assert_eq!(body.len(), info.body_len);
+        let keys = Keyring::new([(7, [1u8; KEY_LEN].as_slice())]).unwrap();
+        let sealed = keys.seal(&bytes, b"ctx").unwrap();
+        let header = Codec::envelope(&sealed).unwrap();
+        assert_eq!((header.key_id, header.body_len), (Some(7), None));
+        assert!(matches!(
+            codec.body(&sealed),
+            Err(Error::Decode(DecodeError::Sealed))
+        ));
+        assert_eq!(Codec::envelope(b"TK"), Err(DecodeError::Truncated(2)));
+        assert_eq!(
+            Codec::envelope(b"TK\x09\x00"),
+            Err(DecodeError::UnsupportedVersion(9))
+        );
+        assert_eq!(
+            Codec::envelope(b"TK\x01\x40"),
+            Err(DecodeError::UnknownFlags(0x40))
+        );
+        assert_eq!(
+            Codec::envelope(b"TK\x01\x01\x00"),
+            Err(DecodeError::Truncated(5))
+        );
     }
 
     #[test]
