@@ -33,13 +33,13 @@
 //! | module | what | main types |
 //! |---|---|---|
 //! | (root) | the handle that builds every part from one [`Config`] | [`Tierkit`], [`Config`], [`ConfigBuilder`], [`Error`], [`Result`] |
-//! | [`cache`] | typed namespaces over a moka L1 and a Redis L2 | [`Namespace`](cache::Namespace), [`NamespaceBuilder`](cache::NamespaceBuilder), [`Hit`](cache::Hit), [`Source`](cache::Source), [`Reach`](cache::Reach), [`SetOptions`](cache::SetOptions), [`CacheStats`](cache::CacheStats) |
+//! | [`cache`] | typed namespaces over a moka L1 and a Redis L2 | [`Namespace`](cache::Namespace), [`NamespaceBuilder`](cache::NamespaceBuilder), [`Hit`](cache::Hit), [`Source`](cache::Source), [`Reach`](cache::Reach), [`SetOptions`](cache::SetOptions), [`CacheStats`](cache::CacheStats); [`cache::admin`] reads what Redis holds without the value's type (the `tierkit` CLI's view) |
 //! | [`session`] | sessions with device metadata, token hashes, listing, revocation, refresh rotation | [`Sessions`](session::Sessions), [`NewSession`](session::NewSession), [`Session`](session::Session), [`Validation`](session::Validation), [`Refresh`](session::Refresh) |
 //! | [`ratelimit`] | a sliding window in Redis with a local governor fallback; a tower layer (feature `tower`) | [`Limiter`](ratelimit::Limiter), [`Quota`](ratelimit::Quota), [`Algorithm`](ratelimit::Algorithm), [`Decision`](ratelimit::Decision), [`Tier`](ratelimit::Tier) |
-//! | [`health`] | probe + passive feed folded into `Up` / `Degraded` / `Down` | [`Health`](health::Health), [`HealthState`](health::HealthState), [`HealthStatus`](health::HealthStatus) |
+//! | [`health`] | probe + passive feed folded into `Up` / `Degraded` / `Down` | [`Health`](health::Health), [`HealthState`](health::HealthState), [`HealthStatus`](health::HealthStatus), [`Misconfiguration`](health::Misconfiguration) |
 //! | [`report`] | the `/health` body | [`HealthReport`](report::HealthReport), [`Status`](report::Status) |
-//! | [`conn`] | every Redis call: per-op timeout, health gate, pipelines, scripts, cluster routing | [`Conn`](conn::Conn) |
-//! | [`codec`] | the stored envelope: magic, version, flags, bincode body, zstd | [`Codec`], [`CodecBuilder`], [`EncodeInfo`] |
+//! | [`conn`] | every Redis call: per-op timeout, health gate, pipelines, scripts, cluster routing | [`Conn`](conn::Conn); `Faults` (feature `testing`) |
+//! | [`codec`] | the stored envelope: magic, version, flags, bincode body, zstd | [`Codec`], [`CodecBuilder`], [`EncodeInfo`], [`Envelope`](codec::Envelope) |
 //! | [`clock`] | the time tierkit's own decisions read; a manual clock for tests | [`Clock`](clock::Clock), [`SystemClock`](clock::SystemClock), [`ManualClock`](clock::ManualClock) |
 //! | [`metrics`] | counters and histograms through the `metrics` facade (feature `metrics`) | |
 //!

@@ -151,6 +151,8 @@ pub enum Algo {
     Log,
     /// Sliding counter.
     Counter,
+    /// The sliding counter without a script (`Algorithm::PipelinedCounter`).
+    Pipelined,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,12 +170,16 @@ pub enum LimitCmd {
         #[arg(long, value_enum, default_value_t = Algo::Log)]
         algorithm: Algo,
     },
-    /// Delete a key's window, so it starts afresh (both algorithms' unless --algorithm).
+    /// Delete a key's window, so it starts afresh (every algorithm's unless --algorithm; the
+    /// pipelined counter's only with --window, which its counters are named by).
     Reset {
         limiter: String,
         key: String,
         #[arg(long, value_enum)]
         algorithm: Option<Algo>,
+        /// The limiter's window, e.g. 60s: needed for the pipelined counter.
+        #[arg(long, value_parser = parse_duration)]
+        window: Option<Duration>,
     },
 }
 

@@ -14,6 +14,7 @@ fn algorithm(a: Algo) -> Algorithm {
     match a {
         Algo::Log => Algorithm::SlidingLog,
         Algo::Counter => Algorithm::SlidingCounter,
+        Algo::Pipelined => Algorithm::PipelinedCounter,
     }
 }
 
@@ -59,12 +60,20 @@ pub async fn run(kit: &Tierkit, cmd: LimitCmd) -> Result<Report, Failure> {
             limiter: name,
             key,
             algorithm: algo,
+            window,
         } => {
-            // The quota plays no part in a reset (a DEL of the window).
-            let quota = Quota::new(1, Duration::from_secs(1))?;
-            let algos = match algo {
-                Some(a) => vec![a],
-                None => vec![Algo::Log, Algo::Counter],
+            // The limit plays no part in a reset (a DEL of the window); the window names the
+            // pipelined counter's keys.
+            let quota = Quota::new(1, window.unwrap_or(Duration::from_secs(1)))?;
+            let algos = match (algo, window) {
+                (Some(Algo::Pipelined), None) => {
+                    return Err(Failure::new(
+                        "the pipelined counter's keys are named by the window: give --window",
+                    ))
+                }
+                (Some(a), _) => vec![a],
+                (None, None) => vec![Algo::Log, Algo::Counter],
+                (None, Some(_)) => vec![Algo::Log, Algo::Counter, Algo::Pipelined],
             };
             let mut done = Vec::new();
             for a in algos {
@@ -72,6 +81,7 @@ pub async fn run(kit: &Tierkit, cmd: LimitCmd) -> Result<Report, Failure> {
                 done.push(match a {
                     Algo::Log => "slidingLog",
                     Algo::Counter => "slidingCounter",
+                    Algo::Pipelined => "pipelinedCounter",
                 });
             }
             let json = json!({ "limiter": name, "key": key, "reset": done });

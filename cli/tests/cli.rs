@@ -394,6 +394,37 @@ async fn limit_peek_and_reset() {
     let run = tierkit(&server, &peek).await;
     assert_eq!(ok(&run)["used"], 0);
 
+    // The counter without a script: its keys are named by the window.
+    let pipelined = kit
+        .limiter("api", quota)
+        .algorithm(tierkit::ratelimit::Algorithm::PipelinedCounter)
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        assert!(pipelined.check("u:1").await.allowed);
+    }
+    let peek_pc = [
+        "limit",
+        "peek",
+        "api",
+        "u:1",
+        "--limit",
+        "5",
+        "--window",
+        "60s",
+        "--algorithm",
+        "pipelined",
+    ];
+    assert_eq!(ok(&tierkit(&server, &peek_pc).await)["used"], 4);
+    let no_window = ["limit", "reset", "api", "u:1", "--algorithm", "pipelined"];
+    assert_eq!(tierkit(&server, &no_window).await.code, 1);
+    let reset = ["limit", "reset", "api", "u:1", "--window", "60s"];
+    assert_eq!(
+        ok(&tierkit(&server, &reset).await)["reset"],
+        serde_json::json!(["slidingLog", "slidingCounter", "pipelinedCounter"])
+    );
+    assert_eq!(pipelined.peek("u:1").await.remaining, 5);
+
     let run = tierkit(
         &server,
         &[
