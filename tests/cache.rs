@@ -1029,3 +1029,57 @@ async fn a_loop_of_l1_hits_lets_other_tasks_run() {
         "the 1 ms timer fired {late:?} late during a {looped:?} loop of L1 hits"
     );
 }
+
+/// A full L1 keeps its hot set through a scan: values read from Redis once (a batch job
+/// walking every key) do not go in, so they evict nothing, while a key read from Redis twice
+/// in quick succession does.
+#[tokio::test]
+async fn a_scan_through_a_full_l1_leaves_the_hot_set_in_it() {
+    let backend = Backend::redis();
+    let writer = backend.kit().await;
+    // About 40 entries of 200 bytes.
+    let reader = backend
+        .kit_with(backend.builder().l1_capacity(10 * 1024))
+        .await;
+    let ns = |kit: &tierkit::Tierkit| {
+        kit.namespace::<String>("scan")
+            .ttl(Duration::from_secs(600))
+            .build()
+            .unwrap()
+    };
+    let (w, r) = (ns(&writer), ns(&reader));
+    let value = |i: usize| format!("{i:0>200}");
+    for i in 0..600 {
+        w.set(&format!("k{i}"), value(i)).await.unwrap();
+    }
+    // The hot set: 60 keys, a little more than L1 holds, read until L1 is full of them.
+    let hot_round = || async {
+        let before = r.stats().l1_hits;
+        for i in 0..60 {
+            assert_eq!(*r.get(&format!("k{i}")).await.unwrap(), value(i));
+        }
+        r.stats().l1_hits - before
+    };
+    for _ in 0..3 {
+        hot_round().await;
+    }
+    let hot = hot_round().await;
+    assert!(hot >= 30, "L1 holds most of the hot set: {hot} of 60");
+    // The scan: 500 other keys, once each; every one is answered, from Redis.
+    let before = r.stats();
+    for i in 100..600 {
+        let hit = r.get(&format!("k{i}")).await.unwrap();
+        assert_eq!((hit.source(), &*hit), (Source::L2, &value(i)));
+    }
+    assert_eq!(r.stats().l2_hits - before.l2_hits, 500);
+    // The hot set is still in L1.
+    let after = hot_round().await;
+    assert!(
+        after + 3 >= hot,
+        "{after} hot keys in L1 after the scan, {hot} before"
+    );
+    // A key read from Redis again soon after goes in.
+    r.get("k50").await.unwrap();
+    r.get("k50").await.unwrap();
+    assert_eq!(r.get("k50").await.unwrap().source(), Source::L1);
+}

@@ -29,6 +29,8 @@ struct Registry {
 /// or none), the codec, the key schema and the backplane.
 pub(crate) struct CacheCore {
     pub(super) l1: L1,
+    /// Which values read from Redis a full L1 takes in.
+    pub(super) admission: l1::Admission,
     pub(super) l2: Tier,
     pub(super) codec: Codec,
     /// The keys encrypted namespaces use, from the configuration.
@@ -100,6 +102,7 @@ impl CacheCore {
         }
         let core = Arc::new(CacheCore {
             l1,
+            admission: l1::Admission::default(),
             l2,
             codec: config.codec.clone(),
             keyring: config.keyring.clone(),

@@ -2,7 +2,9 @@
 //! expiring after its own TTL on moka's clock.
 
 use std::any::Any;
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,5 +157,105 @@ pub(crate) fn build(capacity: u64, on_evict: Option<impl Fn(u32) + Send + Sync +
             })
             .build(),
         None => builder.build(),
+    }
+}
+
+/// Which values read from Redis a full L1 takes in: a value whose key was read again within
+/// about as many L1 fills as L1 holds entries. A key that comes back less often than that
+/// would be evicted before its next read anyway, so putting it in only costs an insert and
+/// evicts an entry that might have been read (a scan over more keys than L1 holds, or keys
+/// read once, push out the hot set otherwise). While L1 has room everything goes in.
+///
+/// A direct-mapped table remembers, per key, the fill count at its last read from Redis: a
+/// keyed hash (SipHash under a per-process random key) picks the slot and tags it with
+/// another 32 bits, so no key can be aimed at another's slot. A slot another key took only
+/// forgets that key once (it goes in at its next read).
+pub(crate) struct Admission {
+    slots: Box<[AtomicU64]>,
+    hasher: RandomState,
+    fills: AtomicU32,
+}
+
+/// Slots of [`Admission`] (512 KiB). It judges while L1 holds at most half as many entries;
+/// an L1 holding more takes everything in, as it would without it.
+const ADMISSION_SLOTS: usize = 1 << 16;
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            slots: (0..ADMISSION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            fills: AtomicU32::new(0),
+        }
+    }
+}
+
+impl Admission {
+    /// Records a read of `key` from Redis and says whether `l1` should take the value in.
+    pub(crate) fn admit(&self, ns: u32, key: &str, l1: &L1) -> bool {
+        let full = l1
+            .policy()
+            .max_capacity()
+            .is_some_and(|cap| l1.weighted_size().saturating_mul(10) >= cap.saturating_mul(9));
+        let entries = l1.entry_count();
+        if !full || entries > (ADMISSION_SLOTS / 2) as u64 {
+            return true;
+        }
+        let hash = self.hasher.hash_one((ns, key));
+        let slot = &self.slots[usize::try_from(hash).unwrap_or(0) % ADMISSION_SLOTS];
+        let tag = (hash >> 32) | 1;
+        let fill = self.fills.fetch_add(1, Ordering::Relaxed);
+        let last = slot.swap(tag << 32 | u64::from(fill), Ordering::Relaxed);
+        let seen = u32::try_from(last & u64::from(u32::MAX)).unwrap_or(0);
+        last >> 32 == tag && u64::from(fill.wrapping_sub(seen)) <= entries.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(weight: u32) -> L1Value {
+        L1Value {
+            value: Arc::new(()),
+            generation: 0,
+            epoch: 0,
+            weight,
+            ttl: Duration::from_secs(60),
+            tags: None,
+            version: 0,
+            life: None,
+        }
+    }
+
+    /// An L1 of 1 KiB filled with ten entries of about 100 bytes.
+    fn full_l1() -> L1 {
+        let l1 = build(1024, None::<fn(u32)>);
+        for i in 0..10 {
+            l1.insert(L1Key::new(0, &format!("hot{i}")), entry(98));
+        }
+        l1.run_pending_tasks();
+        l1
+    }
+
+    #[test]
+    fn a_full_l1_takes_a_key_read_again_within_its_size() {
+        let (l1, admission) = (full_l1(), Admission::default());
+        assert!(!admission.admit(0, "a", &l1), "first read");
+        assert!(admission.admit(0, "a", &l1), "read again at once");
+        // Another namespace's key of the same name is another key.
+        assert!(!admission.admit(1, "a", &l1));
+        // Read again after more fills than L1 holds entries: it would have been evicted.
+        for i in 0..20 {
+            admission.admit(0, &format!("scan{i}"), &l1);
+        }
+        assert!(!admission.admit(0, "a", &l1));
+    }
+
+    #[test]
+    fn an_l1_with_room_takes_everything() {
+        let (l1, admission) = (build(1 << 20, None::<fn(u32)>), Admission::default());
+        assert!(admission.admit(0, "a", &l1));
+        assert!(admission.admit(0, "b", &l1));
     }
 }

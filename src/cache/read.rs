@@ -623,6 +623,12 @@ where
                 return (held.value, Source::L1);
             }
             _ if raced => {}
+            // A value read from Redis that a full L1 would evict before its key came back.
+            None if source == Source::L2
+                && !self.core.admission.admit(self.ns.id, key, &self.l1) =>
+            {
+                return (entry.value, source);
+            }
             _ => {
                 let value = entry.value.clone();
                 self.l1.insert(L1Key::new(self.ns.id, key), entry);

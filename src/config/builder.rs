@@ -337,6 +337,12 @@ impl ConfigBuilder {
 
     /// The bound on the in-process L1 cache shared by all namespaces, in bytes: each entry
     /// weighs its encoded size plus its key. Default: 64 MiB.
+    ///
+    /// Once L1 is full, a value read from Redis goes in only if its key was read from Redis
+    /// before, within about as many L1 fills as L1 holds entries: a key that comes back less
+    /// often would be evicted before its next read, so it would only cost an insert and push
+    /// out an entry that is read (a scan over many keys, or keys read once, keep the hot set
+    /// out otherwise). Writes and loads always go in.
     pub fn l1_capacity(mut self, bytes: u64) -> Self {
         self.config.l1_capacity = bytes;
         self
