@@ -724,7 +724,19 @@ pub fn get_many(c: &mut Criterion) {
             )
             .await
             .unwrap();
-            let conn = server.fastest_connection().await;
+            // The raw client's copies, encoded as a hand-written client would (compressed
+            // where tierkit's codec compresses too).
+            let mut conn = server.fastest_connection().await;
+            for (i, k) in keys.iter().enumerate() {
+                let v = payload(i as u64, 200);
+                let compressed = kit.codec().encode_with_info(&v).unwrap().1.compressed;
+                let _: () = redis::cmd("SET")
+                    .arg(format!("raw:many:{k}"))
+                    .arg(encode_raw(&v, compressed))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
             (kit, ns, conn)
         });
         // The same, without per-namespace eviction counts (no moka eviction listener).
@@ -742,9 +754,8 @@ pub fn get_many(c: &mut Criterion) {
         let batches: Vec<&[String]> = keys.chunks(100).collect();
         let redis_batches: Vec<Vec<String>> = batches
             .iter()
-            .map(|b| b.iter().map(|k| ns.redis_key(k)).collect())
+            .map(|b| b.iter().map(|k| format!("raw:many:{k}")).collect())
             .collect();
-        let codec = kit.codec().clone();
         let next = AtomicUsize::new(0);
         group.bench_function("raw_pipeline_get_decode", |b| {
             b.to_async(&rt).iter(|| async {
@@ -754,10 +765,7 @@ pub fn get_many(c: &mut Criterion) {
                 }
                 let mut conn = conn.clone();
                 let found: Vec<Vec<u8>> = pipe.query_async(&mut conn).await.unwrap();
-                found
-                    .iter()
-                    .map(|b| codec.decode::<Payload>(b).unwrap())
-                    .collect::<Vec<_>>()
+                found.iter().map(|b| decode_raw(b)).collect::<Vec<_>>()
             })
         });
         // The raw pipeline plus what tierkit adds that no Redis client does: each value put into
@@ -773,7 +781,7 @@ pub fn get_many(c: &mut Criterion) {
                 let mut conn = conn.clone();
                 let found: Vec<Vec<u8>> = pipe.query_async(&mut conn).await.unwrap();
                 for (k, bytes) in batches[i].iter().zip(&found) {
-                    let value = Arc::new(codec.decode::<Payload>(bytes).unwrap());
+                    let value = Arc::new(decode_raw(bytes));
                     raw_l1.insert(k.clone(), value);
                 }
             })
