@@ -95,9 +95,15 @@ use syn::{
 /// `Error::Loader` (carrying the `Display` text of that call's error).
 #[proc_macro_attribute]
 pub fn cached(attr: TokenStream, item: TokenStream) -> TokenStream {
-    match expand(attr.into(), item.into()) {
+    let item = TokenStream2::from(item);
+    match expand(attr.into(), item.clone()) {
         Ok(tokens) => tokens.into(),
-        Err(e) => e.to_compile_error().into(),
+        // The function as written goes along with the error, so that its callers do not add
+        // errors of their own.
+        Err(e) => {
+            let error = e.to_compile_error();
+            quote!(#error #item).into()
+        }
     }
 }
 
@@ -367,11 +373,12 @@ struct Param {
 }
 
 /// `T` of `Result<T, E>` (or of an alias `Result<T>`), or an error saying what is expected.
-fn ok_type(output: &ReturnType) -> syn::Result<Type> {
+fn ok_type(sig: &syn::Signature) -> syn::Result<Type> {
+    let output = &sig.output;
     let expected = "#[cached] needs a fn returning Result<T, E>: the Ok value is cached and \
                     an Err is returned uncached";
     let ReturnType::Type(_, ty) = output else {
-        return Err(syn::Error::new(Span::call_site(), expected));
+        return Err(syn::Error::new_spanned(&sig.ident, expected));
     };
     let Type::Path(path) = &**ty else {
         return Err(syn::Error::new_spanned(ty, expected));
@@ -429,7 +436,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
             "#[cached] does not take variadic fns",
         ));
     }
-    let ok_ty = ok_type(&sig.output)?;
+    let ok_ty = ok_type(sig)?;
     let ret_ty = match &sig.output {
         ReturnType::Type(_, ty) => (**ty).clone(),
         ReturnType::Default => unreachable!("ok_type refused a fn without a return type"),
@@ -608,15 +615,39 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
 
     let attrs = &func.attrs;
     let vis = &func.vis;
+    // The parameters are moved into the loader, which rebinds them with their `mut`: the
+    // outer fn never changes them.
+    let mut sig = sig.clone();
+    for input in &mut sig.inputs {
+        if let FnArg::Typed(typed) = input {
+            if let Pat::Ident(pat) = &mut *typed.pat {
+                pat.mutability = None;
+            }
+        }
+    }
     let slot_ty = quote_spanned! {ok_ty.span()=> ::tierkit::cache::NamespaceSlot<#ok_ty> };
     let kit_ref = quote_spanned! {kit_span=> let __tierkit_kit: &::tierkit::Tierkit = &#kit_expr; };
-    let from_error = quote_spanned! {ret_span=> ::std::convert::From::from };
+    let from_error = quote_spanned! {ret_span=> __TierkitError::__tierkit_from };
     let clone_value = quote_spanned! {ok_ty.span()=> <#ok_ty as ::std::clone::Clone>::clone };
 
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             static __TIERKIT_SLOT: #slot_ty = ::tierkit::cache::NamespaceSlot::new();
+            /// How tierkit's errors become the fn's.
+            #[diagnostic::on_unimplemented(
+                message = "#[cached] returns tierkit's own errors through the fn's error type: `{Self}` needs `impl From<tierkit::Error>`",
+                label = "this error type has no `From<tierkit::Error>`",
+                note = "add a variant holding a tierkit::Error with a From impl (e.g. thiserror's #[from]), or return tierkit::Error or anyhow::Error"
+            )]
+            trait __TierkitError {
+                fn __tierkit_from(e: ::tierkit::Error) -> Self;
+            }
+            impl<E: ::std::convert::From<::tierkit::Error>> __TierkitError for E {
+                fn __tierkit_from(e: ::tierkit::Error) -> Self {
+                    ::std::convert::From::from(e)
+                }
+            }
             /// Fixes the body's output type, so that `?` in it converts to the fn's error.
             fn __tierkit_body<F>(body: F) -> F
             where
