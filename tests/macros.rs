@@ -369,3 +369,25 @@ async fn a_second_instance_reads_what_the_first_loaded_from_redis() {
     assert_eq!(shared(&a, 1).await.unwrap(), 2);
     assert_eq!(LOADS.load(Ordering::SeqCst), 3);
 }
+
+/// What the macro stands on: a slot keeps one handle per instance, and refuses a declaration
+/// made on another instance than the one asked.
+#[tokio::test]
+async fn a_slot_keeps_the_handle_declared_on_its_own_instance() {
+    static SLOT: tierkit::cache::NamespaceSlot<String> = tierkit::cache::NamespaceSlot::new();
+
+    let (a, b) = (Tierkit::embedded(), Tierkit::embedded());
+    let on_a = a
+        .namespace_in(&SLOT, |kit| kit.namespace::<String>("slotted").build())
+        .unwrap();
+    on_a.set("k", "v".into()).await.unwrap();
+    let again = a.namespace_in(&SLOT, |_| panic!("declared once")).unwrap();
+    assert_eq!(*again.get("k").await.unwrap(), "v");
+    let wrong = b.namespace_in(&SLOT, |_| a.namespace::<String>("slotted").build());
+    assert!(matches!(wrong, Err(tierkit::Error::InvalidInput { .. })));
+    let on_b = b
+        .namespace_in(&SLOT, |kit| kit.namespace::<String>("slotted").build())
+        .unwrap();
+    assert!(on_b.get("k").await.is_none(), "b has caches of its own");
+    assert!(format!("{SLOT:?}").contains("instances: 2"));
+}
