@@ -106,7 +106,7 @@ mod writing;
 pub use builder::NamespaceBuilder;
 pub use info::CacheInfo;
 pub use life::EagerRefresh;
-pub use namespace::{Hit, Namespace, Reach, SetOptions, Source};
+pub use namespace::{Hit, Namespace, NamespaceSlot, Reach, SetOptions, Source};
 pub use options::{Loaded, ReadOptions, Tiers};
 pub use stats::CacheStats;
 pub use warm::WarmProgress;

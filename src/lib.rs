@@ -68,6 +68,7 @@
 //! | `tower` | [`ratelimit::layer`]: a tower `Layer` answering 429 with `Retry-After` and `RateLimit` headers |
 //! | `metrics` | metrics through the `metrics` facade |
 //! | `tls` | `rediss://` to Redis over rustls (no OpenSSL): CA file, mutual TLS, a development-only switch to skip verification |
+//! | `macros` | [`cached`]: an attribute macro that caches an `async fn`'s `Ok` results through a namespace |
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -90,6 +91,10 @@ pub use codec::{Codec, CodecBuilder, EncodeInfo};
 pub use config::{clock, Config, ConfigBuilder};
 pub use error::{DecodeError, Error, Result};
 pub use tierkit::Tierkit;
+
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use tierkit_macros::cached;
 
 /// The README's examples, compiled and run by `cargo test --doc` so they never rot.
 #[cfg(doctest)]

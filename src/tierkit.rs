@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::{CacheCore, CacheInfo, NamespaceBuilder};
+use crate::cache::{CacheCore, CacheInfo, Namespace, NamespaceBuilder, NamespaceSlot};
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::conn::Conn;
@@ -192,6 +192,44 @@ impl Tierkit {
         V: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         NamespaceBuilder::new(self.0.cache.clone(), name.into())
+    }
+
+    /// The handle `slot` keeps for this instance, or, the first time, the one `declare`
+    /// declares on it (then kept): a namespace declared once per instance and reached from a
+    /// `static`, as the `#[cached]` attribute macro (feature `macros`) does for each function.
+    /// After the first call it costs a shared lock and a short scan, no declaration.
+    ///
+    /// # Errors
+    ///
+    /// What `declare` returns, and [`Error::InvalidInput`](crate::Error::InvalidInput) when it
+    /// declares the namespace on another instance than the one it is given.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tierkit::cache::NamespaceSlot;
+    ///
+    /// static USERS: NamespaceSlot<String> = NamespaceSlot::new();
+    ///
+    /// let kit = tierkit::Tierkit::embedded();
+    /// let users = kit.namespace_in(&USERS, |kit| kit.namespace::<String>("users").build())?;
+    /// assert_eq!(users.name(), "users");
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    pub fn namespace_in<V>(
+        &self,
+        slot: &NamespaceSlot<V>,
+        declare: impl FnOnce(&Tierkit) -> Result<Namespace<V>>,
+    ) -> Result<Namespace<V>>
+    where
+        V: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        if let Some(ns) = slot.find(&self.0.cache) {
+            return Ok(ns);
+        }
+        let ns = declare(self)?;
+        slot.keep(&self.0.cache, &ns)?;
+        Ok(ns)
     }
 
     /// Counters of every namespace, L1 size, backplane state, and (one pipelined round trip,

@@ -7,7 +7,7 @@ use std::any::TypeId;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -371,5 +371,104 @@ where
                 Reach::L1Only
             }
         }
+    }
+}
+
+/// Handles to one namespace kept per [`Tierkit`](crate::Tierkit) instance, for a `static` that
+/// declares its namespace once per instance: what the `#[cached]` attribute macro (feature
+/// `macros`) keeps for each function. Get a handle out with
+/// [`Tierkit::namespace_in`](crate::Tierkit::namespace_in).
+///
+/// It holds no instance alive: an instance dropped is forgotten at the next declaration, and
+/// its handles go with it.
+///
+/// # Examples
+///
+/// ```
+/// use tierkit::cache::NamespaceSlot;
+///
+/// static NAMES: NamespaceSlot<String> = NamespaceSlot::new();
+///
+/// let kit = tierkit::Tierkit::embedded();
+/// let names = kit.namespace_in(&NAMES, |kit| kit.namespace::<String>("names").build())?;
+/// // The second time, the handle comes from the slot; the closure does not run.
+/// let again = kit.namespace_in(&NAMES, |_| unreachable!())?;
+/// assert_eq!(names.name(), again.name());
+/// # Ok::<(), tierkit::Error>(())
+/// ```
+pub struct NamespaceSlot<V> {
+    /// The instances' caches, and the namespace declared in each, both weakly held: a `Weak`
+    /// keeps its allocation's address from being reused, so a live cache at the same address
+    /// is the same cache.
+    held: RwLock<Vec<(Weak<CacheCore>, Weak<NsShared>)>>,
+    _type: PhantomData<fn() -> V>,
+}
+
+impl<V> NamespaceSlot<V> {
+    /// An empty slot, for a `static`.
+    pub const fn new() -> Self {
+        NamespaceSlot {
+            held: RwLock::new(Vec::new()),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<V> Default for NamespaceSlot<V> {
+    fn default() -> Self {
+        NamespaceSlot::new()
+    }
+}
+
+impl<V> std::fmt::Debug for NamespaceSlot<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        let live = held.iter().filter(|(core, _)| core.strong_count() > 0);
+        f.debug_struct("NamespaceSlot")
+            .field("instances", &live.count())
+            .finish()
+    }
+}
+
+impl<V> NamespaceSlot<V>
+where
+    V: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The handle kept for the instance whose cache is `core`, if any.
+    pub(crate) fn find(&self, core: &Arc<CacheCore>) -> Option<Namespace<V>> {
+        let held = self.held.read().unwrap_or_else(|p| p.into_inner());
+        let (_, ns) = held
+            .iter()
+            .find(|(kept, _)| std::ptr::eq(kept.as_ptr(), Arc::as_ptr(core)))?;
+        // The cache's registry holds its namespaces as long as the cache lives.
+        let ns = ns.upgrade()?;
+        Some(Namespace {
+            l1: core.l1.clone(),
+            l1_on: ns.uses_l1(core),
+            ns,
+            core: core.clone(),
+            _type: PhantomData,
+        })
+    }
+
+    /// Keeps `ns`, declared on the instance whose cache is `core`, and forgets the instances
+    /// dropped since.
+    pub(crate) fn keep(&self, core: &Arc<CacheCore>, ns: &Namespace<V>) -> Result<()> {
+        if !Arc::ptr_eq(core, &ns.core) {
+            return Err(crate::error::Error::invalid(
+                "declare",
+                "declared the namespace on another Tierkit than the one asked; declare it on \
+                 the instance the closure is given",
+            ));
+        }
+        let mut held = self.held.write().unwrap_or_else(|p| p.into_inner());
+        held.retain(|(kept, _)| kept.strong_count() > 0);
+        if !held
+            .iter()
+            .any(|(kept, _)| std::ptr::eq(kept.as_ptr(), Arc::as_ptr(core)))
+        {
+            held.push((Arc::downgrade(core), Arc::downgrade(&ns.ns)));
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,14 @@
+use tierkit::cached;
+static KIT: std::sync::LazyLock<tierkit::Tierkit> = std::sync::LazyLock::new(tierkit::Tierkit::embedded);
+
+#[cached(kit = KIT)]
+async fn user(id: u64) -> Result<u64, tierkit::Error> {
+    Ok(id)
+}
+
+#[cached]
+async fn bare(id: u64) -> Result<u64, tierkit::Error> {
+    Ok(id)
+}
+
+fn main() {}
