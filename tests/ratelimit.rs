@@ -419,18 +419,7 @@ mod redis_window {
         for seed in 1..=2u64 {
             let limit = 10;
             let seen = stress(&b, Algorithm::SlidingCounter, limit, window, 10 + seed).await;
-            for s in seen.iter().filter(|s| s.allowed) {
-                // Any sliding window: at most 2 x limit.
-                let sliding = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
-                assert!(
-                    sliding <= 2 * limit,
-                    "seed {seed}: {sliding} in a sliding window"
-                );
-                // The fixed window (aligned on the server clock) holding it: at most limit.
-                let start = s.at_us - s.at_us.rem_euclid(w);
-                let fixed = admitted_in(&seen, s.key, start - 1, start + w - 1);
-                assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
-            }
+            assert_counter_bound(&seen, limit, w, seed);
             assert!(seen.iter().filter(|s| s.allowed).count() > 20);
         }
     }
@@ -445,16 +434,7 @@ mod redis_window {
         for seed in 1..=2u64 {
             let limit = 10;
             let seen = stress(&b, Algorithm::PipelinedCounter, limit, window, 20 + seed).await;
-            for s in seen.iter().filter(|s| s.allowed) {
-                let sliding = admitted_in(&seen, s.key, s.at_us - w, s.at_us);
-                assert!(
-                    sliding <= 2 * limit,
-                    "seed {seed}: {sliding} in a sliding window"
-                );
-                let start = s.at_us - s.at_us.rem_euclid(w);
-                let fixed = admitted_in(&seen, s.key, start - 1, start + w - 1);
-                assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
-            }
+            assert_counter_bound(&seen, limit, w, seed);
             let allowed = seen.iter().filter(|s| s.allowed).count();
             let refused = seen.len() - allowed;
             assert!(
@@ -485,6 +465,22 @@ mod redis_window {
                 us(before),
                 us(after)
             );
+        }
+    }
+
+    /// The counter's bound over a history: at most `2 × limit` in any sliding window of `w`
+    /// µs, and at most `limit` in the fixed window (aligned on the time decisions were placed
+    /// at) holding each admission.
+    fn assert_counter_bound(seen: &[Seen], limit: u32, w: i64, seed: u64) {
+        for s in seen.iter().filter(|s| s.allowed) {
+            let sliding = admitted_in(seen, s.key, s.at_us - w, s.at_us);
+            assert!(
+                sliding <= 2 * limit,
+                "seed {seed}: {sliding} in a sliding window"
+            );
+            let start = s.at_us - s.at_us.rem_euclid(w);
+            let fixed = admitted_in(seen, s.key, start - 1, start + w - 1);
+            assert!(fixed <= limit, "seed {seed}: {fixed} in a fixed window");
         }
     }
 
