@@ -214,6 +214,16 @@ fn counter_key(key: &str, quota: &Quota, index: i64) -> String {
     format!("{{{key}}}:{}:{index}", quota.window().as_millis())
 }
 
+/// Adds the expiry of a current window's counter to `pipe`. Its count is read by the next
+/// window as its previous one, so it must outlive both: two windows past its first count.
+fn expire_counter(pipe: &mut redis::Pipeline, key: &str, quota: &Quota) {
+    let ttl_ms = quota.window().as_millis().saturating_mul(2).max(1);
+    pipe.cmd("PEXPIRE")
+        .arg(key)
+        .arg(u64::try_from(ttl_ms).unwrap_or(u64::MAX))
+        .ignore();
+}
+
 /// One limiter's counters in Redis.
 pub(super) struct Counters<'a> {
     pub(super) conn: &'a Conn,
@@ -267,13 +277,7 @@ impl Counters<'_> {
                 Mode::Check => {
                     pipe.cmd("INCRBY").arg(&cur_key).arg(units);
                     if !expiries.is_set(&cur_key) {
-                        // The current window's count is read by the next window as its previous
-                        // one, so it must outlive both: two windows past its first count.
-                        let ttl_ms = quota.window().as_millis().saturating_mul(2).max(1);
-                        pipe.cmd("PEXPIRE")
-                            .arg(&cur_key)
-                            .arg(u64::try_from(ttl_ms).unwrap_or(u64::MAX))
-                            .ignore();
+                        expire_counter(&mut pipe, &cur_key, quota);
                         expire.push(cur_key.clone());
                     }
                 }
@@ -337,11 +341,7 @@ impl Counters<'_> {
             let mut owed = redis::pipe();
             for (w, quota) in windows.iter().zip(quotas) {
                 if w.cur == units && !expire.contains(&w.cur_key) {
-                    let ttl_ms = quota.window().as_millis().saturating_mul(2).max(1);
-                    owed.cmd("PEXPIRE")
-                        .arg(&w.cur_key)
-                        .arg(u64::try_from(ttl_ms).unwrap_or(u64::MAX))
-                        .ignore();
+                    expire_counter(&mut owed, &w.cur_key, quota);
                 }
             }
             if owed.cmd_iter().next().is_some() {

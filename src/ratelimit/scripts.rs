@@ -91,7 +91,7 @@ impl Controlled for RedisWindow {
 
 impl RedisWindow {
     async fn run(&self, key: &str, n: u32, mode: &str) -> Result<Decision> {
-        if self.algorithm == Algorithm::PipelinedCounter {
+        let decision = if self.algorithm == Algorithm::PipelinedCounter {
             let mode = match mode {
                 "check" => Mode::Check,
                 "peek" => Mode::Peek,
@@ -107,22 +107,19 @@ impl RedisWindow {
                 prefix: &self.key_prefix,
                 quotas: &self.quotas,
             };
-            let decision = counters.decide(key, n, mode).await?;
-            if let Some(ms) = drift_ms((self.app_clock)(), &decision) {
-                self.drift_ms.store(ms, Ordering::Relaxed);
-            }
-            return Ok(decision);
-        }
-        let redis_key = format!("{}{key}", self.key_prefix);
-        let decision = decide(
-            &self.conn,
-            self.algorithm,
-            &redis_key,
-            &self.quotas,
-            n,
-            mode,
-        )
-        .await?;
+            counters.decide(key, n, mode).await?
+        } else {
+            let redis_key = format!("{}{key}", self.key_prefix);
+            decide(
+                &self.conn,
+                self.algorithm,
+                &redis_key,
+                &self.quotas,
+                n,
+                mode,
+            )
+            .await?
+        };
         if let Some(ms) = drift_ms((self.app_clock)(), &decision) {
             self.drift_ms.store(ms, Ordering::Relaxed);
         }
