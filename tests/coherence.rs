@@ -456,3 +456,96 @@ async fn a_dead_loader_blocks_no_one_past_its_lease() {
     // It waited for the lease rather than loading at once: the lease was really held.
     assert!(began.elapsed() >= lease / 2, "{:?}", began.elapsed());
 }
+
+/// A namespace whose entries live `ttl` and are kept `ttl` more for fail-safe, in Redis only.
+fn short_lived(kit: &tierkit::Tierkit, ttl: Duration) -> tierkit::cache::Namespace<u64> {
+    kit.namespace::<u64>("lapse")
+        .ttl(ttl)
+        .fail_safe(ttl)
+        .tiers(tierkit::cache::Tiers::L2Only)
+        .build()
+        .unwrap()
+}
+
+/// A load that outlives what its read saw (a copy at the end of its grace, a tombstone at the
+/// end of its TTL: Redis drops it mid-load) still stores its answer: the key went absent by
+/// itself, no change was heard of, and a second instance reads the answer without loading.
+#[tokio::test]
+async fn a_load_that_outlives_what_its_read_saw_still_fills_redis() {
+    let backend = Backend::redis();
+    let (here, there) = (backend.kit().await, backend.kit().await);
+    let ttl = Duration::from_millis(200);
+    let ns = short_lived(&here, ttl);
+    let other = short_lived(&there, ttl);
+    let load = |key: &'static str| {
+        let (ns, other) = (ns.clone(), other.clone());
+        async move {
+            let hit = ns
+                .get_or_set(key, || async {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    Ok::<_, std::io::Error>(2)
+                })
+                .await
+                .unwrap();
+            assert_eq!((*hit, hit.source()), (2, Source::Loader), "{key}");
+            let seen = other.get(key).await.map(|h| (*h, h.source()));
+            assert_eq!(
+                seen,
+                Some((2, Source::L2)),
+                "{key}: the answer reached Redis"
+            );
+        }
+    };
+    // The copy has about 100 ms of its grace left in Redis when read.
+    ns.set("stale", 1).await.unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    load("stale").await;
+    // The tombstone has about 50 ms of its TTL left.
+    other.set("tombstone", 1).await.unwrap();
+    other.invalidate("tombstone").await.unwrap();
+    tokio::time::sleep(ttl - Duration::from_millis(50)).await;
+    load("tombstone").await;
+}
+
+/// And the other side of it: a load that outlives the tombstone an invalidation made while it
+/// ran does not bring back what it loaded before the invalidation, though Redis no longer
+/// holds anything at the key: the invalidation's message reached the loading instance.
+#[tokio::test]
+async fn a_load_that_outlives_a_tombstone_does_not_fill_redis() {
+    let backend = Backend::redis();
+    let (here, there) = (backend.kit().await, backend.kit().await);
+    let ttl = Duration::from_millis(100);
+    let ns = short_lived(&here, ttl);
+    ns.set("k", 1).await.unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(20)).await;
+    let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+    let load = tokio::spawn({
+        let ns = ns.clone();
+        async move {
+            ns.get_or_set("k", || async move {
+                let _ = entered_tx.send(());
+                // Past the tombstone's 100 ms.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, std::io::Error>(2)
+            })
+            .await
+        }
+    });
+    entered.await.unwrap();
+    let other = short_lived(&there, ttl);
+    assert_eq!(other.invalidate("k").await.unwrap(), Reach::AllTiers);
+    let hit = load.await.unwrap().unwrap();
+    assert_eq!(*hit, 2, "the caller gets its answer");
+    assert_eq!(
+        other.get("k").await.map(|h| *h),
+        None,
+        "Redis was not filled"
+    );
+    let mut con = backend.server().unwrap().async_connection().await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(ns.redis_key("k"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(!exists, "neither tombstone nor value is left");
+}

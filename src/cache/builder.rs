@@ -376,7 +376,7 @@ where
         let core = &self.core;
         let shared = core.register(NsShared {
             id: 0,
-            keyspace: Keyspace::new(&core.keys, &self.name, self.version),
+            keyspace: Keyspace::new(&core.keys, &self.name, self.version, self.ttl),
             name: self.name,
             version: self.version,
             type_id: TypeId::of::<V>(),

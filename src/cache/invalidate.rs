@@ -106,12 +106,7 @@ where
             return Ok(self.announce(&op).await);
         }
         let owing = self.ns.owed.until_paid(&op);
-        let sent = async {
-            self.l2()?
-                .tombstone(&self.ns.keyspace, self.ns.ttl, &op)
-                .await
-        }
-        .await;
+        let sent = async { self.l2()?.tombstone(&self.ns.keyspace, &op).await }.await;
         owing.settle(&sent);
         // Again once Redis has it: a read on this instance that fetched the old entry before
         // it changed may have kept it since the first pass.
@@ -184,7 +179,7 @@ where
         let owing = self.ns.owed.until_paid(&op);
         let (removed, sent) = match self.l2() {
             Ok(l2) => {
-                l2.remove_matching(&self.ns.keyspace, Some(&parsed), self.ns.ttl, &op)
+                l2.remove_matching(&self.ns.keyspace, Some(&parsed), &op)
                     .await
             }
             Err(e) => (0, Err(e)),
@@ -231,7 +226,7 @@ where
             return Ok((self.reach(Err(e)), 0));
         }
         // The clear has taken effect; the rest frees memory, and a failure is only counted.
-        let (removed, swept) = l2.remove_matching(space, None, self.ns.ttl, &op).await;
+        let (removed, swept) = l2.remove_matching(space, None, &op).await;
         if let Err(e) = swept {
             count_failure(&self.ns.counters, &e);
         }

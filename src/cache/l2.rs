@@ -26,7 +26,8 @@ use crate::error::{Error, Result};
 use crate::health::Health;
 use crate::keys::Keys;
 
-/// A namespace's place in the key schema: what an L2 needs to name its keys.
+/// A namespace's place in the key schema: what an L2 needs to name its keys, and how long an
+/// invalidated key of it stays a tombstone.
 #[derive(Debug)]
 pub(super) struct Keyspace {
     /// `{prefix}:c:{name}:v{version}:`
@@ -39,11 +40,14 @@ pub(super) struct Keyspace {
     leases: String,
     /// `{prefix}:c:{name}:*`: every key of the namespace, all versions.
     all_versions: String,
+    /// How long an invalidated key stays a tombstone: the namespace's TTL.
+    pub(super) tombstone_ttl: Duration,
 }
 
 impl Keyspace {
-    pub(super) fn new(keys: &Keys, name: &str, version: u32) -> Keyspace {
+    pub(super) fn new(keys: &Keys, name: &str, version: u32, tombstone_ttl: Duration) -> Keyspace {
         Keyspace {
+            tombstone_ttl,
             entries: keys.cache_entries(name, version),
             epoch: keys.cache_epoch(name, version),
             tag_epochs: keys.cache_tag_epochs(name, version),
@@ -113,6 +117,10 @@ pub(super) struct Entry<'a> {
     pub(super) frame: &'a [u8],
     pub(super) ttl: Duration,
     pub(super) expect: Option<&'a Expect>,
+    /// A fill that also lands where the key is absent: what its read saw (a copy near the end
+    /// of its life, a tombstone) expired by itself while the load ran, and this instance,
+    /// coherent, heard of no change to the key since.
+    pub(super) or_absent: bool,
 }
 
 /// What a fill must find at its key to land: what the read before the load saw.
@@ -163,9 +171,9 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
         op: Option<&Op>,
     ) -> Result<Written>;
 
-    /// Makes each of `op`'s keys a tombstone for `ttl`, so a load that read it before cannot
-    /// fill it after, and publishes `op`, in one round trip.
-    async fn tombstone(&self, space: &Keyspace, ttl: Duration, op: &Op) -> Result<()> {
+    /// Makes each of `op`'s keys a tombstone (for the keyspace's `tombstone_ttl`), so a load
+    /// that read it before cannot fill it after, and publishes `op`, in one round trip.
+    async fn tombstone(&self, space: &Keyspace, op: &Op) -> Result<()> {
         let frame = super::frame::tombstone();
         let entries: Vec<Entry<'_>> = op
             .keys()
@@ -173,8 +181,9 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
             .map(|key| Entry {
                 key,
                 frame: &frame,
-                ttl,
+                ttl: space.tombstone_ttl,
                 expect: None,
+                or_absent: false,
             })
             .collect();
         self.write(space, &entries, &[], Some(op)).await.map(drop)
@@ -190,14 +199,13 @@ pub(super) trait L2: Send + Sync + fmt::Debug {
         op: Option<&Op>,
     ) -> Result<()>;
 
-    /// Tombstones (for `tombstone_ttl`) every entry matching `pattern`, or removes every key of
-    /// every version of the namespace for `None`, then publishes `op`. Returns how many entries it reached, and the
+    /// Tombstones every entry matching `pattern`, or removes every key of every version of
+    /// the namespace for `None`, then publishes `op`. Returns how many entries it reached, and the
     /// error that stopped it part way, if one did: what was reached stays so.
     async fn remove_matching(
         &self,
         space: &Keyspace,
         pattern: Option<&Pattern>,
-        tombstone_ttl: Duration,
         op: &Op,
     ) -> (u64, Result<()>);
 
@@ -268,7 +276,6 @@ impl L2 for NoL2 {
         &self,
         _: &Keyspace,
         _: Option<&Pattern>,
-        _: Duration,
         _: &Op,
     ) -> (u64, Result<()>) {
         (0, Ok(()))

@@ -654,7 +654,7 @@ where
         }
         if let Some(fill) = fill {
             // After the waiters are released: they need not wait for Redis to take it.
-            self.fill_l2(&job.key, fill, job.mark).await;
+            self.fill_l2(&job.key, fill, job.mark, job.stamp).await;
         }
         self.end_lease(&job.key, job.lease).await;
         Ok(served)
@@ -817,7 +817,10 @@ where
     /// A value the loader tagged is framed under the tag epochs this instance knew before
     /// that read ([`Epochs::known_at`](super::epochs::Epochs::known_at)); with a tag it did not
     /// know yet, only L1 keeps the value this time, and the tag's epoch is made for the next.
-    async fn fill_l2(&self, key: &str, mut fill: Fill, mark: Mark) {
+    /// Where the key went absent meanwhile, the fill lands too unless this instance heard of a
+    /// change to it since `stamp` (or may have missed one): an absent key is what the read saw
+    /// expired by itself, since a change leaves a tombstone or a value, and its message.
+    async fn fill_l2(&self, key: &str, mut fill: Fill, mark: Mark, stamp: Stamp) {
         for (tag, epoch) in &mut fill.tags {
             *epoch = self.ns.epochs.known_at(tag, mark).unwrap_or(0);
         }
@@ -856,6 +859,7 @@ where
                 frame: &frame,
                 ttl: fill.ttl,
                 expect: Some(&fill.expect),
+                or_absent: *self.core.coherent.borrow() && !self.ns.fresh.changed_since(key, stamp),
             }];
             l2.write(&self.ns.keyspace, &entry, &alive, None)
                 .await

@@ -224,7 +224,7 @@ impl CacheCore {
                     l2.drop_epochs(space, false, &[tag], Some(&op)).await?;
                     ns.epochs.forget(EpochOf::Tag(tag));
                 }
-                Op::Keys { .. } => l2.tombstone(space, ns.ttl, &op).await?,
+                Op::Keys { .. } => l2.tombstone(space, &op).await?,
                 // Patterns are owed as everything.
                 Op::Pattern { .. } => {}
             }

@@ -302,6 +302,7 @@ where
                 // Kept the fail-safe grace past its expiry, which the frame records.
                 ttl: p.ttl.saturating_add(grace),
                 expect: None,
+                or_absent: false,
             })
             .collect();
         l2.write(&self.ns.keyspace, &entries, uses, Some(op)).await

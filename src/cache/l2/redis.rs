@@ -24,7 +24,8 @@ const SCAN_COUNT: usize = 1000;
 /// microseconds, and always above the version of the frame it replaces, so versions of a key
 /// only grow whichever instance writes. With `ARGV[3]` (a fill), writes only where the key
 /// still holds what the fill's read saw: `''` absent, `'*'` not a frame, or the 16 version
-/// digits of a frame. Returns the version, or 0 when the fill did not land. Only the head of
+/// digits of a frame; with `ARGV[4]` too, also where the key is absent (what the read saw
+/// expired by itself). Returns the version, or 0 when the fill did not land. Only the head of
 /// the old entry is read (`GETRANGE`), so a large value is never copied into Lua.
 const WRITE: &str = r"
 local head = redis.pcall('GETRANGE', KEYS[1], 0, 19)
@@ -38,7 +39,7 @@ if ARGV[3] then
   elseif head == '' then seen = ''
   elseif old then seen = old
   else seen = '*' end
-  if seen ~= ARGV[3] then return 0 end
+  if seen ~= ARGV[3] and not (seen == '' and ARGV[4]) then return 0 end
 end
 local t = redis.call('TIME')
 local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -177,6 +178,9 @@ fn push_write(pipe: &mut redis::Pipeline, space: &Keyspace, entry: &Entry<'_>) {
         Some(Expect::Version(v)) => {
             cmd.arg(frame::version_digits(*v));
         }
+    }
+    if entry.or_absent {
+        cmd.arg(1);
     }
 }
 
@@ -334,7 +338,6 @@ impl L2 for RedisL2 {
         &self,
         space: &Keyspace,
         pattern: Option<&Pattern>,
-        tombstone_ttl: Duration,
         op: &Op,
     ) -> (u64, Result<()>) {
         let glob = match pattern {
@@ -377,8 +380,9 @@ impl L2 for RedisL2 {
                             let entry = Entry {
                                 key,
                                 frame: &tombstone,
-                                ttl: tombstone_ttl,
+                                ttl: space.tombstone_ttl,
                                 expect: None,
+                                or_absent: false,
                             };
                             push_write(&mut pipe, space, &entry);
                         }
