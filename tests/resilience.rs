@@ -1016,6 +1016,11 @@ impl History {
                 }
                 Op::FailDuring(change) => self.fail_during(k, change, began).await,
             }
+            let trouble = self.redis_trouble() - self.trouble;
+            if trouble > 0 {
+                self.log
+                    .push(format!("   {trouble} Redis call(s) failed or skipped"));
+            }
         }
     }
 
@@ -1049,6 +1054,10 @@ impl History {
         let _ = release.send(());
         let (got, ended) = call.await.unwrap();
         let op = Op::FailDuring(change);
+        self.log.push(format!(
+            "   {:?}",
+            got.as_ref().map(|h| h.as_ref().map(|h| (**h, h.source())))
+        ));
         // The copy at hand was replaced: an error is a fair answer now, a stale copy of what
         // the change replaced is not, unless the call was answered (at its soft timeout)
         // while the change was still being made.
@@ -1121,7 +1130,7 @@ impl History {
 
     /// Checks a load's answer against the model's last value of the key.
     fn check(
-        &self,
+        &mut self,
         k: usize,
         op: Op,
         began: Instant,
@@ -1130,6 +1139,10 @@ impl History {
         strict: bool,
     ) {
         let strict = strict && self.redis_trouble() == self.trouble;
+        self.log.push(format!(
+            "   {:?}",
+            got.as_ref().map(|h| h.as_ref().map(|h| (**h, h.source())))
+        ));
         if let Err(why) = self.verdict(self.model[k], op, began, ended, &got, strict) {
             panic!("seed {}: {why}: {got:?} {}", self.seed, self.why());
         }
