@@ -65,6 +65,9 @@ pub struct Config {
     pub(crate) keyring: Option<Keyring>,
     /// The secret user ids are named by in session keys; `None`: plain names.
     pub(crate) session_name_key: Option<NameKey>,
+    /// Embedded only: the in-process tiers stand in for Redis behind injectable faults.
+    #[cfg(feature = "testing")]
+    pub(crate) fault_injection: bool,
     #[cfg(feature = "tls")]
     pub(crate) tls: tls::Tls,
 }
@@ -149,6 +152,8 @@ impl Default for Config {
             client_tracking: false,
             keyring: None,
             session_name_key: None,
+            #[cfg(feature = "testing")]
+            fault_injection: false,
             #[cfg(feature = "tls")]
             tls: tls::Tls::default(),
         }
@@ -249,6 +254,13 @@ impl Config {
     pub fn has_session_name_key(&self) -> bool {
         self.session_name_key.is_some()
     }
+
+    /// Whether an embedded instance injects faults
+    /// ([`ConfigBuilder::fault_injection`], feature `testing`).
+    #[cfg(feature = "testing")]
+    pub fn fault_injection(&self) -> bool {
+        self.fault_injection
+    }
 }
 
 impl fmt::Debug for Config {
@@ -302,8 +314,10 @@ impl fmt::Debug for Config {
             .field("l1_eviction_counts", &self.l1_eviction_counts)
             .field("client_tracking", &self.client_tracking)
             .field("encryption_keys", &self.keyring)
-            .field("session_name_key", &self.session_name_key)
-            .finish()
+            .field("session_name_key", &self.session_name_key);
+        #[cfg(feature = "testing")]
+        d.field("fault_injection", &self.fault_injection);
+        d.finish()
     }
 }
 

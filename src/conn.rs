@@ -52,6 +52,8 @@ mod cluster;
 mod faults;
 mod kept;
 mod pubsub;
+#[cfg(feature = "testing")]
+mod standin;
 #[cfg(feature = "tls")]
 mod tls;
 mod tracking;
@@ -60,6 +62,8 @@ mod tracking;
 pub use faults::Faults;
 pub(crate) use kept::Report;
 pub(crate) use pubsub::Subscription;
+#[cfg(feature = "testing")]
+pub(crate) use standin::StandIn;
 pub(crate) use tracking::{Invalidated, Tracking};
 
 /// A handle to the Redis connection. Cheap to clone; all clones share one multiplexed
@@ -339,27 +343,40 @@ impl Conn {
         bound: Duration,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T> {
-        let health = &self.0.health;
-        // On a cluster a failed call speaks for one shard, so only the probe (which asks every
-        // primary) moves the state.
-        let passive = !self.is_cluster();
         #[cfg(feature = "testing")]
         let call = self.0.faults.plan().run(call);
-        let result = match tokio::time::timeout(bound, call).await {
-            Ok(Ok(value)) => {
-                health.record_success();
-                return Ok(value);
-            }
-            Ok(Err(e)) => Error::Redis(e),
-            Err(_) => Error::Timeout(bound),
-        };
-        if passive && result.is_connectivity() {
-            health.record_failure(&result, false);
-        } else if !result.is_connectivity() {
-            health.record_refusal(&result);
-        }
-        Err(result)
+        // On a cluster a failed call speaks for one shard, so only the probe (which asks every
+        // primary) moves the state.
+        bounded(&self.0.health, !self.is_cluster(), bound, async {
+            call.await.map_err(Error::Redis)
+        })
+        .await
     }
+}
+
+/// Runs `call` within `bound` and tells `health` how it went: a success, a connection error or
+/// timeout (counted against the state only when `passive`), or a refusal that names a
+/// misconfiguration.
+async fn bounded<T>(
+    health: &Health,
+    passive: bool,
+    bound: Duration,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let result = match tokio::time::timeout(bound, call).await {
+        Ok(Ok(value)) => {
+            health.record_success();
+            return Ok(value);
+        }
+        Ok(Err(e)) => e,
+        Err(_) => Error::Timeout(bound),
+    };
+    if passive && result.is_connectivity() {
+        health.record_failure(&result, false);
+    } else if !result.is_connectivity() {
+        health.record_refusal(&result);
+    }
+    Err(result)
 }
 
 /// Figures of the server (all primaries of a cluster, summed).
@@ -508,10 +525,48 @@ impl ConnectionLike for LinkConn {
 /// [`recovery_interval`](Health::recovery_interval) while Redis is seen `Down` (from the
 /// moment calls failing together take it there), so it is used again soon after it answers.
 /// Holds the connection only for the length of one probe, so it never keeps the handle alive.
-async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
+async fn probe_loop(conn: Weak<Inner>, stop: oneshot::Receiver<()>) {
     let Some(health) = conn.upgrade().map(|c| c.health.clone()) else {
         return;
     };
+    let timeout = health.config().probe_timeout;
+    probe_every(health, stop, move || {
+        let inner = conn.upgrade()?;
+        let started = Instant::now();
+        #[cfg(feature = "testing")]
+        let plan = inner.faults.plan_probe();
+        let probe = async move {
+            match &inner.link {
+                Link::Single { manager, .. } => {
+                    let mut manager = manager.clone();
+                    match ping(&mut manager).await {
+                        Ok(()) => cluster::Probe::Ok(started.elapsed()),
+                        Err(e) => cluster::Probe::Failed(Error::Redis(e)),
+                    }
+                }
+                Link::Cluster(cluster) => cluster.probe(timeout).await,
+            }
+        };
+        #[cfg(feature = "testing")]
+        let probe = async move {
+            match plan.run(async { Ok::<_, redis::RedisError>(()) }).await {
+                Ok(()) => probe.await,
+                Err(e) => cluster::Probe::Failed(Error::Redis(e)),
+            }
+        };
+        Some(probe)
+    })
+    .await;
+}
+
+/// Runs `probe` on every interval (see [`probe_loop`]) and feeds `health` what it finds, until
+/// `stop` fires or `probe` gives no probe (what it probes is gone). The probe's future owns
+/// what it holds, so that is let go as soon as the probe ends.
+async fn probe_every<P: Future<Output = cluster::Probe>>(
+    health: Health,
+    mut stop: oneshot::Receiver<()>,
+    mut probe: impl FnMut() -> Option<P>,
+) {
     let mut states = health.subscribe();
     let down = |s: &HealthStatus| s.observed == HealthState::Down;
     // The first probe goes out at once: starting never waits on a probe interval.
@@ -531,38 +586,12 @@ async fn probe_loop(conn: Weak<Inner>, mut stop: oneshot::Receiver<()>) {
         } else {
             health.config().probe_interval
         };
-        let Some(inner) = conn.upgrade() else { return };
+        let Some(probe) = probe() else { return };
         let timeout = health.config().probe_timeout;
-        let started = Instant::now();
-        let probe = async {
-            match &inner.link {
-                Link::Single { manager, .. } => {
-                    let mut manager = manager.clone();
-                    match ping(&mut manager).await {
-                        Ok(()) => cluster::Probe::Ok(started.elapsed()),
-                        Err(e) => cluster::Probe::Failed(Error::Redis(e)),
-                    }
-                }
-                Link::Cluster(cluster) => cluster.probe(timeout).await,
-            }
-        };
-        #[cfg(feature = "testing")]
-        let probe = {
-            let plan = inner.faults.plan_probe();
-            async move {
-                let faulted = plan.run(async { Ok(()) }).await;
-                match faulted {
-                    Ok(()) => probe.await,
-                    Err(e) => cluster::Probe::Failed(Error::Redis(e)),
-                }
-            }
-        };
         let result = tokio::select! {
             _ = &mut stop => return,
             r = tokio::time::timeout(timeout, probe) => r,
         };
-        // The probe holds the handle only for its own length, so it never keeps tierkit alive.
-        drop(inner);
         match result {
             Ok(cluster::Probe::Ok(latency)) => health.record_probe_ok(latency),
             Ok(cluster::Probe::Partial {

@@ -84,6 +84,7 @@ mod decider;
 mod local;
 mod pipelined;
 mod scripts;
+mod shared;
 // In-process time and memory: governor's clock, block windows.
 mod block;
 mod clock;

@@ -10,6 +10,8 @@ use crate::cache::{CacheCore, CacheInfo, Namespace, NamespaceBuilder, NamespaceS
 use crate::codec::Codec;
 use crate::config::Config;
 use crate::conn::Conn;
+#[cfg(feature = "testing")]
+use crate::conn::StandIn;
 use crate::error::Result;
 use crate::health::Health;
 use crate::ratelimit::{LimiterBuilder, Quota};
@@ -38,6 +40,9 @@ pub struct Tierkit(Arc<Inner>);
 struct Inner {
     config: Config,
     conn: Option<Conn>,
+    /// What stands in for Redis in an embedded instance with fault injection.
+    #[cfg(feature = "testing")]
+    standin: Option<StandIn>,
     cache: Arc<CacheCore>,
     limiters: Arc<crate::ratelimit::Registry>,
     // Dropping the last handle ends the metrics publisher.
@@ -60,29 +65,54 @@ impl Tierkit {
     ///
     /// # Errors
     ///
-    /// [`Error::NoRuntime`](crate::Error::NoRuntime) when Redis is configured and this is
-    /// called outside a tokio runtime. Embedded mode needs no runtime.
+    /// [`Error::NoRuntime`](crate::Error::NoRuntime) when Redis is configured (or, embedded,
+    /// [`fault_injection`](crate::ConfigBuilder::fault_injection) is on) and this is called
+    /// outside a tokio runtime. Embedded mode otherwise needs no runtime.
     pub fn new(config: Config) -> Result<Self> {
         let conn = match &config.redis {
             Some(target) => Some(Conn::start(&config, target)?),
             None => None,
         };
+        #[cfg(feature = "testing")]
+        let standin = match conn {
+            None if config.fault_injection => Some(StandIn::start(&config)?),
+            _ => None,
+        };
         let cache = CacheCore::new(&config, conn.clone());
-        Ok(Tierkit::assemble(config, conn, cache))
+        Ok(Tierkit::assemble(
+            config,
+            conn,
+            #[cfg(feature = "testing")]
+            standin,
+            cache,
+        ))
     }
 
     /// An embedded instance with default settings: no Redis, nothing connects.
     pub fn embedded() -> Self {
         let config = Config::embedded();
         let cache = CacheCore::new(&config, None);
-        Tierkit::assemble(config, None, cache)
+        Tierkit::assemble(
+            config,
+            None,
+            #[cfg(feature = "testing")]
+            None,
+            cache,
+        )
     }
 
     #[cfg(not(feature = "metrics"))]
-    fn assemble(config: Config, conn: Option<Conn>, cache: Arc<CacheCore>) -> Self {
+    fn assemble(
+        config: Config,
+        conn: Option<Conn>,
+        #[cfg(feature = "testing")] standin: Option<StandIn>,
+        cache: Arc<CacheCore>,
+    ) -> Self {
         Tierkit(Arc::new(Inner {
             config,
             conn,
+            #[cfg(feature = "testing")]
+            standin,
             cache,
             limiters: Arc::default(),
         }))
@@ -91,12 +121,19 @@ impl Tierkit {
     /// With metrics, a task publishes the cache's counters once a second (so hits pay nothing
     /// for metrics), given a runtime to run on.
     #[cfg(feature = "metrics")]
-    fn assemble(config: Config, conn: Option<Conn>, cache: Arc<CacheCore>) -> Self {
+    fn assemble(
+        config: Config,
+        conn: Option<Conn>,
+        #[cfg(feature = "testing")] standin: Option<StandIn>,
+        cache: Arc<CacheCore>,
+    ) -> Self {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Handle::try_current().ok();
         let kit = Tierkit(Arc::new(Inner {
             config,
             conn,
+            #[cfg(feature = "testing")]
+            standin,
             cache,
             limiters: Arc::default(),
             _stop_metrics: rt.as_ref().map(|_| tx),
@@ -147,27 +184,41 @@ impl Tierkit {
         self.0.conn.as_ref()
     }
 
-    /// The Redis health monitor, or `None` in embedded mode.
+    /// The Redis health monitor, or `None` in embedded mode (unless
+    /// [`fault_injection`](crate::ConfigBuilder::fault_injection) is on: then the health of
+    /// what stands in for Redis).
     pub fn health(&self) -> Option<&Health> {
+        #[cfg(feature = "testing")]
+        if let Some(standin) = &self.0.standin {
+            return Some(standin.health());
+        }
         self.0.conn.as_ref().map(Conn::health)
     }
 
     /// The faults injected into tierkit's Redis calls, for a service's tests of its degraded
-    /// mode (feature `testing`); `None` in embedded mode, which makes no Redis calls. See
-    /// [`Faults`](crate::conn::Faults).
+    /// mode (feature `testing`). Embedded, `None` unless
+    /// [`fault_injection`](crate::ConfigBuilder::fault_injection) is on: then the faults of
+    /// the in-process tiers that stand in for Redis. See [`Faults`](crate::conn::Faults).
     ///
     /// # Examples
     ///
-    /// ```no_run
-    /// # async fn demo(kit: tierkit::Tierkit) {
-    /// let faults = kit.faults().expect("Redis is configured");
-    /// faults.hang();
-    /// // ... the service answers from its in-process tier ...
+    /// ```
+    /// use tierkit::{Config, Tierkit};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> tierkit::Result<()> {
+    /// let kit = Tierkit::new(Config::builder().fault_injection(true).build()?)?;
+    /// let faults = kit.faults().expect("fault injection is on");
+    /// faults.unreachable();
+    /// // ... the service answers from its degraded paths ...
     /// faults.heal();
-    /// # }
+    /// # Ok(()) }
     /// ```
     #[cfg(feature = "testing")]
     pub fn faults(&self) -> Option<&crate::conn::Faults> {
+        if let Some(standin) = &self.0.standin {
+            return Some(standin.faults());
+        }
         self.0.conn.as_ref().map(Conn::faults)
     }
 
@@ -284,14 +335,17 @@ impl Tierkit {
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn limiter(&self, name: impl Into<String>, quota: Quota) -> LimiterBuilder {
-        LimiterBuilder::new(
+        let builder = LimiterBuilder::new(
             self.0.conn.clone(),
             self.0.config.keys.clone(),
             self.0.config.clock.clone(),
             name.into(),
             quota,
             Arc::clone(&self.0.limiters),
-        )
+        );
+        #[cfg(feature = "testing")]
+        let builder = builder.stand_in(self.0.standin.clone());
+        builder
     }
 
     /// Configures a session store: in Redis when Redis is configured, in process memory when
@@ -306,14 +360,17 @@ impl Tierkit {
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn sessions(&self) -> SessionsBuilder {
-        SessionsBuilder::new(
+        let builder = SessionsBuilder::new(
             self.0.conn.clone(),
             self.0.config.codec.clone(),
             self.0.config.keyring.clone(),
             self.0.config.session_name_key.clone(),
             self.0.config.keys.clone(),
             self.0.config.clock.clone(),
-        )
+        );
+        #[cfg(feature = "testing")]
+        let builder = builder.stand_in(self.0.standin.clone());
+        builder
     }
 
     /// The health report (see [`report`](crate::report) for its shape and status rules), in

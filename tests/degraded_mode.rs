@@ -136,6 +136,174 @@ async fn the_service_answers_through_a_hung_unreachable_slow_and_flaky_redis() {
     assert!(state.queries.load(Ordering::Relaxed) >= 30);
 }
 
+/// Embedded with fault injection: the same service, with no Redis anywhere, goes down the same
+/// degraded paths when the in-process tiers that stand in for Redis are hung or unreachable.
+#[tokio::test]
+async fn an_embedded_service_goes_down_the_same_degraded_paths() {
+    let config = support::fast_builder()
+        .fault_injection(true)
+        .build()
+        .unwrap();
+    let kit = tierkit::Tierkit::new(config).unwrap();
+    assert!(kit.is_embedded());
+    let faults = kit.faults().expect("fault injection is on");
+    let health = kit.health().expect("the stand-in has a health");
+    assert_eq!(health.state(), HealthState::Up, "in process: up at once");
+    let (router, state) = app(&kit, 1_000).unwrap();
+
+    let first = call(&router, CLIENT, "/events/1").await;
+    assert_eq!(
+        (first.0, first.1.as_str(), first.2.as_str()),
+        (StatusCode::OK, "Loader", "-")
+    );
+    assert_eq!(call(&router, CLIENT, "/events/1").await.1, "L1");
+
+    faults.hang();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, source, limiter) = call(&router, CLIENT, "/events/1").await;
+        assert_eq!(
+            (status, source.as_str(), limiter.as_str()),
+            (StatusCode::OK, "L1", "local")
+        );
+        assert!(started.elapsed() < Duration::from_millis(600));
+    }
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    let (status, source, _) = call(&router, CLIENT, "/events/2").await;
+    assert_eq!((status, source.as_str()), (StatusCode::OK, "Loader"));
+    let report = call_json(&router, "/health").await;
+    assert_eq!(report["status"], "degraded");
+    assert_eq!(report["redis"]["status"], "unhealthy");
+
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    let (status, _, limiter) = call(&router, CLIENT, "/events/1").await;
+    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "-"));
+
+    // Unreachable: refused at once, so no call waits.
+    faults.unreachable();
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    let started = Instant::now();
+    let (status, _, limiter) = call(&router, CLIENT, "/events/3").await;
+    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "local"));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    assert!(faults.injected() > 0);
+    assert!(state.queries.load(Ordering::Relaxed) >= 3);
+}
+
+/// Embedded sessions behind a hung stand-in: a session validated here still validates from its
+/// local copy, an unknown one is `Unavailable`, nothing new is created, and a revocation made
+/// meanwhile holds here at once and everywhere once the stand-in answers again.
+#[tokio::test]
+async fn embedded_sessions_validate_from_their_copy_and_replay_revocations() {
+    use tierkit::session::{NewSession, Validation};
+
+    let config = support::fast_builder()
+        .fault_injection(true)
+        .build()
+        .unwrap();
+    let kit = tierkit::Tierkit::new(config).unwrap();
+    let sessions = kit.sessions().build().unwrap();
+    let faults = kit.faults().unwrap();
+    let health = kit.health().unwrap();
+    let kept = sessions.create(NewSession::new("ada")).await.unwrap();
+    let revoked = sessions.create(NewSession::new("ada")).await.unwrap();
+    for s in [&kept, &revoked] {
+        let v = sessions.validate(s.session_id.expose()).await;
+        assert!(matches!(v, Validation::Valid(_)), "{v:?}");
+    }
+
+    faults.hang();
+    assert!(sessions.create(NewSession::new("bob")).await.is_err());
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    let v = sessions.validate(kept.session_id.expose()).await;
+    assert!(matches!(v, Validation::Valid(_)), "from the copy: {v:?}");
+    // Revoked while down: the store cannot take it, this instance holds it at once.
+    assert!(sessions.revoke(revoked.session_id.expose()).await.is_err());
+    let v = sessions.validate(revoked.session_id.expose()).await;
+    assert!(matches!(v, Validation::Invalid), "{v:?}");
+    let unknown = sessions.validate("no-such-session").await;
+    assert!(
+        matches!(unknown, Validation::Invalid | Validation::Unavailable),
+        "{unknown:?}"
+    );
+
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    // The revocation reaches the store once it answers again: it counts the session off (no
+    // read here prunes it first: the count is the store's own).
+    let mut active = i64::MAX;
+    for _ in 0..50 {
+        active = sessions.stats().await.unwrap().active;
+        if active == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(active, 1, "the revocation was replayed");
+    assert_eq!(sessions.list("ada").await.unwrap().len(), 1);
+    let v = sessions.validate(kept.session_id.expose()).await;
+    assert!(matches!(v, Validation::Valid(_)), "{v:?}");
+}
+
+/// Embedded, the same seed gives the same faults to the same calls too.
+#[tokio::test]
+async fn an_embedded_seed_replays_the_same_faults() {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let config = support::fast_builder()
+            .fault_injection(true)
+            .fail_threshold(1_000)
+            .build()
+            .unwrap();
+        let kit = tierkit::Tierkit::new(config).unwrap();
+        let limiter = kit
+            .limiter(
+                "seeded",
+                tierkit::ratelimit::Quota::new(1_000, Duration::from_secs(60)).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let faults = kit.faults().unwrap();
+        faults.seed(11);
+        faults.error_rate(0.5).unwrap();
+        let mut degraded = Vec::new();
+        for _ in 0..40 {
+            degraded.push(limiter.check("k").await.degraded);
+        }
+        runs.push(degraded);
+    }
+    assert_eq!(runs[0], runs[1]);
+    let failed = runs[0].iter().filter(|d| **d).count();
+    assert!((8..=32).contains(&failed), "{failed} of 40 at 0.5");
+}
+
 /// The same seed gives the same faults to the same calls: a failing test replays.
 #[tokio::test]
 async fn a_seed_replays_the_same_faults() {
@@ -187,6 +355,9 @@ async fn bad_fault_settings_are_refused() {
     assert_eq!(pong, "PONG");
     assert_eq!(faults.injected(), 0);
     assert!(tierkit::Tierkit::embedded().faults().is_none());
+    let standin = tierkit::Config::builder().fault_injection(true).build();
+    let kit = tierkit::Tierkit::new(standin.unwrap()).unwrap();
+    assert!(kit.faults().is_some() && kit.health().is_some() && kit.is_embedded());
 }
 
 async fn call_json(router: &axum::Router, path: &str) -> serde_json::Value {

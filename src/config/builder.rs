@@ -386,6 +386,28 @@ impl ConfigBuilder {
         self
     }
 
+    /// Makes an embedded instance testable in its degraded mode (feature `testing`): the
+    /// in-process tiers that take Redis's place (the session store, the limiter's shared
+    /// window) are reached through [`Faults`](crate::conn::Faults), as Redis calls are, and a
+    /// health monitor of their own follows them, so
+    /// [`Tierkit::faults`](crate::Tierkit::faults) and [`Tierkit::health`](crate::Tierkit::health)
+    /// answer and the report shows the state. Sessions then keep a local copy of what they
+    /// validate and the limiter a local share, as with Redis. The cache has no second tier
+    /// when embedded: its L1 holds everything, so faults leave its answers alone. With Redis
+    /// configured, faults are always on its connection and this setting changes nothing.
+    /// Default: off.
+    ///
+    /// ```
+    /// let config = tierkit::Config::builder().fault_injection(true).build()?;
+    /// assert!(config.fault_injection());
+    /// # Ok::<(), tierkit::Error>(())
+    /// ```
+    #[cfg(feature = "testing")]
+    pub fn fault_injection(mut self, on: bool) -> Self {
+        self.config.fault_injection = on;
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors

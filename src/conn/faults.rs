@@ -269,20 +269,20 @@ impl Plan {
         outcome: Outcome::Send,
     };
 
-    /// Runs `call` as this plan says.
-    pub(super) async fn run<T>(
+    /// Runs `call` as this plan says; a failure is a refused connection, as `E` carries one.
+    pub(super) async fn run<T, E: From<redis::RedisError>>(
         self,
-        call: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> redis::RedisResult<T> {
+        call: impl std::future::Future<Output = std::result::Result<T, E>>,
+    ) -> std::result::Result<T, E> {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
         match self.outcome {
             Outcome::Send => call.await,
-            Outcome::Fail => Err(std::io::Error::new(
+            Outcome::Fail => Err(redis::RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "connection refused (a fault injected by tierkit::conn::Faults)",
-            )
+            ))
             .into()),
             Outcome::Hang => std::future::pending().await,
         }

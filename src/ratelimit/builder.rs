@@ -10,10 +10,13 @@ use super::decider::{Fallbacks, Picker};
 use super::limiter::Limiter;
 use super::local::{Local, LocalSet};
 use super::scripts::{AppClock, RedisWindow};
+use super::shared::Shared;
 use super::watch::{Registry, Watch};
 use super::{Algorithm, ErrorPolicy, Quota};
 use crate::config::SharedClock;
 use crate::conn::Conn;
+#[cfg(feature = "testing")]
+use crate::conn::StandIn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 
@@ -38,6 +41,9 @@ pub struct LimiterBuilder {
     local_max_keys: u64,
     app_clock: AppClock,
     registry: Arc<Registry>,
+    /// Embedded with fault injection: what stands in for Redis.
+    #[cfg(feature = "testing")]
+    standin: Option<StandIn>,
 }
 
 impl std::fmt::Debug for LimiterBuilder {
@@ -80,7 +86,16 @@ impl LimiterBuilder {
             local_max_keys: 100_000,
             app_clock: Arc::new(SystemTime::now),
             registry,
+            #[cfg(feature = "testing")]
+            standin: None,
         }
+    }
+
+    /// Embedded, shares the quota through `standin` (fault injection).
+    #[cfg(feature = "testing")]
+    pub(crate) fn stand_in(mut self, standin: Option<StandIn>) -> Self {
+        self.standin = standin;
+        self
     }
 
     /// Another quota on the same keys, decided together with the first, all or nothing: a
@@ -206,48 +221,71 @@ impl LimiterBuilder {
             .block_for
             .map(|ttl| Blocks::new(ttl, self.local_max_keys, self.clock.clone()));
         let watch = Arc::new(Watch::new(&self.name));
-        // Embedded mode has no one to share with: the whole quota, as plain GCRA. With Redis,
-        // each instance's strict share while Redis is down.
-        let embedded = self.conn.is_none();
-        let local = LocalSet::new(
-            quotas
-                .iter()
-                .map(|q| {
-                    let share = if embedded {
-                        q.limit()
-                    } else {
-                        q.limit() / instances.get()
-                    };
-                    let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
-                    Local::new(*q, share, self.local_max_keys, !embedded, &self.clock)
-                })
-                .collect(),
-        );
-        let picker = match self.conn {
-            None => Picker::embedded(local),
-            Some(conn) => {
-                let share = local.share();
+        // Embedded mode has no one to share with: the whole quota, as plain GCRA. With Redis
+        // (or what stands in for it), each instance's strict share while it is down.
+        let local_set = |whole: bool| {
+            LocalSet::new(
+                quotas
+                    .iter()
+                    .map(|q| {
+                        let share = if whole {
+                            q.limit()
+                        } else {
+                            q.limit() / instances.get()
+                        };
+                        let share = NonZeroU32::new(share).unwrap_or(NonZeroU32::MIN);
+                        Local::new(*q, share, self.local_max_keys, !whole, &self.clock)
+                    })
+                    .collect(),
+            )
+        };
+        let fallbacks = |local: &LocalSet| Fallbacks {
+            quota,
+            fail_open: self.fail_open,
+            on_error: self.on_redis_error,
+            share: local.share(),
+        };
+        #[cfg(feature = "testing")]
+        let standin = self.standin;
+        #[cfg(not(feature = "testing"))]
+        let standin: Option<std::convert::Infallible> = None;
+        let picker = match (self.conn, standin) {
+            (Some(conn), _) => {
+                let local = local_set(false);
                 let health = conn.health().clone();
                 let redis = RedisWindow::new(
                     conn,
                     self.keys.limiter(&self.name, self.algorithm.key_segment()),
-                    quotas,
+                    quotas.clone(),
                     self.algorithm,
                     self.app_clock,
                 );
+                let fallbacks = fallbacks(&local);
                 Picker::tiered(
                     Arc::clone(&watch),
                     health,
-                    redis,
+                    Shared::Redis(redis),
                     local,
-                    Fallbacks {
-                        quota,
-                        fail_open: self.fail_open,
-                        on_error: self.on_redis_error,
-                        share,
-                    },
+                    fallbacks,
                 )
             }
+            #[cfg(feature = "testing")]
+            (None, Some(standin)) => {
+                let local = local_set(false);
+                let shared = Shared::StandIn {
+                    quota: local_set(true),
+                    standin: standin.clone(),
+                };
+                let fallbacks = fallbacks(&local);
+                Picker::tiered(
+                    Arc::clone(&watch),
+                    standin.health().clone(),
+                    shared,
+                    local,
+                    fallbacks,
+                )
+            }
+            _ => Picker::embedded(local_set(true)),
         };
         self.registry.register(&watch);
         Ok(Limiter::new(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::block::Blocks;
 use super::decider::{Control, Decider, Picker};
 use super::local::LocalSet;
-use super::scripts::RedisWindow;
+use super::shared::Shared;
 use super::watch::{LimiterReport, Watch};
 use super::{Algorithm, Decision, Quota, Tier};
 use crate::error::{Error, Result};
@@ -44,7 +44,7 @@ struct Inner {
     name: String,
     quota: Quota,
     algorithm: Algorithm,
-    picker: Picker<RedisWindow, LocalSet>,
+    picker: Picker<Shared, LocalSet>,
     blocks: Option<Blocks>,
     watch: Arc<Watch>,
     metrics: metrics::Decisions,
@@ -66,7 +66,7 @@ impl Limiter {
         name: String,
         quota: Quota,
         algorithm: Algorithm,
-        picker: Picker<RedisWindow, LocalSet>,
+        picker: Picker<Shared, LocalSet>,
         blocks: Option<Blocks>,
         watch: Arc<Watch>,
     ) -> Self {
@@ -122,7 +122,7 @@ impl Limiter {
     /// How far the application clock is ahead of the Redis clock (negative: behind), in
     /// milliseconds, as of the last decision Redis made; `None` before one.
     pub fn clock_drift_ms(&self) -> Option<i64> {
-        self.0.picker.redis().and_then(RedisWindow::drift_ms)
+        self.0.picker.redis().and_then(Shared::drift_ms)
     }
 
     /// Decides one request for `key`.

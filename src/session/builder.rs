@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 use super::events::Events;
 use super::names::UserNames;
 use super::sessions::{Counters, Inner, Sessions};
+#[cfg(feature = "testing")]
+use super::store::StandInStore;
 use super::store::{LocalCopy, MemoryStore, RedisStore, SessionStore};
 use super::sweep::sweep_loop;
 use super::types::StatelessVerifier;
@@ -16,6 +18,8 @@ use super::window::Window;
 use crate::codec::{Codec, Keyring};
 use crate::config::{NameKey, SharedClock};
 use crate::conn::Conn;
+#[cfg(feature = "testing")]
+use crate::conn::StandIn;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
 
@@ -88,6 +92,9 @@ pub struct SessionsBuilder {
     clock: SharedClock,
     cfg: SessionConfig,
     verifier: Option<Arc<dyn StatelessVerifier>>,
+    /// Embedded with fault injection: what stands in for Redis.
+    #[cfg(feature = "testing")]
+    standin: Option<StandIn>,
 }
 
 impl std::fmt::Debug for SessionsBuilder {
@@ -120,7 +127,16 @@ impl SessionsBuilder {
             clock,
             cfg: SessionConfig::default(),
             verifier: None,
+            #[cfg(feature = "testing")]
+            standin: None,
         }
+    }
+
+    /// Embedded, keeps sessions behind `standin` (fault injection).
+    #[cfg(feature = "testing")]
+    pub(crate) fn stand_in(mut self, standin: Option<StandIn>) -> Self {
+        self.standin = standin;
+        self
     }
 
     /// The "JWT-only" fallback: while Redis cannot be reached,
@@ -308,8 +324,17 @@ impl SessionsBuilder {
         let names = UserNames::new(self.name_key.as_ref())?;
         // Embedded stores prune as they are read; the Redis store also sweeps in the background,
         // and replays missed revocations as soon as health says Redis is back.
-        let health = self.conn.as_ref().map(|c| c.health().subscribe());
-        let sweeps = self.conn.is_some();
+        #[cfg(feature = "testing")]
+        let standin = self.standin;
+        #[cfg(not(feature = "testing"))]
+        let standin: Option<std::convert::Infallible> = None;
+        let health = match (&self.conn, &standin) {
+            (Some(conn), _) => Some(conn.health().subscribe()),
+            #[cfg(feature = "testing")]
+            (None, Some(standin)) => Some(standin.health().subscribe()),
+            _ => None,
+        };
+        let sweeps = health.is_some();
         let store: Box<dyn SessionStore> = match self.conn {
             // Redis can fail: a local copy validates while it does.
             Some(conn) => Box::new(LocalCopy::new(
@@ -322,7 +347,18 @@ impl SessionsBuilder {
                 ),
                 Window::new(self.cfg.staleness, self.clock.clone()),
             )),
-            None => Box::new(MemoryStore::new(self.clock.clone())),
+            None => {
+                let memory = MemoryStore::new(self.clock.clone());
+                match standin {
+                    // As with Redis: the stand-in can fail, a local copy validates while it does.
+                    #[cfg(feature = "testing")]
+                    Some(standin) => Box::new(LocalCopy::new(
+                        StandInStore::new(memory, standin),
+                        Window::new(self.cfg.staleness, self.clock.clone()),
+                    )),
+                    _ => Box::new(memory),
+                }
+            }
         };
         let (stop_tx, stop_rx) = oneshot::channel();
         let sessions = Sessions(Arc::new(Inner {

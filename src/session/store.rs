@@ -15,10 +15,14 @@ use crate::error::Result;
 mod local_copy;
 mod memory_store;
 mod redis_store;
+#[cfg(feature = "testing")]
+mod stand_in;
 
 pub(crate) use local_copy::LocalCopy;
 pub(crate) use memory_store::MemoryStore;
 pub(crate) use redis_store::RedisStore;
+#[cfg(feature = "testing")]
+pub(crate) use stand_in::StandInStore;
 
 /// Where sessions live. A `Sessions` handle holds one boxed, and async-trait boxes each call's
 /// future: a session call costs microseconds of Redis or lock time, next to which an
