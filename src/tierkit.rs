@@ -78,7 +78,12 @@ impl Tierkit {
             None if config.fault_injection => Some(StandIn::start(&config)?),
             _ => None,
         };
-        let cache = CacheCore::new(&config, conn.clone());
+        let cache = CacheCore::new(
+            &config,
+            conn.clone(),
+            #[cfg(feature = "testing")]
+            standin.clone(),
+        );
         Ok(Tierkit::assemble(
             config,
             conn,
@@ -91,7 +96,12 @@ impl Tierkit {
     /// An embedded instance with default settings: no Redis, nothing connects.
     pub fn embedded() -> Self {
         let config = Config::embedded();
-        let cache = CacheCore::new(&config, None);
+        let cache = CacheCore::new(
+            &config,
+            None,
+            #[cfg(feature = "testing")]
+            None,
+        );
         Tierkit::assemble(
             config,
             None,

@@ -272,6 +272,44 @@ async fn embedded_sessions_validate_from_their_copy_and_replay_revocations() {
     assert!(matches!(v, Validation::Valid(_)), "{v:?}");
 }
 
+/// Embedded cache behind a failing stand-in: every read still answers from L1 or the loader,
+/// and a change reaches only the L1 (counted) while the stand-in is down, as with Redis.
+#[tokio::test]
+async fn an_embedded_cache_reports_where_its_changes_reached() {
+    use tierkit::cache::Reach;
+
+    let config = support::fast_builder()
+        .fault_injection(true)
+        .build()
+        .unwrap();
+    let kit = tierkit::Tierkit::new(config).unwrap();
+    let ns = kit.namespace::<u64>("counts").build().unwrap();
+    let (faults, health) = (kit.faults().unwrap(), kit.health().unwrap());
+    assert_eq!(ns.set("a", 1).await.unwrap(), Reach::AllTiers);
+
+    faults.unreachable();
+    assert_eq!(ns.set("a", 2).await.unwrap(), Reach::L1Only);
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    assert_eq!(ns.invalidate("a").await.unwrap(), Reach::L1Only);
+    assert_eq!(ns.get("a").await.map(|v| *v), None, "invalidated here");
+    assert_eq!(ns.set("b", 3).await.unwrap(), Reach::L1Only);
+    assert_eq!(ns.get("b").await.map(|v| *v), Some(3), "L1 still answers");
+    let stats = ns.stats();
+    assert!(stats.l2_errors >= 1 && stats.l2_skipped >= 2, "{stats:?}");
+
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    assert_eq!(ns.set("a", 4).await.unwrap(), Reach::AllTiers);
+}
+
 /// Embedded, the same seed gives the same faults to the same calls too.
 #[tokio::test]
 async fn an_embedded_seed_replays_the_same_faults() {

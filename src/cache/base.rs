@@ -65,7 +65,11 @@ impl std::fmt::Debug for CacheCore {
 impl CacheCore {
     /// The cache of one instance: with `conn`, a Redis L2 and a backplane listener; without,
     /// the embedded tier.
-    pub(crate) fn new(config: &Config, conn: Option<Conn>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: &Config,
+        conn: Option<Conn>,
+        #[cfg(feature = "testing")] standin: Option<crate::conn::StandIn>,
+    ) -> Arc<Self> {
         let registry = Arc::new(RwLock::new(Registry::default()));
         let evictions = Arc::downgrade(&registry);
         let on_evict = config.l1_eviction_counts.then_some(move |ns| {
@@ -77,6 +81,10 @@ impl CacheCore {
         });
         let l1 = l1::build(config.l1_capacity, on_evict);
         let origin = fastrand::u64(..);
+        #[cfg(feature = "testing")]
+        let embedded = || standin.map_or_else(Tier::none, Tier::stand_in);
+        #[cfg(not(feature = "testing"))]
+        let embedded = Tier::none;
         let (l2, subscription, tracking) = match conn {
             Some(conn) => {
                 let channel = config.keys.backplane_channel();
@@ -90,7 +98,7 @@ impl CacheCore {
                     tracking,
                 )
             }
-            None => (Tier::none(), None, None),
+            None => (embedded(), None, None),
         };
         let (mut stop, mut stop_rx) = (Vec::new(), Vec::new());
         if subscription.is_some() {

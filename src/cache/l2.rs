@@ -302,6 +302,93 @@ impl L2 for NoL2 {
     }
 }
 
+/// The embedded tier behind what stands in for Redis (fault injection, feature `testing`):
+/// [`NoL2`], each call meeting the faults in force, as a Redis call would.
+#[cfg(feature = "testing")]
+#[derive(Debug)]
+struct StandInL2(crate::conn::StandIn);
+
+#[cfg(feature = "testing")]
+#[async_trait]
+impl L2 for StandInL2 {
+    fn stores_values(&self) -> bool {
+        false
+    }
+
+    async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
+        self.0.gate(NoL2.read(space, keys)).await
+    }
+
+    async fn epochs(&self, space: &Keyspace, of: &[EpochOf<'_>]) -> Result<Vec<Option<u64>>> {
+        self.0.gate(NoL2.epochs(space, of)).await
+    }
+
+    async fn make_epochs(&self, space: &Keyspace, wanted: &[EpochUse<'_>]) -> Result<Vec<u64>> {
+        self.0.gate(NoL2.make_epochs(space, wanted)).await
+    }
+
+    async fn write(
+        &self,
+        space: &Keyspace,
+        entries: &[Entry<'_>],
+        alive: &[EpochUse<'_>],
+        op: Option<&Op>,
+    ) -> Result<Written> {
+        self.0.gate(NoL2.write(space, entries, alive, op)).await
+    }
+
+    async fn drop_epochs(
+        &self,
+        space: &Keyspace,
+        namespace: bool,
+        tags: &[&str],
+        op: Option<&Op>,
+    ) -> Result<()> {
+        self.0
+            .gate(NoL2.drop_epochs(space, namespace, tags, op))
+            .await
+    }
+
+    async fn remove_matching(
+        &self,
+        space: &Keyspace,
+        pattern: Option<&Pattern>,
+        op: &Op,
+    ) -> (u64, Result<()>) {
+        let removed = async { Ok(NoL2.remove_matching(space, pattern, op).await) };
+        match self.0.gate(removed).await {
+            Ok(done) => done,
+            Err(e) => (0, Err(e)),
+        }
+    }
+
+    async fn take_lease(
+        &self,
+        space: &Keyspace,
+        key: &str,
+        token: u64,
+        lease: Duration,
+    ) -> Result<bool> {
+        self.0.gate(NoL2.take_lease(space, key, token, lease)).await
+    }
+
+    async fn end_lease(&self, space: &Keyspace, key: &str, token: u64) -> Result<()> {
+        self.0.gate(NoL2.end_lease(space, key, token)).await
+    }
+
+    async fn figures(&self) -> ServerFigures {
+        ServerFigures::default()
+    }
+
+    async fn runs(&self) -> Result<Vec<(String, String)>> {
+        Ok(Vec::new())
+    }
+
+    async fn publish(&self, op: &Op) -> Result<()> {
+        self.0.gate(NoL2.publish(op)).await
+    }
+}
+
 /// The L2 of one instance and the health that decides, per call, whether to use it.
 pub(super) struct Tier {
     l2: Box<dyn L2>,
@@ -332,6 +419,16 @@ impl Tier {
         Tier {
             l2: Box::new(NoL2),
             health: None,
+        }
+    }
+
+    /// No L2, behind what stands in for Redis (fault injection): the embedded tier, whose
+    /// calls meet the faults in force and whose health is the stand-in's.
+    #[cfg(feature = "testing")]
+    pub(super) fn stand_in(standin: crate::conn::StandIn) -> Tier {
+        Tier {
+            health: Some(standin.health().clone()),
+            l2: Box::new(StandInL2(standin)),
         }
     }
 

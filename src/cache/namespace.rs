@@ -343,8 +343,14 @@ where
     /// their copies; owed like any change when Redis does not take the message.
     pub(super) async fn announce(&self, op: &Op) -> Reach {
         if !self.core.l2.stores_values() {
-            // No Redis: no other instance to tell.
-            return Reach::AllTiers;
+            // No Redis: no other instance to tell, and nothing owed. What stands in for Redis
+            // (fault injection) is told all the same, so a change meets the faults and reaches
+            // only the L1 when it is down, as with Redis.
+            let sent = match self.l2() {
+                Ok(l2) => l2.publish(op).await,
+                Err(e) => Err(e),
+            };
+            return self.reach(sent);
         }
         let owing = self.ns.owed.until_paid(op);
         let sent = match self.l2() {

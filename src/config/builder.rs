@@ -392,9 +392,12 @@ impl ConfigBuilder {
     /// health monitor of their own follows them, so
     /// [`Tierkit::faults`](crate::Tierkit::faults) and [`Tierkit::health`](crate::Tierkit::health)
     /// answer and the report shows the state. Sessions then keep a local copy of what they
-    /// validate and the limiter a local share, as with Redis. The cache has no second tier
-    /// when embedded: its L1 holds everything, so faults leave its answers alone. With Redis
-    /// configured, faults are always on its connection and this setting changes nothing.
+    /// validate and the limiter a local share, as with Redis, and decisions made through the
+    /// stand-in read [`Tier::Redis`](crate::ratelimit::Tier::Redis). The cache keeps
+    /// everything in its L1 when embedded, so faults leave its answers alone; its writes and
+    /// invalidations meet them and reach [`Reach::L1Only`](crate::cache::Reach::L1Only)
+    /// (counted) while the stand-in is down or failing. With Redis configured, faults are
+    /// always on its connection and this setting changes nothing.
     /// Default: off.
     ///
     /// ```

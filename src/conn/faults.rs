@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 
 /// The faults in force on one Redis connection: every command, pipeline and script tierkit
 /// sends, and the health probe, go through them. Cheap to clone; all clones act on the same
-/// connection. Get it from [`Tierkit::faults`](crate::Tierkit::faults) (feature `testing`).
+/// connection. Get it from [`Tierkit::faults`](crate::Tierkit::faults) (feature `testing`);
+/// an embedded instance built with
+/// [`fault_injection`](crate::ConfigBuilder::fault_injection) has them too, on the
+/// in-process tiers that stand in for Redis.
 ///
 /// Faults are made where a real one would be felt: a delay counts against `op_timeout` (a
 /// delay longer than it is a timeout), a failure is a connection error, a hang answers
