@@ -14,8 +14,9 @@
 //!
 //! `redis.status` is `healthy`, `degraded` (slow, or on a cluster some primaries unreachable:
 //! `redis.unreachable` then lists them with their slots; or answering but refusing a command
-//! the ACL user may not run), `unhealthy` (down) or `disabled` (embedded). When Redis refuses
-//! tierkit's configuration (credentials, database index, ACL permissions) `redis.misconfigured`
+//! the ACL user may not run), `unhealthy` (down) or `disabled` (embedded; with fault
+//! injection, the state of what stands in for Redis). When Redis refuses tierkit's
+//! configuration (credentials, database index, ACL permissions) `redis.misconfigured`
 //! says what (`kind`) and what to change (`fix`): that is not an outage to wait out.
 //! A report never waits longer than the op timeout: Redis state and latency come from the
 //! health monitor's last probe, and the key count and memory from one pipelined call that is
@@ -95,7 +96,8 @@ pub struct HealthReport {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct RedisReport {
-    /// `healthy`, `degraded` (slow), `unhealthy` (down) or `disabled` (embedded).
+    /// `healthy`, `degraded` (slow), `unhealthy` (down) or `disabled` (embedded, without
+    /// fault injection).
     pub status: Status,
     /// Round trip of the last probe in milliseconds.
     pub latency: Option<u64>,

@@ -66,7 +66,7 @@ impl Tierkit {
     /// # Errors
     ///
     /// [`Error::NoRuntime`](crate::Error::NoRuntime) when Redis is configured (or, embedded,
-    /// [`fault_injection`](crate::ConfigBuilder::fault_injection) is on) and this is called
+    /// `ConfigBuilder::fault_injection` (feature `testing`) is on) and this is called
     /// outside a tokio runtime. Embedded mode otherwise needs no runtime.
     pub fn new(config: Config) -> Result<Self> {
         let conn = match &config.redis {
@@ -195,7 +195,7 @@ impl Tierkit {
     }
 
     /// The Redis health monitor, or `None` in embedded mode (unless
-    /// [`fault_injection`](crate::ConfigBuilder::fault_injection) is on: then the health of
+    /// `ConfigBuilder::fault_injection` (feature `testing`) is on: then the health of
     /// what stands in for Redis).
     pub fn health(&self) -> Option<&Health> {
         #[cfg(feature = "testing")]
@@ -301,7 +301,8 @@ impl Tierkit {
 
     /// Waits until this instance is ready to serve with every guarantee: Redis `Up` and the
     /// cache backplane subscribed (so other instances' writes evict this L1). Returns at once
-    /// when embedded; `false` if `timeout` passed first. Nothing needs this to work (tierkit
+    /// when embedded (with fault injection: once what stands in for Redis is `Up`); `false`
+    /// if `timeout` passed first. Nothing needs this to work (tierkit
     /// serves from its in-process tier meanwhile); services that prefer to start serving
     /// only once coherent, and tests, wait here.
     ///
@@ -324,6 +325,10 @@ impl Tierkit {
             .await
         {
             return false;
+        }
+        if self.0.conn.is_none() {
+            // What stands in for Redis has no backplane: nothing to be coherent with.
+            return true;
         }
         tokio::time::timeout_at(deadline, self.0.cache.wait_coherent())
             .await

@@ -149,6 +149,10 @@ async fn an_embedded_service_goes_down_the_same_degraded_paths() {
     let faults = kit.faults().expect("fault injection is on");
     let health = kit.health().expect("the stand-in has a health");
     assert_eq!(health.state(), HealthState::Up, "in process: up at once");
+    // Nothing to be coherent with: ready as soon as the stand-in is up.
+    let started = Instant::now();
+    assert!(kit.ready(Duration::from_secs(2)).await);
+    assert!(started.elapsed() < Duration::from_secs(1));
     let (router, state) = app(&kit, 1_000).unwrap();
 
     let first = call(&router, CLIENT, "/events/1").await;

@@ -138,7 +138,8 @@ impl LimiterBuilder {
     }
 
     /// While Redis is down, allow everything instead of enforcing the local share. Embedded
-    /// mode has no Redis to be down and enforces the whole quota either way. Default: false.
+    /// mode has no Redis to be down and enforces the whole quota either way (with fault
+    /// injection, the stand-in for Redis can be down, and this applies to it). Default: false.
     pub fn fail_open(mut self, yes: bool) -> Self {
         self.fail_open = yes;
         self

@@ -15,7 +15,8 @@ use crate::codec::json_time;
 pub enum Tier {
     /// The sliding window in Redis.
     Redis,
-    /// This instance's governor (Redis down or failing, or embedded mode).
+    /// This instance's governor (Redis down or failing, or embedded mode; with fault
+    /// injection, embedded decisions made through the stand-in read [`Tier::Redis`]).
     Local,
     /// The key is blocked in process memory after exceeding its limit.
     Blocked,
@@ -93,7 +94,7 @@ pub struct Decision {
     /// Whether a Redis-backed limiter decided without Redis (the local tier during an outage,
     /// a `fail_open` allowance, or the [`ErrorPolicy`]): the decision holds this instance's
     /// share, not the shared quota. Always false when embedded, where the local tier is the
-    /// quota.
+    /// quota (unless fault injection puts a stand-in for Redis there: then as with Redis).
     pub degraded: bool,
 }
 

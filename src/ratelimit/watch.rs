@@ -22,7 +22,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct LimiterReport {
     /// The limiter's name.
     pub name: String,
-    /// Whether the limiter decides without Redis now (always false when embedded).
+    /// Whether the limiter decides without Redis now (always false when embedded, unless
+    /// fault injection puts a stand-in for Redis there).
     pub degraded: bool,
     /// Times the local tier took over from Redis.
     pub takeovers: u64,

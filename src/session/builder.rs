@@ -322,8 +322,9 @@ impl SessionsBuilder {
             ));
         }
         let names = UserNames::new(self.name_key.as_ref())?;
-        // Embedded stores prune as they are read; the Redis store also sweeps in the background,
-        // and replays missed revocations as soon as health says Redis is back.
+        // Embedded stores prune as they are read; the Redis store (and the stand-in for it under
+        // fault injection) also sweeps in the background, and replays missed revocations as
+        // soon as health says it is back.
         #[cfg(feature = "testing")]
         let standin = self.standin;
         #[cfg(not(feature = "testing"))]

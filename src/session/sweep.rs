@@ -1,6 +1,7 @@
 //! The sweep: a bounded pass over the users with sessions that prunes their indexes (and so the
 //! counts) of sessions that simply expired, and retries the revocations Redis could not take.
-//! Runs in the background with Redis; callable at any time.
+//! Runs in the background with Redis (or what stands in for it under fault injection); callable
+//! at any time.
 
 use std::sync::Weak;
 
