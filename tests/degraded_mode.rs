@@ -30,73 +30,7 @@ async fn the_service_answers_through_a_hung_unreachable_slow_and_flaky_redis() {
     let health = kit.health().unwrap();
     let (router, state) = app(&kit, 1_000).unwrap();
 
-    // Healthy: the first read loads, the next comes from L1; Redis decides the limit.
-    let first = call(&router, CLIENT, "/events/1").await;
-    assert_eq!(
-        (first.0, first.1.as_str(), first.2.as_str()),
-        (StatusCode::OK, "Loader", "-")
-    );
-    assert_eq!(call(&router, CLIENT, "/events/1").await.1, "L1");
-
-    // Hung: every answer is still a 200, none waits past the op timeout, the limiter decides
-    // locally, and health is Down after two calls time out together.
-    faults.hang();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let (status, source, limiter) = call(&router, CLIENT, "/events/1").await;
-        assert_eq!(
-            (status, source.as_str(), limiter.as_str()),
-            (StatusCode::OK, "L1", "local")
-        );
-        assert!(
-            started.elapsed() < Duration::from_millis(600),
-            "{:?}",
-            started.elapsed()
-        );
-    }
-    assert!(
-        health
-            .wait_for(HealthState::Down, Duration::from_secs(2))
-            .await
-    );
-    // A key never cached still answers, from the database.
-    let (status, source, _) = call(&router, CLIENT, "/events/2").await;
-    assert_eq!((status, source.as_str()), (StatusCode::OK, "Loader"));
-    let report = call_json(&router, "/health").await;
-    assert_eq!(report["status"], "degraded");
-    assert_eq!(report["redis"]["status"], "unhealthy");
-
-    // Healed: the probe brings Redis back, and Redis decides again.
-    faults.heal();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await
-    );
-    let (status, _, limiter) = call(&router, CLIENT, "/events/1").await;
-    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "-"));
-
-    // Unreachable: refused at once, so health is Down before any call waits.
-    faults.unreachable();
-    assert!(
-        health
-            .wait_for(HealthState::Down, Duration::from_secs(2))
-            .await
-    );
-    let started = Instant::now();
-    let (status, _, limiter) = call(&router, CLIENT, "/events/3").await;
-    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "local"));
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "{:?}",
-        started.elapsed()
-    );
-    faults.heal();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await
-    );
+    through_a_hang_and_an_outage(&kit, &router).await;
 
     // Slower than the op timeout: each call times out, and the service still answers.
     faults.latency(Duration::from_millis(150));
@@ -155,60 +89,7 @@ async fn an_embedded_service_goes_down_the_same_degraded_paths() {
     assert!(started.elapsed() < Duration::from_secs(1));
     let (router, state) = app(&kit, 1_000).unwrap();
 
-    let first = call(&router, CLIENT, "/events/1").await;
-    assert_eq!(
-        (first.0, first.1.as_str(), first.2.as_str()),
-        (StatusCode::OK, "Loader", "-")
-    );
-    assert_eq!(call(&router, CLIENT, "/events/1").await.1, "L1");
-
-    faults.hang();
-    for _ in 0..5 {
-        let started = Instant::now();
-        let (status, source, limiter) = call(&router, CLIENT, "/events/1").await;
-        assert_eq!(
-            (status, source.as_str(), limiter.as_str()),
-            (StatusCode::OK, "L1", "local")
-        );
-        assert!(started.elapsed() < Duration::from_millis(600));
-    }
-    assert!(
-        health
-            .wait_for(HealthState::Down, Duration::from_secs(2))
-            .await
-    );
-    let (status, source, _) = call(&router, CLIENT, "/events/2").await;
-    assert_eq!((status, source.as_str()), (StatusCode::OK, "Loader"));
-    let report = call_json(&router, "/health").await;
-    assert_eq!(report["status"], "degraded");
-    assert_eq!(report["redis"]["status"], "unhealthy");
-
-    faults.heal();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await
-    );
-    let (status, _, limiter) = call(&router, CLIENT, "/events/1").await;
-    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "-"));
-
-    // Unreachable: refused at once, so no call waits.
-    faults.unreachable();
-    assert!(
-        health
-            .wait_for(HealthState::Down, Duration::from_secs(2))
-            .await
-    );
-    let started = Instant::now();
-    let (status, _, limiter) = call(&router, CLIENT, "/events/3").await;
-    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "local"));
-    assert!(started.elapsed() < Duration::from_millis(100));
-    faults.heal();
-    assert!(
-        health
-            .wait_for(HealthState::Up, Duration::from_secs(5))
-            .await
-    );
+    through_a_hang_and_an_outage(&kit, &router).await;
     assert!(faults.injected() > 0);
     assert!(state.queries.load(Ordering::Relaxed) >= 3);
 }
@@ -400,6 +281,81 @@ async fn bad_fault_settings_are_refused() {
     let standin = tierkit::Config::builder().fault_injection(true).build();
     let kit = tierkit::Tierkit::new(standin.unwrap()).unwrap();
     assert!(kit.faults().is_some() && kit.health().is_some() && kit.is_embedded());
+}
+
+/// Healthy, hung, healed, unreachable and healed again: every request answered, none waiting
+/// past the op timeout, the limiter local while the shared tier is down, health and `/health`
+/// following. Run on Redis and on the embedded stand-in alike.
+async fn through_a_hang_and_an_outage(kit: &tierkit::Tierkit, router: &axum::Router) {
+    let faults = kit.faults().expect("faults are on");
+    let health = kit.health().expect("a health to follow");
+    // Healthy: the first read loads, the next comes from L1; Redis decides the limit.
+    let first = call(router, CLIENT, "/events/1").await;
+    assert_eq!(
+        (first.0, first.1.as_str(), first.2.as_str()),
+        (StatusCode::OK, "Loader", "-")
+    );
+    assert_eq!(call(router, CLIENT, "/events/1").await.1, "L1");
+
+    // Hung: every answer is still a 200, none waits past the op timeout, the limiter decides
+    // locally, and health is Down after two calls time out together.
+    faults.hang();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let (status, source, limiter) = call(router, CLIENT, "/events/1").await;
+        assert_eq!(
+            (status, source.as_str(), limiter.as_str()),
+            (StatusCode::OK, "L1", "local")
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    // A key never cached still answers, from the database.
+    let (status, source, _) = call(router, CLIENT, "/events/2").await;
+    assert_eq!((status, source.as_str()), (StatusCode::OK, "Loader"));
+    let report = call_json(router, "/health").await;
+    assert_eq!(report["status"], "degraded");
+    assert_eq!(report["redis"]["status"], "unhealthy");
+
+    // Healed: the probe brings Redis back, and Redis decides again.
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
+    let (status, _, limiter) = call(router, CLIENT, "/events/1").await;
+    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "-"));
+
+    // Unreachable: refused at once, so health is Down before any call waits.
+    faults.unreachable();
+    assert!(
+        health
+            .wait_for(HealthState::Down, Duration::from_secs(2))
+            .await
+    );
+    let started = Instant::now();
+    let (status, _, limiter) = call(router, CLIENT, "/events/3").await;
+    assert_eq!((status, limiter.as_str()), (StatusCode::OK, "local"));
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    faults.heal();
+    assert!(
+        health
+            .wait_for(HealthState::Up, Duration::from_secs(5))
+            .await
+    );
 }
 
 async fn call_json(router: &axum::Router, path: &str) -> serde_json::Value {
