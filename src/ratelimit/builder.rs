@@ -240,19 +240,13 @@ impl LimiterBuilder {
                     .collect(),
             )
         };
-        let fallbacks = |local: &LocalSet| Fallbacks {
-            quota,
-            fail_open: self.fail_open,
-            on_error: self.on_redis_error,
-            share: local.share(),
-        };
         #[cfg(feature = "testing")]
         let standin = self.standin;
         #[cfg(not(feature = "testing"))]
         let standin: Option<std::convert::Infallible> = None;
-        let picker = match (self.conn, standin) {
+        // The tier the quota is shared through, and the health that says whether it is there.
+        let shared = match (self.conn, standin) {
             (Some(conn), _) => {
-                let local = local_set(false);
                 let health = conn.health().clone();
                 let redis = RedisWindow::new(
                     conn,
@@ -261,32 +255,30 @@ impl LimiterBuilder {
                     self.algorithm,
                     self.app_clock,
                 );
-                let fallbacks = fallbacks(&local);
-                Picker::tiered(
-                    Arc::clone(&watch),
-                    health,
-                    Shared::Redis(redis),
-                    local,
-                    fallbacks,
-                )
+                Some((health, Shared::Redis(redis)))
             }
             #[cfg(feature = "testing")]
-            (None, Some(standin)) => {
-                let local = local_set(false);
-                let shared = Shared::StandIn {
+            (None, Some(standin)) => Some((
+                standin.health().clone(),
+                Shared::StandIn {
                     quota: local_set(true),
-                    standin: standin.clone(),
+                    standin,
+                },
+            )),
+            _ => None,
+        };
+        let picker = match shared {
+            None => Picker::embedded(local_set(true)),
+            Some((health, shared)) => {
+                let local = local_set(false);
+                let fallbacks = Fallbacks {
+                    quota,
+                    fail_open: self.fail_open,
+                    on_error: self.on_redis_error,
+                    share: local.share(),
                 };
-                let fallbacks = fallbacks(&local);
-                Picker::tiered(
-                    Arc::clone(&watch),
-                    standin.health().clone(),
-                    shared,
-                    local,
-                    fallbacks,
-                )
+                Picker::tiered(Arc::clone(&watch), health, shared, local, fallbacks)
             }
-            _ => Picker::embedded(local_set(true)),
         };
         self.registry.register(&watch);
         Ok(Limiter::new(
