@@ -40,7 +40,10 @@ const RAW_HEADER_LEN: usize = 4;
 const ZSTD_HEADER_LEN: usize = RAW_HEADER_LEN + 4;
 
 const DEFAULT_COMPRESS_THRESHOLD: usize = 1024;
-const DEFAULT_LEVEL: i32 = 1;
+/// zstd's first fast level: literals are stored rather than Huffman-coded, which halves the
+/// cost of compressing a kilobyte and cuts decompressing it sevenfold for about an eighth more
+/// bytes than level 1 (BENCHMARKS.md, "Compression level").
+const DEFAULT_LEVEL: i32 = -1;
 const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 
 /// How the body is stored, as written in the flags byte. New formats get a new tag, so bytes
@@ -168,7 +171,7 @@ impl Codec {
     ///
     /// let codec = Codec::new();
     /// assert_eq!(codec.compress_threshold(), 1024);
-    /// assert_eq!(codec.level(), 1);
+    /// assert_eq!(codec.level(), -1);
     /// assert_eq!(codec.max_value_size(), 16 * 1024 * 1024);
     /// ```
     pub fn new() -> Self {
@@ -668,9 +671,13 @@ impl CodecBuilder {
         self
     }
 
-    /// The zstd compression level, from 1 (fastest) to 22 (smallest).
+    /// The zstd compression level: 1 (fast) to 22 (smallest), or a negative one, zstd's fast
+    /// levels (`--fast=N` on its command line), which store literals instead of entropy-coding
+    /// them: faster both ways, somewhat larger. 0 is refused: zstd reads it as "its default",
+    /// which is not a level of its own. The level is not part of the stored format, so
+    /// instances with different levels read each other's values.
     ///
-    /// Default: 1.
+    /// Default: -1.
     pub fn level(mut self, level: i32) -> Self {
         self.level = level;
         self
@@ -689,16 +696,20 @@ impl CodecBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] naming `compression_level` if the level is outside 1..=22, or
+    /// [`Error::Config`] naming `compression_level` if the level is 0 or outside zstd's range
+    /// (about -131072 to 22), or
     /// `max_value_size` if the maximum is 0 or above `u32::MAX`.
     pub fn build(self) -> Result<Codec> {
-        let max_level = *zstd::compression_level_range().end();
-        if !(1..=max_level).contains(&self.level) {
+        let levels = zstd::compression_level_range();
+        if self.level == 0 || !levels.contains(&self.level) {
             return Err(Error::config(
                 "compression_level",
                 format!(
-                    "{} is not a zstd level; use 1 (fastest) to {max_level} (smallest)",
-                    self.level
+                    "{} is not a zstd level; use 1 to {} (larger is smaller and slower) or a \
+                     fast level, -1 to {}",
+                    self.level,
+                    levels.end(),
+                    levels.start()
                 ),
             ));
         }
@@ -863,7 +874,7 @@ mod tests {
             .unwrap();
         assert!(!off.encode_with_info(&value).unwrap().1.compressed);
         // Alternating levels on one thread reuses one context; both must round-trip.
-        for level in [1, 19, 3] {
+        for level in [1, 19, -1, 3, -5] {
             let codec = Codec::builder().level(level).build().unwrap();
             let (bytes, info) = codec.encode_with_info(&value).unwrap();
             assert!(info.compressed);
@@ -1007,7 +1018,7 @@ mod tests {
 
     #[test]
     fn builder_validation_names_the_field() {
-        for level in [0, -1, 23] {
+        for level in [0, 23, i32::MIN, i32::MAX] {
             match Codec::builder().level(level).build() {
                 Err(Error::Config { field, .. }) => assert_eq!(field, "compression_level"),
                 other => panic!("level {level}: expected a config error, got {other:?}"),

@@ -14,7 +14,7 @@ use crate::runtimes;
 /// fresh compression context.
 fn encode_fresh(value: &Payload) -> Vec<u8> {
     let body = bincode::serde::encode_to_vec(value, bincode::config::standard()).unwrap();
-    let frame = zstd::bulk::compress(&body, 1).unwrap();
+    let frame = zstd::bulk::compress(&body, Codec::new().level()).unwrap();
     let mut out = Vec::with_capacity(8 + frame.len());
     out.extend_from_slice(b"TK\x01\x01");
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
