@@ -433,6 +433,78 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
     assert_eq!(events_b.stats().l2_hits, 1);
 }
 
+/// Writes name their scripts by hash (`EVALSHA`). A server that lost them (`SCRIPT FLUSH`, as
+/// after a restart without persistence) is sent their text again: every kind of write still
+/// lands, versioned above the one before, and is announced to the other instance.
+#[tokio::test]
+async fn writes_land_after_redis_forgets_its_scripts() {
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
+    let (a, b) = (backend.kit().await, backend.kit().await);
+    let build = |kit: &Tierkit| kit.namespace::<Event>("events").build().unwrap();
+    let (on_a, on_b) = (build(&a), build(&b));
+    let c = server.async_connection().await;
+    let forget = || async {
+        let mut c = server.async_connection().await;
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    };
+    let stored = |key: &'static str| {
+        let ns = &on_a;
+        let mut c = c.clone();
+        async move {
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(ns.redis_key(key))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            bytes.map(|b| ns.decode_entry(key, &b).unwrap())
+        }
+    };
+
+    assert_eq!(on_a.set("1", event(1)).await.unwrap(), Reach::AllTiers);
+    assert_eq!(on_b.get("1").await.unwrap().source(), Source::L2);
+
+    // A plain write: lands, and b's L1 copy of the older value is evicted.
+    forget().await;
+    assert_eq!(on_a.set("1", event(2)).await.unwrap(), Reach::AllTiers);
+    assert_eq!(stored("1").await, Some(event(2)));
+    let seen = eventually(Duration::from_secs(2), || async {
+        on_b.get("1").await.as_deref() == Some(&event(2))
+    })
+    .await;
+    assert!(seen.is_some(), "b never saw the write made after the flush");
+
+    // A tagged write (its tag epoch is a script too), then the tag's invalidation.
+    forget().await;
+    let tagged = SetOptions::new().tag("owner:7");
+    assert_eq!(
+        on_a.set_with("2", event(3), tagged).await.unwrap(),
+        Reach::AllTiers
+    );
+    assert_eq!(stored("2").await, Some(event(3)));
+    assert_eq!(on_b.get("2").await.unwrap().source(), Source::L2);
+    assert_eq!(
+        on_a.invalidate_tag("owner:7").await.unwrap(),
+        Reach::AllTiers
+    );
+    assert!(on_b.get("2").await.is_none());
+
+    // A fill after a load.
+    forget().await;
+    let hit = on_a.get_or_set("3", loader_ok(event(4))).await.unwrap();
+    assert_eq!(hit.source(), Source::Loader);
+    let filled = eventually(Duration::from_secs(2), || async {
+        stored("3").await == Some(event(4))
+    })
+    .await;
+    assert!(filled.is_some(), "the load never reached Redis");
+    assert!(command_calls(server, "evalsha").await > 0);
+}
+
 #[tokio::test]
 async fn an_l1_hit_makes_no_redis_call_and_does_not_decode() {
     let backend = Backend::redis();

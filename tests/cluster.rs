@@ -219,6 +219,44 @@ async fn both_limiter_scripts_run_on_the_cluster_and_reload_after_script_flush()
 }
 
 #[tokio::test]
+async fn cache_writes_reload_their_scripts_on_every_node_after_script_flush() {
+    let cluster = RedisCluster::shared();
+    let config = fast_cluster_config(&cluster);
+    let kit = connected_with(config.clone()).await;
+    let ns = kit.namespace::<Profile>("flushed").build().unwrap();
+    let reader = connected_with(config).await;
+    let cold = reader.namespace::<Profile>("flushed").build().unwrap();
+    for kit in [&kit, &reader] {
+        let coherent = eventually(Duration::from_secs(5), || async {
+            kit.cache_info().await.coherent
+        })
+        .await;
+        assert!(coherent.is_some(), "backplane never subscribed");
+    }
+    for round in 0..2u64 {
+        // Every node forgets its scripts (as after a restart): the writes, one key and many
+        // keys over many slots at once, still land.
+        cluster.on_primaries(redis::cmd("SCRIPT").arg("FLUSH"));
+        assert_eq!(
+            ns.set("one", profile(round)).await.unwrap(),
+            Reach::AllTiers
+        );
+        let many = (0..20).map(|i| (format!("k{i}"), profile(100 * round + i)));
+        assert_eq!(ns.set_many(many).await.unwrap(), Reach::AllTiers);
+        let one = cold.get("one").await.unwrap();
+        assert_eq!((one.source(), &*one), (Source::L2, &profile(round)));
+        for i in 0..20 {
+            let hit = cold.get(&format!("k{i}")).await.unwrap();
+            assert_eq!(
+                (hit.source(), &*hit),
+                (Source::L2, &profile(100 * round + i))
+            );
+        }
+        cold.invalidate_pattern("*").await.unwrap();
+    }
+}
+
+#[tokio::test]
 async fn a_users_session_keys_share_one_slot_and_replicated_writes_are_acknowledged() {
     let cluster = RedisCluster::shared();
     // Room for replication on a busy 2-core machine (the other tests' clusters share it):

@@ -2,8 +2,10 @@
 //! strings, pattern work by `SCAN` on every primary, and the backplane `PUBLISH` appended to
 //! the pipeline of the change it announces, so a change is one round trip.
 //!
-//! Scripts go as `EVAL`: they are small, Redis caches them by hash, and `EVAL` in a pipeline
-//! needs no `NOSCRIPT` handling. Each touches one key, so they run unchanged on a cluster.
+//! The hot scripts (a write's, a tag epoch's) go by hash (`EVALSHA`), so Redis neither
+//! receives nor hashes their text on every write; a pipeline that meets `NOSCRIPT` goes again
+//! with their text ([`RedisL2::scripted`]). The rare ones go as `EVAL`. Each touches one key, so
+//! they run unchanged on a cluster.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -46,7 +48,7 @@ local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local o = tonumber(old or '0') or 0
 if o >= v then v = o + 1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SETRANGE', KEYS[1], 4, string.format('%016.0f', v))
+redis.call('SETRANGE', KEYS[1], 4, string.format('%016d', v))
 return v";
 
 /// The epoch at `KEYS[1]`; made `ARGV[1]` where absent unless that is `''`; for a tag
@@ -64,6 +66,35 @@ elseif ARGV[2] ~= '0' then
   if left >= 0 and left < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 end
 return v";
+
+/// SHA1 digests of the scripts sent by hash.
+static WRITE_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(WRITE).get_hash().into());
+static EPOCH_SHA: LazyLock<String> = LazyLock::new(|| redis::Script::new(EPOCH).get_hash().into());
+
+/// How a pipeline names its scripts.
+#[derive(Clone, Copy, Debug)]
+enum By {
+    Hash,
+    Text,
+}
+
+/// Appends a call of the script `text` (digest `sha`) to `pipe`, named as `by` says.
+fn eval<'p>(
+    pipe: &'p mut redis::Pipeline,
+    text: &'static str,
+    sha: &str,
+    by: By,
+) -> &'p mut redis::Pipeline {
+    match by {
+        By::Hash => pipe.cmd("EVALSHA").arg(sha),
+        By::Text => pipe.cmd("EVAL").arg(text),
+    }
+}
+
+/// Whether Redis answered that it does not know a script.
+fn no_script(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
 
 /// Gives a lease back only to its holder.
 static END_LEASE: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -98,6 +129,28 @@ impl RedisL2 {
             .arg(backplane::message(self.origin, op))
             .ignore();
         self.conn.pipeline::<()>(&pipe).await
+    }
+
+    /// Sends the pipeline `build` makes, its scripts named by hash; where Redis does not know
+    /// one (`NOSCRIPT`: a restart, a `SCRIPT FLUSH`, a node new to the slot), the whole
+    /// pipeline goes again with their text, which loads them. So what `build` makes must be
+    /// safe to run twice: a write lands again under a higher version, a fill that landed finds
+    /// its own write and stands down, an epoch is made once, and the `PUBLISH` goes again
+    /// after the writes it announces. Each command's reply, or the first error reply.
+    async fn scripted(&self, build: impl Fn(By) -> redis::Pipeline) -> Result<Vec<redis::Value>> {
+        type Replies = Vec<redis::RedisResult<redis::Value>>;
+        let replies = match self.conn.pipeline::<Replies>(&build(By::Hash)).await {
+            Ok(replies) if !replies.iter().any(|r| r.as_ref().is_err_and(no_script)) => replies,
+            Ok(_) => self.conn.pipeline::<Replies>(&build(By::Text)).await?,
+            Err(Error::Redis(e)) if no_script(&e) => {
+                self.conn.pipeline::<Replies>(&build(By::Text)).await?
+            }
+            Err(e) => return Err(e),
+        };
+        replies
+            .into_iter()
+            .map(|r| r.map_err(Error::Redis))
+            .collect()
     }
 }
 
@@ -159,10 +212,8 @@ fn fresh_epoch() -> u64 {
 }
 
 /// Appends `entry`'s write to `pipe`.
-fn push_write(pipe: &mut redis::Pipeline, space: &Keyspace, entry: &Entry<'_>) {
-    let cmd = pipe
-        .cmd("EVAL")
-        .arg(WRITE)
+fn push_write(pipe: &mut redis::Pipeline, space: &Keyspace, entry: &Entry<'_>, by: By) {
+    let cmd = eval(pipe, WRITE, &WRITE_SHA, by)
         .arg(1)
         .arg(space.entry(entry.key))
         .arg(entry.frame)
@@ -256,31 +307,38 @@ impl L2 for RedisL2 {
         alive: &[EpochUse<'_>],
         op: Option<&Op>,
     ) -> Result<Written> {
-        let mut pipe = redis::pipe();
-        for entry in entries {
-            push_write(&mut pipe, space, entry);
-        }
         // Tags' epochs only: the namespace's lives on a shard of its own in a cluster, and a
         // write must not wait on a shard none of its keys is on (a hung one would stall every
         // write of the namespace). An evicted namespace epoch is found by the epoch watch.
-        let tags = alive.iter().filter(|u| matches!(u.of, EpochOf::Tag(_)));
-        for used in tags {
-            // Absent (dropped, evicted): made anew, never the epoch the entries carry, so what
-            // was framed under the old one stays retired; the writer learns the new one.
-            pipe.cmd("EVAL")
-                .arg(EPOCH)
-                .arg(1)
-                .arg(space.epoch(used.of))
-                .arg(fresh_epoch().to_string())
-                .arg(epoch_ttl(used.of, used.ttl));
-        }
-        if let Some(op) = op {
-            pipe.cmd("PUBLISH")
-                .arg(&self.channel)
-                .arg(backplane::message(self.origin, op))
-                .ignore();
-        }
-        let replies: Vec<redis::Value> = self.conn.pipeline(&pipe).await?;
+        let tags: Vec<&EpochUse<'_>> = alive
+            .iter()
+            .filter(|u| matches!(u.of, EpochOf::Tag(_)))
+            .collect();
+        let build = |by: By| {
+            let mut pipe = redis::pipe();
+            for entry in entries {
+                push_write(&mut pipe, space, entry, by);
+            }
+            for used in &tags {
+                // Absent (dropped, evicted): made anew, never the epoch the entries carry, so
+                // what was framed under the old one stays retired; the writer learns the new
+                // one.
+                eval(&mut pipe, EPOCH, &EPOCH_SHA, by)
+                    .arg(1)
+                    .arg(space.epoch(used.of))
+                    .arg(fresh_epoch().to_string())
+                    .arg(epoch_ttl(used.of, used.ttl));
+            }
+            if let Some(op) = op {
+                pipe.cmd("PUBLISH")
+                    .arg(&self.channel)
+                    .arg(backplane::message(self.origin, op))
+                    .ignore();
+            }
+            pipe.ignore_errors();
+            pipe
+        };
+        let replies = self.scripted(build).await?;
         let (versions, epochs) = replies.split_at(entries.len().min(replies.len()));
         let landed = versions
             .iter()
@@ -384,7 +442,7 @@ impl L2 for RedisL2 {
                                 expect: None,
                                 or_absent: false,
                             };
-                            push_write(&mut pipe, space, &entry);
+                            push_write(&mut pipe, space, &entry, By::Text);
                         }
                     }
                     None => {
