@@ -47,6 +47,7 @@ use crate::config::{Config, Target};
 use crate::error::{Error, Result};
 use crate::health::{Health, HealthState, HealthStatus};
 
+mod clock;
 mod cluster;
 #[cfg(feature = "testing")]
 mod faults;
@@ -58,6 +59,7 @@ mod standin;
 mod tls;
 mod tracking;
 
+pub(crate) use clock::{time_reply, ServerClock};
 #[cfg(feature = "testing")]
 pub use faults::Faults;
 pub(crate) use kept::Report;
@@ -92,6 +94,9 @@ struct Inner {
     op_timeout: Duration,
     connect_timeout: Duration,
     health: Health,
+    /// The server's clock, measured by the probe (not on a cluster, whose nodes each have
+    /// their own).
+    clock: ServerClock,
     #[cfg(feature = "testing")]
     faults: Faults,
     // Dropping the last handle drops this sender, which ends the probe task.
@@ -142,6 +147,7 @@ impl Conn {
             op_timeout: config.op_timeout,
             connect_timeout: config.connect_timeout,
             health,
+            clock: ServerClock::default(),
             #[cfg(feature = "testing")]
             faults: Faults::default(),
             _stop_probe: stop_tx,
@@ -159,6 +165,13 @@ impl Conn {
     #[cfg(feature = "testing")]
     pub fn faults(&self) -> &Faults {
         &self.0.faults
+    }
+
+    /// The server's time now in ms, as the probe measured it, never earlier than the truth;
+    /// `None` on a cluster, before the first probe answered, and when the last answer is a few
+    /// seconds old ([`ServerClock`]).
+    pub(crate) fn server_now_ms(&self) -> Option<u64> {
+        self.0.clock.now_ms()
     }
 
     /// Whether this is a Redis Cluster connection.
@@ -539,8 +552,13 @@ async fn probe_loop(conn: Weak<Inner>, stop: oneshot::Receiver<()>) {
             match &inner.link {
                 Link::Single { manager, .. } => {
                     let mut manager = manager.clone();
-                    match ping(&mut manager).await {
-                        Ok(()) => cluster::Probe::Ok(started.elapsed()),
+                    match time(&mut manager).await {
+                        Ok((sent, reply)) => {
+                            if let Some(us) = time_reply(&reply) {
+                                inner.clock.record(sent, us);
+                            }
+                            cluster::Probe::Ok(started.elapsed())
+                        }
                         Err(e) => cluster::Probe::Failed(Error::Redis(e)),
                     }
                 }
@@ -604,13 +622,18 @@ async fn probe_every<P: Future<Output = cluster::Probe>>(
     }
 }
 
-/// One PING. A PING that finds the connection dead makes redis-rs start a reconnect; one retry
-/// on the new connection saves a whole probe interval when Redis has just come back.
-async fn ping(manager: &mut ConnectionManager) -> redis::RedisResult<()> {
-    let cmd = redis::cmd("PING");
+/// One `TIME` (a PING that also reads the server's clock), and when it was sent. One that
+/// finds the connection dead makes redis-rs start a reconnect; one retry on the new connection
+/// saves a whole probe interval when Redis has just come back.
+async fn time(manager: &mut ConnectionManager) -> redis::RedisResult<(Instant, Value)> {
+    let cmd = redis::cmd("TIME");
+    let sent = Instant::now();
     match cmd.query_async(manager).await {
-        Err(e) if e.is_io_error() || e.is_connection_dropped() => cmd.query_async(manager).await,
-        result => result,
+        Err(e) if e.is_io_error() || e.is_connection_dropped() => {
+            let sent = Instant::now();
+            Ok((sent, cmd.query_async(manager).await?))
+        }
+        result => Ok((sent, result?)),
     }
 }
 

@@ -433,6 +433,104 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
     assert_eq!(events_b.stats().l2_hits, 1);
 }
 
+/// An L2 read asks no `PTTL`: the time an entry has left comes from the expiry its write
+/// stamped into it and the server's clock as the health probe reads it (`TIME`). Once that
+/// reading is too old to trust (the probe has not answered for a while), a read asks `TIME`
+/// in the same pipeline, once however many keys it reads. Either way a copy dies with its Redis
+/// entry.
+#[tokio::test]
+async fn an_l2_read_is_one_get_per_key_and_its_copy_dies_with_the_entry() {
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
+    // Probes once at start, then not for a minute: the clock reading ages out after 5 s.
+    let slow_probe = || backend.builder().probe_interval(Duration::from_secs(60));
+    let (a, b) = (
+        backend.kit_with(slow_probe()).await,
+        backend.kit_with(slow_probe()).await,
+    );
+    let hour = Duration::from_secs(3600);
+    let on_a = a.namespace::<Event>("events").ttl(hour).build().unwrap();
+    let on_b = b.namespace::<Event>("events").ttl(hour).build().unwrap();
+    let short = || SetOptions::new().ttl(Duration::from_millis(1200));
+    let calls = || async {
+        (
+            command_calls(server, "time").await,
+            command_calls(server, "pttl").await,
+        )
+    };
+
+    for (round, key) in ["fresh clock", "aged clock"].into_iter().enumerate() {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_millis(5500)).await;
+        }
+        on_a.set_with(key, event(1), short()).await.unwrap();
+        let others = [format!("other {round}"), format!("another {round}")];
+        for other in &others {
+            on_a.set(other, event(2)).await.unwrap();
+        }
+        let (time0, pttl0) = calls().await;
+        assert_eq!(on_b.get(key).await.unwrap().source(), Source::L2, "{key}");
+        let many = on_b.get_many(&others).await;
+        assert!(
+            many.iter()
+                .all(|h| h.as_ref().map(|h| h.source()) == Some(Source::L2)),
+            "{key}"
+        );
+        let (time1, pttl1) = calls().await;
+        assert_eq!(pttl1, pttl0, "{key}: no PTTL");
+        assert_eq!(
+            time1 - time0,
+            round as u64 * 2,
+            "{key}: TIME once the reading aged"
+        );
+        // Redis's own time is what is tested: a real wait past the entry's TTL.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(on_b.get(key).await.is_none(), "{key}: served past its TTL");
+        assert!(on_b.get(&others[0]).await.is_some());
+    }
+}
+
+/// Entries an earlier release wrote (frame formats 1 and 2, with no expiry in them) are still
+/// served, and Redis says how long they have left (`PTTL`), so their copies die with them.
+#[tokio::test]
+async fn entries_of_an_earlier_frame_format_are_served_until_redis_drops_them() {
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
+    let (a, b) = (backend.kit().await, backend.kit().await);
+    let hour = Duration::from_secs(3600);
+    let on_a = a.namespace::<Event>("events").ttl(hour).build().unwrap();
+    let on_b = b.namespace::<Event>("events").ttl(hour).build().unwrap();
+    on_a.set("old", event(5)).await.unwrap();
+    let mut c = server.async_connection().await;
+    let key = on_a.redis_key("old");
+    let bytes: Vec<u8> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Format 3 → 1: the expiry digits (20..36) and the zero grace field (after the epoch and
+    // tag count, 46..54) were not there.
+    assert_eq!(&bytes[..3], b"TE\x03");
+    let mut old = bytes[..20].to_vec();
+    old[2] = 1;
+    old.extend_from_slice(&bytes[36..46]);
+    old.extend_from_slice(&bytes[54..]);
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(old)
+        .arg("PX")
+        .arg(1200)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let pttl0 = command_calls(server, "pttl").await;
+    let hit = on_b.get("old").await.unwrap();
+    assert_eq!((hit.source(), &*hit), (Source::L2, &event(5)));
+    assert_eq!(command_calls(server, "pttl").await, pttl0 + 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(on_b.get("old").await.is_none(), "served past its TTL");
+}
+
 /// Writes name their scripts by hash (`EVALSHA`). A server that lost them (`SCRIPT FLUSH`, as
 /// after a restart without persistence) is sent their text again: every kind of write still
 /// lands, versioned above the one before, and is announced to the other instance.

@@ -16,7 +16,7 @@ use super::{Entry, EpochOf, EpochUse, Expect, Keyspace, Stored, Written, L2};
 use crate::cache::backplane::{self, Op};
 use crate::cache::frame;
 use crate::cache::pattern::Pattern;
-use crate::conn::{Conn, ServerFigures};
+use crate::conn::{time_reply, Conn, ServerFigures};
 use crate::error::{Error, Result};
 
 /// Keys per `SCAN` page and per removal pipeline.
@@ -28,7 +28,10 @@ const SCAN_COUNT: usize = 1000;
 /// still holds what the fill's read saw: `''` absent, `'*'` not a frame, or the 16 version
 /// digits of a frame; with `ARGV[4]` too, also where the key is absent (what the read saw
 /// expired by itself). Returns the version, or 0 when the fill did not land. Only the head of
-/// the old entry is read (`GETRANGE`), so a large value is never copied into Lua.
+/// the old entry is read (`GETRANGE`), so a large value is never copied into Lua. A format-3
+/// frame also gets its expiry, from the same `TIME` less a millisecond, so it is never later
+/// than Redis's own expiry of the key (which counts from this `TIME` or from the script's
+/// start, in whole ms).
 const WRITE: &str = r"
 local head = redis.pcall('GETRANGE', KEYS[1], 0, 19)
 local old = nil
@@ -48,7 +51,12 @@ local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local o = tonumber(old or '0') or 0
 if o >= v then v = o + 1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SETRANGE', KEYS[1], 4, string.format('%016d', v))
+if string.byte(ARGV[1], 3) == 3 then
+  local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]) - 1
+  redis.call('SETRANGE', KEYS[1], 4, string.format('%016d%016d', v, expiry))
+else
+  redis.call('SETRANGE', KEYS[1], 4, string.format('%016d', v))
+end
 return v";
 
 /// The epoch at `KEYS[1]`; made `ARGV[1]` where absent unless that is `''`; for a tag
@@ -152,22 +160,43 @@ impl RedisL2 {
             .map(|r| r.map_err(Error::Redis))
             .collect()
     }
+
+    /// `GET` and `PTTL` of each key in one round trip.
+    async fn read_with_pttl(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            let entry = space.entry(key);
+            pipe.cmd("GET").arg(&entry).cmd("PTTL").arg(entry);
+        }
+        pipe.ignore_errors();
+        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        while let (Some(value), Some(pttl)) = (replies.next(), replies.next()) {
+            out.push(with_pttl(got(value)?, pttl)?);
+        }
+        Ok(out)
+    }
 }
 
-/// One key's `GET` and `PTTL` replies as what is stored there.
-fn stored(
-    value: redis::RedisResult<redis::Value>,
-    pttl: redis::RedisResult<redis::Value>,
-) -> Result<Stored> {
-    let bytes = match value {
-        Ok(redis::Value::Nil) => return Ok(Stored::Absent),
-        Ok(value) => {
-            redis::from_redis_value::<Vec<u8>>(value).map_err(|e| Error::Redis(e.into()))?
-        }
-        Err(e) if e.code() == Some("WRONGTYPE") => return Ok(Stored::Foreign),
-        Err(e) => return Err(Error::Redis(e)),
+/// One key's `GET` reply as what is stored there, its time left not yet known (`None`).
+fn got(value: redis::RedisResult<redis::Value>) -> Result<Stored> {
+    match value {
+        Ok(redis::Value::Nil) => Ok(Stored::Absent),
+        Ok(value) => redis::from_redis_value::<Vec<u8>>(value)
+            .map(|bytes| Stored::Value { bytes, ttl: None })
+            .map_err(|e| Error::Redis(e.into())),
+        Err(e) if e.code() == Some("WRONGTYPE") => Ok(Stored::Foreign),
+        Err(e) => Err(Error::Redis(e)),
+    }
+}
+
+/// What a `PTTL` reply, sent after the `GET` that read `stored`, says of its time left.
+fn with_pttl(stored: Stored, pttl: redis::RedisResult<redis::Value>) -> Result<Stored> {
+    let Stored::Value { bytes, .. } = stored else {
+        return Ok(stored);
     };
-    // -1: no expiry; -2: gone between the two commands (they run back to back, so only an
+    // -1: no expiry; -2: gone since the `GET` (right behind it in a pipeline, so only an
     // expiry at that instant), read as absent.
     let pttl: i64 =
         redis::from_redis_value(pttl.map_err(Error::Redis)?).map_err(|e| Error::Redis(e.into()))?;
@@ -177,6 +206,26 @@ fn stored(
         _ => None,
     };
     Ok(Stored::Value { bytes, ttl })
+}
+
+/// What a frame's own expiry says of its time left at server time `now_ms`: gone once it is
+/// reached (Redis is about to drop it, if it has not). `None` when only Redis knows: a frame
+/// of an earlier format, or no reading of the server's clock.
+fn with_expiry(stored: Stored, now_ms: Option<u64>) -> std::result::Result<Stored, Stored> {
+    let Stored::Value { bytes, ttl } = stored else {
+        return Ok(stored);
+    };
+    match (frame::expiry_of(&bytes), now_ms) {
+        (Some(expiry), Some(now)) if expiry <= now => Ok(Stored::Absent),
+        (Some(expiry), Some(now)) => Ok(Stored::Value {
+            bytes,
+            ttl: Some(Duration::from_millis(expiry - now)),
+        }),
+        // A frame whose time left only Redis knows.
+        _ if frame::version_of(&bytes).is_some() => Err(Stored::Value { bytes, ttl }),
+        // Not a frame: a miss that the next fill overwrites, its time left unused.
+        _ => Ok(Stored::Value { bytes, ttl }),
+    }
 }
 
 /// An epoch as Redis holds it (decimal text); `None` for absent. Anything else (another
@@ -241,20 +290,61 @@ impl L2 for RedisL2 {
         true
     }
 
-    /// `GET` and `PTTL` of each key in one round trip. Error replies are taken one by one, so
-    /// a key of another type (`WRONGTYPE`) is [`Stored::Foreign`] instead of failing them all.
+    /// Each key's bytes and time left in one round trip: a `GET` per key, the time left from
+    /// the expiry in each frame and the server's clock as the probe reads it, or from a `TIME`
+    /// in the same pipeline when there is no such reading. On a cluster, whose nodes each keep
+    /// their own time, and for frames of an earlier format, Redis says it (`PTTL`). Error
+    /// replies are taken one by one, so a key of another type (`WRONGTYPE`) is
+    /// [`Stored::Foreign`] instead of failing them all.
     async fn read(&self, space: &Keyspace, keys: &[&str]) -> Result<Vec<Stored>> {
+        if self.conn.is_cluster() {
+            return self.read_with_pttl(space, keys).await;
+        }
+        let timed = self.conn.server_now_ms().is_none();
         let mut pipe = redis::pipe();
         for key in keys {
-            let entry = space.entry(key);
-            pipe.cmd("GET").arg(&entry).cmd("PTTL").arg(entry);
+            pipe.cmd("GET").arg(space.entry(key));
+        }
+        if timed {
+            pipe.cmd("TIME");
         }
         pipe.ignore_errors();
-        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
-        let mut replies = replies.into_iter();
+        let mut replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        // Read after the replies came: the later the reading, the shorter the time left.
+        let now_ms = if timed {
+            let time = replies.pop();
+            time.and_then(|t| t.ok())
+                .as_ref()
+                .and_then(time_reply)
+                .map(|us| us.div_ceil(1000))
+        } else {
+            self.conn.server_now_ms()
+        };
+        if replies.len() != keys.len() {
+            return Err(Error::Internal("Redis sent fewer replies than commands"));
+        }
         let mut out = Vec::with_capacity(keys.len());
-        while let (Some(value), Some(pttl)) = (replies.next(), replies.next()) {
-            out.push(stored(value, pttl)?);
+        let mut ask = Vec::new();
+        for reply in replies {
+            match with_expiry(got(reply)?, now_ms) {
+                Ok(stored) => out.push(stored),
+                Err(stored) => {
+                    ask.push(out.len());
+                    out.push(stored);
+                }
+            }
+        }
+        if !ask.is_empty() {
+            let mut pipe = redis::pipe();
+            for &i in &ask {
+                pipe.cmd("PTTL").arg(space.entry(keys[i]));
+            }
+            pipe.ignore_errors();
+            let pttls: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+            for (i, pttl) in ask.into_iter().zip(pttls) {
+                let stored = std::mem::replace(&mut out[i], Stored::Absent);
+                out[i] = with_pttl(stored, pttl)?;
+            }
         }
         Ok(out)
     }
