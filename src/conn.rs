@@ -167,11 +167,11 @@ impl Conn {
         &self.0.faults
     }
 
-    /// The server's time now in ms, as the probe measured it, never earlier than the truth;
-    /// `None` on a cluster, before the first probe answered, and when the last answer is a few
-    /// seconds old ([`ServerClock`]).
-    pub(crate) fn server_now_ms(&self) -> Option<u64> {
-        self.0.clock.now_ms()
+    /// The server's time at `at` in ms, as the probe measured it, never earlier than the
+    /// truth; `None` on a cluster, before the first probe answered, and when the last answer
+    /// is a few seconds old ([`ServerClock`]).
+    pub(crate) fn server_ms_at(&self, at: Instant) -> Option<u64> {
+        self.0.clock.at(at)
     }
 
     /// Whether this is a Redis Cluster connection.
@@ -622,18 +622,30 @@ async fn probe_every<P: Future<Output = cluster::Probe>>(
     }
 }
 
-/// One `TIME` (a PING that also reads the server's clock), and when it was sent. One that
-/// finds the connection dead makes redis-rs start a reconnect; one retry on the new connection
-/// saves a whole probe interval when Redis has just come back.
+/// One `TIME` (a PING that also reads the server's clock), and when it was sent. For a user
+/// whose ACL allows `PING` and not `TIME`, a `PING` and no reading (`Nil`).
 async fn time(manager: &mut ConnectionManager) -> redis::RedisResult<(Instant, Value)> {
-    let cmd = redis::cmd("TIME");
+    match ask(manager, "TIME").await {
+        (_, Err(e)) if e.code() == Some("NOPERM") => {
+            let (sent, reply) = ask(manager, "PING").await;
+            reply.map(|_| (sent, Value::Nil))
+        }
+        (sent, reply) => reply.map(|value| (sent, value)),
+    }
+}
+
+/// One keyless command, and when it was sent. One that finds the connection dead makes
+/// redis-rs start a reconnect; one retry on the new connection saves a whole probe interval
+/// when Redis has just come back.
+async fn ask(manager: &mut ConnectionManager, name: &str) -> (Instant, redis::RedisResult<Value>) {
+    let cmd = redis::cmd(name);
     let sent = Instant::now();
     match cmd.query_async(manager).await {
         Err(e) if e.is_io_error() || e.is_connection_dropped() => {
             let sent = Instant::now();
-            Ok((sent, cmd.query_async(manager).await?))
+            (sent, cmd.query_async(manager).await)
         }
-        result => Ok((sent, result?)),
+        result => (sent, result),
     }
 }
 

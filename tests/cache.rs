@@ -490,6 +490,49 @@ async fn an_l2_read_is_one_get_per_key_and_its_copy_dies_with_the_entry() {
     }
 }
 
+/// A user whose ACL refuses `TIME` (and so writes, whose script reads it) still reads: the
+/// probe falls back to `PING`, health is up, and a read's time left comes from Redis
+/// (`PTTL`), so its copy still dies with the entry.
+#[tokio::test]
+async fn a_user_refused_time_is_probed_with_ping_and_still_reads() {
+    let backend = Backend::redis();
+    let server = backend.server().unwrap();
+    let mut admin = server.async_connection().await;
+    let _: () = redis::cmd("ACL")
+        .arg(&[
+            "SETUSER", "untimed", "on", ">pw", "~*", "&*", "+@all", "-time",
+        ])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let writer = backend.kit().await;
+    let url = format!("redis://untimed:pw@127.0.0.1:{}", server.port());
+    let reader = backend
+        .kit_with(support::fast_builder().redis_url(url))
+        .await;
+    assert_eq!(reader.health().unwrap().state(), HealthState::Up);
+    let hour = Duration::from_secs(3600);
+    let on_w = writer
+        .namespace::<Event>("events")
+        .ttl(hour)
+        .build()
+        .unwrap();
+    let on_r = reader
+        .namespace::<Event>("events")
+        .ttl(hour)
+        .build()
+        .unwrap();
+    let short = SetOptions::new().ttl(Duration::from_millis(1200));
+    assert_eq!(
+        on_w.set_with("k", event(1), short).await.unwrap(),
+        Reach::AllTiers
+    );
+    let hit = on_r.get("k").await.unwrap();
+    assert_eq!((hit.source(), &*hit), (Source::L2, &event(1)));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(on_r.get("k").await.is_none(), "served past its TTL");
+}
+
 /// Entries an earlier release wrote (frame formats 1 and 2, with no expiry in them) are still
 /// served, and Redis says how long they have left (`PTTL`), so their copies die with them.
 #[tokio::test]
@@ -591,12 +634,30 @@ async fn writes_land_after_redis_forgets_its_scripts() {
     );
     assert!(on_b.get("2").await.is_none());
 
+    // Only what Redis answered `NOSCRIPT` goes again: after a plain write reloaded the write
+    // script, a write under a tag this instance knows meets `NOSCRIPT` on the tag's epoch
+    // alone, and only that command is sent again (with its text): the write lands once.
+    let team = || SetOptions::new().tag("team");
+    assert_eq!(
+        on_a.set_with("3", event(6), team()).await.unwrap(),
+        Reach::AllTiers
+    );
+    forget().await;
+    assert_eq!(on_a.set("plain", event(6)).await.unwrap(), Reach::AllTiers);
+    let evals = command_calls(server, "eval").await;
+    assert_eq!(
+        on_a.set_with("3", event(7), team()).await.unwrap(),
+        Reach::AllTiers
+    );
+    assert_eq!(command_calls(server, "eval").await - evals, 1);
+    assert_eq!(stored("3").await, Some(event(7)));
+
     // A fill after a load.
     forget().await;
-    let hit = on_a.get_or_set("3", loader_ok(event(4))).await.unwrap();
+    let hit = on_a.get_or_set("4", loader_ok(event(4))).await.unwrap();
     assert_eq!(hit.source(), Source::Loader);
     let filled = eventually(Duration::from_secs(2), || async {
-        stored("3").await == Some(event(4))
+        stored("4").await == Some(event(4))
     })
     .await;
     assert!(filled.is_some(), "the load never reached Redis");

@@ -14,7 +14,7 @@
 mod redis;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -83,11 +83,12 @@ impl Keyspace {
 pub(super) enum Stored {
     /// Nothing.
     Absent,
-    /// Bytes, and how long the tier keeps them (`None`: no expiry), read in the same round
-    /// trip so an L1 copy never outlives its L2 entry.
+    /// Bytes, and until when the tier keeps them at the latest, on this process's clock
+    /// (`None`: no expiry): a deadline taken no later than the tier's, so an L1 copy that ends
+    /// at it never outlives its L2 entry, however long the read takes after Redis answered.
     Value {
         bytes: Vec<u8>,
-        ttl: Option<Duration>,
+        until: Option<Instant>,
     },
     /// Something a string read cannot return (another writer's hash, set, ...): a miss that
     /// the next fill overwrites.

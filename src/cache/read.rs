@@ -462,7 +462,7 @@ where
                     let expect = frame::version_of(bytes).map_or(Expect::Foreign, Expect::Version);
                     self.undecodable(expect, ns_epoch)
                 }
-                (Stored::Value { ttl, .. }, Some(f)) => {
+                (Stored::Value { until, .. }, Some(f)) => {
                     let trusted = f.kind != Kind::Tombstone
                         && Some(f.ns_epoch) == ns_epoch
                         && f.tags
@@ -486,7 +486,9 @@ where
                             Ok((value, body_len)) => {
                                 let tags = (!f.tags.is_empty())
                                     .then(|| f.tags.iter().map(|(t, _)| (*t).into()).collect());
-                                let span = match *ttl {
+                                let left =
+                                    until.map(|u| u.saturating_duration_since(Instant::now()));
+                                let span = match left {
                                     None => Span::Fresh(self.ns.l1_ttl),
                                     Some(left) if left > f.grace => Span::Fresh(left - f.grace),
                                     Some(left) => Span::Expired {

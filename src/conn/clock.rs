@@ -1,5 +1,5 @@
 //! The server's clock as this process reads it between probes: the probe asks `TIME`, and
-//! [`ServerClock::now_ms`] adds the monotonic time since. A reading is never earlier than the
+//! [`ServerClock::at`] adds the monotonic time since. A reading is never earlier than the
 //! server's true time (up to a step of the server's clock, seen at the next probe):
 //!
 //! - the server answered at some instant between sending and receiving, so the reading counts
@@ -59,13 +59,9 @@ impl ServerClock {
         self.at_us.store(at.saturating_add(1), Ordering::Release);
     }
 
-    /// The server's time now in ms since the epoch, never earlier than the truth; `None`
-    /// before the first measurement or when the last one is older than [`MAX_AGE`].
-    pub(crate) fn now_ms(&self) -> Option<u64> {
-        self.at(Instant::now())
-    }
-
-    fn at(&self, now: Instant) -> Option<u64> {
+    /// The server's time at `now` in ms since the epoch, never earlier than the truth;
+    /// `None` before the first measurement or when the last one is older than [`MAX_AGE`].
+    pub(crate) fn at(&self, now: Instant) -> Option<u64> {
         let at = self.at_us.load(Ordering::Acquire).checked_sub(1)?;
         // Read after the instant: as new as it, or newer (then the age below is overstated,
         // which only widens the margin).
@@ -104,7 +100,7 @@ mod tests {
     #[test]
     fn unknown_until_measured_and_once_too_old() {
         let clock = ServerClock::default();
-        assert_eq!(clock.now_ms(), None);
+        assert_eq!(clock.at(Instant::now()), None);
         let sent = Instant::now();
         clock.record(sent, 1_764_800_000_000_000);
         assert!(clock.at(sent).is_some());

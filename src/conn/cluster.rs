@@ -449,7 +449,7 @@ async fn send_group(
     indices: &[usize],
 ) -> redis::RedisResult<Vec<Value>> {
     if let [i] = indices {
-        return Ok(vec![conn.req_packed_command(cmds[*i]).await?]);
+        return Ok(vec![reply(conn.req_packed_command(cmds[*i]).await)?]);
     }
     let mut sub = redis::pipe();
     for &i in indices {
@@ -476,9 +476,19 @@ async fn one_by_one(
 ) -> redis::RedisResult<Vec<Value>> {
     let mut replies = Vec::with_capacity(indices.len());
     for &i in indices {
-        replies.push(conn.req_packed_command(cmds[i]).await?);
+        replies.push(reply(conn.req_packed_command(cmds[i]).await)?);
     }
     Ok(replies)
+}
+
+/// A lone command's result as a pipeline would have it: a server's error reply (`NOSCRIPT`,
+/// `WRONGTYPE`, ...) is that command's reply, which the caller reads as the single-server
+/// pipeline gives it; only what is not a reply (the connection failed) fails the group.
+fn reply(result: redis::RedisResult<Value>) -> redis::RedisResult<Value> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(e) => redis::ServerError::try_from(e).map(Value::ServerError),
+    }
 }
 
 /// Command indices by the slot of their first key, in order of first appearance, and the

@@ -8,7 +8,7 @@
 //! they run unchanged on a cluster.
 
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -29,9 +29,10 @@ const SCAN_COUNT: usize = 1000;
 /// digits of a frame; with `ARGV[4]` too, also where the key is absent (what the read saw
 /// expired by itself). Returns the version, or 0 when the fill did not land. Only the head of
 /// the old entry is read (`GETRANGE`), so a large value is never copied into Lua. A format-3
-/// frame also gets its expiry, from the same `TIME` less a millisecond, so it is never later
-/// than Redis's own expiry of the key (which counts from this `TIME` or from the script's
-/// start, in whole ms).
+/// frame also gets its expiry, from the same `TIME`, and the key expires at exactly that
+/// instant (`PEXPIREAT`): `SET PX` alone counts from the script's start on Redis 7.2 and
+/// later, which a server paused mid-script puts before this `TIME`. Capped at 9e15 ms (the
+/// year 287,000), so it fits its 16 digits and a Lua number holds it exactly.
 const WRITE: &str = r"
 local head = redis.pcall('GETRANGE', KEYS[1], 0, 19)
 local old = nil
@@ -52,8 +53,10 @@ local o = tonumber(old or '0') or 0
 if o >= v then v = o + 1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if string.byte(ARGV[1], 3) == 3 then
-  local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[2]) - 1
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local expiry = math.min(ms + tonumber(ARGV[2]), 9000000000000000)
   redis.call('SETRANGE', KEYS[1], 4, string.format('%016d%016d', v, expiry))
+  redis.call('PEXPIREAT', KEYS[1], expiry)
 else
   redis.call('SETRANGE', KEYS[1], 4, string.format('%016d', v))
 end
@@ -139,22 +142,35 @@ impl RedisL2 {
         self.conn.pipeline::<()>(&pipe).await
     }
 
-    /// Sends the pipeline `build` makes, its scripts named by hash; where Redis does not know
-    /// one (`NOSCRIPT`: a restart, a `SCRIPT FLUSH`, a node new to the slot), the whole
-    /// pipeline goes again with their text, which loads them. So what `build` makes must be
-    /// safe to run twice: a write lands again under a higher version, a fill that landed finds
-    /// its own write and stands down, an epoch is made once, and the `PUBLISH` goes again
-    /// after the writes it announces. Each command's reply, or the first error reply.
-    async fn scripted(&self, build: impl Fn(By) -> redis::Pipeline) -> Result<Vec<redis::Value>> {
+    /// Sends the pipeline `build` makes, its scripts named by hash. The commands Redis
+    /// answered `NOSCRIPT` (a restart, a `SCRIPT FLUSH`, a node new to the slot) did nothing;
+    /// only they go again, with the scripts' text, which loads them, and `build` appends its
+    /// `PUBLISH` again after them, so no instance acting on it reads before they landed. Each
+    /// command's reply, or the first error reply.
+    async fn scripted(
+        &self,
+        build: impl Fn(By, Option<&[usize]>) -> redis::Pipeline,
+    ) -> Result<Vec<redis::Value>> {
         type Replies = Vec<redis::RedisResult<redis::Value>>;
-        let replies = match self.conn.pipeline::<Replies>(&build(By::Hash)).await {
-            Ok(replies) if !replies.iter().any(|r| r.as_ref().is_err_and(no_script)) => replies,
-            Ok(_) => self.conn.pipeline::<Replies>(&build(By::Text)).await?,
-            Err(Error::Redis(e)) if no_script(&e) => {
-                self.conn.pipeline::<Replies>(&build(By::Text)).await?
+        let mut replies = self
+            .conn
+            .pipeline::<Replies>(&build(By::Hash, None))
+            .await?;
+        let unknown: Vec<usize> = (0..replies.len())
+            .filter(|&i| replies[i].as_ref().is_err_and(no_script))
+            .collect();
+        if !unknown.is_empty() {
+            let again = self
+                .conn
+                .pipeline::<Replies>(&build(By::Text, Some(&unknown)))
+                .await?;
+            if again.len() != unknown.len() {
+                return Err(Error::Internal("Redis sent fewer replies than commands"));
             }
-            Err(e) => return Err(e),
-        };
+            for (i, reply) in unknown.into_iter().zip(again) {
+                replies[i] = reply;
+            }
+        }
         replies
             .into_iter()
             .map(|r| r.map_err(Error::Redis))
@@ -169,13 +185,54 @@ impl RedisL2 {
             pipe.cmd("GET").arg(&entry).cmd("PTTL").arg(entry);
         }
         pipe.ignore_errors();
+        let sent = Instant::now();
         let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
         let mut replies = replies.into_iter();
         let mut out = Vec::with_capacity(keys.len());
         while let (Some(value), Some(pttl)) = (replies.next(), replies.next()) {
-            out.push(with_pttl(got(value)?, pttl)?);
+            out.push(with_pttl(got(value)?, pttl, sent)?);
         }
         Ok(out)
+    }
+
+    /// The time left of entries read without it (`ask`, indices into `keys` and `out`), from
+    /// Redis: a `PTTL`, with the head of the entry, so an entry replaced since its `GET` (whose
+    /// `PTTL` would be the newer entry's) reads as absent, a miss.
+    async fn ask_pttl(
+        &self,
+        space: &Keyspace,
+        keys: &[&str],
+        ask: Vec<usize>,
+        out: &mut [Stored],
+    ) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for &i in &ask {
+            let entry = space.entry(keys[i]);
+            let head = frame::HEAD_LEN - 1;
+            pipe.cmd("GETRANGE").arg(&entry).arg(0).arg(head);
+            pipe.cmd("PTTL").arg(entry);
+        }
+        pipe.ignore_errors();
+        let sent = Instant::now();
+        let replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
+        let mut replies = replies.into_iter();
+        for i in ask {
+            let (Some(head), Some(pttl)) = (replies.next(), replies.next()) else {
+                return Err(Error::Internal("Redis sent fewer replies than commands"));
+            };
+            let stored = std::mem::replace(&mut out[i], Stored::Absent);
+            let Stored::Value { bytes, .. } = &stored else {
+                continue;
+            };
+            let head: Option<Vec<u8>> = head.ok().and_then(|h| redis::from_redis_value(h).ok());
+            let same = head.is_some_and(|h| {
+                frame::version_of(&h).is_some() && frame::version_of(&h) == frame::version_of(bytes)
+            });
+            if same {
+                out[i] = with_pttl(stored, pttl, sent)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -184,47 +241,52 @@ fn got(value: redis::RedisResult<redis::Value>) -> Result<Stored> {
     match value {
         Ok(redis::Value::Nil) => Ok(Stored::Absent),
         Ok(value) => redis::from_redis_value::<Vec<u8>>(value)
-            .map(|bytes| Stored::Value { bytes, ttl: None })
+            .map(|bytes| Stored::Value { bytes, until: None })
             .map_err(|e| Error::Redis(e.into())),
         Err(e) if e.code() == Some("WRONGTYPE") => Ok(Stored::Foreign),
         Err(e) => Err(Error::Redis(e)),
     }
 }
 
-/// What a `PTTL` reply, sent after the `GET` that read `stored`, says of its time left.
-fn with_pttl(stored: Stored, pttl: redis::RedisResult<redis::Value>) -> Result<Stored> {
+/// What a `PTTL` reply, to a request sent at `sent` right after the `GET` that read `stored`,
+/// says of its time left: counted from `sent`, so never later than Redis's.
+fn with_pttl(
+    stored: Stored,
+    pttl: redis::RedisResult<redis::Value>,
+    sent: Instant,
+) -> Result<Stored> {
     let Stored::Value { bytes, .. } = stored else {
         return Ok(stored);
     };
-    // -1: no expiry; -2: gone since the `GET` (right behind it in a pipeline, so only an
-    // expiry at that instant), read as absent.
+    // -1: no expiry; -2: gone since the `GET`, read as absent.
     let pttl: i64 =
         redis::from_redis_value(pttl.map_err(Error::Redis)?).map_err(|e| Error::Redis(e.into()))?;
-    let ttl = match pttl {
+    let until = match pttl {
         -2 => return Ok(Stored::Absent),
-        ms if ms >= 0 => Some(Duration::from_millis(ms.unsigned_abs())),
+        ms if ms >= 0 => Some(sent + Duration::from_millis(ms.unsigned_abs())),
         _ => None,
     };
-    Ok(Stored::Value { bytes, ttl })
+    Ok(Stored::Value { bytes, until })
 }
 
-/// What a frame's own expiry says of its time left at server time `now_ms`: gone once it is
-/// reached (Redis is about to drop it, if it has not). `None` when only Redis knows: a frame
-/// of an earlier format, or no reading of the server's clock.
-fn with_expiry(stored: Stored, now_ms: Option<u64>) -> std::result::Result<Stored, Stored> {
-    let Stored::Value { bytes, ttl } = stored else {
+/// What a frame's own expiry says of its time left, given `now`: an instant of this process
+/// and a reading of the server's clock in ms no earlier than the server's time at that
+/// instant. Gone once the expiry is reached (Redis drops it, if it has not yet). `Err` when
+/// only Redis knows: a frame of an earlier format, or no reading.
+fn with_expiry(stored: Stored, now: Option<(Instant, u64)>) -> std::result::Result<Stored, Stored> {
+    let Stored::Value { bytes, until } = stored else {
         return Ok(stored);
     };
-    match (frame::expiry_of(&bytes), now_ms) {
-        (Some(expiry), Some(now)) if expiry <= now => Ok(Stored::Absent),
-        (Some(expiry), Some(now)) => Ok(Stored::Value {
+    match (frame::expiry_of(&bytes), now) {
+        (Some(expiry), Some((_, now_ms))) if expiry <= now_ms => Ok(Stored::Absent),
+        (Some(expiry), Some((at, now_ms))) => Ok(Stored::Value {
             bytes,
-            ttl: Some(Duration::from_millis(expiry - now)),
+            until: Some(at + Duration::from_millis(expiry - now_ms)),
         }),
         // A frame whose time left only Redis knows.
-        _ if frame::version_of(&bytes).is_some() => Err(Stored::Value { bytes, ttl }),
+        _ if frame::version_of(&bytes).is_some() => Err(Stored::Value { bytes, until }),
         // Not a frame: a miss that the next fill overwrites, its time left unused.
-        _ => Ok(Stored::Value { bytes, ttl }),
+        _ => Ok(Stored::Value { bytes, until }),
     }
 }
 
@@ -300,7 +362,8 @@ impl L2 for RedisL2 {
         if self.conn.is_cluster() {
             return self.read_with_pttl(space, keys).await;
         }
-        let timed = self.conn.server_now_ms().is_none();
+        let sent = Instant::now();
+        let timed = self.conn.server_ms_at(sent).is_none();
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("GET").arg(space.entry(key));
@@ -310,15 +373,18 @@ impl L2 for RedisL2 {
         }
         pipe.ignore_errors();
         let mut replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
-        // Read after the replies came: the later the reading, the shorter the time left.
-        let now_ms = if timed {
+        // A `TIME` ran after the `GET`s, and no earlier than `sent`; the probe's reading is
+        // taken now, once the replies are in. Either way the entries' deadlines below count
+        // from an instant no later than the reading's.
+        let now = if timed {
             let time = replies.pop();
             time.and_then(|t| t.ok())
                 .as_ref()
                 .and_then(time_reply)
-                .map(|us| us.div_ceil(1000))
+                .map(|us| (sent, us.div_ceil(1000)))
         } else {
-            self.conn.server_now_ms()
+            let at = Instant::now();
+            self.conn.server_ms_at(at).map(|ms| (at, ms))
         };
         if replies.len() != keys.len() {
             return Err(Error::Internal("Redis sent fewer replies than commands"));
@@ -326,7 +392,7 @@ impl L2 for RedisL2 {
         let mut out = Vec::with_capacity(keys.len());
         let mut ask = Vec::new();
         for reply in replies {
-            match with_expiry(got(reply)?, now_ms) {
+            match with_expiry(got(reply)?, now) {
                 Ok(stored) => out.push(stored),
                 Err(stored) => {
                     ask.push(out.len());
@@ -335,16 +401,7 @@ impl L2 for RedisL2 {
             }
         }
         if !ask.is_empty() {
-            let mut pipe = redis::pipe();
-            for &i in &ask {
-                pipe.cmd("PTTL").arg(space.entry(keys[i]));
-            }
-            pipe.ignore_errors();
-            let pttls: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
-            for (i, pttl) in ask.into_iter().zip(pttls) {
-                let stored = std::mem::replace(&mut out[i], Stored::Absent);
-                out[i] = with_pttl(stored, pttl)?;
-            }
+            self.ask_pttl(space, keys, ask, &mut out).await?;
         }
         Ok(out)
     }
@@ -404,20 +461,26 @@ impl L2 for RedisL2 {
             .iter()
             .filter(|u| matches!(u.of, EpochOf::Tag(_)))
             .collect();
-        let build = |by: By| {
-            let mut pipe = redis::pipe();
-            for entry in entries {
-                push_write(&mut pipe, space, entry, by);
-            }
-            for used in &tags {
+        // Command `i` of the pipeline: the entries' writes, then the tags' epochs.
+        let push = |pipe: &mut redis::Pipeline, i: usize, by: By| match entries.get(i) {
+            Some(entry) => push_write(pipe, space, entry, by),
+            None => {
+                let used = tags[i - entries.len()];
                 // Absent (dropped, evicted): made anew, never the epoch the entries carry, so
                 // what was framed under the old one stays retired; the writer learns the new
                 // one.
-                eval(&mut pipe, EPOCH, &EPOCH_SHA, by)
+                eval(pipe, EPOCH, &EPOCH_SHA, by)
                     .arg(1)
                     .arg(space.epoch(used.of))
                     .arg(fresh_epoch().to_string())
                     .arg(epoch_ttl(used.of, used.ttl));
+            }
+        };
+        let build = |by: By, only: Option<&[usize]>| {
+            let mut pipe = redis::pipe();
+            match only {
+                Some(only) => only.iter().for_each(|&i| push(&mut pipe, i, by)),
+                None => (0..entries.len() + tags.len()).for_each(|i| push(&mut pipe, i, by)),
             }
             if let Some(op) = op {
                 pipe.cmd("PUBLISH")
