@@ -174,6 +174,14 @@ impl Conn {
         self.0.clock.at(at)
     }
 
+    /// Folds a `TIME` reply some call carried (µs since the epoch; sent at `sent`, answered at
+    /// `received`) into the reading of the server's clock.
+    pub(crate) fn record_server_time(&self, sent: Instant, received: Instant, server_us: u64) {
+        if !self.is_cluster() {
+            self.0.clock.record(sent, received, server_us);
+        }
+    }
+
     /// Whether this is a Redis Cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self.0.link, Link::Cluster(_))
@@ -555,7 +563,7 @@ async fn probe_loop(conn: Weak<Inner>, stop: oneshot::Receiver<()>) {
                     match time(&mut manager).await {
                         Ok((sent, reply)) => {
                             if let Some(us) = time_reply(&reply) {
-                                inner.clock.record(sent, us);
+                                inner.clock.record(sent, Instant::now(), us);
                             }
                             cluster::Probe::Ok(started.elapsed())
                         }

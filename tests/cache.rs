@@ -436,8 +436,8 @@ async fn write_through_reaches_redis_and_l2_answers_a_cold_instance() {
 /// An L2 read asks no `PTTL`: the time an entry has left comes from the expiry its write
 /// stamped into it and the server's clock as the health probe reads it (`TIME`). Once that
 /// reading is too old to trust (the probe has not answered for a while), a read asks `TIME`
-/// in the same pipeline, once however many keys it reads. Either way a copy dies with its Redis
-/// entry.
+/// in the same pipeline, once however many keys it reads, and renews the reading with it.
+/// Either way a copy dies with its Redis entry.
 #[tokio::test]
 async fn an_l2_read_is_one_get_per_key_and_its_copy_dies_with_the_entry() {
     let backend = Backend::redis();
@@ -478,11 +478,13 @@ async fn an_l2_read_is_one_get_per_key_and_its_copy_dies_with_the_entry() {
         );
         let (time1, pttl1) = calls().await;
         assert_eq!(pttl1, pttl0, "{key}: no PTTL");
-        assert_eq!(
-            time1 - time0,
-            round as u64 * 2,
-            "{key}: TIME once the reading aged"
-        );
+        // Fresh: no `TIME`. Aged: the first read carries one, which renews the reading for
+        // the next (unless its round trip was too slow to pin it, which a busy machine makes).
+        let times = time1 - time0;
+        match round {
+            0 => assert_eq!(times, 0, "{key}"),
+            _ => assert!((1..=2).contains(&times), "{key}: {times} TIMEs"),
+        }
         // Redis's own time is what is tested: a real wait past the entry's TTL.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert!(on_b.get(key).await.is_none(), "{key}: served past its TTL");

@@ -271,17 +271,17 @@ fn with_pttl(
 
 /// What a frame's own expiry says of its time left, given `now`: an instant of this process
 /// and a reading of the server's clock in ms no earlier than the server's time at that
-/// instant. Gone once the expiry is reached (Redis drops it, if it has not yet). `Err` when
-/// only Redis knows: a frame of an earlier format, or no reading.
+/// instant. `Err` when only Redis knows: a frame of an earlier format, or no reading.
 fn with_expiry(stored: Stored, now: Option<(Instant, u64)>) -> std::result::Result<Stored, Stored> {
     let Stored::Value { bytes, until } = stored else {
         return Ok(stored);
     };
     match (frame::expiry_of(&bytes), now) {
-        (Some(expiry), Some((_, now_ms))) if expiry <= now_ms => Ok(Stored::Absent),
+        // At or past the expiry by the reading, which runs a little ahead: no time left, but
+        // still what Redis holds, so a fill replacing it names its version.
         (Some(expiry), Some((at, now_ms))) => Ok(Stored::Value {
             bytes,
-            until: Some(at + Duration::from_millis(expiry - now_ms)),
+            until: Some(at + Duration::from_millis(expiry.saturating_sub(now_ms))),
         }),
         // A frame whose time left only Redis knows.
         _ if frame::version_of(&bytes).is_some() => Err(Stored::Value { bytes, until }),
@@ -363,7 +363,9 @@ impl L2 for RedisL2 {
             return self.read_with_pttl(space, keys).await;
         }
         let sent = Instant::now();
-        let timed = self.conn.server_ms_at(sent).is_none();
+        // The probe's reading for the send instant: the entries' deadlines count from there.
+        let reading = self.conn.server_ms_at(sent);
+        let timed = reading.is_none();
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("GET").arg(space.entry(key));
@@ -373,18 +375,17 @@ impl L2 for RedisL2 {
         }
         pipe.ignore_errors();
         let mut replies: Vec<redis::RedisResult<redis::Value>> = self.conn.pipeline(&pipe).await?;
-        // A `TIME` ran after the `GET`s, and no earlier than `sent`; the probe's reading is
-        // taken now, once the replies are in. Either way the entries' deadlines below count
-        // from an instant no later than the reading's.
         let now = if timed {
-            let time = replies.pop();
-            time.and_then(|t| t.ok())
-                .as_ref()
-                .and_then(time_reply)
-                .map(|us| (sent, us.div_ceil(1000)))
+            // Its own `TIME`, which ran no earlier than `sent`: the deadlines count from
+            // there, so their error is this read's round trip. The clock learns from it too.
+            let time = replies.pop().and_then(|t| t.ok());
+            let us = time.as_ref().and_then(time_reply);
+            if let Some(us) = us {
+                self.conn.record_server_time(sent, Instant::now(), us);
+            }
+            us.map(|us| (sent, us.div_ceil(1000)))
         } else {
-            let at = Instant::now();
-            self.conn.server_ms_at(at).map(|ms| (at, ms))
+            reading.map(|ms| (sent, ms))
         };
         if replies.len() != keys.len() {
             return Err(Error::Internal("Redis sent fewer replies than commands"));
