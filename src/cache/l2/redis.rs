@@ -222,6 +222,7 @@ impl RedisL2 {
             };
             let stored = std::mem::replace(&mut out[i], Stored::Absent);
             let Stored::Value { bytes, .. } = &stored else {
+                out[i] = stored;
                 continue;
             };
             let head: Option<Vec<u8>> = head.ok().and_then(|h| redis::from_redis_value(h).ok());
