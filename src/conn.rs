@@ -542,9 +542,10 @@ impl ConnectionLike for LinkConn {
     }
 }
 
-/// PINGs on every interval until the last [`Conn`] drops: every `probe_interval`, and every
-/// [`recovery_interval`](Health::recovery_interval) while Redis is seen `Down` (from the
-/// moment calls failing together take it there), so it is used again soon after it answers.
+/// Probes (`TIME`, see [`time`]) on every interval until the last [`Conn`] drops: every
+/// `probe_interval`, and every [`recovery_interval`](Health::recovery_interval) while Redis is
+/// seen `Down` (from the moment calls failing together take it there), so it is used again
+/// soon after it answers.
 /// Holds the connection only for the length of one probe, so it never keeps the handle alive.
 async fn probe_loop(conn: Weak<Inner>, stop: oneshot::Receiver<()>) {
     let Some(health) = conn.upgrade().map(|c| c.health.clone()) else {

@@ -1,5 +1,6 @@
-//! Health of the Redis tier: a background PING probe plus a passive feed from every operation,
-//! folded into one state with hysteresis and published on a [`tokio::sync::watch`] channel.
+//! Health of the Redis tier: a background probe (`TIME` on a single server, which also reads
+//! its clock; `PING` on a cluster) plus a passive feed from every operation, folded into one
+//! state with hysteresis and published on a [`tokio::sync::watch`] channel.
 //!
 //! ## Behavior
 //!
@@ -602,7 +603,7 @@ impl Health {
         self.0.publish(&m);
     }
 
-    /// Probe: a PING answered after `latency` (on a cluster: every primary answered).
+    /// Probe: answered after `latency` (on a cluster: every primary answered).
     pub(crate) fn record_probe_ok(&self, latency: Duration) {
         self.record_probe(latency, Vec::new());
     }

@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 
 /// How long a measurement is used: a few probe intervals (1 s by default), so a probe or two
 /// that fail do not stop it, but a clock measured before an outage is measured again first.
-pub(crate) const MAX_AGE: Duration = Duration::from_secs(5);
+const MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Margin for the rates of the two clocks: 1 ms per second since the measurement.
 const DRIFT_PER: u64 = 1000;
 
 /// How far apart a reading's bounds may be for it to be used, in µs: an L1 copy ends at most
 /// this much early.
-pub(crate) const MAX_SPREAD: u64 = 2_000;
+const MAX_SPREAD: u64 = 2_000;
 
 /// A reading of the server's clock (see the module docs).
 #[derive(Debug)]
