@@ -101,7 +101,7 @@ impl Backend {
         }
     }
 
-    pub async fn run(&self, task: usize, op: Op, db: &Database) -> Outcome {
+    pub async fn run(&self, task: usize, op: Op, db: &'static Database) -> Outcome {
         match self {
             Backend::Tierkit(instances) => instances[task % instances.len()].run(op, db).await,
             Backend::Cached(peer) => peer.run(op, db).await,

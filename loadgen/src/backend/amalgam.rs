@@ -42,19 +42,20 @@ impl AmalgamPeer {
         })
     }
 
-    pub async fn run(&self, op: Op, db: &Database) -> Outcome {
-        let (key, id) = (op.key.to_string(), op.key);
-        // Owned, as the factory must be: the same clone per read as tierkit's loader takes.
-        let db_ = db.clone();
+    pub async fn run(&self, op: Op, db: &'static Database) -> Outcome {
+        let mut digits = itoa::Buffer::new();
+        let (key, id) = (digits.format(op.key), op.key);
+        // Owned, as the factory must be: a `'static` reference, as tierkit's loader takes.
+        let db_ = db;
         match (op.ns, op.read) {
-            (Ns::Pages, true) => read(&self.pages, &key, async move { db_.page(id).await }).await,
-            (Ns::Users, true) => read(&self.users, &key, async move { db_.user(id).await }).await,
+            (Ns::Pages, true) => read(&self.pages, key, async move { db_.page(id).await }).await,
+            (Ns::Users, true) => read(&self.users, key, async move { db_.user(id).await }).await,
             (Ns::Pages, false) => written(
                 self.pages
-                    .set(&key, db.corpus.page(op.key, op.revision))
+                    .set(key, db.corpus.page(op.key, op.revision))
                     .await,
             ),
-            (Ns::Users, false) => written(self.users.set(&key, user(op.key, op.revision)).await),
+            (Ns::Users, false) => written(self.users.set(key, user(op.key, op.revision)).await),
         }
     }
 }

@@ -52,8 +52,10 @@ impl Instance {
     }
 
     /// Reads are cache-aside (`get_or_set` with the database as loader), writes go through.
-    pub async fn run(&self, op: Op, db: &Database) -> Outcome {
-        let key = op.key.to_string();
+    pub async fn run(&self, op: Op, db: &'static Database) -> Outcome {
+        // Formatted on the stack: a service with integer ids would not allocate per call.
+        let mut digits = itoa::Buffer::new();
+        let key = digits.format(op.key);
         let read = |r: tierkit::Result<Source>| r.map_or(Outcome::Error, Outcome::Read);
         let write = |r: tierkit::Result<Reach>| match r {
             Ok(Reach::AllTiers) => Outcome::Write {
@@ -67,8 +69,8 @@ impl Instance {
         match (op.ns, op.read) {
             (Ns::Pages, true) => read(
                 self.pages
-                    .get_or_set(&key, {
-                        let (db, id) = (db.clone(), op.key);
+                    .get_or_set(key, {
+                        let id = op.key;
                         move || async move { Ok::<_, Infallible>(db.page(id).await) }
                     })
                     .await
@@ -76,8 +78,8 @@ impl Instance {
             ),
             (Ns::Users, true) => read(
                 self.users
-                    .get_or_set(&key, {
-                        let (db, id) = (db.clone(), op.key);
+                    .get_or_set(key, {
+                        let id = op.key;
                         move || async move { Ok::<_, Infallible>(db.user(id).await) }
                     })
                     .await
@@ -85,10 +87,10 @@ impl Instance {
             ),
             (Ns::Pages, false) => write(
                 self.pages
-                    .set(&key, db.corpus.page(op.key, op.revision))
+                    .set(key, db.corpus.page(op.key, op.revision))
                     .await,
             ),
-            (Ns::Users, false) => write(self.users.set(&key, user(op.key, op.revision)).await),
+            (Ns::Users, false) => write(self.users.set(key, user(op.key, op.revision)).await),
         }
     }
 }
