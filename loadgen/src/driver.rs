@@ -81,10 +81,12 @@ pub async fn drive(
                         break;
                     }
                     let op = mix.draw(&mut rng);
+                    let called = Instant::now();
                     let outcome = backend.run(t, op, db).await;
-                    let took = began.elapsed();
+                    let done = Instant::now();
+                    let took = done - began;
                     timeline.record(began, took, matches!(outcome, Outcome::Error));
-                    tallies[phases.of(began - start)].record(took, outcome);
+                    tallies[phases.of(began - start)].record(took, done - called, outcome);
                     ops.fetch_add(1, Ordering::Relaxed);
                 }
                 tallies

@@ -3,7 +3,8 @@
 //! Drives cache-aside reads (`get_or_set`, with a simulated database as the loader) and
 //! write-through writes (`set`) over zipf-distributed keys from many tasks and any number of
 //! tierkit instances in one process (each instance with its own L1, all sharing one Redis), and
-//! reports throughput, latency percentiles (HdrHistogram), where reads were answered (L1, L2,
+//! reports throughput, latency percentiles (HdrHistogram), the service time of reads L1 answered
+//! (from call to answer, in nanoseconds), where reads were answered (L1, L2,
 //! loader), what compression saved and what encoding cost per namespace, and the memory Redis
 //! used. It can take Redis away for the middle third of the run and report the three phases
 //! apart, and it can run the same workload through the `cached` crate's Redis store.

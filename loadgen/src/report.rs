@@ -23,6 +23,15 @@ pub struct Latency {
     pub mean_us: f64,
 }
 
+/// The service time of reads L1 answered alone, in nanoseconds.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L1Read {
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub mean_ns: f64,
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PhaseReport {
@@ -31,6 +40,10 @@ pub struct PhaseReport {
     pub ops: u64,
     pub ops_per_sec: f64,
     pub latency: Latency,
+    /// `None` for a phase without L1-answered reads (`cached` has no L1; amalgam counts
+    /// every hit as one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l1_read: Option<L1Read>,
     pub reads: u64,
     /// Shares of reads answered by L1, Redis and the loader.
     pub l1_ratio: f64,
@@ -123,6 +136,11 @@ impl PhaseReport {
                 max_us: h.max(),
                 mean_us: h.mean(),
             },
+            l1_read: (!t.l1_read_ns.is_empty()).then(|| L1Read {
+                p50_ns: t.l1_read_ns.value_at_quantile(0.5),
+                p99_ns: t.l1_read_ns.value_at_quantile(0.99),
+                mean_ns: t.l1_read_ns.mean(),
+            }),
             reads,
             l1_ratio: ratio(t.l1, reads),
             l2_ratio: ratio(t.l2, reads),

@@ -78,6 +78,13 @@ impl fmt::Display for Text<'_> {
                     p.writes_l1_only,
                     p.errors
                 )?;
+                if let Some(l1) = &p.l1_read {
+                    writeln!(
+                        f,
+                        "        L1-answered reads: p50 {} ns, p99 {} ns, mean {:.0} ns",
+                        l1.p50_ns, l1.p99_ns, l1.mean_ns
+                    )?;
+                }
                 if let (Some(e), Some(s)) = (p.l2_errors, p.l2_skipped) {
                     writeln!(
                         f,
