@@ -53,6 +53,13 @@ pub struct Args {
     /// capacity, not latency at a load.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub rate: Option<u64>,
+    /// Each task yields to the runtime after this many operations (0: never), as a service's
+    /// request loop does at its awaits. Without it a backend whose hits never yield (the
+    /// hand-rolled and `cached` peers') keeps its worker from every other task while its reads
+    /// hit, and its throughput then counts that starvation; tierkit yields by itself (tokio's
+    /// cooperative budget, every 128 hits).
+    #[arg(long, default_value_t = 64)]
+    pub yield_every: u64,
     /// The simulated database's answer time on a miss, in µs (tokio sleeps in whole ms).
     #[arg(long, default_value_t = 1000)]
     pub load_latency_us: u64,

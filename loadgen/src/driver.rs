@@ -65,12 +65,14 @@ pub async fn drive(
             let (backend, ops) = (backend.clone(), ops.clone());
             let mut timeline = Recorder::new(timeline.clone());
             let seed = args.seed.wrapping_mul(1_000_003).wrapping_add(t as u64);
+            let yield_every = args.yield_every;
             let mut pace = args
                 .rate
                 .map(|rate| Pace::new(rate, args.concurrency, t, start));
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(seed);
                 let mut tallies = vec![Tally::new(); phases.count()];
+                let mut since_yield = 0;
                 loop {
                     // Open loop at a rate: a late operation's time runs from when it was due.
                     let began = match &mut pace {
@@ -88,6 +90,11 @@ pub async fn drive(
                     timeline.record(began, took, matches!(outcome, Outcome::Error));
                     tallies[phases.of(began - start)].record(took, done - called, outcome);
                     ops.fetch_add(1, Ordering::Relaxed);
+                    since_yield += 1;
+                    if since_yield == yield_every {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
                 tallies
             })

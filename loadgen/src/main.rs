@@ -45,6 +45,10 @@
 //!   counts from when it was due, so a stall counts for every operation it held back (no
 //!   coordinated omission); the timer's own lateness (tokio wakes a task up to a millisecond
 //!   late) is the harness's and does not count.
+//! - `--yield-every` [64]: each task yields to the runtime after this many operations (0:
+//!   never), as a service's request loop does at its awaits. A peer whose hits never yield
+//!   would otherwise keep its worker from every other task while it hits (its timers and I/O
+//!   wait), and its throughput would count that starvation.
 //! - `--load-latency-us` [1000]: the simulated database's answer time on a miss (tokio's timer
 //!   has millisecond granularity, so anything from 1 to 1000 µs sleeps about 1 ms; 0 = none).
 //! - `--l1-mib` [tierkit's default, 64]: L1 capacity of each instance.
