@@ -73,6 +73,10 @@ pub fn local_decision(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("ratelimit_local/{flavor}"));
         group.throughput(Throughput::Elements(1));
         let raw = governor::RateLimiter::keyed(governor::Quota::per_second(limit));
+        // The same check that also says how many units are left, as tierkit's decision does
+        // (what a service sending rate-limit headers needs): governor's state middleware.
+        let raw_info = governor::RateLimiter::keyed(governor::Quota::per_second(limit))
+            .with_middleware::<governor::middleware::StateInformationMiddleware>();
         let kit = Tierkit::embedded();
         let limiter = kit
             .limiter(
@@ -85,6 +89,13 @@ pub fn local_decision(c: &mut Criterion) {
         group.bench_function("raw_governor_check_key", |b| {
             b.to_async(&rt)
                 .iter(|| async { raw.check_key(&keys[next(&i)]).is_ok() })
+        });
+        group.bench_function("raw_governor_check_key_remaining", |b| {
+            b.to_async(&rt).iter(|| async {
+                raw_info
+                    .check_key(&keys[next(&i)])
+                    .map_or(0, |s| s.remaining_burst_capacity())
+            })
         });
         group.bench_function("tierkit_check", |b| {
             b.to_async(&rt)
