@@ -255,7 +255,15 @@ impl Local {
         self.prune_if_due();
         let limit = self.limit;
         let burst = self.burst;
-        match self.limiter.check_key_n(&self.hasher.hash_one(key), n) {
+        let id = self.hasher.hash_one(key);
+        // One unit (the usual request) takes governor's single-cell test, which skips the
+        // capacity check and the batch weight that `check_key_n` needs.
+        let outcome = if n == NonZeroU32::MIN {
+            Ok(self.limiter.check_key(&id))
+        } else {
+            self.limiter.check_key_n(&id, n)
+        };
+        match outcome {
             Ok(Ok(snapshot)) => {
                 let remaining = snapshot.remaining_burst_capacity();
                 Decision {
