@@ -45,11 +45,10 @@ impl AmalgamPeer {
     pub async fn run(&self, op: Op, db: &'static Database) -> Outcome {
         let mut digits = itoa::Buffer::new();
         let (key, id) = (digits.format(op.key), op.key);
-        // Owned, as the factory must be: a `'static` reference, as tierkit's loader takes.
-        let db_ = db;
+        // The factory must own what it uses: the `'static` reference, as tierkit's loader.
         match (op.ns, op.read) {
-            (Ns::Pages, true) => read(&self.pages, key, async move { db_.page(id).await }).await,
-            (Ns::Users, true) => read(&self.users, key, async move { db_.user(id).await }).await,
+            (Ns::Pages, true) => read(&self.pages, key, async move { db.page(id).await }).await,
+            (Ns::Users, true) => read(&self.users, key, async move { db.user(id).await }).await,
             (Ns::Pages, false) => written(
                 self.pages
                     .set(key, db.corpus.page(op.key, op.revision))
