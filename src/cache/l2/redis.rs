@@ -227,7 +227,7 @@ impl RedisL2 {
             };
             let head: Option<Vec<u8>> = head.ok().and_then(|h| redis::from_redis_value(h).ok());
             let same = head.is_some_and(|h| {
-                frame::version_of(&h).is_some() && frame::version_of(&h) == frame::version_of(bytes)
+                frame::version_of(&h).is_some_and(|v| Some(v) == frame::version_of(bytes))
             });
             if same {
                 out[i] = with_pttl(stored, pttl, sent)?;
