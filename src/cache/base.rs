@@ -75,7 +75,7 @@ impl CacheCore {
         let on_evict = config.l1_eviction_counts.then_some(move |ns| {
             if let Some(reg) = evictions.upgrade() {
                 if let Some(shared) = read(&reg).by_id.get(ns as usize) {
-                    stats::bump(&shared.counters.evictions);
+                    stats::bump(&shared.counters.here().evictions);
                 }
             }
         });

@@ -469,7 +469,7 @@ impl Tier {
 /// never reach a reader.
 pub(super) fn count_failure(counters: &Counters, err: &Error) {
     match err {
-        Error::Unavailable => bump(&counters.l2_skipped),
-        _ => bump(&counters.l2_errors),
+        Error::Unavailable => bump(&counters.here().l2_skipped),
+        _ => bump(&counters.here().l2_errors),
     }
 }

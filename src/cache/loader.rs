@@ -239,7 +239,7 @@ where
                     return Ok(Some(hit));
                 }
                 Look::Negative if !want_value => {
-                    bump(&self.ns.counters.negative_hits);
+                    bump(&self.ns.counters.here().negative_hits);
                     return Ok(None);
                 }
                 Look::Stale(copy) => stale = Some(copy),
@@ -276,11 +276,11 @@ where
                         Raced::Done(Some(Ok((value, source)))) => {
                             let source = match source {
                                 Source::Stale => {
-                                    bump(&self.ns.counters.stale_served);
+                                    bump(&self.ns.counters.here().stale_served);
                                     Source::Stale
                                 }
                                 _ => {
-                                    bump(&self.ns.counters.l1_hits);
+                                    bump(&self.ns.counters.here().l1_hits);
                                     Source::L1
                                 }
                             };
@@ -443,7 +443,7 @@ where
                 }
             }
         }
-        bump(&self.ns.counters.misses);
+        bump(&self.ns.counters.here().misses);
         let job = Job {
             key: key.into(),
             stamp,
@@ -530,12 +530,12 @@ where
             cache.loader_ms = tracing::field::Empty,
         ));
         ticket.spawn(background);
-        bump(&self.ns.counters.background_loads);
+        bump(&self.ns.counters.here().background_loads);
     }
 
     /// Starts the loader, timed and counted.
     fn start(&self, loader: Loader<V>) -> LoadFuture<V> {
-        bump(&self.ns.counters.loader_calls);
+        bump(&self.ns.counters.here().loader_calls);
         let ns = self.ns.clone();
         let started = Instant::now();
         let load = loader();
@@ -552,14 +552,14 @@ where
     /// A loader's result as a load's: its error counted and shared.
     fn loaded(&self, loaded: LoadResult<V>) -> Result<Loaded<V>> {
         loaded.map_err(|e| {
-            bump(&self.ns.counters.loader_errors);
+            bump(&self.ns.counters.here().loader_errors);
             Error::Loader(Arc::from(e))
         })
     }
 
     /// The error of a load the hard timeout `after` ended.
     fn timed_out(&self, after: Option<Duration>) -> Error {
-        bump(&self.ns.counters.loader_timeouts);
+        bump(&self.ns.counters.here().loader_timeouts);
         Error::LoaderTimeout(after.unwrap_or_default())
     }
 
@@ -739,7 +739,7 @@ where
             }
             // The read failed: a write now would most likely wait out another timeout.
             (Some(_), None) => {
-                bump(&self.ns.counters.l2_skipped);
+                bump(&self.ns.counters.here().l2_skipped);
                 None
             }
             // No L2 that stores values: nothing to write.
@@ -917,7 +917,7 @@ where
         );
         let refresh = async move { ns.refresh(key, lead, life, loader).await }.instrument(span);
         if self.core.background.spawn(refresh) {
-            bump(&self.ns.counters.background_loads);
+            bump(&self.ns.counters.here().background_loads);
         } else if let Some(life) = claimed {
             life.unclaim();
         }

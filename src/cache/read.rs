@@ -153,7 +153,7 @@ where
         };
         match Arc::downcast::<V>(held) {
             Ok(value) => {
-                bump(&self.ns.counters.l1_hits);
+                bump(&self.ns.counters.here().l1_hits);
                 Look::Fresh(
                     Hit {
                         value,
@@ -213,7 +213,7 @@ where
                 return None;
             }
         }
-        bump(&self.ns.counters.stale_served);
+        bump(&self.ns.counters.here().stale_served);
         Some(Hit {
             value: copy.value.clone(),
             source: Source::Stale,
@@ -322,7 +322,7 @@ where
             match self.look_l1(key) {
                 Look::Fresh(hit, _) => return Some(hit),
                 Look::Negative => {
-                    bump(&self.ns.counters.negative_hits);
+                    bump(&self.ns.counters.here().negative_hits);
                     return None;
                 }
                 Look::Stale(copy) => stale = Some(copy),
@@ -353,7 +353,7 @@ where
                 self.to_hit(value, source)
             }
             _ => {
-                bump(&self.ns.counters.misses);
+                bump(&self.ns.counters.here().misses);
                 None
             }
         }
@@ -505,7 +505,7 @@ where
                                     epoch: ns_epoch,
                                 };
                                 if let Span::Fresh(_) = span {
-                                    bump(&self.ns.counters.l2_hits);
+                                    bump(&self.ns.counters.here().l2_hits);
                                     L2Read::Hit(found)
                                 } else {
                                     L2Read::Stale {
@@ -546,7 +546,7 @@ where
 
     /// Bytes that are not a value of this namespace: a counted miss that the next fill replaces.
     fn undecodable(&self, expect: Expect, epoch: Option<u64>) -> L2Read<V> {
-        bump(&self.ns.counters.decode_failures);
+        bump(&self.ns.counters.here().decode_failures);
         tracing::debug!(namespace = %self.ns.name,
             "tierkit: an entry's place holds something that is not a value of this namespace");
         L2Read::Miss {

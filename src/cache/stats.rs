@@ -1,7 +1,10 @@
 //! Hit/miss counters per namespace.
 
+use std::cell::Cell;
 use std::ops::{Add, AddAssign};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crossbeam_utils::CachePadded;
 
 use serde::Serialize;
 
@@ -108,9 +111,18 @@ impl AddAssign for CacheStats {
     }
 }
 
-/// The live counters behind [`CacheStats`]; relaxed atomics, one add per event.
-#[derive(Debug, Default)]
+/// The live counters behind [`CacheStats`]: relaxed atomics, one add per event, in stripes a
+/// thread at a time writes to ([`here`](Self::here)). A hit is counted on every core at once;
+/// one shared count would pass its cache line from core to core on every hit (and, by sharing
+/// it, the namespace's read-mostly state next to it), so each thread adds to its own stripe
+/// and a snapshot adds the stripes up.
 pub(crate) struct Counters {
+    stripes: Box<[CachePadded<Tally>]>,
+}
+
+/// One stripe of [`Counters`].
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
     pub(crate) l1_hits: AtomicU64,
     pub(crate) l2_hits: AtomicU64,
     pub(crate) misses: AtomicU64,
@@ -129,6 +141,44 @@ pub(crate) struct Counters {
     pub(crate) negative_hits: AtomicU64,
 }
 
+/// Stripes per namespace (a power of two): threads take them in turn, so up to this many
+/// threads never share one. 2 KiB a namespace.
+const STRIPES: usize = 16;
+
+thread_local! {
+    /// This thread's stripe, taken at its first count.
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The next thread's stripe.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+#[inline]
+fn stripe() -> usize {
+    STRIPE.with(|s| {
+        let mut i = s.get();
+        if i == usize::MAX {
+            i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            s.set(i);
+        }
+        i
+    })
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            stripes: (0..STRIPES).map(|_| CachePadded::default()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.snapshot().fmt(f)
+    }
+}
+
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -138,25 +188,60 @@ pub(crate) fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl Counters {
+    /// The calling thread's stripe, to count on.
+    #[inline]
+    pub(crate) fn here(&self) -> &Tally {
+        &self.stripes[stripe()]
+    }
+
     pub(crate) fn snapshot(&self) -> CacheStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        CacheStats {
-            l1_hits: get(&self.l1_hits),
-            l2_hits: get(&self.l2_hits),
-            misses: get(&self.misses),
-            loader_calls: get(&self.loader_calls),
-            loader_errors: get(&self.loader_errors),
-            l2_errors: get(&self.l2_errors),
-            l2_skipped: get(&self.l2_skipped),
-            decode_failures: get(&self.decode_failures),
-            evictions: get(&self.evictions),
-            encoded_bytes: get(&self.encoded_bytes),
-            stored_bytes: get(&self.stored_bytes),
-            encode_nanos: get(&self.encode_nanos),
-            stale_served: get(&self.stale_served),
-            loader_timeouts: get(&self.loader_timeouts),
-            background_loads: get(&self.background_loads),
-            negative_hits: get(&self.negative_hits),
-        }
+        self.stripes
+            .iter()
+            .map(|t| CacheStats {
+                l1_hits: get(&t.l1_hits),
+                l2_hits: get(&t.l2_hits),
+                misses: get(&t.misses),
+                loader_calls: get(&t.loader_calls),
+                loader_errors: get(&t.loader_errors),
+                l2_errors: get(&t.l2_errors),
+                l2_skipped: get(&t.l2_skipped),
+                decode_failures: get(&t.decode_failures),
+                evictions: get(&t.evictions),
+                encoded_bytes: get(&t.encoded_bytes),
+                stored_bytes: get(&t.stored_bytes),
+                encode_nanos: get(&t.encode_nanos),
+                stale_served: get(&t.stale_served),
+                loader_timeouts: get(&t.loader_timeouts),
+                background_loads: get(&t.background_loads),
+                negative_hits: get(&t.negative_hits),
+            })
+            .fold(CacheStats::default(), |sum, t| sum + t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_more_threads_than_stripes_all_add_up() {
+        let counters = Counters::default();
+        let threads = STRIPES * 2 + 3;
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let counters = &counters;
+                scope.spawn(move || {
+                    for _ in 0..1_000 {
+                        bump(&counters.here().l1_hits);
+                    }
+                    add(&counters.here().stored_bytes, t as u64);
+                });
+            }
+        });
+        let stats = counters.snapshot();
+        assert_eq!(stats.l1_hits, threads as u64 * 1_000);
+        assert_eq!(stats.stored_bytes, (0..threads as u64).sum::<u64>());
+        assert_eq!(stats.l2_hits, 0);
     }
 }

@@ -132,10 +132,10 @@ where
         if let Some(keys) = &self.ns.keyring {
             bytes = keys.seal(&bytes, self.ns.keyspace.entry(key).as_bytes())?;
         }
-        let counters = &self.ns.counters;
-        add(&counters.encode_nanos, started.elapsed().as_nanos() as u64);
-        add(&counters.encoded_bytes, info.body_len as u64);
-        add(&counters.stored_bytes, bytes.len() as u64);
+        let tally = self.ns.counters.here();
+        add(&tally.encode_nanos, started.elapsed().as_nanos() as u64);
+        add(&tally.encoded_bytes, info.body_len as u64);
+        add(&tally.stored_bytes, bytes.len() as u64);
         Ok((Some(bytes), weight(info.body_len)))
     }
 
