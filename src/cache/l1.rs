@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use compact_str::CompactString;
 use moka::notification::RemovalCause;
 use moka::{Equivalent, Expiry};
 
@@ -17,14 +18,14 @@ use super::life::Life;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct L1Key {
     pub(crate) ns: u32,
-    pub(crate) key: Box<str>,
+    pub(crate) key: CompactString,
 }
 
 impl L1Key {
     pub(crate) fn new(ns: u32, key: &str) -> Self {
         L1Key {
             ns,
-            key: key.into(),
+            key: CompactString::new(key),
         }
     }
 }
@@ -33,7 +34,7 @@ impl L1Key {
 impl Hash for L1Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u32(self.ns);
-        self.key.hash(state);
+        self.key.as_str().hash(state);
     }
 }
 
@@ -52,7 +53,7 @@ impl Hash for KeyRef<'_> {
 
 impl Equivalent<L1Key> for KeyRef<'_> {
     fn equivalent(&self, key: &L1Key) -> bool {
-        self.ns == key.ns && self.key == &*key.key
+        self.ns == key.ns && self.key == key.key.as_str()
     }
 }
 
