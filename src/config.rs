@@ -148,7 +148,7 @@ impl Default for Config {
             },
             codec: Codec::default(),
             l1_capacity: DEFAULT_L1_CAPACITY,
-            l1_eviction_counts: true,
+            l1_eviction_counts: false,
             client_tracking: false,
             keyring: None,
             session_name_key: None,
@@ -233,7 +233,7 @@ impl Config {
         self.l1_capacity
     }
 
-    /// Whether L1 evictions are counted per namespace. Default: yes.
+    /// Whether L1 evictions are counted per namespace. Default: no.
     pub fn l1_eviction_counts(&self) -> bool {
         self.l1_eviction_counts
     }

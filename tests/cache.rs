@@ -268,7 +268,9 @@ async fn warming_loads_with_bounded_concurrency_and_skips_what_is_there(b: Backe
 }
 
 async fn l1_is_bounded_in_bytes(b: Backend) {
-    let kit = b.kit_with(b.builder().l1_capacity(256 * 1024)).await;
+    let kit = b
+        .kit_with(b.builder().l1_capacity(256 * 1024).l1_eviction_counts(true))
+        .await;
     let blobs = kit.namespace::<Vec<u64>>("blobs").build().unwrap();
     // Random numbers do not compress: each entry weighs about 8 KiB.
     for i in 0..200u64 {
@@ -280,14 +282,8 @@ async fn l1_is_bounded_in_bytes(b: Backend) {
     assert!(info.l1_entries < 40, "{}", info.l1_entries);
     assert!(info.total.evictions > 100, "{:?}", info.total);
 
-    // Without eviction counts the bound holds the same; only the count is gone.
-    let uncounted = b
-        .kit_with(
-            b.builder()
-                .l1_capacity(256 * 1024)
-                .l1_eviction_counts(false),
-        )
-        .await;
+    // Without eviction counts (the default) the bound holds the same; only the count is gone.
+    let uncounted = b.kit_with(b.builder().l1_capacity(256 * 1024)).await;
     let blobs = uncounted.namespace::<Vec<u64>>("blobs").build().unwrap();
     for i in 0..200u64 {
         let v: Vec<u64> = (0..1024).map(|_| fastrand::u64(..)).collect();

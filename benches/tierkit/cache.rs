@@ -115,10 +115,24 @@ pub fn l1_hit_parallel(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    // The same with eviction counts, whose moka eviction listener slows every hit.
+    let counted = Config::builder()
+        .l1_capacity(1 << 30)
+        .l1_eviction_counts(true)
+        .build()
+        .unwrap();
+    let kit_c = Tierkit::new(counted).unwrap();
+    let ns_c = kit_c.namespace::<Payload>("events").build().unwrap();
+    // Each cache filled on its own: entries interleaved in memory with another cache's cost
+    // every hit a cache line more.
+    for k in &keys {
+        moka.insert(k.clone(), Arc::new((*value).clone()));
+    }
     rt.block_on(async {
-        for k in &keys {
-            moka.insert(k.clone(), Arc::new((*value).clone()));
-            ns.set(k, (*value).clone()).await.unwrap();
+        for ns in [&ns, &ns_c] {
+            for k in &keys {
+                ns.set(k, (*value).clone()).await.unwrap();
+            }
         }
     });
     // `iters` hits spread over the threads; the time from the start line to the last one done.
@@ -182,27 +196,31 @@ pub fn l1_hit_parallel(c: &mut Criterion) {
             })
         })
     });
-    group.bench_function("tierkit_get", |b| {
-        b.iter_custom(|iters| {
-            parallel(iters, &|t, n| {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async {
-                    for i in 0..n {
-                        std::hint::black_box(ns.get(key(t, i)).await);
-                    }
-                });
+    for (name, ns) in [("tierkit_get", &ns), ("tierkit_get_eviction_counts", &ns_c)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                parallel(iters, &|t, n| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    rt.block_on(async {
+                        for i in 0..n {
+                            std::hint::black_box(ns.get(key(t, i)).await);
+                        }
+                    });
+                })
             })
-        })
-    });
+        });
+    }
     group.finish();
-    let s = ns.stats();
-    assert_eq!(
-        s.l2_hits + s.misses,
-        0,
-        "every tierkit read must be an L1 hit: {s:?}"
-    );
+    for ns in [&ns, &ns_c] {
+        let s = ns.stats();
+        assert_eq!(
+            s.l2_hits + s.misses,
+            0,
+            "every tierkit read must be an L1 hit: {s:?}"
+        );
+    }
 }
 
 /// An L1 hit in a namespace with fail-safe, a soft timeout and eager refresh on, beside the
@@ -335,11 +353,11 @@ pub fn l2_hit(c: &mut Criterion) {
                 .l1_capacity(L1_FULL)
                 .build()
                 .unwrap();
-            // The same, without per-namespace eviction counts (no moka eviction listener).
-            let uncounted = Config::builder()
+            // The same, with per-namespace eviction counts (a moka eviction listener).
+            let counted = Config::builder()
                 .redis_url(server.url())
                 .l1_capacity(L1_FULL)
-                .l1_eviction_counts(false)
+                .l1_eviction_counts(true)
                 .build()
                 .unwrap();
             let (kit, ns, raw) = rt.block_on(async {
@@ -367,8 +385,8 @@ pub fn l2_hit(c: &mut Criterion) {
                 );
                 (kit, ns, Raw { conn })
             });
-            let (kit_u, ns_u) = rt.block_on(async {
-                let kit = crate::support::connected_with(uncounted).await;
+            let (kit_c, ns_c) = rt.block_on(async {
+                let kit = crate::support::connected_with(counted).await;
                 let ns = kit
                     .namespace::<Payload>(format!("bench{size}"))
                     .build()
@@ -416,11 +434,11 @@ pub fn l2_hit(c: &mut Criterion) {
                 })
             });
             group.bench_function(
-                BenchmarkId::new("tierkit_get_uncounted", "sequential"),
+                BenchmarkId::new("tierkit_get_eviction_counts", "sequential"),
                 |b| {
                     b.to_async(&rt).iter(|| async {
                         let k = &keys[cycle(&next, L2_KEYS)];
-                        ns_u.get(k).await.expect("present")
+                        ns_c.get(k).await.expect("present")
                     })
                 },
             );
@@ -450,7 +468,7 @@ pub fn l2_hit(c: &mut Criterion) {
                     }
                 },
             );
-            for (name, ns) in [("tierkit_get", &ns), ("tierkit_get_uncounted", &ns_u)] {
+            for (name, ns) in [("tierkit_get", &ns), ("tierkit_get_eviction_counts", &ns_c)] {
                 let (ns, keys) = (ns.clone(), keys.clone());
                 bench_64(&mut group, &rt, name, move |i| {
                     let (ns, keys) = (ns.clone(), keys.clone());
@@ -460,7 +478,7 @@ pub fn l2_hit(c: &mut Criterion) {
                 });
             }
             group.finish();
-            drop(kit_u);
+            drop(kit_c);
             let s = ns.stats();
             eprintln!(
                 "l2_hit_{}KiB/{flavor}: {} L2 hits, {} L1 hits (should be ~0)",
@@ -761,12 +779,12 @@ pub fn get_many(c: &mut Criterion) {
             }
             (kit, ns, conn)
         });
-        // The same, without per-namespace eviction counts (no moka eviction listener).
-        let (kit_u, ns_u) = rt.block_on(async {
+        // The same, with per-namespace eviction counts (a moka eviction listener).
+        let (kit_c, ns_c) = rt.block_on(async {
             let config = Config::builder()
                 .redis_url(server.url())
                 .l1_capacity(L1_FULL)
-                .l1_eviction_counts(false)
+                .l1_eviction_counts(true)
                 .build()
                 .unwrap();
             let kit = crate::support::connected_with(config).await;
@@ -816,10 +834,10 @@ pub fn get_many(c: &mut Criterion) {
                 found
             })
         });
-        group.bench_function("tierkit_get_many_uncounted", |b| {
+        group.bench_function("tierkit_get_many_eviction_counts", |b| {
             b.to_async(&rt).iter(|| async {
                 let batch = batches[cycle(&next, batches.len())];
-                let found = ns_u.get_many(batch).await.into_iter().flatten().count();
+                let found = ns_c.get_many(batch).await.into_iter().flatten().count();
                 assert_eq!(found, 100);
                 found
             })
@@ -831,7 +849,7 @@ pub fn get_many(c: &mut Criterion) {
             s.l2_hits, s.l1_hits
         );
         drop(kit);
-        drop(kit_u);
+        drop(kit_c);
     }
 }
 

@@ -41,8 +41,9 @@ pub struct CacheStats {
     /// Stored bytes that no longer decode as the type (old schema, foreign writer); each
     /// counted as a miss and overwritten.
     pub decode_failures: u64,
-    /// L1 entries evicted to stay within `l1_capacity` (always 0 when
-    /// [`l1_eviction_counts`](crate::ConfigBuilder::l1_eviction_counts) is off).
+    /// L1 entries evicted to stay within `l1_capacity`; counted only with
+    /// [`l1_eviction_counts`](crate::ConfigBuilder::l1_eviction_counts) on (it is off by
+    /// default), 0 otherwise.
     pub evictions: u64,
     /// Bytes of values encoded for writing to Redis, before compression (0 when embedded:
     /// values kept only in process are measured, never encoded).

@@ -348,15 +348,16 @@ impl ConfigBuilder {
         self
     }
 
-    /// Count L1 evictions per namespace (`CacheStats::evictions`). Counting needs a moka
-    /// eviction listener, and with one moka takes a per-key lock on every insert and
-    /// invalidation: each L1 fill (an L2 hit, a load, a write) costs about half as much again
-    /// (BENCHMARKS.md). Services that fill L1 at a high rate and do not watch evictions can
-    /// turn it off; `evictions` then stays 0. Default: on.
+    /// Count L1 evictions per namespace (`CacheStats::evictions`). Default: off, and
+    /// `evictions` stays 0, as statistics are opt-in in Caffeine for the same reason: they
+    /// cost on the hot path. Counting needs a moka eviction listener, and with one moka takes a
+    /// per-key lock on every insert and invalidation (each L1 fill, an L2 hit, a load or a
+    /// write, costs about half as much again), and an L1 hit with both cores reading takes
+    /// 15-20% longer (BENCHMARKS.md). Turn it on while sizing `l1_capacity`.
     ///
     /// ```
-    /// let config = tierkit::Config::builder().l1_eviction_counts(false).build()?;
-    /// assert!(!config.l1_eviction_counts());
+    /// let config = tierkit::Config::builder().l1_eviction_counts(true).build()?;
+    /// assert!(config.l1_eviction_counts());
     /// # Ok::<(), tierkit::Error>(())
     /// ```
     pub fn l1_eviction_counts(mut self, on: bool) -> Self {
