@@ -17,7 +17,7 @@
 //! | `tierkit_cache_l2_errors_total` | counter | `namespace` | failed or timed-out L2 calls |
 //! | `tierkit_cache_l2_skipped_total` | counter | `namespace` | L2 reads and writes skipped while Redis was down |
 //! | `tierkit_cache_decode_failures_total` | counter | `namespace` | stored values that no longer decode |
-//! | `tierkit_cache_evictions_total` | counter | `namespace` | L1 evictions for room |
+//! | `tierkit_cache_evictions_total` | counter | `namespace` | L1 evictions for room (with `l1_eviction_counts` on; 0 otherwise) |
 //! | `tierkit_cache_bytes_saved_total` | counter | `namespace` | bytes compression saved |
 //! | `tierkit_cache_l1_entries`, `tierkit_cache_l1_bytes` | gauge | | L1 size |
 //! | `tierkit_redis_call_duration_seconds` | histogram | | every Redis call (command, pipeline, script) |
