@@ -246,6 +246,25 @@ where
                 Look::Negative | Look::Missing => {}
             }
         }
+        // Boxed: the future of a call that L1 answers (most calls) is then a few words, not
+        // the whole load's state (2.7 KiB), which every call would otherwise set up and move.
+        Box::pin(self.load(key, opts, loader, want_value, stale)).await
+    }
+
+    /// [`fetch`](Self::fetch) past L1: `stale` is L1's expired copy, if any.
+    async fn load<F, Fut, E>(
+        &self,
+        key: &str,
+        opts: &ReadOptions,
+        loader: F,
+        want_value: bool,
+        stale: Option<StaleCopy<V>>,
+    ) -> Result<Option<Hit<V>>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Loaded<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + 'static,
+    {
         opts.check()?;
         let policy = self.ns.resilience.for_call(opts);
         policy.check()?;

@@ -294,7 +294,8 @@ where
         if let Some(hit) = self.l1_hit(key) {
             return Some(hit);
         }
-        self.get_with(key, &ReadOptions::new()).await
+        // Boxed, as a load is (`fetch`): an L1 hit's future stays small.
+        Box::pin(self.get_with(key, &ReadOptions::new())).await
     }
 
     /// [`get`](Self::get) with per-call options: [`ReadOptions::skip_l1`] reads Redis even
