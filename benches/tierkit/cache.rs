@@ -288,12 +288,13 @@ pub fn l1_hit_resilience(c: &mut Criterion) {
 }
 
 /// A raw client doing by hand what a tierkit L2 hit does: GET, then zstd (reused context)
-/// where the stored value is compressed, then bincode.
-struct Raw {
-    conn: redis::aio::MultiplexedConnection,
+/// where the stored value is compressed, then bincode. On redis-rs's multiplexed connection
+/// (the fastest), or on the `ConnectionManager` around one that tierkit uses to reconnect.
+struct Raw<C = redis::aio::MultiplexedConnection> {
+    conn: C,
 }
 
-impl Raw {
+impl<C: redis::aio::ConnectionLike + Send> Raw<C> {
     async fn get(&mut self, key: &str) -> Payload {
         let bytes: Vec<u8> = redis::cmd("GET")
             .arg(key)
@@ -454,6 +455,44 @@ pub fn l2_hit(c: &mut Criterion) {
                     raw.get(&rk[i % L2_KEYS]).await;
                 }
             });
+            // The same read bounded by a tokio timeout, as tierkit bounds every call by its
+            // `op_timeout`: what a timer per call costs.
+            let (conn, rk) = (raw_conn.clone(), raw_keys.clone());
+            bench_64(&mut group, &rt, "raw_redis_get_decode_timeout", move |i| {
+                let (mut raw, rk) = (Raw { conn: conn.clone() }, rk.clone());
+                async move {
+                    tokio::time::timeout(Duration::from_millis(500), raw.get(&rk[i % L2_KEYS]))
+                        .await
+                        .expect("in time");
+                }
+            });
+            // The same read through a `ConnectionManager` configured as tierkit's (no response
+            // timer, no retries): the reconnecting handle's own cost per call.
+            let manager = rt.block_on(async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_response_timeout(None);
+                redis::aio::ConnectionManager::new_with_config(server.client(), config)
+                    .await
+                    .expect("connection manager")
+            });
+            let rk = raw_keys.clone();
+            bench_64(
+                &mut group,
+                &rt,
+                "raw_redis_get_decode_connection_manager",
+                move |i| {
+                    let (mut raw, rk) = (
+                        Raw {
+                            conn: manager.clone(),
+                        },
+                        rk.clone(),
+                    );
+                    async move {
+                        raw.get(&rk[i % L2_KEYS]).await;
+                    }
+                },
+            );
             let (conn, rk, l1) = (raw_conn.clone(), raw_keys.clone(), raw_l1.clone());
             bench_64(
                 &mut group,
@@ -469,7 +508,9 @@ pub fn l2_hit(c: &mut Criterion) {
                 },
             );
             for (name, ns) in [("tierkit_get", &ns), ("tierkit_get_eviction_counts", &ns_c)] {
-                let (ns, keys) = (ns.clone(), keys.clone());
+                // Shared as a service shares it between tasks: one handle clone per call, as the
+                // raw reads clone their connection (a `Namespace` clone is several `Arc`s).
+                let (ns, keys) = (Arc::new(ns.clone()), keys.clone());
                 bench_64(&mut group, &rt, name, move |i| {
                     let (ns, keys) = (ns.clone(), keys.clone());
                     async move {
