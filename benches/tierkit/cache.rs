@@ -101,9 +101,10 @@ pub fn l1_hit(c: &mut Criterion) {
 }
 
 /// L1 hits from every core at once, the shape of a multi-threaded service: one thread per
-/// core, each with a current-thread runtime, reading its own walk of the keys. Beside tierkit,
-/// raw moka `get` (the hand-rolled cache's read), and moka `get` plus one counter every thread
-/// adds to (what a hit counter shared by the cores costs: the line they all write bounces).
+/// core, each with a current-thread runtime, reading its own walk of the keys. Beside tierkit
+/// (with and without eviction counts), raw moka `get` with `String` keys and with the
+/// hand-rolled peer's `u64` keys, and moka `get` plus one counter every thread adds to (what a
+/// hit counter shared by the cores costs: the line they all write bounces).
 pub fn l1_hit_parallel(c: &mut Criterion) {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let keys: Vec<String> = (0..L1_KEYS).map(|i| format!("event:{i}")).collect();
@@ -152,8 +153,9 @@ pub fn l1_hit_parallel(c: &mut Criterion) {
         });
         began.elapsed()
     };
-    let key =
-        |t: usize, i: u64| &keys[(i as usize).wrapping_mul(7).wrapping_add(t * 50_021) % L1_KEYS];
+    // Thread `t`'s `i`-th key: each thread walks the keys from its own start.
+    let walk = |t: usize, i: u64| (i as usize).wrapping_mul(7).wrapping_add(t * 50_021) % L1_KEYS;
+    let key = |t: usize, i: u64| &keys[walk(t, i)];
     let mut group = c.benchmark_group(format!("l1_hit_parallel/{threads}_threads"));
     group.throughput(Throughput::Elements(1));
     group.bench_function("raw_moka_get", |b| {
@@ -174,8 +176,7 @@ pub fn l1_hit_parallel(c: &mut Criterion) {
     for i in 0..L1_KEYS as u64 {
         by_id.insert(i, Arc::new((*value).clone()));
     }
-    let id =
-        |t: usize, i: u64| ((i as usize).wrapping_mul(7).wrapping_add(t * 50_021) % L1_KEYS) as u64;
+    let id = |t: usize, i: u64| walk(t, i) as u64;
     group.bench_function("raw_moka_get_u64_key", |b| {
         b.iter_custom(|iters| {
             parallel(iters, &|t, n| {

@@ -112,8 +112,8 @@ impl AddAssign for CacheStats {
     }
 }
 
-/// The live counters behind [`CacheStats`]: relaxed atomics, one add per event, in stripes a
-/// thread at a time writes to ([`here`](Self::here)). A hit is counted on every core at once;
+/// The live counters behind [`CacheStats`]: relaxed atomics, one add per event, in per-thread
+/// stripes ([`here`](Self::here)). A hit is counted on every core at once;
 /// one shared count would pass its cache line from core to core on every hit (and, by sharing
 /// it, the namespace's read-mostly state next to it), so each thread adds to its own stripe
 /// and a snapshot adds the stripes up.
@@ -142,8 +142,8 @@ pub(crate) struct Tally {
     pub(crate) negative_hits: AtomicU64,
 }
 
-/// Stripes per namespace (a power of two): threads take them in turn, so up to this many
-/// threads never share one. 2 KiB a namespace.
+/// Stripes per namespace: threads take them in turn, so up to this many threads never share
+/// one. 2 KiB a namespace.
 const STRIPES: usize = 16;
 
 thread_local! {

@@ -353,7 +353,7 @@ impl ConfigBuilder {
     /// cost on the hot path. Counting needs a moka eviction listener, and with one moka takes a
     /// per-key lock on every insert and invalidation (each L1 fill, an L2 hit, a load or a
     /// write, costs about half as much again), and an L1 hit with both cores reading takes
-    /// 15-20% longer (BENCHMARKS.md). Turn it on while sizing `l1_capacity`.
+    /// 13-20% longer (BENCHMARKS.md). Turn it on while sizing `l1_capacity`.
     ///
     /// ```
     /// let config = tierkit::Config::builder().l1_eviction_counts(true).build()?;
