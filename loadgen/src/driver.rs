@@ -127,6 +127,8 @@ pub async fn drive(
         namespaces,
         redis_used_memory: None,
         redis_keys: None,
+        redis_cpu_us_per_op: None,
+        redis_cpu_share: None,
         health,
         outage: None,
     })

@@ -164,6 +164,17 @@ fn run(args: Args) -> Result<()> {
         }
         let backend = Arc::new(rt.block_on(Backend::connect(name, &args, url.as_deref()))?);
         let start = Instant::now();
+        // Redis's CPU clock when the measured part begins; an outage's restart resets it.
+        let cpu_at_measure = match (&url, args.outage) {
+            (Some(url), None) => {
+                let (url, at) = (url.clone(), start + args.warmup);
+                Some(rt.spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    redis_figures::cpu_seconds(&url).await
+                }))
+            }
+            _ => None,
+        };
         // The outage runs on a thread of its own: stopping and restarting the server blocks.
         let (report, outage) = std::thread::scope(|scope| {
             let outage = match (args.outage, server.as_mut()) {
@@ -189,6 +200,13 @@ fn run(args: Args) -> Result<()> {
             let (memory, keys) = rt.block_on(redis_figures::read(url));
             report.redis_used_memory = memory;
             report.redis_keys = keys;
+            if let Some(at_measure) = cpu_at_measure {
+                let spent = rt.block_on(async {
+                    let before = at_measure.await.ok()??;
+                    Some(redis_figures::cpu_seconds(url).await? - before)
+                });
+                report.set_redis_cpu(spent, args.warmup);
+            }
         }
         if let Some(path) = &args.svg {
             let path = match n {

@@ -176,6 +176,8 @@ mod tests {
             namespaces: Vec::new(),
             redis_used_memory: None,
             redis_keys: None,
+            redis_cpu_us_per_op: None,
+            redis_cpu_share: None,
             health: vec![
                 HealthChange {
                     at_ms: 0,

@@ -93,12 +93,33 @@ pub struct RunReport {
     pub redis_used_memory: Option<u64>,
     /// Keys in Redis after the run (`DBSIZE`), when Redis answered.
     pub redis_keys: Option<u64>,
+    /// Redis's CPU time (user and system) in the measured part, per operation of that part,
+    /// in µs; not measured through an outage (a restart resets the clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_us_per_op: Option<f64>,
+    /// The same as a share of one core over the measured part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_cpu_share: Option<f64>,
     /// tierkit, first instance: health transitions during the run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub health: Vec<HealthChange>,
     /// With `--outage`: when the server went away and when it answered again, in ms from start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outage: Option<OutageTimes>,
+}
+
+impl RunReport {
+    /// Records `spent` seconds of Redis CPU over the measured part (the phases after a
+    /// `warmup`); a failed reading (`None`) records nothing.
+    pub fn set_redis_cpu(&mut self, spent: Option<f64>, warmup: std::time::Duration) {
+        let measured = self.phases.iter().skip(usize::from(!warmup.is_zero()));
+        let (ops, seconds) = measured.fold((0, 0.0), |(o, s), p| (o + p.ops, s + p.seconds));
+        let Some(spent) = spent.filter(|s| *s >= 0.0 && ops > 0 && seconds > 0.0) else {
+            return;
+        };
+        self.redis_cpu_us_per_op = Some(spent * 1e6 / ops as f64);
+        self.redis_cpu_share = Some(spent / seconds);
+    }
 }
 
 #[derive(Serialize, Clone, Copy)]

@@ -129,6 +129,13 @@ impl fmt::Display for Text<'_> {
                 _ if r.settings.embedded => {}
                 _ => writeln!(f, "Redis after the run: no answer")?,
             }
+            if let (Some(per_op), Some(share)) = (run.redis_cpu_us_per_op, run.redis_cpu_share) {
+                writeln!(
+                    f,
+                    "Redis CPU while measured: {per_op:.2} µs per operation, {:.0}% of a core",
+                    share * 100.0
+                )?;
+            }
             if run.health.len() > 1 {
                 let states: Vec<String> = run
                     .health
