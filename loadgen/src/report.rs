@@ -210,3 +210,73 @@ fn ratio(a: u64, b: u64) -> f64 {
         a as f64 / b as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn phase(name: &'static str, ops: u64, seconds: f64) -> PhaseReport {
+        PhaseReport {
+            name,
+            seconds,
+            ops,
+            ops_per_sec: ops as f64 / seconds,
+            latency: Latency {
+                p50_us: 1,
+                p99_us: 1,
+                p999_us: 1,
+                max_us: 1,
+                mean_us: 1.0,
+            },
+            l1_read: None,
+            reads: ops,
+            l1_ratio: 1.0,
+            l2_ratio: 0.0,
+            loader_ratio: 0.0,
+            writes: 0,
+            writes_l1_only: 0,
+            errors: 0,
+            l2_errors: None,
+            l2_skipped: None,
+        }
+    }
+
+    fn run(phases: Vec<PhaseReport>) -> RunReport {
+        RunReport {
+            backend: "tierkit",
+            phases,
+            timeline: Vec::new(),
+            namespaces: Vec::new(),
+            redis_used_memory: None,
+            redis_keys: None,
+            redis_cpu_us_per_op: None,
+            redis_cpu_share: None,
+            health: Vec::new(),
+            outage: None,
+        }
+    }
+
+    #[test]
+    fn redis_cpu_counts_the_measured_part_only() {
+        let mut warm = run(vec![
+            phase("warmup", 9_000_000, 9.0),
+            phase("steady", 2_000_000, 4.0),
+        ]);
+        warm.set_redis_cpu(Some(1.0), Duration::from_secs(9));
+        assert_eq!(warm.redis_cpu_us_per_op, Some(0.5));
+        assert_eq!(warm.redis_cpu_share, Some(0.25));
+
+        let mut cold = run(vec![phase("run", 1_000_000, 2.0)]);
+        cold.set_redis_cpu(Some(1.0), Duration::ZERO);
+        assert_eq!(cold.redis_cpu_us_per_op, Some(1.0));
+
+        // No reading, or a clock that went back (a restarted server): nothing recorded.
+        for spent in [None, Some(-1.0)] {
+            let mut r = run(vec![phase("run", 10, 1.0)]);
+            r.set_redis_cpu(spent, Duration::ZERO);
+            assert_eq!((r.redis_cpu_us_per_op, r.redis_cpu_share), (None, None));
+        }
+    }
+}
