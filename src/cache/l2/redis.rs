@@ -89,17 +89,26 @@ enum By {
     Text,
 }
 
-/// Appends a call of the script `text` (digest `sha`) to `pipe`, named as `by` says.
+/// Appends a call of the script `text` (digest `sha`) to `pipe`, named as `by` says, with
+/// room for `args` more arguments of `bytes` in all: a write's frame is then copied once,
+/// not through the doublings of a growing buffer (a tenth of a write's time in the process).
 fn eval<'p>(
     pipe: &'p mut redis::Pipeline,
     text: &'static str,
     sha: &str,
     by: By,
+    (args, bytes): (usize, usize),
 ) -> &'p mut redis::Pipeline {
+    let name = match by {
+        By::Hash => sha,
+        By::Text => text,
+    };
+    let mut cmd = redis::Cmd::with_capacity(args + 2, bytes + name.len() + 8);
     match by {
-        By::Hash => pipe.cmd("EVALSHA").arg(sha),
-        By::Text => pipe.cmd("EVAL").arg(text),
-    }
+        By::Hash => cmd.arg("EVALSHA").arg(sha),
+        By::Text => cmd.arg("EVAL").arg(text),
+    };
+    pipe.add_command(cmd)
 }
 
 /// Whether Redis answered that it does not know a script.
@@ -325,9 +334,12 @@ fn fresh_epoch() -> u64 {
 
 /// Appends `entry`'s write to `pipe`.
 fn push_write(pipe: &mut redis::Pipeline, space: &Keyspace, entry: &Entry<'_>, by: By) {
-    let cmd = eval(pipe, WRITE, &WRITE_SHA, by)
+    let key = space.entry(entry.key);
+    // Key, frame and TTL digits, and at most two arguments of a few bytes.
+    let room = (6, key.len() + entry.frame.len() + 32);
+    let cmd = eval(pipe, WRITE, &WRITE_SHA, by, room)
         .arg(1)
-        .arg(space.entry(entry.key))
+        .arg(key)
         .arg(entry.frame)
         .arg(millis(entry.ttl));
     match entry.expect {
@@ -471,7 +483,7 @@ impl L2 for RedisL2 {
                 // Absent (dropped, evicted): made anew, never the epoch the entries carry, so
                 // what was framed under the old one stays retired; the writer learns the new
                 // one.
-                eval(pipe, EPOCH, &EPOCH_SHA, by)
+                eval(pipe, EPOCH, &EPOCH_SHA, by, (4, 128))
                     .arg(1)
                     .arg(space.epoch(used.of))
                     .arg(fresh_epoch().to_string())
