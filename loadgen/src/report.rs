@@ -93,8 +93,9 @@ pub struct RunReport {
     pub redis_used_memory: Option<u64>,
     /// Keys in Redis after the run (`DBSIZE`), when Redis answered.
     pub redis_keys: Option<u64>,
-    /// Redis's CPU time (user and system) in the measured part, per operation of that part,
-    /// in µs; not measured through an outage (a restart resets the clock).
+    /// The Redis server's CPU time (user and system, every client's) in the measured part, per
+    /// operation of that part, in µs; not measured through an outage (a restart resets the
+    /// clock).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_cpu_us_per_op: Option<f64>,
     /// The same as a share of one core over the measured part.
