@@ -99,15 +99,12 @@ fn eval<'p>(
     by: By,
     (args, bytes): (usize, usize),
 ) -> &'p mut redis::Pipeline {
-    let name = match by {
-        By::Hash => sha,
-        By::Text => text,
+    let (command, script) = match by {
+        By::Hash => ("EVALSHA", sha),
+        By::Text => ("EVAL", text),
     };
-    let mut cmd = redis::Cmd::with_capacity(args + 2, bytes + name.len() + 8);
-    match by {
-        By::Hash => cmd.arg("EVALSHA").arg(sha),
-        By::Text => cmd.arg("EVAL").arg(text),
-    };
+    let mut cmd = redis::Cmd::with_capacity(args + 2, bytes + command.len() + script.len());
+    cmd.arg(command).arg(script);
     pipe.add_command(cmd)
 }
 
